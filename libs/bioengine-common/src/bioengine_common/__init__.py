@@ -1,0 +1,74 @@
+"""Shared foundation of the BioEngine services.
+
+Settings, logging, permissions, errors, the Hypha connection, the service lifecycle,
+telemetry and the local stack's infrastructure. Test fixtures live in
+:mod:`bioengine_common.testing` (a pytest plugin), exceptions in :mod:`bioengine_common.errors`.
+"""
+
+from ._embedded import EmbeddedHypha, find_hypha_project
+from ._hypha import HyphaConnection, connect
+from ._lifecycle import EXIT_CONNECTION_LOST, EXIT_FAILURE, BioEngineService, CallerField
+from ._logging import create_logger, mask_secrets
+from ._permissions import (
+    check_permissions,
+    create_context,
+    forwarded_caller,
+    is_anonymous,
+    is_authorized,
+    resolve_context,
+)
+from ._processes import free_port, spawn, stop_process, wait_for_port
+from ._settings import ENV_PREFIX, ServiceSettings, build_parser, load_settings
+from ._telemetry import setup_telemetry, traced
+from ._tokens import mint_token, token_claims
+from .errors import (
+    BioEngineError,
+    ConfigurationError,
+    ConnectionLost,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    ResourceUnavailable,
+    ServiceUnavailable,
+    error_summary,
+)
+
+__all__ = [
+    "ENV_PREFIX",
+    "EXIT_CONNECTION_LOST",
+    "EXIT_FAILURE",
+    "BioEngineError",
+    "BioEngineService",
+    "CallerField",
+    "ConfigurationError",
+    "ConnectionLost",
+    "EmbeddedHypha",
+    "HyphaConnection",
+    "InvalidRequest",
+    "NotFound",
+    "PermissionDenied",
+    "ResourceUnavailable",
+    "ServiceSettings",
+    "ServiceUnavailable",
+    "build_parser",
+    "check_permissions",
+    "connect",
+    "create_context",
+    "create_logger",
+    "error_summary",
+    "find_hypha_project",
+    "forwarded_caller",
+    "free_port",
+    "is_anonymous",
+    "is_authorized",
+    "load_settings",
+    "mask_secrets",
+    "mint_token",
+    "resolve_context",
+    "setup_telemetry",
+    "spawn",
+    "stop_process",
+    "token_claims",
+    "traced",
+    "wait_for_port",
+]

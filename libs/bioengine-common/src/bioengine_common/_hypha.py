@@ -1,0 +1,124 @@
+"""One Hypha connection per process: connect, register services, notice when it is gone."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from hypha_rpc import connect_to_server
+
+from ._settings import ServiceSettings
+from .errors import ConnectionLost, ServiceUnavailable
+
+__all__ = ["HyphaConnection", "connect"]
+
+
+async def connect(
+    server_url: str,
+    *,
+    workspace: str | None = None,
+    token: str | None = None,
+    client_id: str | None = None,
+    method_timeout: float = 30.0,
+    timeout: float = 20.0,
+) -> Any:
+    """Connect to a Hypha server; failures become :class:`ServiceUnavailable` with the reason."""
+    config: dict[str, Any] = {"server_url": server_url, "method_timeout": method_timeout}
+    if workspace:
+        config["workspace"] = workspace
+    if token:
+        config["token"] = token
+    if client_id:
+        config["client_id"] = client_id
+    try:
+        return await asyncio.wait_for(connect_to_server(config), timeout)
+    except TimeoutError as exc:
+        raise ServiceUnavailable(f"Hypha server {server_url} did not answer within {timeout:.0f} s") from exc
+    except ConnectionAbortedError as exc:
+        # The server refused us: bad or expired token, or no access to the workspace.
+        raise ServiceUnavailable(f"Hypha server {server_url} refused the connection: {exc}") from exc
+    except OSError as exc:
+        raise ServiceUnavailable(f"Cannot reach the Hypha server at {server_url}: {exc}") from exc
+
+
+class HyphaConnection:
+    """A service process's link to Hypha.
+
+    hypha-rpc reconnects and re-registers every service by itself after a server restart.
+    Two cases it does not handle are caught by :meth:`watch`: the client giving up (the server
+    refused the reconnect) and a server that stays away; both end in :class:`ConnectionLost`,
+    so the process exits non-zero and its supervisor starts it afresh.
+    """
+
+    def __init__(self, settings: ServiceSettings, service_name: str, logger: logging.Logger):
+        self.settings = settings
+        self.logger = logger
+        self.client_id = settings.client_id or f"{service_name}-{secrets.token_hex(4)}"
+        self.server: Any = None
+        self.user: dict[str, Any] = {}
+        self.service_ids: list[str] = []
+
+    @property
+    def workspace(self) -> str:
+        return self.settings.workspace
+
+    async def connect(self) -> Any:
+        self.server = await connect(
+            self.settings.server_url,
+            workspace=self.settings.workspace,
+            token=self.settings.token_value(),
+            client_id=self.client_id,
+        )
+        user = self.server.config.get("user") or {}
+        self.user = {k: user.get(k) for k in ("id", "email", "is_anonymous")}
+        self.logger.info(
+            "Connected to %s as user '%s' in workspace '%s' (client '%s')",
+            self.settings.server_url, self.user.get("id"), self.workspace, self.client_id,
+        )
+        return self.server
+
+    async def register(self, service: Mapping[str, Any]) -> str:
+        info = await self.server.register_service(dict(service), {"overwrite": True})
+        self.service_ids.append(info["id"])
+        self.logger.info("Registered service %s", info["id"])
+        return str(info["id"])
+
+    async def get_service(self, service_id: str) -> Any:
+        """A proxy to another service of the workspace; any one replica if several run."""
+        return await self.server.get_service(service_id, {"mode": "random"})
+
+    def _closed(self) -> bool:
+        # hypha-rpc sets this private flag when it stops reconnecting; there is no event for it.
+        connection = getattr(getattr(self.server, "rpc", None), "_connection", None)
+        return bool(getattr(connection, "_closed", False))
+
+    async def watch(self, interval: float = 2.0) -> None:
+        """Return never; raise :class:`ConnectionLost` once the connection is gone for good."""
+        last_ok = time.monotonic()
+        while True:
+            await asyncio.sleep(interval)
+            if self._closed():
+                raise ConnectionLost("hypha-rpc gave up reconnecting to the Hypha server")
+            try:
+                await asyncio.wait_for(self.server.echo("ping"), timeout=max(interval, 5.0))
+                last_ok = time.monotonic()
+            except Exception as exc:  # any failure counts; only its duration matters
+                down_for = time.monotonic() - last_ok
+                self.logger.warning("Hypha unreachable for %.0f s: %s", down_for, exc)
+                if down_for > self.settings.reconnect_timeout:
+                    raise ConnectionLost(
+                        f"no working Hypha connection for {down_for:.0f} s "
+                        f"(limit {self.settings.reconnect_timeout:.0f} s)"
+                    ) from exc
+
+    async def disconnect(self) -> None:
+        if self.server is not None:
+            try:
+                await asyncio.wait_for(self.server.disconnect(), timeout=5)
+            except Exception as exc:  # shutting down anyway
+                self.logger.debug("Disconnect failed: %s", exc)
+            self.server = None

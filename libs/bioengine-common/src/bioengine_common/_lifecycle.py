@@ -1,0 +1,235 @@
+"""The life of a service process: initialize -> start -> monitor -> cleanup.
+
+A subclass sets the class attributes, adds ``@schema_method`` RPC methods, and overrides the
+hooks it needs. :meth:`BioEngineService.main` parses settings and runs it until SIGTERM or
+SIGINT (exit 0), a fatal error (exit 1) or the loss of the Hypha connection (exit 3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.metadata
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+from hypha_rpc.utils.schema import schema_method
+from pydantic import Field
+
+from ._hypha import HyphaConnection
+from ._logging import create_logger
+from ._permissions import check_permissions, is_authorized, resolve_context
+from ._settings import ServiceSettings, load_settings
+from ._telemetry import setup_telemetry, traced
+from .errors import ConnectionLost, InvalidRequest, ServiceUnavailable
+
+__all__ = ["EXIT_CONNECTION_LOST", "EXIT_FAILURE", "BioEngineService", "CallerField"]
+
+EXIT_FAILURE = 1
+EXIT_CONNECTION_LOST = 3
+
+CallerField = Field(
+    None,
+    description="Internal: the original caller, passed on by the gateway. Accepted only from "
+    "clients of the worker's workspace.",
+)
+
+
+def _read_tail(path: os.PathLike[str] | str, lines: int) -> list[str]:
+    """The last ``lines`` lines of a text file, reading backwards in blocks."""
+    with open(path, "rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        end = position = handle.tell()
+        data = b""
+        while position > 0 and data.count(b"\n") <= lines:
+            position = max(0, position - 65536)
+            handle.seek(position)
+            data = handle.read(end - position)
+    return data.decode("utf-8", errors="replace").splitlines()[-lines:]
+
+
+class BioEngineService:
+    """Base class of the four services."""
+
+    #: Short name: logger name, log file name and client id prefix ("cluster").
+    name: ClassVar[str]
+    #: Hypha service id ("bioengine-cluster").
+    service_id: ClassVar[str]
+    #: Distribution name, for the version ("bioengine-cluster").
+    distribution: ClassVar[str]
+    description: ClassVar[str] = ""
+    visibility: ClassVar[str] = "protected"
+    settings_model: ClassVar[type[ServiceSettings]] = ServiceSettings
+
+    def __init__(self, settings: ServiceSettings):
+        self.settings = settings
+        self.logger = create_logger(
+            self.name,
+            logging.DEBUG if settings.debug else logging.INFO,
+            settings.resolved_log_file(self.name),
+        )
+        self.hypha = HyphaConnection(settings, self.name, self.logger)
+        self.version = importlib.metadata.version(self.distribution)
+        self.started_at: float | None = None
+        self.ready = False
+        self.admin_users: list[str] = list(settings.admin_users)
+        self._stop: asyncio.Event | None = None
+
+    # ---- hooks for subclasses -------------------------------------------------------------
+    async def initialize(self) -> None:
+        """Prepare what the RPC methods need before the service is registered."""
+
+    async def monitor(self) -> None:
+        """Background work while the service runs; returning ends nothing, raising is fatal."""
+        await asyncio.Event().wait()
+
+    async def cleanup(self) -> None:
+        """Release what :meth:`initialize` acquired; runs on every exit path."""
+
+    def status_details(self) -> dict[str, Any]:
+        """Service-specific fields merged into :meth:`get_status`."""
+        return {}
+
+    # ---- helpers for RPC methods --------------------------------------------------------------
+    def caller_context(self, context: Any, caller: Any) -> dict[str, Any]:
+        """The context to authorize against (the forwarded caller when it may be trusted)."""
+        return resolve_context(context, caller, self.settings.workspace)
+
+    def require_admin(self, context: Any, caller: Any, action: str) -> dict[str, Any]:
+        """Raise PermissionDenied unless the (forwarded) caller is an admin; return the context."""
+        resolved = self.caller_context(context, caller)
+        check_permissions(resolved, self.admin_users, f"'{action}' (admin only)")
+        return resolved
+
+    def is_admin(self, user: dict[str, Any]) -> bool:
+        return is_authorized(user, self.admin_users)
+
+    def request_stop(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+
+    # ---- RPC methods every service has ----------------------------------------------------------
+    @schema_method
+    async def get_status(self, caller: dict | None = CallerField, context: dict | None = None) -> dict:
+        """Status of this service: version, uptime, readiness, client id and its own state."""
+        self.caller_context(context, caller)
+        now = time.time()
+        return {
+            "service": self.service_id,
+            "version": self.version,
+            "client_id": self.hypha.client_id,
+            "workspace": self.settings.workspace,
+            "hostname": socket.gethostname(),
+            "pid": os.getpid(),
+            "start_time": self.started_at,
+            "uptime": now - self.started_at if self.started_at else 0.0,
+            "ready": self.ready,
+            **self.status_details(),
+        }
+
+    @schema_method
+    async def get_logs(
+        self,
+        tail: int = Field(100, description="Number of lines from the end of the log file.", ge=1, le=10000),
+        caller: dict | None = CallerField,
+        context: dict | None = None,
+    ) -> list[str]:
+        """The last lines of this service's log file (admin only)."""
+        self.require_admin(context, caller, "get_logs")
+        path = self.settings.resolved_log_file(self.name)
+        if path is None:
+            raise InvalidRequest(f"{self.service_id} logs to the console only (--log-file off)")
+        if not path.exists():
+            return []
+        return await asyncio.to_thread(_read_tail, path, int(tail))
+
+    def rpc_methods(self) -> dict[str, Callable[..., Any]]:
+        """Every ``@schema_method`` of this object, each wrapped in a tracing span."""
+        methods = {}
+        for attr in dir(type(self)):
+            if attr.startswith("_"):
+                continue
+            function = getattr(type(self), attr, None)
+            if callable(function) and hasattr(function, "__schema__"):
+                methods[attr] = traced(getattr(self, attr), f"{self.service_id}.{attr}")
+        return methods
+
+    # ---- lifecycle ---------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Register the Hypha service."""
+        await self.hypha.register(
+            {
+                "id": self.service_id,
+                "name": self.service_id,
+                "description": self.description,
+                "config": {"visibility": self.visibility, "require_context": True},
+                **self.rpc_methods(),
+            }
+        )
+
+    async def run(self) -> int:
+        """Run until asked to stop; return the process exit code."""
+        loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._stop.set)
+        tasks: list[asyncio.Task[Any]] = []
+        code = 0
+        try:
+            await self.initialize()
+            await self.hypha.connect()
+            for identity in (self.hypha.user.get("id"), self.hypha.user.get("email")):
+                if identity and identity not in self.admin_users:
+                    self.admin_users.append(identity)
+            self.started_at = time.time()
+            await self.start()
+            self.ready = True
+            tasks = [
+                asyncio.create_task(self.monitor(), name="monitor"),
+                asyncio.create_task(self.hypha.watch(), name="watch"),
+                asyncio.create_task(self._stop.wait(), name="stop"),
+            ]
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task.get_name() != "stop" and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+            self.logger.info("Stopping %s", self.service_id)
+        except (ConnectionLost, ServiceUnavailable) as exc:
+            self.logger.error("%s: %s", type(exc).__name__, exc)
+            code = EXIT_CONNECTION_LOST
+        except Exception:
+            self.logger.exception("%s failed", self.service_id)
+            code = EXIT_FAILURE
+        finally:
+            self.ready = False
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(BaseException):
+                    await task
+            try:
+                await self.cleanup()
+            except Exception:
+                self.logger.exception("Cleanup of %s failed", self.service_id)
+            await self.hypha.disconnect()
+        return code
+
+    @classmethod
+    def main(cls, argv: Sequence[str] | None = None) -> None:
+        """Console entry point: settings from flags and environment, then :meth:`run`."""
+        settings = load_settings(
+            cls.settings_model, argv, prog=cls.service_id, description=cls.description
+        )
+        setup_telemetry(cls.service_id, settings.telemetry_exporter)
+        code = asyncio.run(cls(settings).run())
+        logging.shutdown()
+        # Skip interpreter teardown: hypha-rpc leaves background tasks that delay exit.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)

@@ -1,0 +1,176 @@
+"""Settings shared by every service, filled from CLI flags, ``BIOENGINE_*`` variables and defaults.
+
+A field ``head_num_cpus`` is the flag ``--head-num-cpus`` and the variable
+``BIOENGINE_HEAD_NUM_CPUS``. A flag wins over the variable, the variable over the default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import types
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from .errors import ConfigurationError
+
+__all__ = ["ENV_PREFIX", "ServiceSettings", "build_parser", "load_settings"]
+
+ENV_PREFIX = "BIOENGINE_"
+S = TypeVar("S", bound=BaseModel)
+
+
+class ServiceSettings(BaseModel):
+    """What every service needs: where Hypha is, who it is there, and where it keeps files."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+    server_url: str = Field(
+        "http://127.0.0.1:9527", description="URL of the Hypha server to register with."
+    )
+    workspace: str = Field(
+        "bioengine", description="Hypha workspace shared by all services of this worker."
+    )
+    token: SecretStr | None = Field(
+        None,
+        description="Hypha token with read_write access to the workspace "
+        "(prefer the BIOENGINE_TOKEN variable: flags show in `ps`).",
+    )
+    client_id: str | None = Field(
+        None,
+        description="Hypha client id; must be unique among live clients. "
+        "Default: the service name plus a random suffix.",
+    )
+    workspace_dir: Path = Field(
+        Path("~/.bioengine"), description="Directory for state and logs of this worker."
+    )
+    log_file: str | None = Field(
+        None,
+        description="Log file path; default <workspace-dir>/logs/<service>.log; 'off' for "
+        "console only.",
+    )
+    debug: bool = Field(False, description="Log at DEBUG level.")
+    admin_users: list[str] = Field(
+        default_factory=list,
+        description="User ids or emails with admin rights ('*' = everyone), in addition to "
+        "the owner of the token.",
+    )
+    telemetry_exporter: Literal["none", "console", "otlp"] = Field(
+        "none", description="Where OpenTelemetry spans go: nowhere, stderr, or OTLP over HTTP."
+    )
+    reconnect_timeout: float = Field(
+        120.0,
+        gt=0,
+        description="Seconds without a working Hypha connection before the process exits "
+        "non-zero so that its supervisor restarts it.",
+    )
+
+    def resolved_log_file(self, service_name: str) -> Path | None:
+        if self.log_file == "off":
+            return None
+        if self.log_file:
+            return Path(self.log_file).expanduser()
+        return self.workspace_dir.expanduser() / "logs" / f"{service_name}.log"
+
+    def token_value(self) -> str | None:
+        return self.token.get_secret_value() if self.token else None
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _is_list(annotation: Any) -> bool:
+    if typing.get_origin(annotation) in (list, tuple):
+        return True
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return any(_is_list(arg) for arg in typing.get_args(annotation))
+    return False
+
+
+def _is_bool(annotation: Any) -> bool:
+    return annotation is bool
+
+
+def _parse_env_list(raw: str) -> list[str]:
+    raw = raw.strip()
+    if raw.startswith("["):
+        value = json.loads(raw)
+        if not isinstance(value, list):
+            raise ValueError("expected a JSON list")
+        return [str(v) for v in value]
+    return [part for part in raw.replace(",", " ").split() if part]
+
+
+def build_parser(model: type[BaseModel], prog: str, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        epilog=f"Every flag can also be set with an environment variable named {ENV_PREFIX}<FLAG> "
+        "(e.g. --server-url is BIOENGINE_SERVER_URL).",
+    )
+    for name, field in model.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        shown = "unset" if default is None or default == [] else default
+        if name == "token":
+            shown = "unset"
+        help_text = f"{field.description} (default: {shown})"
+        if _is_bool(field.annotation):
+            parser.add_argument(
+                _flag(name), dest=name, action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS, help=help_text,
+            )
+        elif _is_list(field.annotation):
+            parser.add_argument(
+                _flag(name), dest=name, nargs="*", default=argparse.SUPPRESS, help=help_text,
+                metavar="VALUE",
+            )
+        else:
+            choices = typing.get_args(field.annotation) if typing.get_origin(field.annotation) is Literal else None
+            parser.add_argument(
+                _flag(name), dest=name, default=argparse.SUPPRESS, help=help_text,
+                choices=choices, metavar=None if choices else name.upper(),
+            )
+    return parser
+
+
+def load_settings(
+    model: type[S],
+    argv: Sequence[str] | None = None,
+    *,
+    prog: str,
+    description: str,
+    environ: typing.Mapping[str, str] | None = None,
+) -> S:
+    """Build ``model`` from flags (``argv``), then ``BIOENGINE_*`` variables, then defaults.
+
+    Invalid values end the program with a usage error that names the flag and the problem.
+    """
+    environ = os.environ if environ is None else environ
+    parser = build_parser(model, prog, description)
+    cli = vars(parser.parse_args(argv))
+    values: dict[str, Any] = {}
+    for name, field in model.model_fields.items():
+        raw = environ.get(ENV_PREFIX + name.upper())
+        if raw is None or raw == "":
+            continue
+        try:
+            values[name] = _parse_env_list(raw) if _is_list(field.annotation) else raw
+        except ValueError as exc:
+            parser.error(f"{ENV_PREFIX}{name.upper()}: {exc}")
+    values.update(cli)
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{_flag(str(err['loc'][0])) if err['loc'] else 'settings'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        parser.error(problems)
+    raise ConfigurationError("unreachable")  # parser.error exits
+

@@ -1,0 +1,319 @@
+"""``bioengine-worker``: the whole BioEngine worker in one command.
+
+Without ``--server-url`` it starts an embedded Hypha server (plus a SeaweedFS S3 store) on
+loopback, mints a token per service, starts the four services as separate processes,
+restarts any that crash, prints how to reach the worker, and stops everything on Ctrl-C.
+With ``--server-url``, ``--workspace`` and ``--token`` it uses that server instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import psutil
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from bioengine_common import (
+    EmbeddedHypha,
+    ServiceUnavailable,
+    connect,
+    free_port,
+    load_settings,
+    token_claims,
+)
+
+from ._supervisor import ManagedProcess, Supervisor
+
+CONNECTION_FILE = "worker.json"
+_PER_PROCESS_VARIABLES = {"BIOENGINE_CLIENT_ID", "BIOENGINE_LOG_FILE", "BIOENGINE_TOKEN"}
+LOCAL_ADMIN = "bioengine-admin"
+
+#: The services in start order; the gateway last (it needs the others to be useful).
+SERVICES: tuple[tuple[str, str], ...] = (
+    ("cluster", "bioengine_cluster"),
+    ("apps", "bioengine_apps"),
+    ("datasets", "bioengine_datasets"),
+    ("gateway", "bioengine_gateway"),
+)
+
+
+class WorkerSettings(BaseModel):
+    """Flags of ``bioengine-worker`` (each also a ``BIOENGINE_*`` environment variable)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["single-machine", "slurm", "external-cluster"] = Field(
+        "single-machine", description="How the Ray cluster is provided (passed to bioengine-cluster)."
+    )
+    server_url: str | None = Field(
+        None, description="Hypha server to use; unset: start an embedded one on loopback."
+    )
+    workspace: str = Field("bioengine", description="Hypha workspace shared by the services.")
+    token: SecretStr | None = Field(
+        None,
+        description="Token for --server-url with read_write access to the workspace; its owner "
+        "is an admin (prefer the BIOENGINE_TOKEN variable).",
+    )
+    workspace_dir: Path = Field(
+        Path("~/.bioengine"), description="State and logs of this worker."
+    )
+    admin_users: list[str] = Field(
+        default_factory=list, description="More admin user ids or emails ('*' = everyone)."
+    )
+    hypha_port: int = Field(
+        9527, ge=0, le=65535,
+        description="Port of the embedded Hypha server (0: any free port; a taken port falls back to a free one).",
+    )
+    s3: bool = Field(
+        True, description="Start the SeaweedFS S3 store so the artifact manager works."
+    )
+    admin_token_hours: float = Field(
+        168.0, gt=0, description="Validity of the admin token printed for the embedded server."
+    )
+    debug: bool = Field(False, description="Log at DEBUG level in every service.")
+    telemetry_exporter: Literal["none", "console", "otlp"] = Field(
+        "none", description="OpenTelemetry exporter of every service."
+    )
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _write_private(path: Path, content: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(content)
+
+
+class _Lock:
+    """One launcher per workspace dir: a PID file, stale when its process is gone."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def acquire(self) -> None:
+        if self.path.exists():
+            with contextlib.suppress(ValueError):
+                pid = int(self.path.read_text().strip())
+                if pid != os.getpid() and psutil.pid_exists(pid):
+                    raise SystemExit(
+                        f"error: another bioengine-worker (pid {pid}) uses {self.path.parent.parent}; "
+                        "stop it or choose another --workspace-dir"
+                    )
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(str(os.getpid()))
+
+    def release(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+class Launcher:
+    def __init__(self, settings: WorkerSettings):
+        self.settings = settings
+        self.dir = settings.workspace_dir.expanduser().resolve()
+        self.hypha: EmbeddedHypha | None = None
+        self.supervisor: Supervisor | None = None
+        self.server_url = settings.server_url or ""
+        self.admin_token: str | None = None
+        self.admin_users = list(settings.admin_users)
+        self._stop = False
+
+    # ---- set-up ---------------------------------------------------------------------------------
+    def _start_embedded(self) -> None:
+        port = self.settings.hypha_port
+        if port and not _port_free(port):
+            new_port = free_port()
+            _say(f"Port {port} is taken; the embedded Hypha server uses {new_port} instead")
+            port = new_port
+        _say("Starting the embedded Hypha server" + (" and S3 store" if self.settings.s3 else "") + "...")
+        self.hypha = EmbeddedHypha(
+            self.dir, self.settings.workspace, port=port, s3=self.settings.s3, log=_say
+        )
+        self.hypha.start()
+        self.server_url = self.hypha.url
+        self.admin_token = self.hypha.mint(
+            LOCAL_ADMIN, "admin", expires_in=self.settings.admin_token_hours * 3600
+        )
+        self.admin_users.append(LOCAL_ADMIN)
+
+    def _service_token(self, name: str) -> str:
+        if self.hypha is not None:
+            return self.hypha.mint(f"bioengine-{name}", "read_write")
+        assert self.settings.token is not None
+        return self.settings.token.get_secret_value()
+
+    def _processes(self) -> list[ManagedProcess]:
+        common = [
+            "--server-url", self.server_url,
+            "--workspace", self.settings.workspace,
+            "--workspace-dir", str(self.dir),
+            "--telemetry-exporter", self.settings.telemetry_exporter,
+        ]
+        if self.admin_users:
+            common += ["--admin-users", *self.admin_users]
+        if self.settings.debug:
+            common.append("--debug")
+        processes = []
+        for name, module in SERVICES:
+            argv = [sys.executable, "-m", module, *common]
+            if name == "cluster":
+                argv += ["--mode", self.settings.mode]
+
+            def environment(name: str = name) -> dict[str, str]:
+                # Per-process settings must not be shared: four clients with one id evict each other.
+                env = {k: v for k, v in os.environ.items() if k not in _PER_PROCESS_VARIABLES}
+                env["BIOENGINE_TOKEN"] = self._service_token(name)
+                return env
+
+            processes.append(
+                ManagedProcess(
+                    name=name, argv=argv, environment=environment,
+                    console_log=self.dir / "logs" / f"{name}.console.log",
+                )
+            )
+        return processes
+
+    async def _wait_for_gateway(self, timeout: float = 90.0) -> str:
+        token = self.admin_token or (self.settings.token.get_secret_value() if self.settings.token else None)
+        server = await connect(self.server_url, workspace=self.settings.workspace, token=token)
+        try:
+            deadline = time.monotonic() + timeout
+            while not self._stop:
+                assert self.supervisor is not None
+                self.supervisor.check_all()
+                try:
+                    info = await server.get_service_info(
+                        f"{self.settings.workspace}/bioengine-worker", {"mode": "last"}
+                    )
+                    return str(info["id"])
+                except Exception:
+                    if time.monotonic() > deadline:
+                        raise ServiceUnavailable(
+                            f"bioengine-worker was not registered within {timeout:.0f} s; "
+                            f"see the logs in {self.dir / 'logs'}"
+                        ) from None
+                await asyncio.sleep(0.3)
+            raise ServiceUnavailable("stopped before the worker was ready")
+        finally:
+            with contextlib.suppress(Exception):
+                await server.disconnect()
+
+    def _announce(self, full_id: str, started: float) -> None:
+        service_id = f"{self.settings.workspace}/bioengine-worker"
+        connection = {
+            "server_url": self.server_url,
+            "workspace": self.settings.workspace,
+            "service_id": service_id,
+            "mode": self.settings.mode,
+            "pid": os.getpid(),
+            "token": self.admin_token,
+        }
+        _write_private(self.dir / CONNECTION_FILE, json.dumps(connection, indent=2))
+        lines = [
+            "",
+            f"BioEngine worker ready in {time.monotonic() - started:.1f} s (mode {self.settings.mode})",
+            f"  Hypha server : {self.server_url}" + ("  (embedded)" if self.hypha else ""),
+            f"  Workspace    : {self.settings.workspace}",
+            f"  Service id   : {service_id}   ({full_id})",
+        ]
+        if self.admin_token:
+            lines.append(
+                f"  Admin token  : {self.admin_token}\n"
+                f"                 (user '{LOCAL_ADMIN}', valid {self.settings.admin_token_hours:g} h; "
+                f"also in {self.dir / CONNECTION_FILE})"
+            )
+        else:
+            user = token_claims(self.settings.token.get_secret_value()).get("sub") if self.settings.token else None
+            lines.append(f"  Admin        : the owner of --token ({user})")
+        lines += [
+            f"  Logs         : {self.dir / 'logs'}",
+            "Check it with: uv run bioengine status" + (f" --workspace-dir {self.dir}" if self.dir != Path("~/.bioengine").expanduser() else ""),
+            "Press Ctrl-C to stop.",
+        ]
+        print("\n".join(lines), flush=True)
+
+    # ---- run ------------------------------------------------------------------------------------
+    async def _supervise(self, started: float) -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+
+        def request_stop() -> None:
+            self._stop = True
+            stop.set()
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, request_stop)
+        full_id = await self._wait_for_gateway()
+        self._announce(full_id, started)
+        assert self.supervisor is not None
+        while not stop.is_set():
+            self.supervisor.check_all()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=0.5)
+
+    def run(self) -> int:
+        started = time.monotonic()
+        (self.dir / "logs").mkdir(parents=True, exist_ok=True)
+        lock = _Lock(self.dir / "run" / "worker.pid")
+        lock.acquire()
+        code = 0
+        try:
+            if self.settings.server_url:
+                if self.settings.token is None:
+                    raise SystemExit("error: --server-url needs --token (or BIOENGINE_TOKEN)")
+            else:
+                self._start_embedded()
+            self.supervisor = Supervisor(self._processes(), log=_say)
+            _say("Starting services: " + ", ".join(name for name, _ in SERVICES))
+            self.supervisor.start_all()
+            asyncio.run(self._supervise(started))
+        except KeyboardInterrupt:
+            pass
+        except ServiceUnavailable as exc:
+            _say(f"error: {exc}")
+            code = 1
+        finally:
+            _say("Stopping the BioEngine worker...")
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
+            if self.supervisor is not None:
+                self.supervisor.stop_all()
+            if self.hypha is not None:
+                self.hypha.stop()
+            with contextlib.suppress(FileNotFoundError):
+                (self.dir / CONNECTION_FILE).unlink()
+            lock.release()
+            _say("Stopped.")
+        return code
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    settings = load_settings(
+        WorkerSettings, argv, prog="bioengine-worker",
+        description="Run a BioEngine worker: an embedded Hypha server (unless --server-url) and "
+        "the cluster, apps, datasets and gateway services, supervised until Ctrl-C.",
+    )
+    sys.exit(Launcher(settings).run())
+
+
