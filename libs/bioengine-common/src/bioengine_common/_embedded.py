@@ -114,7 +114,9 @@ class EmbeddedHypha:
             self.log("Installing the embedded Hypha server environment (first run only)...")
         result = subprocess.run(
             [_uv(), "sync", "--frozen", "--quiet", "--project", str(self.project_dir)],
-            capture_output=True, text=True, check=False,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if result.returncode != 0:
             raise ServiceUnavailable(f"Preparing {self.project_dir} failed:\n{result.stderr.strip()}")
@@ -131,20 +133,33 @@ class EmbeddedHypha:
         ports = [free_port() for _ in range(8)]
         self.s3_port = ports[6]
         argv = [
-            str(self.python.parent / "weed"), "server", f"-dir={data}",
-            "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-            f"-master.port={ports[0]}", f"-master.port.grpc={ports[1]}",
-            f"-volume.port={ports[2]}", f"-volume.port.grpc={ports[3]}",
-            f"-filer.port={ports[4]}", f"-filer.port.grpc={ports[5]}",
-            "-s3", f"-s3.port={ports[6]}", f"-s3.port.grpc={ports[7]}",
-            "-s3.port.iceberg=0", "-s3.port.lance=0",
-            "-master.telemetry=false", "-master.volumeSizeLimitMB=256", "-volume.max=0",
+            str(self.python.parent / "weed"),
+            "server",
+            f"-dir={data}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-master.port={ports[0]}",
+            f"-master.port.grpc={ports[1]}",
+            f"-volume.port={ports[2]}",
+            f"-volume.port.grpc={ports[3]}",
+            f"-filer.port={ports[4]}",
+            f"-filer.port.grpc={ports[5]}",
+            "-s3",
+            f"-s3.port={ports[6]}",
+            f"-s3.port.grpc={ports[7]}",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            "-master.telemetry=false",
+            "-master.volumeSizeLimitMB=256",
+            "-volume.max=0",
         ]
         self._store = spawn(argv, log_path=self.state_dir / "logs" / "seaweedfs.log", cwd=data)
         try:
             wait_for_port("127.0.0.1", self.s3_port, timeout, self._store)
         except (RuntimeError, TimeoutError) as exc:
-            raise ServiceUnavailable(f"SeaweedFS did not start: {exc} (see {self.state_dir}/logs/seaweedfs.log)") from exc
+            raise ServiceUnavailable(
+                f"SeaweedFS did not start: {exc} (see {self.state_dir}/logs/seaweedfs.log)"
+            ) from exc
 
     def start_server(self, timeout: float = 90.0) -> None:
         """Start (or start again, on the same port) the Hypha server and wait until ready."""
@@ -163,14 +178,20 @@ class EmbeddedHypha:
         for name in ("VIRTUAL_ENV", "PYTHONPATH"):
             env.pop(name, None)
         argv = [
-            str(self.python), "-m", "hypha.server", "--from-env",
+            str(self.python),
+            "-m",
+            "hypha.server",
+            "--from-env",
             f"--startup-functions={self.project_dir / 'bioengine_hypha_startup.py'}:hypha_startup",
         ]
         if self.s3:
             argv += [
-                "--enable-s3", f"--endpoint-url=http://127.0.0.1:{self.s3_port}",
-                "--access-key-id=bioengine", "--secret-access-key=bioengine",
-                "--region-name=us-east-1", "--s3-admin-type=generic",
+                "--enable-s3",
+                f"--endpoint-url=http://127.0.0.1:{self.s3_port}",
+                "--access-key-id=bioengine",
+                "--secret-access-key=bioengine",
+                "--region-name=us-east-1",
+                "--s3-admin-type=generic",
                 "--workspace-bucket=hypha-workspaces",
                 f"--database-uri=sqlite+aiosqlite:///{self.state_dir / 'hypha' / 'hypha.db'}",
             ]

@@ -77,7 +77,10 @@ class HyphaConnection:
         self.user = {k: user.get(k) for k in ("id", "email", "is_anonymous")}
         self.logger.info(
             "Connected to %s as user '%s' in workspace '%s' (client '%s')",
-            self.settings.server_url, self.user.get("id"), self.workspace, self.client_id,
+            self.settings.server_url,
+            self.user.get("id"),
+            self.workspace,
+            self.client_id,
         )
         return self.server
 

@@ -223,9 +223,7 @@ class BioEngineService:
     @classmethod
     def main(cls, argv: Sequence[str] | None = None) -> None:
         """Console entry point: settings from flags and environment, then :meth:`run`."""
-        settings = load_settings(
-            cls.settings_model, argv, prog=cls.service_id, description=cls.description
-        )
+        settings = load_settings(cls.settings_model, argv, prog=cls.service_id, description=cls.description)
         setup_telemetry(cls.service_id, settings.telemetry_exporter)
         code = asyncio.run(cls(settings).run())
         logging.shutdown()

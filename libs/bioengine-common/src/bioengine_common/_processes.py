@@ -49,7 +49,7 @@ def spawn(
             stdin=subprocess.DEVNULL,
             stdout=output,
             stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - no threads spawn children here
+            preexec_fn=_die_with_parent,
         )
     finally:
         if not isinstance(output, int):
@@ -67,10 +67,8 @@ def stop_process(process: subprocess.Popen[bytes] | None, timeout: float = 10.0)
     if process.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             process.send_signal(signal.SIGTERM)
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        pass
     _, alive = psutil.wait_procs([p for p in tree if p.is_running()], timeout=0.5)
     for leftover in alive:
         with contextlib.suppress(psutil.NoSuchProcess):

@@ -30,12 +30,8 @@ class ServiceSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
-    server_url: str = Field(
-        "http://127.0.0.1:9527", description="URL of the Hypha server to register with."
-    )
-    workspace: str = Field(
-        "bioengine", description="Hypha workspace shared by all services of this worker."
-    )
+    server_url: str = Field("http://127.0.0.1:9527", description="URL of the Hypha server to register with.")
+    workspace: str = Field("bioengine", description="Hypha workspace shared by all services of this worker.")
     token: SecretStr | None = Field(
         None,
         description="Hypha token with read_write access to the workspace "
@@ -51,8 +47,7 @@ class ServiceSettings(BaseModel):
     )
     log_file: str | None = Field(
         None,
-        description="Log file path; default <workspace-dir>/logs/<service>.log; 'off' for "
-        "console only.",
+        description="Log file path; default <workspace-dir>/logs/<service>.log; 'off' for console only.",
     )
     debug: bool = Field(False, description="Log at DEBUG level.")
     admin_users: list[str] = Field(
@@ -122,19 +117,32 @@ def build_parser(model: type[BaseModel], prog: str, description: str) -> argpars
         help_text = f"{field.description} (default: {shown})"
         if _is_bool(field.annotation):
             parser.add_argument(
-                _flag(name), dest=name, action=argparse.BooleanOptionalAction,
-                default=argparse.SUPPRESS, help=help_text,
+                _flag(name),
+                dest=name,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=help_text,
             )
         elif _is_list(field.annotation):
             parser.add_argument(
-                _flag(name), dest=name, nargs="*", default=argparse.SUPPRESS, help=help_text,
+                _flag(name),
+                dest=name,
+                nargs="*",
+                default=argparse.SUPPRESS,
+                help=help_text,
                 metavar="VALUE",
             )
         else:
-            choices = typing.get_args(field.annotation) if typing.get_origin(field.annotation) is Literal else None
+            choices = (
+                typing.get_args(field.annotation) if typing.get_origin(field.annotation) is Literal else None
+            )
             parser.add_argument(
-                _flag(name), dest=name, default=argparse.SUPPRESS, help=help_text,
-                choices=choices, metavar=None if choices else name.upper(),
+                _flag(name),
+                dest=name,
+                default=argparse.SUPPRESS,
+                help=help_text,
+                choices=choices,
+                metavar=None if choices else name.upper(),
             )
     return parser
 
@@ -168,9 +176,7 @@ def load_settings(
         return model.model_validate(values)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{_flag(str(err['loc'][0])) if err['loc'] else 'settings'}: {err['msg']}"
-            for err in exc.errors()
+            f"{_flag(str(err['loc'][0])) if err['loc'] else 'settings'}: {err['msg']}" for err in exc.errors()
         )
         parser.error(problems)
     raise ConfigurationError("unreachable")  # parser.error exits
-

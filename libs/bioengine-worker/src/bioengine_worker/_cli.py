@@ -42,9 +42,9 @@ def _connection(args: argparse.Namespace) -> dict[str, Any]:
     resolved = {
         "server_url": args.server_url or os.environ.get("BIOENGINE_SERVER_URL") or saved.get("server_url"),
         "workspace": args.workspace or os.environ.get("BIOENGINE_WORKSPACE") or saved.get("workspace"),
-        "token": None if args.anonymous else (
-            args.token or os.environ.get("BIOENGINE_TOKEN") or saved.get("token")
-        ),
+        "token": None
+        if args.anonymous
+        else (args.token or os.environ.get("BIOENGINE_TOKEN") or saved.get("token")),
     }
     if not resolved["server_url"]:
         raise CliError(
@@ -99,13 +99,22 @@ def format_status(status: dict[str, Any], service_id: str) -> str:
     for name, entry in (status.get("services") or {}).items():
         inner = entry.get("status") or {}
         if entry.get("up"):
-            rows.append((name, "up", str(inner.get("version", "-")), _duration(inner.get("uptime")),
-                         str(inner.get("client_id", "-"))))
+            rows.append(
+                (
+                    name,
+                    "up",
+                    str(inner.get("version", "-")),
+                    _duration(inner.get("uptime")),
+                    str(inner.get("client_id", "-")),
+                )
+            )
         else:
             rows.append((name, "DOWN", "-", "-", str(entry.get("error") or "")))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
-        lines.append("  " + "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4])
+        lines.append(
+            "  " + "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4]
+        )
     if "admin_users" in status:
         lines.append(f"  admins: {', '.join(status['admin_users'])}")
     return "\n".join(lines)
@@ -115,8 +124,11 @@ async def _call(args: argparse.Namespace, service_id: str, method: str, kwargs: 
     conn = _connection(args)
     try:
         server = await connect(
-            conn["server_url"], workspace=conn["workspace"] if conn["token"] else None,
-            token=conn["token"], method_timeout=args.timeout, timeout=args.timeout,
+            conn["server_url"],
+            workspace=conn["workspace"] if conn["token"] else None,
+            token=conn["token"],
+            method_timeout=args.timeout,
+            timeout=args.timeout,
         )
     except ServiceUnavailable as exc:
         raise CliError(str(exc), EXIT_UNAVAILABLE) from exc
@@ -128,7 +140,8 @@ async def _call(args: argparse.Namespace, service_id: str, method: str, kwargs: 
         except Exception as exc:
             raise CliError(
                 f"service '{service_id}' is not available at {conn['server_url']} "
-                f"({error_summary(exc)}); is the worker running?", EXIT_UNAVAILABLE,
+                f"({error_summary(exc)}); is the worker running?",
+                EXIT_UNAVAILABLE,
             ) from exc
         function = service.get(method) if hasattr(service, "get") else getattr(service, method, None)
         if function is None:
@@ -155,40 +168,73 @@ def _print(value: Any, as_json: bool) -> None:
 
 
 def _common_options(defaults: bool) -> argparse.ArgumentParser:
-    """Connection options, accepted before or after the subcommand."""
+    """Connection options, accepted before or after the subcommand.
+
+    The copy attached to a subcommand has no defaults, so it cannot undo a value given before
+    the subcommand.
+    """
     parser = argparse.ArgumentParser(add_help=False)
-    unset = {} if defaults else {"default": argparse.SUPPRESS}
-    parser.add_argument("--server-url", **({"default": None} | unset),
-                        help="Hypha server URL (default: BIOENGINE_SERVER_URL or the connection file)")
-    parser.add_argument("--workspace", **({"default": None} | unset),
-                        help="Workspace of the worker (default: BIOENGINE_WORKSPACE or the connection file)")
-    parser.add_argument("--token", **({"default": None} | unset),
-                        help="Hypha token (default: BIOENGINE_TOKEN or the connection file)")
-    parser.add_argument("--anonymous", action="store_true", **unset,
-                        help="Connect without any token, as an anonymous user")
-    parser.add_argument("--workspace-dir", **({"default": os.environ.get("BIOENGINE_WORKSPACE_DIR", "~/.bioengine")} | unset),
-                        help="Where bioengine-worker wrote its connection file (default: ~/.bioengine)")
-    parser.add_argument("--timeout", type=float, **({"default": 30.0} | unset),
-                        help="Seconds to wait for an answer (default: 30)")
-    parser.add_argument("--json", action="store_true", **unset, help="Print machine-readable JSON")
+
+    def default(value: Any) -> Any:
+        return value if defaults else argparse.SUPPRESS
+
+    add = parser.add_argument
+    add(
+        "--server-url",
+        default=default(None),
+        help="Hypha server URL (default: BIOENGINE_SERVER_URL or the connection file)",
+    )
+    add(
+        "--workspace",
+        default=default(None),
+        help="Workspace of the worker (default: BIOENGINE_WORKSPACE or the connection file)",
+    )
+    add(
+        "--token", default=default(None), help="Hypha token (default: BIOENGINE_TOKEN or the connection file)"
+    )
+    add(
+        "--anonymous",
+        action="store_true",
+        default=default(False),
+        help="Connect without any token, as an anonymous user",
+    )
+    add(
+        "--workspace-dir",
+        default=default(os.environ.get("BIOENGINE_WORKSPACE_DIR", "~/.bioengine")),
+        help="Where bioengine-worker wrote its connection file (default: ~/.bioengine)",
+    )
+    add("--timeout", type=float, default=default(30.0), help="Seconds to wait for an answer (default: 30)")
+    add("--json", action="store_true", default=default(False), help="Print machine-readable JSON")
     return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="bioengine", parents=[_common_options(True)],
+        prog="bioengine",
+        parents=[_common_options(True)],
         description="Talk to a running BioEngine worker.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    status = sub.add_parser("status", parents=[_common_options(False)],
-                            help="Show the worker's status and its services")
-    status.add_argument("--service-id", default="bioengine-worker", help="Worker service id (default: %(default)s)")
-    call = sub.add_parser("call", parents=[_common_options(False)],
-                          help="Call a method of any service: bioengine call SERVICE_ID METHOD --arg k=v")
+    status = sub.add_parser(
+        "status", parents=[_common_options(False)], help="Show the worker's status and its services"
+    )
+    status.add_argument(
+        "--service-id", default="bioengine-worker", help="Worker service id (default: %(default)s)"
+    )
+    call = sub.add_parser(
+        "call",
+        parents=[_common_options(False)],
+        help="Call a method of any service: bioengine call SERVICE_ID METHOD --arg k=v",
+    )
     call.add_argument("service_id", help="Service id, e.g. bioengine-worker or ws/client:bioengine-worker")
     call.add_argument("method", help="Method name, e.g. get_status")
-    call.add_argument("--arg", action="append", default=[], metavar="NAME=VALUE",
-                      help="Keyword argument; VALUE is parsed as JSON when possible (repeatable)")
+    call.add_argument(
+        "--arg",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="Keyword argument; VALUE is parsed as JSON when possible (repeatable)",
+    )
     return parser
 
 
@@ -207,7 +253,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                 print(format_status(status, args.service_id))
                 print(f"  (answered in {1000 * (time.monotonic() - started):.0f} ms)")
         else:
-            _print(asyncio.run(_call(args, args.service_id, args.method, parse_arguments(args.arg))), args.json)
+            _print(
+                asyncio.run(_call(args, args.service_id, args.method, parse_arguments(args.arg))), args.json
+            )
     except CliError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.code)

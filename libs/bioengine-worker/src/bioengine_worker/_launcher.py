@@ -63,19 +63,17 @@ class WorkerSettings(BaseModel):
         description="Token for --server-url with read_write access to the workspace; its owner "
         "is an admin (prefer the BIOENGINE_TOKEN variable).",
     )
-    workspace_dir: Path = Field(
-        Path("~/.bioengine"), description="State and logs of this worker."
-    )
+    workspace_dir: Path = Field(Path("~/.bioengine"), description="State and logs of this worker.")
     admin_users: list[str] = Field(
         default_factory=list, description="More admin user ids or emails ('*' = everyone)."
     )
     hypha_port: int = Field(
-        9527, ge=0, le=65535,
+        9527,
+        ge=0,
+        le=65535,
         description="Port of the embedded Hypha server (0: any free port; a taken port falls back to a free one).",
     )
-    s3: bool = Field(
-        True, description="Start the SeaweedFS S3 store so the artifact manager works."
-    )
+    s3: bool = Field(True, description="Start the SeaweedFS S3 store so the artifact manager works.")
     admin_token_hours: float = Field(
         168.0, gt=0, description="Validity of the admin token printed for the embedded server."
     )
@@ -166,10 +164,14 @@ class Launcher:
 
     def _processes(self) -> list[ManagedProcess]:
         common = [
-            "--server-url", self.server_url,
-            "--workspace", self.settings.workspace,
-            "--workspace-dir", str(self.dir),
-            "--telemetry-exporter", self.settings.telemetry_exporter,
+            "--server-url",
+            self.server_url,
+            "--workspace",
+            self.settings.workspace,
+            "--workspace-dir",
+            str(self.dir),
+            "--telemetry-exporter",
+            self.settings.telemetry_exporter,
         ]
         if self.admin_users:
             common += ["--admin-users", *self.admin_users]
@@ -189,7 +191,9 @@ class Launcher:
 
             processes.append(
                 ManagedProcess(
-                    name=name, argv=argv, environment=environment,
+                    name=name,
+                    argv=argv,
+                    environment=environment,
                     console_log=self.dir / "logs" / f"{name}.console.log",
                 )
             )
@@ -245,11 +249,16 @@ class Launcher:
                 f"also in {self.dir / CONNECTION_FILE})"
             )
         else:
-            user = token_claims(self.settings.token.get_secret_value()).get("sub") if self.settings.token else None
+            user = (
+                token_claims(self.settings.token.get_secret_value()).get("sub")
+                if self.settings.token
+                else None
+            )
             lines.append(f"  Admin        : the owner of --token ({user})")
         lines += [
             f"  Logs         : {self.dir / 'logs'}",
-            "Check it with: uv run bioengine status" + (f" --workspace-dir {self.dir}" if self.dir != Path("~/.bioengine").expanduser() else ""),
+            "Check it with: uv run bioengine status"
+            + (f" --workspace-dir {self.dir}" if self.dir != Path("~/.bioengine").expanduser() else ""),
             "Press Ctrl-C to stop.",
         ]
         print("\n".join(lines), flush=True)
@@ -310,10 +319,10 @@ class Launcher:
 
 def main(argv: Sequence[str] | None = None) -> None:
     settings = load_settings(
-        WorkerSettings, argv, prog="bioengine-worker",
+        WorkerSettings,
+        argv,
+        prog="bioengine-worker",
         description="Run a BioEngine worker: an embedded Hypha server (unless --server-url) and "
         "the cluster, apps, datasets and gateway services, supervised until Ctrl-C.",
     )
     sys.exit(Launcher(settings).run())
-
-

@@ -19,7 +19,7 @@ class AppsSettings(ServiceSettings):
 class AppsService(BioEngineService):
     name = "apps"
     service_id = "bioengine-apps"
-    distribution = "bioengine-apps"
+    distribution = "apps-svc"
     description = "Uploads, deploys and exposes AI model apps on Ray Serve."
     settings_model = AppsSettings
     settings: AppsSettings

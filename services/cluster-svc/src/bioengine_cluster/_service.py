@@ -22,7 +22,7 @@ class ClusterSettings(ServiceSettings):
 class ClusterService(BioEngineService):
     name = "cluster"
     service_id = "bioengine-cluster"
-    distribution = "bioengine-cluster"
+    distribution = "cluster-svc"
     description = "Runs or connects the worker's Ray cluster and reports its resources."
     settings_model = ClusterSettings
     settings: ClusterSettings

@@ -19,7 +19,7 @@ class DatasetsSettings(ServiceSettings):
 class DatasetsService(BioEngineService):
     name = "datasets"
     service_id = "bioengine-datasets"
-    distribution = "bioengine-datasets"
+    distribution = "datasets-svc"
     description = "Streams Zarr datasets over HTTP with per-dataset access control."
     settings_model = DatasetsSettings
     settings: DatasetsSettings

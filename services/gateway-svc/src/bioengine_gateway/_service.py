@@ -43,7 +43,7 @@ class GatewaySettings(ServiceSettings):
 class GatewayService(BioEngineService):
     name = "gateway"
     service_id = "bioengine-worker"
-    distribution = "bioengine-gateway"
+    distribution = "gateway-svc"
     description = "BioEngine worker: run bioimage AI apps, datasets and code on this worker's compute."
     visibility = "public"
     settings_model = GatewaySettings
@@ -83,7 +83,9 @@ class GatewayService(BioEngineService):
             except (TimeoutError, ConnectionError, KeyError) as exc:
                 self._proxies.pop(name, None)
                 if attempt == 2:
-                    raise ServiceUnavailable(f"{BACKENDS[name]} did not answer: {error_summary(exc)}") from exc
+                    raise ServiceUnavailable(
+                        f"{BACKENDS[name]} did not answer: {error_summary(exc)}"
+                    ) from exc
             except Exception as exc:
                 if "not connected" in str(exc) or "Service not found" in str(exc):
                     self._proxies.pop(name, None)
@@ -112,7 +114,7 @@ class GatewayService(BioEngineService):
         return bool(user) and is_authorized(user, self.admin_users)
 
     @schema_method
-    async def get_status(self, context: dict | None = None) -> dict:  # type: ignore[override]
+    async def get_status(self, context: dict | None = None) -> dict:
         """Status of the worker: versions, uptime, readiness and each internal service (up or down, with the error)."""
         now = time.time()
         cluster = self._services["cluster"].get("status") or {}
@@ -132,12 +134,12 @@ class GatewayService(BioEngineService):
         return status
 
     @schema_method
-    async def check_access(self, context: dict | None = None) -> bool:  # type: ignore[override]
+    async def check_access(self, context: dict | None = None) -> bool:
         """Whether the caller is an admin of this worker. Never raises."""
         return self._is_admin_context(context)
 
     @schema_method
-    async def get_logs(  # type: ignore[override]
+    async def get_logs(
         self,
         tail: int = Field(100, description="Number of lines from the end of each log.", ge=1, le=10000),
         context: dict | None = None,

@@ -1,0 +1,189 @@
+"""pytest plugin of BioEngine: real components as subprocesses, shared by every member's tests.
+
+Loaded automatically (entry point ``pytest11``) wherever bioengine-common is installed.
+
+Fixtures:
+
+- ``hypha_server`` (session): a real Hypha server on a free loopback port with the shared
+  workspace created at start-up; ``hypha_server.mint(...)`` makes tokens for it.
+- ``service_tokens`` (session): one read_write token per service name.
+- ``hypha_server_factory``: private servers for tests that stop or restart them.
+- ``start_service``: start a service module as a subprocess against a server; stopped at the
+  end of the test.
+- ``admin_client``: an async Hypha connection with an admin token of the shared workspace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ._embedded import EmbeddedHypha
+from ._hypha import connect
+from ._processes import spawn, stop_process
+
+TEST_WORKSPACE = "bioengine-test"
+ADMIN_USER = "test-admin"
+SERVICE_MODULES = {
+    "cluster": ("bioengine_cluster", "bioengine-cluster"),
+    "apps": ("bioengine_apps", "bioengine-apps"),
+    "datasets": ("bioengine_datasets", "bioengine-datasets"),
+    "gateway": ("bioengine_gateway", "bioengine-worker"),
+}
+
+__all__ = [
+    "ADMIN_USER",
+    "SERVICE_MODULES",
+    "TEST_WORKSPACE",
+    "ServiceProcess",
+    "admin_client",
+    "hypha_server",
+    "hypha_server_factory",
+    "service_tokens",
+    "start_service",
+    "wait_for_service",
+]
+
+
+@dataclass
+class ServiceProcess:
+    """A service running as a child process, with its log directory."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    workspace_dir: Path
+    process: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def start(self) -> ServiceProcess:
+        self.process = spawn(
+            self.argv, env=self.env, log_path=self.workspace_dir / "logs" / f"{self.name}.console.log"
+        )
+        return self
+
+    @property
+    def pid(self) -> int:
+        return int(self.process.pid)
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        return stop_process(self.process, timeout=timeout)
+
+    def console_output(self) -> str:
+        path = self.workspace_dir / "logs" / f"{self.name}.console.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
+async def wait_for_service(
+    server: Any, service_id: str, timeout: float = 30.0, *, not_client: str | None = None
+) -> dict[str, Any]:
+    """Poll until ``service_id`` is registered (by a client other than ``not_client``)."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            info = await server.get_service_info(service_id, {"mode": "last"})
+            if not_client is None or f"/{not_client}:" not in info["id"]:
+                return dict(info)
+        except Exception as exc:  # not there yet
+            last_error = exc
+        await asyncio.sleep(0.25)
+    raise TimeoutError(f"{service_id} not registered within {timeout:.0f} s (last error: {last_error})")
+
+
+def _new_server(base: Path, *, s3: bool = False) -> EmbeddedHypha:
+    server = EmbeddedHypha(base, TEST_WORKSPACE, s3=s3, log=lambda message: None)
+    server.start()
+    return server
+
+
+@pytest.fixture(scope="session")
+def hypha_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedHypha]:
+    server = _new_server(tmp_path_factory.mktemp("hypha"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def hypha_server_factory(tmp_path: Path) -> Iterator[Callable[..., EmbeddedHypha]]:
+    servers: list[EmbeddedHypha] = []
+
+    def factory(*, s3: bool = False) -> EmbeddedHypha:
+        server = _new_server(tmp_path / f"hypha-{len(servers)}", s3=s3)
+        servers.append(server)
+        return server
+
+    yield factory
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def service_tokens(hypha_server: EmbeddedHypha) -> dict[str, str]:
+    return {name: hypha_server.mint(f"bioengine-{name}") for name in SERVICE_MODULES}
+
+
+@pytest.fixture
+def start_service(tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
+    started: list[ServiceProcess] = []
+
+    def start(
+        name: str,
+        server: EmbeddedHypha,
+        *extra_args: str,
+        token: str | None = None,
+        admin_users: Sequence[str] = (ADMIN_USER,),
+        workspace_dir: Path | None = None,
+    ) -> ServiceProcess:
+        module, _ = SERVICE_MODULES[name]
+        workspace_dir = workspace_dir or tmp_path / "worker"
+        argv = [
+            sys.executable,
+            "-m",
+            module,
+            "--server-url",
+            server.url,
+            "--workspace",
+            server.workspace,
+            "--workspace-dir",
+            str(workspace_dir),
+            "--reconnect-timeout",
+            "60",
+        ]
+        if admin_users:
+            argv += ["--admin-users", *admin_users]
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("BIOENGINE_")},
+            "BIOENGINE_TOKEN": token or server.mint(f"bioengine-{name}"),
+        }
+        service = ServiceProcess(name, [*argv, *extra_args], env, workspace_dir).start()
+        started.append(service)
+        return service
+
+    yield start
+    for service in started:
+        service.stop()
+
+
+@pytest.fixture
+async def admin_client(hypha_server: EmbeddedHypha) -> AsyncIterator[Any]:
+    server = await connect(
+        hypha_server.url,
+        workspace=hypha_server.workspace,
+        token=hypha_server.mint(ADMIN_USER, "admin"),
+    )
+    yield server
+    with contextlib.suppress(Exception):
+        await server.disconnect()

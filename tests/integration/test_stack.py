@@ -1,0 +1,206 @@
+"""The one command of the README: `bioengine-worker` starts everything; Ctrl-C stops everything."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from bioengine_common import connect
+
+pytestmark = pytest.mark.integration
+
+
+class Stack:
+    def __init__(self, workspace_dir: Path):
+        self.dir = workspace_dir
+        self.output = workspace_dir / "launcher.out"
+        workspace_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.output, "wb") as out:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "bioengine_worker",
+                    "--mode",
+                    "single-machine",
+                    "--workspace-dir",
+                    str(workspace_dir),
+                    "--hypha-port",
+                    "0",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={k: v for k, v in os.environ.items() if not k.startswith("BIOENGINE_")},
+            )
+        self.connection: dict = {}
+
+    def wait_ready(self, timeout: float = 120.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"launcher exited early:\n{self.output.read_text()}")
+            text = self.output.read_text(errors="replace")
+            if "Press Ctrl-C to stop." in text:
+                self.connection = json.loads((self.dir / "worker.json").read_text())
+                return self.connection
+            time.sleep(0.3)
+        raise AssertionError(f"worker not ready in {timeout} s:\n{self.output.read_text()}")
+
+    def descendants(self) -> list[psutil.Process]:
+        return psutil.Process(self.process.pid).children(recursive=True)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    stack = Stack(tmp_path_factory.mktemp("stack"))
+    try:
+        stack.wait_ready()
+        yield stack
+    finally:
+        if stack.process.poll() is None:
+            stack.process.send_signal(signal.SIGINT)
+            try:
+                stack.process.wait(60)
+            except subprocess.TimeoutExpired:
+                stack.process.kill()
+
+
+async def _admin(stack):
+    c = stack.connection
+    return await connect(c["server_url"], workspace=c["workspace"], token=c["token"])
+
+
+async def _wait_all_up(gateway, timeout=30.0, not_pid=None):
+    deadline = time.monotonic() + timeout
+    while True:
+        status = await gateway.get_status()
+        services = status["services"]
+        ok = all(s["up"] for s in services.values())
+        if ok and not_pid is not None:
+            ok = services["apps"]["status"]["pid"] != not_pid
+        if ok or time.monotonic() > deadline:
+            return status
+        await asyncio.sleep(0.25)
+
+
+def test_the_command_prints_how_to_reach_the_worker(stack):
+    text = stack.output.read_text()
+    c = stack.connection
+    assert c["server_url"] in text and "bioengine/bioengine-worker" in text
+    assert c["token"] in text  # the admin token is printed once, for the user
+    assert oct((stack.dir / "worker.json").stat().st_mode & 0o777) == "0o600"
+    # The token must never land in a log file.
+    for log in (stack.dir / "logs").glob("*.log"):
+        assert c["token"] not in log.read_text(errors="replace"), log
+
+
+async def test_gateway_shows_all_services_up(stack):
+    server = await _admin(stack)
+    try:
+        gateway = await server.get_service("bioengine/bioengine-worker")
+        status = await _wait_all_up(gateway)
+        assert status["is_ready"] is True, status
+        assert status["worker_mode"] == "single-machine"
+        assert set(status["services"]) == {"cluster", "apps", "datasets"}
+        pids = {s["status"]["pid"] for s in status["services"].values()}
+        children = {p.pid for p in stack.descendants()}
+        assert pids <= children and len(pids) == 3  # separate processes of this launcher
+        assert "bioengine-admin" in status["admin_users"]
+    finally:
+        await server.disconnect()
+
+
+async def test_a_killed_service_is_restarted_and_shown_up_again(stack):
+    server = await _admin(stack)
+    try:
+        gateway = await server.get_service("bioengine/bioengine-worker")
+        before = await _wait_all_up(gateway)
+        pid = before["services"]["apps"]["status"]["pid"]
+        os.kill(pid, signal.SIGKILL)
+        started = time.monotonic()
+        after = await _wait_all_up(gateway, timeout=15.0, not_pid=pid)
+        assert after["services"]["apps"]["up"], after["services"]["apps"]
+        assert after["services"]["apps"]["status"]["pid"] != pid
+        assert time.monotonic() - started < 15.0
+        assert "apps exited with code -9" in stack.output.read_text()
+    finally:
+        await server.disconnect()
+
+
+async def test_permissions_anonymous_versus_admin(stack):
+    c = stack.connection
+    anonymous = await connect(c["server_url"])
+    admin = await _admin(stack)
+    try:
+        public = await anonymous.get_service("bioengine/bioengine-worker")
+        assert await public.check_access() is False
+        with pytest.raises(Exception, match="not authorized to access 'get_logs'"):
+            await public.get_logs(tail=3)
+        with pytest.raises(Exception, match="Permission denied"):
+            await anonymous.get_service("bioengine/bioengine-cluster")
+
+        gateway = await admin.get_service("bioengine/bioengine-worker")
+        assert await gateway.check_access() is True
+        logs = await gateway.get_logs(tail=3)
+        assert all(logs[name] for name in ("gateway", "cluster", "apps", "datasets"))
+        cluster = await admin.get_service("bioengine/bioengine-cluster")
+        assert (await cluster.get_status())["ready"] is True
+    finally:
+        await anonymous.disconnect()
+        await admin.disconnect()
+
+
+def test_cli_status_and_call(stack):
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        # The `bioengine` console script's function, in this environment.
+        return subprocess.run(
+            [sys.executable, "-c", "from bioengine_worker._cli import main; main()", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    readable = run("status", "--workspace-dir", str(stack.dir))
+    assert readable.returncode == 0, readable.stderr
+    assert "ready" in readable.stdout and "cluster" in readable.stdout
+    as_json = run("status", "--json", "--workspace-dir", str(stack.dir))
+    assert json.loads(as_json.stdout)["is_ready"] is True
+    called = run(
+        "call",
+        "bioengine-cluster",
+        "get_logs",
+        "--arg",
+        "tail=2",
+        "--json",
+        "--workspace-dir",
+        str(stack.dir),
+    )
+    assert called.returncode == 0 and len(json.loads(called.stdout)) == 2
+    denied = run("call", "bioengine-worker", "get_logs", "--anonymous", "--workspace-dir", str(stack.dir))
+    assert denied.returncode == 1 and "not authorized" in denied.stderr
+    bad_token = run("status", "--token", "not-a-jwt", "--workspace-dir", str(stack.dir))
+    assert bad_token.returncode == 3 and "refused the connection" in bad_token.stderr
+    unreachable = run("status", "--server-url", "http://127.0.0.1:9", "--workspace-dir", str(stack.dir))
+    assert unreachable.returncode == 3 and "Cannot reach the Hypha server" in unreachable.stderr
+    bad_arg = run("call", "bioengine-worker", "get_logs", "--arg", "tail", "--workspace-dir", str(stack.dir))
+    assert bad_arg.returncode == 2 and "NAME=VALUE" in bad_arg.stderr
+
+
+def test_ctrl_c_leaves_no_process_behind(stack):
+    children = stack.descendants()
+    assert len(children) >= 6  # hypha, seaweedfs and four services
+    stack.process.send_signal(signal.SIGINT)
+    assert stack.process.wait(60) == 0
+    _gone, alive = psutil.wait_procs(children, timeout=5)
+    assert not alive, [p.pid for p in alive]
+    assert not (stack.dir / "worker.json").exists()
+    assert "Stopped." in stack.output.read_text()

@@ -1,0 +1,67 @@
+"""Every workspace member runs with `uv run --package <member>`, from the one lock."""
+
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+ENTRY_POINTS = {
+    "cluster-svc": "bioengine-cluster",
+    "apps-svc": "bioengine-apps",
+    "datasets-svc": "bioengine-datasets",
+    "gateway-svc": "bioengine-gateway",
+    "bioengine-worker": "bioengine-worker",
+}
+
+
+def _uv() -> str:
+    uv = shutil.which("uv")
+    assert uv, "uv must be on PATH (pip install uv)"
+    return uv
+
+
+@pytest.mark.parametrize(("member", "entry"), sorted(ENTRY_POINTS.items()))
+def test_uv_run_package_help(member, entry):
+    out = subprocess.run(
+        [_uv(), "run", "--frozen", "--package", member, entry, "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "--server-url" in out.stdout
+
+
+def test_common_runs_alone():
+    out = subprocess.run(
+        [
+            _uv(),
+            "run",
+            "--frozen",
+            "--package",
+            "bioengine-common",
+            "python",
+            "-c",
+            "import bioengine_common; print(len(bioengine_common.__all__))",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0 and int(out.stdout) > 10, out.stderr
+
+
+def test_members_have_the_layout():
+    for pyproject in [*ROOT.glob("libs/*/pyproject.toml"), *ROOT.glob("services/*/pyproject.toml")]:
+        member = pyproject.parent
+        project = tomllib.loads(pyproject.read_text())["project"]
+        package = "bioengine_" + member.name.removesuffix("-svc").removeprefix("bioengine-")
+        assert (member / "README.md").stat().st_size > 200, member
+        assert (member / "src" / package / "__init__.py").exists(), member
+        assert list((member / "tests").glob("test_*.py")), member
+        assert project["requires-python"] == ">=3.11"
