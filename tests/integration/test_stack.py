@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 
@@ -157,6 +158,28 @@ async def test_permissions_anonymous_versus_admin(stack):
     finally:
         await anonymous.disconnect()
         await admin.disconnect()
+
+
+async def test_the_artifact_manager_works_on_the_embedded_s3_store(stack):
+    server = await _admin(stack)
+    try:
+        manager = await server.get_service("public/artifact-manager")
+        collection = await manager.create(type="collection", alias="applications", manifest={"name": "apps"})
+        artifact = await manager.create(
+            parent_id=collection["id"], alias="demo", manifest={"name": "demo"}, stage=True
+        )
+        async with httpx.AsyncClient() as http:
+            put_url = await manager.put_file(artifact["id"], file_path="manifest.yaml")
+            assert (await http.put(put_url, content=b"name: demo\n")).status_code == 200
+            await manager.commit(artifact["id"])
+            get_url = await manager.get_file(artifact["id"], file_path="manifest.yaml")
+            response = await http.get(get_url)
+        assert response.status_code == 200 and response.text == "name: demo\n"
+        assert [f["name"] for f in await manager.list_files(artifact["id"])] == ["manifest.yaml"]
+        # The bytes went to SeaweedFS under the workspace dir.
+        assert any((stack.dir / "seaweedfs").rglob("*.dat"))
+    finally:
+        await server.disconnect()
 
 
 def test_cli_status_and_call(stack):

@@ -1,0 +1,64 @@
+"""`bioengine-worker --server-url URL --workspace WS` with a token: no embedded server."""
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from bioengine_common import connect
+from bioengine_common.testing import wait_for_service
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def external_launcher(hypha_server, tmp_path):
+    token = hypha_server.mint("facility-operator", "read_write")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BIOENGINE_")}
+    output = tmp_path / "launcher.out"
+    with open(output, "wb") as out:
+        launcher = subprocess.Popen(
+            [sys.executable, "-m", "bioengine_worker", "--server-url", hypha_server.url,
+             "--workspace", hypha_server.workspace, "--workspace-dir", str(tmp_path), "--mode", "external-cluster"],
+            stdout=out, stderr=subprocess.STDOUT, env={**env, "BIOENGINE_TOKEN": token},
+        )  # fmt: skip
+    yield launcher, output, token
+    if launcher.poll() is None:
+        launcher.send_signal(signal.SIGINT)
+        launcher.wait(60)
+
+
+async def test_the_launcher_uses_an_existing_server(hypha_server, external_launcher):
+    launcher, output, token = external_launcher
+    client = await connect(hypha_server.url, workspace=hypha_server.workspace, token=token)
+    try:
+        await wait_for_service(client, "bioengine-worker", timeout=60)
+        children = psutil.Process(launcher.pid).children(recursive=True)
+        commands = [" ".join(p.cmdline()) for p in children]
+        assert not [c for c in commands if "hypha.server" in c or "weed" in c]  # nothing embedded
+        gateway = await client.get_service("bioengine-worker")
+        deadline = time.monotonic() + 30
+        while not (status := await gateway.get_status())["is_ready"] and time.monotonic() < deadline:
+            await asyncio.sleep(0.3)
+        assert status["is_ready"] and status["worker_mode"] == "external-cluster"
+        assert await gateway.check_access() is True  # the token's owner is an admin
+        text = output.read_text()
+        assert "the owner of --token (facility-operator)" in text and token not in text
+    finally:
+        await client.disconnect()
+    launcher.send_signal(signal.SIGINT)
+    assert launcher.wait(60) == 0
+
+
+def test_server_url_without_token_is_a_clear_error(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BIOENGINE_")}
+    out = subprocess.run(
+        [sys.executable, "-m", "bioengine_worker", "--server-url", "http://127.0.0.1:9", "--workspace-dir", str(tmp_path)],
+        capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
+    assert out.returncode != 0 and "--server-url needs --token" in out.stderr
