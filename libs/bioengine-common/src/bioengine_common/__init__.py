@@ -7,7 +7,7 @@ telemetry and the local stack's infrastructure. Test fixtures live in
 
 from ._embedded import EmbeddedHypha, find_hypha_project
 from ._hypha import HyphaConnection, connect
-from ._lifecycle import EXIT_CONNECTION_LOST, EXIT_FAILURE, BioEngineService, CallerField
+from ._lifecycle import EXIT_CONNECTION_LOST, EXIT_FAILURE, EXIT_WORKER_STOP, BioEngineService, CallerField
 from ._logging import create_logger, mask_secrets
 from ._permissions import (
     check_permissions,
@@ -18,6 +18,15 @@ from ._permissions import (
     resolve_context,
 )
 from ._processes import free_port, spawn, stop_process, wait_for_port
+from ._ray_head import (
+    HeadOptions,
+    HeadState,
+    LocalHead,
+    RayPorts,
+    choose_ports,
+    ray_environment,
+    short_temp_dir,
+)
 from ._settings import ENV_PREFIX, ServiceSettings, build_parser, load_settings
 from ._telemetry import setup_telemetry, traced
 from ._tokens import mint_token, token_claims
@@ -37,21 +46,27 @@ __all__ = [
     "ENV_PREFIX",
     "EXIT_CONNECTION_LOST",
     "EXIT_FAILURE",
+    "EXIT_WORKER_STOP",
     "BioEngineError",
     "BioEngineService",
     "CallerField",
     "ConfigurationError",
     "ConnectionLost",
     "EmbeddedHypha",
+    "HeadOptions",
+    "HeadState",
     "HyphaConnection",
     "InvalidRequest",
+    "LocalHead",
     "NotFound",
     "PermissionDenied",
+    "RayPorts",
     "ResourceUnavailable",
     "ServiceSettings",
     "ServiceUnavailable",
     "build_parser",
     "check_permissions",
+    "choose_ports",
     "connect",
     "create_context",
     "create_logger",
@@ -64,8 +79,10 @@ __all__ = [
     "load_settings",
     "mask_secrets",
     "mint_token",
+    "ray_environment",
     "resolve_context",
     "setup_telemetry",
+    "short_temp_dir",
     "spawn",
     "stop_process",
     "token_claims",

@@ -29,10 +29,12 @@ from ._settings import ServiceSettings, load_settings
 from ._telemetry import setup_telemetry, traced
 from .errors import ConnectionLost, InvalidRequest, ServiceUnavailable
 
-__all__ = ["EXIT_CONNECTION_LOST", "EXIT_FAILURE", "BioEngineService", "CallerField"]
+__all__ = ["EXIT_CONNECTION_LOST", "EXIT_FAILURE", "EXIT_WORKER_STOP", "BioEngineService", "CallerField"]
 
 EXIT_FAILURE = 1
 EXIT_CONNECTION_LOST = 3
+#: The gateway exits with this after ``stop_worker``: the supervisor then stops the whole worker.
+EXIT_WORKER_STOP = 10
 
 CallerField = Field(
     None,
@@ -80,6 +82,7 @@ class BioEngineService:
         self.ready = False
         self.admin_users: list[str] = list(settings.admin_users)
         self._stop: asyncio.Event | None = None
+        self._exit_code = 0
 
     # ---- hooks for subclasses -------------------------------------------------------------
     async def initialize(self) -> None:
@@ -96,6 +99,10 @@ class BioEngineService:
         """Service-specific fields merged into :meth:`get_status`."""
         return {}
 
+    def is_ready(self) -> bool:
+        """Registered and able to do its job; subclasses add their own conditions."""
+        return self.ready
+
     # ---- helpers for RPC methods --------------------------------------------------------------
     def caller_context(self, context: Any, caller: Any) -> dict[str, Any]:
         """The context to authorize against (the forwarded caller when it may be trusted)."""
@@ -110,7 +117,9 @@ class BioEngineService:
     def is_admin(self, user: dict[str, Any]) -> bool:
         return is_authorized(user, self.admin_users)
 
-    def request_stop(self) -> None:
+    def request_stop(self, exit_code: int = 0) -> None:
+        """Stop the process as on SIGTERM, exiting with ``exit_code``."""
+        self._exit_code = exit_code
         if self._stop is not None:
             self._stop.set()
 
@@ -129,7 +138,7 @@ class BioEngineService:
             "pid": os.getpid(),
             "start_time": self.started_at,
             "uptime": now - self.started_at if self.started_at else 0.0,
-            "ready": self.ready,
+            "ready": self.is_ready(),
             **self.status_details(),
         }
 
@@ -200,6 +209,7 @@ class BioEngineService:
                 if task.get_name() != "stop" and task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
             self.logger.info("Stopping %s", self.service_id)
+            code = self._exit_code
         except (ConnectionLost, ServiceUnavailable) as exc:
             self.logger.error("%s: %s", type(exc).__name__, exc)
             code = EXIT_CONNECTION_LOST

@@ -11,12 +11,15 @@ Fixtures:
 - ``start_service``: start a service module as a subprocess against a server; stopped at the
   end of the test.
 - ``admin_client``: an async Hypha connection with an admin token of the shared workspace.
+- ``ray_head`` (session): a real Ray head (4 logical CPUs, own ports and temp dir); its
+  ``address`` is what drivers and ``--head-address`` use.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import sys
 import time
@@ -30,6 +33,7 @@ import pytest
 from ._embedded import EmbeddedHypha
 from ._hypha import connect
 from ._processes import spawn, stop_process
+from ._ray_head import HeadOptions, HeadState, LocalHead, ray_environment, short_temp_dir
 
 TEST_WORKSPACE = "bioengine-test"
 ADMIN_USER = "test-admin"
@@ -48,6 +52,7 @@ __all__ = [
     "admin_client",
     "hypha_server",
     "hypha_server_factory",
+    "ray_head",
     "service_tokens",
     "start_service",
     "wait_for_service",
@@ -175,6 +180,21 @@ def start_service(tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
     yield start
     for service in started:
         service.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HeadState]:
+    """A real Ray head for the whole run: 4 logical CPUs, its own free ports and temp dir."""
+    os.environ.update(ray_environment())
+    base = tmp_path_factory.mktemp("ray")
+    head = LocalHead(
+        short_temp_dir(base / "ray"),
+        HeadOptions(num_cpus=4, num_gpus=0, object_store_bytes=300 * 1024**2),
+        logging.getLogger("bioengine.testing"),
+    )
+    state = head.start()
+    yield state
+    head.stop()
 
 
 @pytest.fixture

@@ -37,6 +37,15 @@ CONNECTION_FILE = "worker.json"
 _PER_PROCESS_VARIABLES = {"BIOENGINE_CLIENT_ID", "BIOENGINE_LOG_FILE", "BIOENGINE_TOKEN"}
 LOCAL_ADMIN = "bioengine-admin"
 
+#: Launcher flags handed on to bioengine-cluster when set.
+CLUSTER_FLAGS = (
+    "head_address",
+    "head_num_cpus",
+    "head_num_gpus",
+    "head_memory_in_gb",
+    "object_store_memory_in_gb",
+)
+
 #: The services in start order; the gateway last (it needs the others to be useful).
 SERVICES: tuple[tuple[str, str], ...] = (
     ("cluster", "bioengine_cluster"),
@@ -76,6 +85,21 @@ class WorkerSettings(BaseModel):
     s3: bool = Field(True, description="Start the SeaweedFS S3 store so the artifact manager works.")
     admin_token_hours: float = Field(
         168.0, gt=0, description="Validity of the admin token printed for the embedded server."
+    )
+    head_address: str | None = Field(
+        None,
+        description="external-cluster: the Ray cluster to join (host:port or ray://host:port); "
+        "other modes: the IP the Ray head advertises.",
+    )
+    head_num_cpus: float | None = Field(
+        None, ge=0, description="CPUs of the Ray head (default: all; 0 in slurm mode)."
+    )
+    head_num_gpus: float | None = Field(
+        None, ge=0, description="GPUs of the Ray head (default: detected; 0 in slurm mode)."
+    )
+    head_memory_in_gb: float | None = Field(None, gt=0, description="Memory the Ray head offers to tasks.")
+    object_store_memory_in_gb: float | None = Field(
+        None, gt=0, description="Object store size of the Ray head."
     )
     debug: bool = Field(False, description="Log at DEBUG level in every service.")
     telemetry_exporter: Literal["none", "console", "otlp"] = Field(
@@ -162,6 +186,14 @@ class Launcher:
         assert self.settings.token is not None
         return self.settings.token.get_secret_value()
 
+    def _cluster_flags(self) -> list[str]:
+        flags = []
+        for name in CLUSTER_FLAGS:
+            value = getattr(self.settings, name)
+            if value is not None:
+                flags += ["--" + name.replace("_", "-"), str(value)]
+        return flags
+
     def _processes(self) -> list[ManagedProcess]:
         common = [
             "--server-url",
@@ -181,7 +213,7 @@ class Launcher:
         for name, module in SERVICES:
             argv = [sys.executable, "-m", module, *common]
             if name == "cluster":
-                argv += ["--mode", self.settings.mode]
+                argv += ["--mode", self.settings.mode, *self._cluster_flags()]
 
             def environment(name: str = name) -> dict[str, str]:
                 # Per-process settings must not be shared: four clients with one id evict each other.
@@ -278,7 +310,9 @@ class Launcher:
         self._announce(full_id, started)
         assert self.supervisor is not None
         while not stop.is_set():
-            self.supervisor.check_all()
+            if self.supervisor.check_all():
+                _say("stop_worker was called")
+                break
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=0.5)
 

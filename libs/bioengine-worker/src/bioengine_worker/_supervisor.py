@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bioengine_common import spawn, stop_process
+from bioengine_common import EXIT_WORKER_STOP, spawn, stop_process
 
 #: A run shorter than this counts as a crash loop: the next restart waits longer.
 STABLE_AFTER_S = 60.0
@@ -30,6 +30,8 @@ class ManagedProcess:
     restarts: int = 0
     started_at: float = 0.0
     restart_at: float | None = None
+    #: Set when the child exited with EXIT_WORKER_STOP: it asked for the whole worker to stop.
+    stop_requested: bool = False
     backoff: float = field(init=False)
 
     def __post_init__(self) -> None:
@@ -54,6 +56,11 @@ class ManagedProcess:
                 self.start()
             return
         if self.process is None or self.process.poll() is None:
+            return
+        if self.process.returncode == EXIT_WORKER_STOP:
+            if not self.stop_requested:
+                log(f"{self.name} asked to stop the worker")
+            self.stop_requested = True
             return
         ran_for = now - self.started_at
         if ran_for >= STABLE_AFTER_S:
@@ -80,9 +87,11 @@ class Supervisor:
         for managed in self.processes:
             managed.start()
 
-    def check_all(self) -> None:
+    def check_all(self) -> bool:
+        """Restart what exited; True when a child asked for the whole worker to stop."""
         for managed in self.processes:
             managed.check(self.log)
+        return any(managed.stop_requested for managed in self.processes)
 
     def stop_all(self, timeout: float = 15.0) -> None:
         """Stop the last process first (the gateway: the public service goes before what it

@@ -1,31 +1,369 @@
-"""The ``bioengine-cluster`` service. Ray is managed here in a later step; today it reports its mode."""
+"""The ``bioengine-cluster`` service: the worker's Ray cluster as a Hypha service."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import asyncio
+import collections
+import inspect
+import os
+import sys
+import time
+from typing import Any
 
+from hypha_rpc.utils.schema import schema_method
 from pydantic import Field
 
-from bioengine_common import BioEngineService, ServiceSettings
+from bioengine_common import (
+    BioEngineService,
+    ConfigurationError,
+    HeadOptions,
+    InvalidRequest,
+    ServiceUnavailable,
+    error_summary,
+    ray_environment,
+    short_temp_dir,
+)
 
-ClusterMode = Literal["single-machine", "slurm", "external-cluster"]
+from ._backends import (
+    NAMESPACE,
+    ClusterBackend,
+    ExternalBackend,
+    LocalHeadBackend,
+    connect_driver,
+    disconnect_driver,
+)
+from ._code_task import run_code_task
+from ._fit import ResourceRequest, check_fit
+from ._settings import ClusterSettings
+from ._status import ClusterSample, PendingDemand, summarize
+
+_GIB = 1024**3
+#: Options a caller may pass to the Ray task of run_code.
+RUN_CODE_OPTIONS = {
+    "num_cpus",
+    "num_gpus",
+    "memory",
+    "runtime_env",
+    "resources",
+    "accelerator_type",
+    "max_retries",
+}
 
 
-class ClusterSettings(ServiceSettings):
-    mode: ClusterMode = Field(
-        "single-machine",
-        description="How the Ray cluster is provided: started on this machine, grown with SLURM "
-        "jobs, or an existing cluster.",
+def make_backend(settings: ClusterSettings, logger: Any) -> ClusterBackend:
+    if settings.mode == "external-cluster":
+        return ExternalBackend(settings.head_address or "")
+    slurm = settings.mode == "slurm"
+    options = HeadOptions(
+        num_cpus=settings.head_num_cpus if settings.head_num_cpus is not None else (0 if slurm else None),
+        num_gpus=settings.head_num_gpus if settings.head_num_gpus is not None else (0 if slurm else None),
+        memory_bytes=int(settings.head_memory_in_gb * _GIB) if settings.head_memory_in_gb else None,
+        object_store_bytes=int(settings.object_store_memory_in_gb * _GIB)
+        if settings.object_store_memory_in_gb
+        else None,
+        node_ip=settings.head_address,
+        dashboard=settings.dashboard,
     )
+    temp_dir = short_temp_dir(settings.ray_temp_dir or settings.workspace_dir / "ray")
+    return LocalHeadBackend(settings.mode, temp_dir, options, logger)
+
+
+def _sample_blocking(gcs_address: str | None) -> ClusterSample:
+    """One cluster observation with Ray's cheap APIs (sub-millisecond to a few ms each)."""
+    import ray
+
+    raw_nodes = ray.nodes()
+    try:
+        from ray._private.state import available_resources_per_node
+
+        available = available_resources_per_node()
+    except Exception:  # not over Ray Client
+        available = None
+    demands: list[PendingDemand] = []
+    if gcs_address:
+        from ray.autoscaler.v2.sdk import get_cluster_status
+
+        summary = get_cluster_status(gcs_address).resource_demands
+        for source, entries in (
+            ("task_actor", summary.ray_task_actor_demand),
+            ("placement_group", summary.placement_group_demand),
+            ("request_resources", summary.cluster_constraint_demand),
+        ):
+            for entry in entries:
+                for bundle in getattr(entry, "bundles_by_count", []):
+                    demands.append(
+                        PendingDemand(resources=dict(bundle.bundle), count=bundle.count, source=source)
+                    )
+    return summarize(raw_nodes, available, demands, time.time())
 
 
 class ClusterService(BioEngineService):
     name = "cluster"
     service_id = "bioengine-cluster"
     distribution = "cluster-svc"
-    description = "Runs or connects the worker's Ray cluster and reports its resources."
+    description = (
+        "Runs or connects the worker's Ray cluster, reports it, checks resource fit and runs admin code."
+    )
     settings_model = ClusterSettings
     settings: ClusterSettings
 
+    def __init__(self, settings: ClusterSettings):
+        super().__init__(settings)
+        # Before anything imports Ray: it reads some of these once, at import.
+        os.environ.update(ray_environment())
+        self.backend = make_backend(settings, self.logger)
+        self.history: collections.deque[ClusterSample] = collections.deque(maxlen=settings.status_history)
+        self.connected = False
+        self.cluster_error: str | None = "not started yet"
+        self._retry_at = 0.0
+        self._failures = 0
+        self._last_sample = 0.0
+
+    # ---- the cluster's life ---------------------------------------------------------------------
+    async def _bring_up(self) -> None:
+        started = time.monotonic()
+        await asyncio.to_thread(self.backend.start)
+        timeout = self.settings.connect_timeout
+        try:
+            await asyncio.wait_for(
+                asyncio.to_thread(connect_driver, self.backend.driver_address, timeout), timeout + 5
+            )
+        except TimeoutError as exc:
+            raise ServiceUnavailable(
+                f"no Ray driver connection to {self.backend.driver_address} within {timeout:.0f} s"
+            ) from exc
+        self.connected, self.cluster_error, self._failures = True, None, 0
+        await self._sample()
+        self.logger.info(
+            "Ray cluster ready (%s mode) in %.1f s at %s",
+            self.settings.mode,
+            time.monotonic() - started,
+            self.backend.head_address,
+        )
+
+    async def _try_bring_up(self) -> None:
+        try:
+            await self._bring_up()
+        except (ServiceUnavailable, ConfigurationError) as exc:
+            self._failures += 1
+            delay = min(2.0**self._failures, 30.0)
+            self.cluster_error = f"{exc} (retrying in {delay:.0f} s)"
+            self._retry_at = time.monotonic() + delay
+            self.logger.error("Ray cluster unavailable: %s", self.cluster_error)
+
+    async def _sample(self) -> None:
+        sample = await asyncio.to_thread(_sample_blocking, self.backend.gcs_address())
+        self.history.append(sample)
+        self._last_sample = time.monotonic()
+
+    async def initialize(self) -> None:
+        await self._try_bring_up()
+
+    async def monitor(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            if not self.connected:
+                if time.monotonic() >= self._retry_at:
+                    await self._try_bring_up()
+                continue
+            alive, reason = self.backend.alive()
+            if not alive:
+                # Disconnect at once: a driver whose GCS is gone terminates its process after 60 s.
+                self.connected = False
+                self.cluster_error = f"Ray head down: {reason}"
+                self.logger.error(
+                    "%s; %s", self.cluster_error, "restarting it" if self.backend.starts_ray else "waiting"
+                )
+                await asyncio.to_thread(disconnect_driver)
+                self._retry_at = 0.0
+                continue
+            if time.monotonic() - self._last_sample >= self.settings.status_interval:
+                try:
+                    await self._sample()
+                    self.cluster_error = None
+                except Exception as exc:
+                    self.cluster_error = f"sampling the cluster failed: {error_summary(exc)}"
+                    self.logger.warning(self.cluster_error)
+
+    async def cleanup(self) -> None:
+        if self.connected:
+            await asyncio.to_thread(disconnect_driver)
+            self.connected = False
+        await asyncio.to_thread(self.backend.stop)
+
+    # ---- status ---------------------------------------------------------------------------------------
+    def is_ready(self) -> bool:
+        return self.ready and self.connected and bool(self.history)
+
+    def ray_cluster(self) -> dict[str, Any]:
+        """The public worker's ``ray_cluster`` shape, plus readiness and the error if any."""
+        import ray
+
+        latest = self.history[-1] if self.history else None
+        return {
+            "head_address": self.backend.head_address,
+            "start_time": self.backend.start_time or "N/A",
+            "mode": self.settings.mode,
+            "ray_version": ray.__version__,
+            "ready": self.connected and latest is not None,
+            "error": self.cluster_error,
+            "sampled_at": latest.sampled_at if latest else None,
+            "cluster": latest.cluster.model_dump() if latest else {},
+            "nodes": {k: v.model_dump() for k, v in latest.nodes.items()} if latest else {},
+            "pending_demand": [d.model_dump() for d in latest.pending_demand] if latest else [],
+        }
+
     def status_details(self) -> dict[str, Any]:
-        return {"mode": self.settings.mode, "ray_cluster": None}
+        return {"mode": self.settings.mode, "ray_cluster": self.ray_cluster()}
+
+    # ---- RPC ----------------------------------------------------------------------------------------
+    @schema_method
+    async def get_history(
+        self,
+        limit: int = Field(100, ge=1, description="Newest samples to return."),
+        caller: dict | None = None,
+        context: dict | None = None,
+    ) -> list:
+        """Recent cluster totals, oldest first: [{sampled_at, cluster}]."""
+        self.caller_context(context, caller)
+        samples = list(self.history)[-int(limit) :]
+        return [{"sampled_at": s.sampled_at, "cluster": s.cluster.model_dump()} for s in samples]
+
+    @schema_method
+    async def get_connection_info(self, caller: dict | None = None, context: dict | None = None) -> dict:
+        """What another service needs to become a Ray driver of this cluster."""
+        self.caller_context(context, caller)
+        if not self.connected:
+            raise ServiceUnavailable(f"the Ray cluster is not ready: {self.cluster_error}")
+        import ray
+
+        state = self.backend.describe()
+        ports = state.get("ports", {})
+        return {
+            "address": self.backend.driver_address,
+            "namespace": NAMESPACE,
+            "mode": self.settings.mode,
+            "ray_version": ray.__version__,
+            "python_version": sys.version.split()[0],
+            "environment": ray_environment(),
+            "serve_http_port": ports.get("serve_http"),
+            "dashboard_url": f"http://127.0.0.1:{ports['dashboard']}"
+            if self.settings.dashboard and ports
+            else None,
+            "temp_dir": state.get("temp_dir"),
+        }
+
+    @schema_method
+    async def check_resources(
+        self,
+        num_cpus: float = Field(0.0, ge=0, description="CPUs one task/replica needs."),
+        num_gpus: float = Field(0.0, ge=0, description="GPUs one task/replica needs."),
+        memory: float = Field(0.0, ge=0, description="Memory in bytes one task/replica needs."),
+        resources: dict | None = Field(None, description="Custom Ray resources needed."),
+        caller: dict | None = None,
+        context: dict | None = None,
+    ) -> dict:
+        """Whether a request fits now on a node, fits after a scale-up, or cannot fit — with the reason."""
+        self.caller_context(context, caller)
+        if not self.history:
+            raise ServiceUnavailable(f"no cluster sample yet: {self.cluster_error}")
+        request = ResourceRequest(
+            num_cpus=num_cpus, num_gpus=num_gpus, memory=memory, resources=resources or {}
+        )
+        return check_fit(request, self.history[-1].node_resources(), scale_up_node=None).model_dump()
+
+    @schema_method
+    async def run_code(
+        self,
+        code: str | None = Field(None, description="Python source defining the function (mode 'source')."),
+        function_name: str = Field("analyze", description="Name of the function to call in `code`."),
+        func_bytes: bytes | None = Field(None, description="A cloudpickled callable (mode 'pickle')."),
+        mode: str = Field("source", description="'source' or 'pickle'."),
+        args: list | None = Field(None, description="Positional arguments."),
+        kwargs: dict | None = Field(None, description="Keyword arguments."),
+        remote_options: dict | None = Field(
+            None, description="Ray task options: num_cpus, num_gpus, memory, runtime_env, resources, ..."
+        ),
+        write_stdout: Any = Field(None, description="Called with each stdout line while the code runs."),
+        write_stderr: Any = Field(None, description="Called with each stderr line while the code runs."),
+        timeout: float = Field(180.0, gt=0, description="Seconds before the task is cancelled."),
+        caller: dict | None = None,
+        context: dict | None = None,
+    ) -> dict:
+        """Run a Python function in a Ray task on the cluster (admin only).
+
+        Returns {result, stdout, stderr}, or {error, traceback, stdout, stderr}; never raises for
+        errors of the code itself.
+        """
+        self.require_admin(context, caller, "run_code")
+        if not self.connected:
+            raise ServiceUnavailable(f"the Ray cluster is not ready: {self.cluster_error}")
+        options = dict(remote_options or {})
+        unknown = set(options) - RUN_CODE_OPTIONS
+        if unknown:
+            return {
+                "error": f"unknown remote_options {sorted(unknown)}; allowed: {sorted(RUN_CODE_OPTIONS)}",
+                "traceback": "",
+            }
+        return await run_in_ray(
+            mode, code, func_bytes, function_name, list(args or []), dict(kwargs or {}),
+            options, write_stdout, write_stderr, float(timeout),
+        )  # fmt: skip
+
+
+async def _deliver(callback: Any, line: str) -> None:
+    if callback is None:
+        return
+    result = callback(line)
+    if inspect.isawaitable(result):
+        await result
+
+
+async def run_in_ray(
+    mode: str,
+    code: str | None,
+    func_bytes: bytes | None,
+    function_name: str,
+    args: list[Any],
+    kwargs: dict[str, Any],
+    options: dict[str, Any],
+    write_stdout: Any,
+    write_stderr: Any,
+    timeout: float,
+) -> dict[str, Any]:
+    """Stream the task's output lines to the callbacks; cancel the task on timeout."""
+    import ray
+    from ray import cloudpickle
+
+    # By value: nodes of an external cluster need not have bioengine installed.
+    cloudpickle.register_pickle_by_value(sys.modules[run_code_task.__module__])
+    try:
+        task = ray.remote(num_returns="streaming")(run_code_task).options(**options)
+        stream: Any = task.remote(mode, code, func_bytes, function_name, args, kwargs)
+    except Exception as exc:
+        return {"error": f"invalid remote_options: {error_summary(exc)}", "traceback": ""}
+    outcome: dict[str, Any] = {}
+
+    async def consume() -> None:
+        async for ref in stream:
+            kind, value = await ref
+            if kind == "stdout":
+                await _deliver(write_stdout, value)
+            elif kind == "stderr":
+                await _deliver(write_stderr, value)
+            else:
+                outcome.update(value)
+
+    try:
+        await asyncio.wait_for(consume(), timeout)
+    except TimeoutError:
+        ray.cancel(stream, force=True)  # kills the worker process: the code stops using CPU
+        return {
+            "error": f"The code timed out after {timeout:g} seconds.",
+            "traceback": f"TimeoutError: run_code exceeded its timeout of {timeout:g} seconds; the Ray task was cancelled",
+        }
+    except Exception as exc:  # the task itself failed (worker died, bad runtime_env, ...)
+        return {"error": error_summary(exc), "traceback": str(exc)}
+    if not outcome:
+        raise InvalidRequest("the run_code task ended without a result")
+    return outcome

@@ -14,6 +14,7 @@ from hypha_rpc.utils.schema import schema_method
 from pydantic import Field
 
 from bioengine_common import (
+    EXIT_WORKER_STOP,
     BioEngineService,
     ServiceSettings,
     ServiceUnavailable,
@@ -29,6 +30,14 @@ BACKENDS = {
     "apps": "bioengine-apps",
     "datasets": "bioengine-datasets",
 }
+
+
+def _is_stale_proxy(exc: BaseException) -> bool:
+    """The service behind a cached proxy is gone (restarted under a new client id)."""
+    text = str(exc)
+    return isinstance(exc, ConnectionError) or any(
+        marker in text for marker in ("not connected", "Service not found", "Client not found")
+    )
 
 
 class GatewaySettings(ServiceSettings):
@@ -63,35 +72,37 @@ class GatewayService(BioEngineService):
             self._proxies[name] = await self.hypha.get_service(BACKENDS[name])
         return self._proxies[name]
 
-    async def call(self, name: str, method: str, context: Any = None, **kwargs: Any) -> Any:
+    async def call(
+        self, name: str, method: str, context: Any = None, *, call_timeout: float | None = None, **kwargs: Any
+    ) -> Any:
         """Call ``method`` of internal service ``name``, forwarding the caller of ``context``.
 
-        A cached proxy that fails because its service restarted is dropped and the call is tried
-        once more with a fresh one; a service that is down raises :class:`ServiceUnavailable`.
+        A cached proxy whose service restarted is dropped and the call is made once more with a
+        fresh one (the call never reached the service, so this is safe for any method). A call
+        that times out is not repeated: it may be running.
         """
         if context is not None:
             kwargs["caller"] = forwarded_caller(context)
+        timeout = call_timeout or self.settings.call_timeout
         for attempt in (1, 2):
             try:
                 proxy = await self._proxy(name)
             except Exception as exc:
                 raise ServiceUnavailable(f"{BACKENDS[name]} is not available: {error_summary(exc)}") from exc
             try:
-                return await asyncio.wait_for(
-                    getattr(proxy, method)(**kwargs), timeout=self.settings.call_timeout
-                )
-            except (TimeoutError, ConnectionError, KeyError) as exc:
+                return await asyncio.wait_for(getattr(proxy, method)(**kwargs), timeout)
+            except TimeoutError as exc:
+                raise ServiceUnavailable(
+                    f"{BACKENDS[name]}.{method} did not answer within {timeout:g} s"
+                ) from exc
+            except Exception as exc:
+                if not _is_stale_proxy(exc):
+                    raise
                 self._proxies.pop(name, None)
                 if attempt == 2:
                     raise ServiceUnavailable(
-                        f"{BACKENDS[name]} did not answer: {error_summary(exc)}"
+                        f"{BACKENDS[name]} is not available: {error_summary(exc)}"
                     ) from exc
-            except Exception as exc:
-                if "not connected" in str(exc) or "Service not found" in str(exc):
-                    self._proxies.pop(name, None)
-                    if attempt == 1:
-                        continue
-                raise
         raise AssertionError("unreachable")
 
     async def _refresh(self, name: str) -> None:
@@ -125,8 +136,11 @@ class GatewayService(BioEngineService):
             "worker_mode": cluster.get("mode"),
             "workspace": self.settings.workspace,
             "client_id": self.hypha.client_id,
+            "ray_version": (cluster.get("ray_cluster") or {}).get("ray_version"),
+            "ray_cluster": cluster.get("ray_cluster"),
             "services": {name: dict(entry) for name, entry in self._services.items()},
-            "is_ready": self.ready and all(e["up"] for e in self._services.values()),
+            "is_ready": self.ready
+            and all(e["up"] and (e.get("status") or {}).get("ready") for e in self._services.values()),
         }
         # Admin ids and emails are not for everyone's eyes (the public worker leaks them).
         if self._is_admin_context(context):
@@ -156,3 +170,48 @@ class GatewayService(BioEngineService):
 
         await asyncio.gather(*(one(name) for name in BACKENDS))
         return logs
+
+    @schema_method
+    async def run_code(
+        self,
+        code: str | None = Field(None, description="Python source defining the function (mode 'source')."),
+        function_name: str = Field("analyze", description="Name of the function to call in `code`."),
+        func_bytes: bytes | None = Field(None, description="A cloudpickled callable (mode 'pickle')."),
+        mode: str = Field("source", description="'source' or 'pickle'."),
+        args: list | None = Field(None, description="Positional arguments."),
+        kwargs: dict | None = Field(None, description="Keyword arguments."),
+        remote_options: dict | None = Field(
+            None, description="Ray task options: num_cpus, num_gpus, memory, runtime_env, resources, ..."
+        ),
+        write_stdout: Any = Field(None, description="Called with each stdout line while the code runs."),
+        write_stderr: Any = Field(None, description="Called with each stderr line while the code runs."),
+        timeout: float = Field(180.0, gt=0, description="Seconds before the task is cancelled."),
+        context: dict | None = None,
+    ) -> dict:
+        """Run a Python function in a Ray task on the worker's cluster (admin only).
+
+        Returns {result, stdout, stderr} or {error, traceback, stdout, stderr}; stdout and stderr
+        lines reach the callbacks while the code runs.
+        """
+        check_permissions(context, self.admin_users, "'run_code' (admin only)")
+        return await self.call(
+            "cluster", "run_code", context, call_timeout=float(timeout) + 30.0,
+            code=code, function_name=function_name, func_bytes=func_bytes, mode=mode, args=args,
+            kwargs=kwargs, remote_options=remote_options, write_stdout=write_stdout,
+            write_stderr=write_stderr, timeout=float(timeout),
+        )  # fmt: skip
+
+    @schema_method
+    async def stop_worker(
+        self,
+        blocking: bool = Field(
+            False, description="Accepted for compatibility; the call always returns at once."
+        ),
+        context: dict | None = None,
+    ) -> None:
+        """Stop the whole worker gracefully (admin only): this service disappears from Hypha, then
+        the supervisor stops the other services and the cluster."""
+        user = check_permissions(context, self.admin_users, "'stop_worker' (admin only)")
+        self.logger.info("stop_worker requested by %s", user.get("email") or user.get("id"))
+        # Answer first, then stop: the reply must leave before the connection closes.
+        asyncio.get_running_loop().call_later(0.2, self.request_stop, EXIT_WORKER_STOP)

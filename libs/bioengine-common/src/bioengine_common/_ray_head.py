@@ -1,0 +1,329 @@
+"""A Ray head of our own: free ports, its own temp dir, started and stopped by PID.
+
+Used by bioengine-cluster (single-machine and slurm modes) and by the test fixtures; it drives
+the ``ray`` command of this environment and imports Ray only for its version.
+
+Never ``ray stop``: it kills every Ray cluster on the machine. The head outlives a restart of
+bioengine-cluster: its PID and ports are kept in ``<temp dir>/bioengine-head.json`` and a new
+service process adopts a head that is still running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+from pydantic import BaseModel
+
+from .errors import ServiceUnavailable
+
+__all__ = [
+    "HeadOptions",
+    "HeadState",
+    "LocalHead",
+    "RayPorts",
+    "choose_ports",
+    "ray_environment",
+    "short_temp_dir",
+]
+
+#: Unix socket paths under the temp dir must stay below 108 bytes; Ray adds up to ~70.
+MAX_TEMP_DIR_LENGTH = 36
+WORKER_PORT_COUNT = 1000
+
+
+def ray_environment(drain_timeout_s: float = 1.0) -> dict[str, str]:
+    """Variables every Ray process of ours gets (the head, drivers, run_code tasks)."""
+    return {
+        "RAY_USAGE_STATS_ENABLED": "0",
+        # Explicit, or one stray `ray.init()` on the machine flips later heads to token auth.
+        "RAY_AUTH_MODE": "disabled",
+        "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": f"{drain_timeout_s:g}",
+        # Under `uv run` (any ancestor), Ray would otherwise ship the current directory to every
+        # job and start its workers with `uv run`: slow, and not what the cluster should run.
+        "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
+    }
+
+
+def short_temp_dir(preferred: Path) -> Path:
+    """``preferred`` if short enough for Ray's socket paths, else a stable short path for it."""
+    preferred = preferred.expanduser().resolve()
+    if len(str(preferred)) <= MAX_TEMP_DIR_LENGTH:
+        return preferred
+    digest = hashlib.sha256(str(preferred).encode()).hexdigest()[:10]
+    return Path("/tmp") / f"bioengine-ray-{digest}"
+
+
+class RayPorts(BaseModel):
+    gcs: int
+    client_server: int
+    dashboard: int
+    dashboard_agent_listen: int
+    dashboard_agent_grpc: int
+    runtime_env_agent: int
+    metrics_export: int
+    node_manager: int
+    object_manager: int
+    autoscaler_metrics: int
+    dashboard_metrics: int
+    serve_http: int
+    min_worker: int
+    max_worker: int
+
+
+def _bindable(port: int) -> socket.socket | None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.bind(("0.0.0.0", port))
+    except OSError:
+        sock.close()
+        return None
+    return sock
+
+
+def choose_ports(rng: random.Random | None = None) -> RayPorts:
+    """Distinct free ports for every listener of one head, plus a free worker port range.
+
+    All sockets stay bound until every port is chosen, so no two picks collide; another
+    program could still take one before Ray binds it (a short window, retried by the caller).
+    """
+    rng = rng or random.Random()
+    held: list[socket.socket] = []
+    try:
+        singles: list[int] = []
+        for _ in range(12):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("0.0.0.0", 0))
+            held.append(sock)
+            singles.append(sock.getsockname()[1])
+        for _ in range(50):
+            base = rng.randrange(20000, 60000 - WORKER_PORT_COUNT)
+            block = range(base, base + WORKER_PORT_COUNT)
+            if set(block) & set(singles):
+                continue
+            socks = [s for s in (_bindable(p) for p in block) if s is not None]
+            held.extend(socks)
+            if len(socks) == WORKER_PORT_COUNT:
+                break
+        else:
+            raise ServiceUnavailable(f"no free range of {WORKER_PORT_COUNT} worker ports found")
+        names = [name for name in RayPorts.model_fields if name not in ("min_worker", "max_worker")]
+        return RayPorts(
+            **dict(zip(names, singles, strict=True)), min_worker=base, max_worker=base + WORKER_PORT_COUNT - 1
+        )
+    finally:
+        for sock in held:
+            sock.close()
+
+
+class HeadOptions(BaseModel):
+    num_cpus: float | None = None
+    num_gpus: float | None = None
+    memory_bytes: int | None = None
+    object_store_bytes: int | None = None
+    node_ip: str | None = None
+    dashboard: bool = False
+
+
+class HeadState(BaseModel):
+    """What is written to ``bioengine-head.json``: enough to adopt or stop the head later."""
+
+    pid: int
+    temp_dir: str
+    node_ip: str
+    ports: RayPorts
+    started_at: float
+    ray_version: str
+
+    @property
+    def address(self) -> str:
+        return f"{self.node_ip}:{self.ports.gcs}"
+
+
+def _accepts(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+class LocalHead:
+    """Start, adopt, watch and stop one ``ray start --head --block`` process."""
+
+    def __init__(self, temp_dir: Path, options: HeadOptions, logger: logging.Logger):
+        self.temp_dir = temp_dir
+        self.options = options
+        self.logger = logger
+        self.state: HeadState | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def state_file(self) -> Path:
+        return self.temp_dir / "bioengine-head.json"
+
+    def alive(self) -> bool:
+        if self.state is None:
+            return False
+        if self._process is not None:
+            return self._process.poll() is None
+        return psutil.pid_exists(self.state.pid)
+
+    def exit_reason(self) -> str:
+        if self._process is not None and self._process.poll() is not None:
+            return f"the Ray head process exited with code {self._process.returncode}"
+        return "the Ray head process is gone"
+
+    def adopt(self) -> bool:
+        """Take over a head a previous service process started, if it still runs."""
+        if not self.state_file.exists():
+            return False
+        try:
+            state = HeadState.model_validate_json(self.state_file.read_text())
+        except ValueError:
+            return False
+        try:
+            process = psutil.Process(state.pid)
+            running = "ray" in " ".join(process.cmdline()) and process.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            running = False
+        if not running or not _accepts("127.0.0.1", state.ports.gcs):
+            return False
+        self.state = state
+        self.logger.info("Adopted the running Ray head (pid %s, GCS %s)", state.pid, state.address)
+        return True
+
+    def start(self, timeout: float = 90.0) -> HeadState:
+        from ray import __version__ as ray_version
+        from ray.util import get_node_ip_address
+
+        from .errors import ConfigurationError
+
+        self.temp_dir.mkdir(parents=True, exist_ok=True)
+        ports = choose_ports()
+        node_ip = self.options.node_ip or get_node_ip_address()
+        ray = shutil.which("ray", path=os.path.dirname(sys.executable)) or shutil.which("ray")
+        if ray is None:
+            raise ConfigurationError("the `ray` command is not installed in this environment")
+        argv = [
+            ray, "start", "--head", "--block", "--disable-usage-stats",
+            f"--port={ports.gcs}", f"--ray-client-server-port={ports.client_server}",
+            f"--node-manager-port={ports.node_manager}", f"--object-manager-port={ports.object_manager}",
+            f"--dashboard-agent-listen-port={ports.dashboard_agent_listen}",
+            f"--dashboard-agent-grpc-port={ports.dashboard_agent_grpc}",
+            f"--runtime-env-agent-port={ports.runtime_env_agent}",
+            f"--metrics-export-port={ports.metrics_export}",
+            f"--min-worker-port={ports.min_worker}", f"--max-worker-port={ports.max_worker}",
+            f"--temp-dir={self.temp_dir}",
+        ]  # fmt: skip
+        if self.options.dashboard:
+            argv += [
+                "--include-dashboard=true",
+                "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={ports.dashboard}",
+            ]
+        else:
+            argv.append("--include-dashboard=false")
+        if self.options.node_ip:
+            argv.append(f"--node-ip-address={self.options.node_ip}")
+        if self.options.num_cpus is not None:
+            argv.append(f"--num-cpus={self.options.num_cpus:g}")
+        if self.options.num_gpus is not None:
+            argv.append(f"--num-gpus={self.options.num_gpus:g}")
+        if self.options.memory_bytes is not None:
+            argv.append(f"--memory={self.options.memory_bytes}")
+        if self.options.object_store_bytes is not None:
+            argv.append(f"--object-store-memory={self.options.object_store_bytes}")
+        env = {
+            **os.environ,
+            **ray_environment(),
+            # These two metrics ports move only by environment variable (fixed defaults otherwise).
+            "AUTOSCALER_METRIC_PORT": str(ports.autoscaler_metrics),
+            "DASHBOARD_METRIC_PORT": str(ports.dashboard_metrics),
+        }
+        started = time.monotonic()
+        # Not tied to our life: the head must survive a restart of this service.
+        with open(self.temp_dir / "ray-head.log", "ab") as log:
+            self._process = subprocess.Popen(
+                argv,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        while not _accepts("127.0.0.1", ports.gcs):
+            if self._process.poll() is not None:
+                raise ServiceUnavailable(
+                    f"ray start --head exited with code {self._process.returncode} "
+                    f"(see {self.temp_dir / 'ray-head.log'})"
+                )
+            if time.monotonic() - started > timeout:
+                self.stop()
+                raise ServiceUnavailable(f"the Ray head did not open its GCS port within {timeout:.0f} s")
+            time.sleep(0.2)
+        self.state = HeadState(
+            pid=self._process.pid, temp_dir=str(self.temp_dir), node_ip=node_ip, ports=ports,
+            started_at=time.time(), ray_version=ray_version,
+        )  # fmt: skip
+        self.state_file.write_text(self.state.model_dump_json(indent=2))
+        self.logger.info("Ray head started in %.1f s at %s", time.monotonic() - started, self.state.address)
+        return self.state
+
+    def _leftovers(self) -> list[psutil.Process]:
+        """Processes of this cluster only: their command line names our temp dir or GCS port."""
+        if self.state is None:
+            return []
+        markers = (str(self.temp_dir), f":{self.state.ports.gcs}")
+        found = []
+        for process in psutil.process_iter(["cmdline"]):
+            with contextlib.suppress(psutil.Error):
+                cmdline = " ".join(process.info["cmdline"] or [])
+                if any(marker in cmdline for marker in markers) and process.pid != os.getpid():
+                    found.append(process)
+        return found
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM the head (it drains for RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S and stops its
+        processes), then SIGKILL whatever of this cluster is left."""
+        if self.state is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(self.state.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and psutil.pid_exists(self.state.pid):
+            if self._process is not None and self._process.poll() is not None:
+                break
+            with contextlib.suppress(psutil.Error):
+                if psutil.Process(self.state.pid).status() == psutil.STATUS_ZOMBIE:
+                    break
+            time.sleep(0.2)
+        leftovers = self._leftovers()
+        for process in leftovers:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+        psutil.wait_procs(leftovers, timeout=5)
+        if self._process is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._process.wait(1)
+        with contextlib.suppress(FileNotFoundError):
+            self.state_file.unlink()
+        self.logger.info("Ray head %s stopped", self.state.address)
+        self.state = None
+        self._process = None
+
+    def describe(self) -> dict[str, Any]:
+        return json.loads(self.state.model_dump_json()) if self.state else {}

@@ -1,0 +1,181 @@
+"""Where the Ray cluster comes from, one class per mode, and the driver connection to it.
+
+:class:`ClusterBackend` is the interface with capability flags; ``LocalHeadBackend`` serves
+single-machine and slurm (head only here; SLURM workers come later), ``ExternalBackend``
+connects to a cluster someone else runs. Ray's blocking calls run in threads.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+from bioengine_common import ConfigurationError, HeadOptions, LocalHead, ServiceUnavailable, ray_environment
+
+__all__ = ["ClusterBackend", "ExternalBackend", "LocalHeadBackend", "connect_driver", "disconnect_driver"]
+
+NAMESPACE = "bioengine"
+
+
+class ClusterBackend(abc.ABC):
+    mode: ClassVar[str]
+    #: Whether this backend starts (and may restart) the Ray head itself.
+    starts_ray: ClassVar[bool]
+    #: Whether the cluster can add nodes on demand (slurm, in the autoscaling step).
+    can_scale_up: ClassVar[bool] = False
+
+    @abc.abstractmethod
+    def start(self) -> None:
+        """Start or adopt the head; connect nothing. Blocking."""
+
+    @abc.abstractmethod
+    def stop(self) -> None:
+        """Stop what :meth:`start` started. Blocking."""
+
+    @property
+    @abc.abstractmethod
+    def driver_address(self) -> str:
+        """What ``ray.init`` connects to."""
+
+    @property
+    @abc.abstractmethod
+    def head_address(self) -> str | None:
+        """The address reported in the status (``ip:port`` or ``ray://host:port``)."""
+
+    @property
+    def start_time(self) -> float | None:
+        return None
+
+    def alive(self) -> tuple[bool, str | None]:
+        """Is the head there? (True, None) or (False, reason)."""
+        return True, None
+
+    def gcs_address(self) -> str | None:
+        """GCS address for the autoscaler SDK; None when only Ray Client is available."""
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        return {}
+
+
+class LocalHeadBackend(ClusterBackend):
+    starts_ray = True
+
+    def __init__(self, mode: str, temp_dir: Path, options: HeadOptions, logger: logging.Logger):
+        self.mode = mode  # type: ignore[misc]
+        self.head = LocalHead(temp_dir, options, logger)
+
+    def start(self) -> None:
+        if not self.head.adopt():
+            self.head.start()
+
+    def stop(self) -> None:
+        self.head.stop()
+
+    @property
+    def driver_address(self) -> str:
+        assert self.head.state is not None
+        return self.head.state.address
+
+    @property
+    def head_address(self) -> str | None:
+        return self.head.state.address if self.head.state else None
+
+    @property
+    def start_time(self) -> float | None:
+        return self.head.state.started_at if self.head.state else None
+
+    def alive(self) -> tuple[bool, str | None]:
+        if self.head.alive():
+            return True, None
+        return False, self.head.exit_reason()
+
+    def gcs_address(self) -> str | None:
+        return self.head_address
+
+    def describe(self) -> dict[str, Any]:
+        return self.head.describe()
+
+
+class ExternalBackend(ClusterBackend):
+    mode = "external-cluster"
+    starts_ray = False
+
+    def __init__(self, address: str):
+        self.address = address
+
+    def _host_port(self) -> tuple[str, int]:
+        if not self.address:
+            raise ConfigurationError(
+                "external-cluster mode needs --head-address (host:port or ray://host:port)"
+            )
+        target = self.address.removeprefix("ray://")
+        host, _, port = target.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigurationError(
+                f"--head-address must be host:port or ray://host:port, got '{self.address}'"
+            )
+        return host, int(port)
+
+    def start(self) -> None:
+        host, port = self._host_port()
+        try:
+            with socket.create_connection((host, port), timeout=3):
+                pass
+        except OSError as exc:
+            raise ServiceUnavailable(f"no Ray cluster answers at {self.address}: {exc}") from exc
+
+    def stop(self) -> None:
+        """Nothing to stop: someone else runs this cluster."""
+
+    @property
+    def driver_address(self) -> str:
+        return self.address
+
+    @property
+    def head_address(self) -> str | None:
+        return self.address
+
+    def gcs_address(self) -> str | None:
+        return None if self.address.startswith("ray://") else self.address
+
+
+def connect_driver(address: str, timeout: float) -> dict[str, Any]:
+    """``ray.init`` to ``address`` in namespace ``bioengine``; errors name both versions."""
+    import os
+
+    import ray
+
+    os.environ.update(ray_environment())
+    started = time.monotonic()
+    try:
+        context = ray.init(
+            address=address, namespace=NAMESPACE, logging_level=logging.WARNING,
+            log_to_driver=False, ignore_reinit_error=True,
+        )  # fmt: skip
+    except Exception as exc:  # Ray raises RuntimeError, ConnectionError, ...
+        message = str(exc)
+        ours = f"Ray {ray.__version__} / Python {sys.version.split()[0]}"
+        if "ersion mismatch" in message:
+            raise ConfigurationError(
+                f"the cluster at {address} runs other versions than this worker ({ours}): {message}"
+            ) from exc
+        if time.monotonic() - started > timeout:
+            raise ServiceUnavailable(
+                f"connecting to {address} took over {timeout:.0f} s and failed ({message}); "
+                f"with Ray Client a Ray version mismatch looks like this — this worker runs {ours}"
+            ) from exc
+        raise ServiceUnavailable(f"cannot connect to the Ray cluster at {address}: {message}") from exc
+    return dict(context.address_info) if hasattr(context, "address_info") else {}
+
+
+def disconnect_driver() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()

@@ -1,0 +1,267 @@
+"""bioengine-cluster in external-cluster mode against the session Ray head: status, fit, run_code."""
+
+import asyncio
+import os
+import sys
+import time
+
+import psutil
+import pytest
+from ray import cloudpickle
+
+from bioengine_common import connect
+from bioengine_common.testing import ADMIN_USER, ServiceProcess, wait_for_service
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def cluster_process(hypha_server, ray_head, tmp_path_factory):
+    workspace_dir = tmp_path_factory.mktemp("cluster-ext")
+    argv = [
+        sys.executable, "-m", "bioengine_cluster", "--server-url", hypha_server.url,
+        "--workspace", hypha_server.workspace, "--workspace-dir", str(workspace_dir),
+        "--admin-users", ADMIN_USER, "--mode", "external-cluster", "--head-address", ray_head.address,
+        "--status-interval", "1",
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BIOENGINE_")}
+    env["BIOENGINE_TOKEN"] = hypha_server.mint("bioengine-cluster")
+    service = ServiceProcess("cluster", argv, env, workspace_dir).start()
+    yield service
+    service.stop()
+
+
+@pytest.fixture
+async def cluster(cluster_process, admin_client):
+    await wait_for_service(admin_client, "bioengine-cluster", timeout=60)
+    proxy = await admin_client.get_service("bioengine-cluster")
+    deadline = time.monotonic() + 60
+    while not (await proxy.get_status())["ready"]:
+        assert time.monotonic() < deadline, cluster_process.console_output()
+        await asyncio.sleep(0.5)
+    return proxy
+
+
+async def test_status_reports_the_cluster_in_the_public_shape(cluster, ray_head):
+    status = await cluster.get_status()
+    ray_cluster = status["ray_cluster"]
+    assert ray_cluster["mode"] == "external-cluster" and ray_cluster["head_address"] == ray_head.address
+    assert ray_cluster["start_time"] == "N/A"  # we did not start this cluster
+    assert ray_cluster["cluster"]["total_cpu"] == 4 and ray_cluster["error"] is None
+    (node,) = ray_cluster["nodes"].values()
+    assert node["head"] is True and node["total_cpu"] == 4 and node["total_gpu"] == 0
+    assert node["accelerator_type"] == "NA" and node["slurm_job_id"] is None
+    history = await cluster.get_history(limit=5)
+    assert history and history[-1]["cluster"]["total_cpu"] == 4
+
+
+async def test_check_resources(cluster):
+    fits = await cluster.check_resources(num_cpus=1, memory=2**20)
+    assert fits["verdict"] == "fits" and fits["node_id"]
+    too_big = await cluster.check_resources(num_cpus=8)
+    assert too_big["verdict"] == "cannot_fit"
+    assert "largest node has 4 CPUs, 8 CPUs needed" in too_big["reason"]
+    gpu = await cluster.check_resources(num_gpus=1)
+    assert gpu["verdict"] == "cannot_fit" and "GPUs" in gpu["reason"]
+    with pytest.raises(Exception, match="non-negative"):
+        await cluster.check_resources(num_cpus=-2)
+
+
+async def test_connection_info_lets_another_process_drive_the_cluster(cluster, ray_head):
+    info = await cluster.get_connection_info()
+    assert info["address"] == ray_head.address and info["namespace"] == "bioengine"
+    assert info["ray_version"] == "2.60.0" and info["python_version"] == sys.version.split()[0]
+    assert info["environment"]["RAY_AUTH_MODE"] == "disabled"
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "expected"),
+    [([2, 3], None, 5), (None, {"a": 10, "b": 5}, 15), ([7], {"b": 1}, 8), (["ab", "cd"], None, "abcd")],
+)
+async def test_simple_operations(cluster, args, kwargs, expected):
+    result = await cluster.run_code(code="def analyze(a, b=0):\n    return a + b\n", args=args, kwargs=kwargs)
+    assert result.get("error") is None and result["result"] == expected
+
+
+async def test_data_structures_and_standard_library(cluster):
+    code = """
+import math, json, datetime, collections
+def analyze(items):
+    counts = collections.Counter(items)
+    return {
+        "sqrt": math.sqrt(16),
+        "json": json.loads(json.dumps({"k": [1, 2]})),
+        "year": datetime.date(2024, 5, 1).year,
+        "top": counts.most_common(1)[0][0],
+        "sorted": sorted(items),
+    }
+"""
+    result = await cluster.run_code(code=code, args=[["b", "a", "b"]])
+    assert result["result"] == {
+        "sqrt": 4.0,
+        "json": {"k": [1, 2]},
+        "year": 2024,
+        "top": "b",
+        "sorted": ["a", "b", "b"],
+    }
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        ("return 1 / 0", "ZeroDivisionError"),
+        ("return 'a' + 1", "TypeError"),
+        ("return [][3]", "IndexError"),
+        ("return {}['missing']", "KeyError"),
+        ("raise SystemExit(4)", "SystemExit"),
+    ],
+)
+async def test_raised_errors_are_returned_and_the_service_keeps_working(cluster, body, error):
+    result = await cluster.run_code(code=f"def analyze():\n    print('before')\n    {body}\n")
+    assert result["error"].startswith(error) and error in result["traceback"]
+    assert result["stdout"] == "before\n"
+    assert (await cluster.run_code(code="def analyze():\n    return 'still fine'"))["result"] == "still fine"
+
+
+async def test_handled_errors_are_results(cluster):
+    code = "def analyze():\n    try:\n        1 / 0\n    except ZeroDivisionError as e:\n        return 'caught: ' + str(e)\n"
+    result = await cluster.run_code(code=code)
+    assert result.get("error") is None and result["result"] == "caught: division by zero"
+
+
+@pytest.mark.parametrize(
+    ("code", "function_name", "error"),
+    [
+        ("def other():\n    return 1", "analyze", "no function named 'analyze'"),
+        ("def analyze(:\n", "analyze", "SyntaxError"),
+        ("analyze = 42", "analyze", "is not callable"),
+    ],
+)
+async def test_bad_code_is_an_error_result(cluster, code, function_name, error):
+    result = await cluster.run_code(code=code, function_name=function_name)
+    assert error in result["error"]
+
+
+async def test_pickle_mode_with_closures_and_callable_objects(cluster):
+    import numpy as np
+
+    offset = 100
+
+    def closure(x, scale=1):
+        return (x + offset) * scale
+
+    class Accumulator:
+        def __init__(self, start):
+            self.start = start
+
+        def __call__(self, values):
+            return self.start + int(np.sum(np.asarray(values)))
+
+    first = await cluster.run_code(
+        mode="pickle", func_bytes=cloudpickle.dumps(closure), args=[1], kwargs={"scale": 2}
+    )
+    assert first["result"] == 202
+    second = await cluster.run_code(
+        mode="pickle", func_bytes=cloudpickle.dumps(Accumulator(10)), args=[[1, 2, 3]]
+    )
+    assert second["result"] == 16
+    broken = await cluster.run_code(mode="pickle", func_bytes=b"not a pickle")
+    assert broken["error"]
+
+
+async def test_async_functions_are_awaited(cluster):
+    code = "import asyncio\nasync def analyze(x):\n    await asyncio.sleep(0.01)\n    return x * 3\n"
+    assert (await cluster.run_code(code=code, args=[5]))["result"] == 15
+
+
+async def test_output_lines_reach_the_callbacks_in_order_while_running(cluster):
+    out, err, seen_at = [], [], []
+    started = time.monotonic()
+
+    def on_stdout(line):
+        out.append(line)
+        seen_at.append(time.monotonic() - started)
+
+    code = """
+import sys, time
+def analyze(n):
+    for i in range(n):
+        print(f"line {i}")
+        print(f"warn {i}", file=sys.stderr)
+        time.sleep(0.5 if i == 0 else 0)
+    time.sleep(2)
+    print("partial", end="")
+    return n
+"""
+    result = await cluster.run_code(code=code, args=[4], write_stdout=on_stdout, write_stderr=err.append)
+    total = time.monotonic() - started
+    assert out == ["line 0", "line 1", "line 2", "line 3", "partial"]
+    assert err == ["warn 0", "warn 1", "warn 2", "warn 3"]
+    assert result["stdout"] == "line 0\nline 1\nline 2\nline 3\npartial"
+    assert result["stderr"].count("\n") == 4 and result["result"] == 4
+    assert seen_at[0] < total - 1.5  # the first line arrived while the code still ran
+
+
+async def test_timeout_cancels_the_task(cluster):
+    pids: list[str] = []
+    code = "import os\ndef analyze():\n    print(os.getpid(), flush=True)\n    while True:\n        pass\n"
+    result = await cluster.run_code(code=code, timeout=4, write_stdout=pids.append)
+    assert "timed out after 4 seconds" in result["error"] and "TimeoutError" in result["traceback"]
+    pid = int(pids[0])
+    deadline = time.monotonic() + 15
+    while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, "the busy task still runs after its timeout"
+        await asyncio.sleep(0.25)
+    assert (await cluster.run_code(code="def analyze():\n    return 1"))["result"] == 1
+
+
+async def test_remote_options(cluster):
+    ok = await cluster.run_code(code="def analyze():\n    return 1", remote_options={"num_cpus": 0.5})
+    assert ok["result"] == 1
+    bad = await cluster.run_code(code="def analyze():\n    return 1", remote_options={"num_cpu": 1})
+    assert "unknown remote_options ['num_cpu']" in bad["error"]
+    env = await cluster.run_code(
+        code="import os\ndef analyze():\n    return os.environ.get('PROBE')",
+        remote_options={"runtime_env": {"env_vars": {"PROBE": "yes"}}},
+    )
+    assert env["result"] == "yes"
+
+
+async def test_run_code_is_for_admins_only(cluster, hypha_server):
+    bob = await connect(hypha_server.url, workspace=hypha_server.workspace, token=hypha_server.mint("bob"))
+    try:
+        proxy = await bob.get_service("bioengine-cluster")
+        with pytest.raises(Exception, match="not authorized to access 'run_code'"):
+            await proxy.run_code(code="def analyze():\n    return 1")
+        with pytest.raises(Exception, match="not authorized"):
+            await proxy.run_code(code="def analyze():\n    return 1", caller={"id": "bob"})
+    finally:
+        await bob.disconnect()
+
+
+async def _status_with_error(proxy, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        status = await proxy.get_status()
+        if status["ray_cluster"]["error"] or time.monotonic() > deadline:
+            return status
+        await asyncio.sleep(0.25)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--head-address", "127.0.0.1:1"], "no Ray cluster answers at 127.0.0.1:1"),
+        ([], "external-cluster mode needs --head-address"),
+        (["--head-address", "nonsense"], "must be host:port or ray://host:port"),
+    ],
+)
+async def test_a_wrong_external_address_fails_fast_with_a_clear_error(
+    hypha_server, start_service, admin_client, extra, message
+):
+    client_id = f"cluster-bad-{len(extra)}-{time.monotonic_ns()}"
+    start_service("cluster", hypha_server, "--mode", "external-cluster", "--client-id", client_id, *extra)
+    info = await wait_for_service(admin_client, f"{client_id}:bioengine-cluster")
+    # Registered anyway, so the gateway can show why the cluster is not ready.
+    status = await _status_with_error(await admin_client.get_service(info["id"]))
+    assert status["ready"] is False and message in status["ray_cluster"]["error"]
