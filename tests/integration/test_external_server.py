@@ -17,14 +17,15 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def external_launcher(hypha_server, tmp_path):
+def external_launcher(hypha_server, ray_head, tmp_path):
     token = hypha_server.mint("facility-operator", "read_write")
     env = {k: v for k, v in os.environ.items() if not k.startswith("BIOENGINE_")}
     output = tmp_path / "launcher.out"
     with open(output, "wb") as out:
         launcher = subprocess.Popen(
             [sys.executable, "-m", "bioengine_worker", "--server-url", hypha_server.url,
-             "--workspace", hypha_server.workspace, "--workspace-dir", str(tmp_path), "--mode", "external-cluster"],
+             "--workspace", hypha_server.workspace, "--workspace-dir", str(tmp_path), "--mode", "external-cluster",
+             "--head-address", ray_head.address],
             stdout=out, stderr=subprocess.STDOUT, env={**env, "BIOENGINE_TOKEN": token},
         )  # fmt: skip
     yield launcher, output, token
@@ -33,7 +34,7 @@ def external_launcher(hypha_server, tmp_path):
         launcher.wait(60)
 
 
-async def test_the_launcher_uses_an_existing_server(hypha_server, external_launcher):
+async def test_the_launcher_uses_an_existing_server(hypha_server, ray_head, external_launcher):
     launcher, output, token = external_launcher
     client = await connect(hypha_server.url, workspace=hypha_server.workspace, token=token)
     try:
@@ -49,10 +50,20 @@ async def test_the_launcher_uses_an_existing_server(hypha_server, external_launc
         assert await gateway.check_access() is True  # the token's owner is an admin
         text = output.read_text()
         assert "the owner of --token (facility-operator)" in text and token not in text
+
+        # stop_worker: the public service goes away, the launcher stops everything and exits;
+        # the external Ray cluster is someone else's and keeps running.
+        service_id = (await client.get_service_info("bioengine-worker"))["id"]
+        assert await gateway.stop_worker() is None
+        assert launcher.wait(60) == 0
+        remaining = [s["id"] for s in await client.list_services()]
+        assert service_id not in remaining
+        assert not [sid for sid in remaining if sid.endswith((":bioengine-cluster", ":bioengine-apps"))]
+        assert not [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        assert psutil.pid_exists(ray_head.pid)
+        assert "stop_worker was called" in output.read_text()
     finally:
         await client.disconnect()
-    launcher.send_signal(signal.SIGINT)
-    assert launcher.wait(60) == 0
 
 
 def test_server_url_without_token_is_a_clear_error(tmp_path):

@@ -85,7 +85,7 @@ async def _wait_all_up(gateway, timeout=30.0, not_pid=None):
     while True:
         status = await gateway.get_status()
         services = status["services"]
-        ok = all(s["up"] for s in services.values())
+        ok = status["is_ready"] and all(s["up"] for s in services.values())
         if ok and not_pid is not None:
             ok = services["apps"]["status"]["pid"] != not_pid
         if ok or time.monotonic() > deadline:
@@ -117,6 +117,43 @@ async def test_gateway_shows_all_services_up(stack):
         assert pids <= children and len(pids) == 3  # separate processes of this launcher
         assert "bioengine-admin" in status["admin_users"]
     finally:
+        await server.disconnect()
+
+
+async def test_gateway_status_carries_the_ray_cluster(stack):
+    server = await _admin(stack)
+    try:
+        gateway = await server.get_service("bioengine/bioengine-worker")
+        status = await _wait_all_up(gateway, timeout=90)
+        ray_cluster = status["ray_cluster"]
+        assert status["ray_version"] == "2.60.0" and ray_cluster["mode"] == "single-machine"
+        assert ray_cluster["ready"] and isinstance(ray_cluster["start_time"], float)
+        (node,) = ray_cluster["nodes"].values()
+        assert node["head"] is True and node["total_cpu"] == psutil.cpu_count()
+        for key in ("total_cpu", "used_cpu", "total_gpu", "used_gpu", "total_memory", "used_memory"):
+            assert ray_cluster["cluster"][key] >= 0
+        # The head runs under the workspace dir's ray temp dir, a child of cluster-svc's session.
+        assert (stack.dir / "ray").exists() or ray_cluster["head_address"]
+    finally:
+        await server.disconnect()
+
+
+async def test_run_code_through_the_gateway_streams_output(stack):
+    server = await _admin(stack)
+    anonymous = await connect(stack.connection["server_url"])
+    try:
+        gateway = await server.get_service("bioengine/bioengine-worker")
+        await _wait_all_up(gateway, timeout=90)
+        lines: list[str] = []
+        code = "def analyze(n):\n    for i in range(n):\n        print('step', i)\n    return sum(range(n))\n"
+        result = await gateway.run_code(code=code, args=[3], write_stdout=lines.append, timeout=60)
+        assert result.get("result") == 3, result
+        assert lines == ["step 0", "step 1", "step 2"]
+        public = await anonymous.get_service("bioengine/bioengine-worker")
+        with pytest.raises(Exception, match="not authorized to access 'run_code'"):
+            await public.run_code(code=code, args=[1])
+    finally:
+        await anonymous.disconnect()
         await server.disconnect()
 
 
@@ -214,6 +251,11 @@ def test_cli_status_and_call(stack):
     assert bad_token.returncode == 3 and "refused the connection" in bad_token.stderr
     unreachable = run("status", "--server-url", "http://127.0.0.1:9", "--workspace-dir", str(stack.dir))
     assert unreachable.returncode == 3 and "Cannot reach the Hypha server" in unreachable.stderr
+    table = run("cluster", "status", "--workspace-dir", str(stack.dir))
+    assert table.returncode == 0, table.stderr
+    assert (
+        "Ray cluster (single-machine" in table.stdout and "head" in table.stdout and "TOTAL" in table.stdout
+    )
     bad_arg = run("call", "bioengine-worker", "get_logs", "--arg", "tail", "--workspace-dir", str(stack.dir))
     assert bad_arg.returncode == 2 and "NAME=VALUE" in bad_arg.stderr
 

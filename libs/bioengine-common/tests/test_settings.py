@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+from pydantic import Field
 
 from bioengine_common import ServiceSettings, load_settings
 
@@ -62,3 +63,12 @@ def test_bad_values_are_usage_errors_naming_the_setting(argv, env, message, caps
         load(argv, env)
     assert info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_help_renders_descriptions_with_percent_signs(capsys):
+    class Percent(ServiceSettings):
+        share: float = Field(0.3, description="Fraction (30% of RAM).")
+
+    with pytest.raises(SystemExit):
+        load_settings(Percent, ["--help"], prog="p", description="d", environ={})
+    assert "30% of RAM" in capsys.readouterr().out

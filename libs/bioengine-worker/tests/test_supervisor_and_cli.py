@@ -3,7 +3,7 @@ import time
 
 import pytest
 
-from bioengine_worker._cli import CliError, format_status, parse_arguments
+from bioengine_worker._cli import CliError, format_cluster, format_status, parse_arguments
 from bioengine_worker._launcher import WorkerSettings
 from bioengine_worker._supervisor import ManagedProcess, Supervisor
 
@@ -80,3 +80,34 @@ def test_format_status_shows_down_services_with_their_error():
 def test_worker_settings_reject_bad_ports():
     with pytest.raises(ValueError):
         WorkerSettings(hypha_port=70000)
+
+
+def test_format_cluster_shows_nodes_totals_and_demand():
+    gib = 1024**3
+    ray_cluster = {
+        "mode": "slurm", "ray_version": "2.60.0", "head_address": "10.0.0.1:6379", "ready": True,
+        "nodes": {
+            "a": {"node_ip": "10.0.0.1", "head": True, "used_cpu": 0, "total_cpu": 0, "used_gpu": 0, "total_gpu": 0,
+                  "used_memory": 0, "total_memory": 4 * gib, "used_object_store_memory": 0,
+                  "total_object_store_memory": gib, "accelerator_type": "NA", "slurm_job_id": None},
+            "b": {"node_ip": "10.0.0.2", "head": False, "used_cpu": 1.5, "total_cpu": 8, "used_gpu": 1, "total_gpu": 1,
+                  "used_memory": 2 * gib, "total_memory": 32 * gib, "used_object_store_memory": 0,
+                  "total_object_store_memory": 2 * gib, "accelerator_type": "A100", "slurm_job_id": "1234"},
+        },
+        "cluster": {"used_cpu": 1.5, "total_cpu": 8, "used_gpu": 1, "total_gpu": 1, "used_memory": 2 * gib,
+                    "total_memory": 36 * gib, "used_object_store_memory": 0, "total_object_store_memory": 3 * gib},
+        "pending_demand": [{"count": 2, "resources": {"CPU": 4.0}, "source": "task_actor"}],
+    }  # fmt: skip
+    text = format_cluster(ray_cluster)
+    assert "Ray cluster (slurm, Ray 2.60.0) at 10.0.0.1:6379: ready" in text
+    worker = next(line for line in text.splitlines() if "10.0.0.2" in line)
+    assert (
+        "worker" in worker
+        and "1.5/8" in worker
+        and "2/32 GiB" in worker
+        and "A100" in worker
+        and "1234" in worker
+    )
+    assert "TOTAL" in text and "pending: 2 x {'CPU': 4.0} (task_actor)" in text
+    assert "NOT READY: boom" in format_cluster({"ready": False, "error": "boom"})
+    assert "not reported" in format_cluster(None)

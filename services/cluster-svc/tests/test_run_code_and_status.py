@@ -265,3 +265,14 @@ async def test_a_wrong_external_address_fails_fast_with_a_clear_error(
     # Registered anyway, so the gateway can show why the cluster is not ready.
     status = await _status_with_error(await admin_client.get_service(info["id"]))
     assert status["ready"] is False and message in status["ray_cluster"]["error"]
+
+
+async def test_a_failing_callback_does_not_stop_the_code(cluster):
+    def broken(line):
+        raise RuntimeError("viewer closed")
+
+    result = await cluster.run_code(
+        code="def analyze():\n    print('a')\n    print('b')\n    return 'done'", write_stdout=broken
+    )
+    assert result["result"] == "done" and result["stdout"] == "a\nb\n"
+    assert "viewer closed" in result["callback_error"]

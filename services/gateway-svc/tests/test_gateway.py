@@ -18,15 +18,17 @@ async def _status_when(gateway, predicate, timeout=20.0):
         await asyncio.sleep(0.3)
 
 
-async def test_status_shows_missing_services_down_with_the_error(hypha_server, start_service, admin_client):
-    start_service("cluster", hypha_server, "--mode", "slurm")
+async def test_status_shows_missing_services_down_with_the_error(
+    hypha_server, ray_head, start_service, admin_client
+):
+    start_service("cluster", hypha_server, "--mode", "external-cluster", "--head-address", ray_head.address)
     start_service("gateway", hypha_server, "--status-interval", "0.5")
     await wait_for_service(admin_client, "bioengine-worker")
     gateway = await admin_client.get_service("bioengine-worker")
     status = await _status_when(gateway, lambda s: s["services"]["cluster"]["up"])
     services = status["services"]
-    assert services["cluster"]["up"] is True and services["cluster"]["status"]["mode"] == "slurm"
-    assert status["worker_mode"] == "slurm"
+    assert services["cluster"]["up"] is True and services["cluster"]["status"]["mode"] == "external-cluster"
+    assert status["worker_mode"] == "external-cluster"
     for name in ("apps", "datasets"):
         assert services[name]["up"] is False
         assert "not found" in services[name]["error"].lower()

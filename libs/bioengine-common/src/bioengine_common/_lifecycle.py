@@ -117,6 +117,14 @@ class BioEngineService:
     def is_admin(self, user: dict[str, Any]) -> bool:
         return is_authorized(user, self.admin_users)
 
+    def install_signal_handlers(self) -> None:
+        """SIGTERM and SIGINT request a graceful stop. Call again after a library (Ray's driver)
+        has put its own handlers in place."""
+        loop = asyncio.get_running_loop()
+        assert self._stop is not None
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._stop.set)
+
     def request_stop(self, exit_code: int = 0) -> None:
         """Stop the process as on SIGTERM, exiting with ``exit_code``."""
         self._exit_code = exit_code
@@ -184,10 +192,8 @@ class BioEngineService:
 
     async def run(self) -> int:
         """Run until asked to stop; return the process exit code."""
-        loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, self._stop.set)
+        self.install_signal_handlers()
         tasks: list[asyncio.Task[Any]] = []
         code = 0
         try:

@@ -114,7 +114,8 @@ def build_parser(model: type[BaseModel], prog: str, description: str) -> argpars
         shown = "unset" if default is None or default == [] else default
         if name == "token":
             shown = "unset"
-        help_text = f"{field.description} (default: {shown})"
+        # argparse %-formats help texts.
+        help_text = f"{field.description} (default: {shown})".replace("%", "%%")
         if _is_bool(field.annotation):
             parser.add_argument(
                 _flag(name),

@@ -88,6 +88,56 @@ def _duration(seconds: float | None) -> str:
     return " ".join(parts) or "0s"
 
 
+def _table(rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  " + "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
+
+
+def _used(used: Any, total: Any, scale: float = 1.0, unit: str = "") -> str:
+    if not isinstance(total, (int, float)):
+        return "-"
+    used_value = used if isinstance(used, (int, float)) else 0.0
+    return f"{used_value / scale:.3g}/{total / scale:.3g}{unit}"
+
+
+def format_cluster(ray_cluster: dict[str, Any] | None) -> str:
+    """The Ray cluster as a table: one row per node, then the totals and pending demand."""
+    if not ray_cluster:
+        return "The Ray cluster is not reported (is bioengine-cluster up?)"
+    gib = 1024**3
+    state = "ready" if ray_cluster.get("ready") else f"NOT READY: {ray_cluster.get('error')}"
+    lines = [
+        f"Ray cluster ({ray_cluster.get('mode')}, Ray {ray_cluster.get('ray_version')}) at "
+        f"{ray_cluster.get('head_address')}: {state}"
+    ]
+    rows: list[tuple[str, ...]] = [
+        ("NODE", "ROLE", "CPU", "GPU", "MEMORY", "OBJECT STORE", "ACCELERATOR", "SLURM JOB")
+    ]
+    for node in (ray_cluster.get("nodes") or {}).values():
+        role = ("head" if node.get("head") else "worker") + ("" if node.get("alive", True) else " (dead)")
+        rows.append((
+            str(node.get("node_ip")), role,
+            _used(node.get("used_cpu"), node.get("total_cpu")),
+            _used(node.get("used_gpu"), node.get("total_gpu")),
+            _used(node.get("used_memory"), node.get("total_memory"), gib, " GiB"),
+            _used(node.get("used_object_store_memory"), node.get("total_object_store_memory"), gib, " GiB"),
+            str(node.get("accelerator_type") or "NA"), str(node.get("slurm_job_id") or "-"),
+        ))  # fmt: skip
+    totals = ray_cluster.get("cluster") or {}
+    if totals:
+        rows.append((
+            "TOTAL", "", _used(totals.get("used_cpu"), totals.get("total_cpu")),
+            _used(totals.get("used_gpu"), totals.get("total_gpu")),
+            _used(totals.get("used_memory"), totals.get("total_memory"), gib, " GiB"),
+            _used(totals.get("used_object_store_memory"), totals.get("total_object_store_memory"), gib, " GiB"),
+            "", "",
+        ))  # fmt: skip
+    lines += _table(rows)
+    for demand in ray_cluster.get("pending_demand") or []:
+        lines.append(f"  pending: {demand.get('count')} x {demand.get('resources')} ({demand.get('source')})")
+    return "\n".join(lines)
+
+
 def format_status(status: dict[str, Any], service_id: str) -> str:
     state = "ready" if status.get("is_ready") else "NOT READY"
     lines = [
@@ -221,6 +271,14 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument(
         "--service-id", default="bioengine-worker", help="Worker service id (default: %(default)s)"
     )
+    cluster = sub.add_parser("cluster", help="The worker's Ray cluster")
+    cluster_sub = cluster.add_subparsers(dest="cluster_command", required=True)
+    cluster_status = cluster_sub.add_parser(
+        "status", parents=[_common_options(False)], help="Nodes and resources of the Ray cluster, as a table"
+    )
+    cluster_status.add_argument(
+        "--service-id", default="bioengine-worker", help="Worker service id (default: %(default)s)"
+    )
     call = sub.add_parser(
         "call",
         parents=[_common_options(False)],
@@ -252,6 +310,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             else:
                 print(format_status(status, args.service_id))
                 print(f"  (answered in {1000 * (time.monotonic() - started):.0f} ms)")
+        elif args.command == "cluster":
+            status = asyncio.run(_call(args, args.service_id, "get_status", {}))
+            if args.json:
+                _print(status.get("ray_cluster"), True)
+            else:
+                print(format_cluster(status.get("ray_cluster")))
         else:
             _print(
                 asyncio.run(_call(args, args.service_id, args.method, parse_arguments(args.arg))), args.json

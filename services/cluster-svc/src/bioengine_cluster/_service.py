@@ -132,6 +132,9 @@ class ClusterService(BioEngineService):
             raise ServiceUnavailable(
                 f"no Ray driver connection to {self.backend.driver_address} within {timeout:.0f} s"
             ) from exc
+        # Ray's driver installs a fatal-signal handler that would end the process on SIGTERM
+        # without our clean-up (the head would be left running).
+        self.install_signal_handlers()
         self.connected, self.cluster_error, self._failures = True, None, 0
         await self._sample()
         self.logger.info(
@@ -156,10 +159,10 @@ class ClusterService(BioEngineService):
         self.history.append(sample)
         self._last_sample = time.monotonic()
 
-    async def initialize(self) -> None:
-        await self._try_bring_up()
-
     async def monitor(self) -> None:
+        # Registered first, Ray second: the status says why the cluster is not ready yet.
+        self.cluster_error = "starting the Ray cluster"
+        await self._try_bring_up()
         while True:
             await asyncio.sleep(1.0)
             if not self.connected:
@@ -311,12 +314,17 @@ class ClusterService(BioEngineService):
         )  # fmt: skip
 
 
-async def _deliver(callback: Any, line: str) -> None:
-    if callback is None:
+async def _deliver(callback: Any, line: str, failures: list[str]) -> None:
+    """Hand one output line to the caller; a failing callback does not stop the code (its lines
+    are in the result anyway) and is given up after its first error."""
+    if callback is None or failures:
         return
-    result = callback(line)
-    if inspect.isawaitable(result):
-        await result
+    try:
+        result = callback(line)
+        if inspect.isawaitable(result):
+            await result
+    except Exception as exc:
+        failures.append(error_summary(exc))
 
 
 async def run_in_ray(
@@ -343,14 +351,16 @@ async def run_in_ray(
     except Exception as exc:
         return {"error": f"invalid remote_options: {error_summary(exc)}", "traceback": ""}
     outcome: dict[str, Any] = {}
+    stdout_failures: list[str] = []
+    stderr_failures: list[str] = []
 
     async def consume() -> None:
         async for ref in stream:
             kind, value = await ref
             if kind == "stdout":
-                await _deliver(write_stdout, value)
+                await _deliver(write_stdout, value, stdout_failures)
             elif kind == "stderr":
-                await _deliver(write_stderr, value)
+                await _deliver(write_stderr, value, stderr_failures)
             else:
                 outcome.update(value)
 
@@ -366,4 +376,6 @@ async def run_in_ray(
         return {"error": error_summary(exc), "traceback": str(exc)}
     if not outcome:
         raise InvalidRequest("the run_code task ended without a result")
+    if stdout_failures or stderr_failures:
+        outcome["callback_error"] = (stdout_failures + stderr_failures)[0]
     return outcome

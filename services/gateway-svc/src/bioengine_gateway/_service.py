@@ -7,6 +7,7 @@ Status of the internal services is refreshed in the background and served from a
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from typing import Any
 
@@ -38,6 +39,23 @@ def _is_stale_proxy(exc: BaseException) -> bool:
     return isinstance(exc, ConnectionError) or any(
         marker in text for marker in ("not connected", "Service not found", "Client not found")
     )
+
+
+def _relay(callback: Any) -> Any:
+    """A local function that calls the caller's callback.
+
+    A callback proxy received from one client cannot be handed on as it is: Hypha only lets the
+    peer it was sent to call it, so the internal service calls this relay instead.
+    """
+    if callback is None:
+        return None
+
+    async def relay(line: str) -> None:
+        result = callback(line)
+        if inspect.isawaitable(result):
+            await result
+
+    return relay
 
 
 class GatewaySettings(ServiceSettings):
@@ -197,8 +215,8 @@ class GatewayService(BioEngineService):
         return await self.call(
             "cluster", "run_code", context, call_timeout=float(timeout) + 30.0,
             code=code, function_name=function_name, func_bytes=func_bytes, mode=mode, args=args,
-            kwargs=kwargs, remote_options=remote_options, write_stdout=write_stdout,
-            write_stderr=write_stderr, timeout=float(timeout),
+            kwargs=kwargs, remote_options=remote_options, write_stdout=_relay(write_stdout),
+            write_stderr=_relay(write_stderr), timeout=float(timeout),
         )  # fmt: skip
 
     @schema_method
