@@ -1,0 +1,129 @@
+"""run_code overhead: a trivial function through the gateway versus a direct Ray task.
+
+    uv run python bench/run_code_overhead.py [--calls 100]
+
+Starts `bioengine-worker --mode single-machine` (embedded Hypha + SeaweedFS + a Ray head) and
+reports the single-machine start time (command to cluster ready). Then, interleaved in blocks
+so both see the same load: `run_code` of `def analyze(): return 1` through the gateway, and
+`ray.get(f.remote())` from a driver connected to the same cluster. Prints; asserts nothing.
+Last line: `ratio: <gateway p50 / direct p50>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bioengine_common import connect, ray_environment
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+async def wait_cluster_ready(gateway, started: float, timeout: float = 180) -> float:
+    while time.monotonic() - started < timeout:
+        status = await gateway.get_status()
+        if (status.get("ray_cluster") or {}).get("ready"):
+            return time.monotonic() - started
+        await asyncio.sleep(0.2)
+    raise SystemExit("the Ray cluster did not become ready")
+
+
+def start_launcher(workspace_dir: Path) -> tuple[subprocess.Popen[bytes], Path, float]:
+    output = workspace_dir / "launcher.out"
+    started = time.monotonic()
+    with open(output, "wb") as out:
+        launcher = subprocess.Popen(
+            [sys.executable, "-m", "bioengine_worker", "--mode", "single-machine",
+             "--workspace-dir", str(workspace_dir), "--hypha-port", "0"],
+            stdout=out, stderr=subprocess.STDOUT,
+            env={k: v for k, v in os.environ.items() if not k.startswith("BIOENGINE_")},
+        )  # fmt: skip
+    return launcher, output, started
+
+
+async def run(workspace_dir: Path, calls: int, block: int) -> None:
+    launcher, output, started = start_launcher(workspace_dir)
+    try:
+        while "Press Ctrl-C to stop." not in output.read_text(errors="replace"):
+            if launcher.poll() is not None or time.monotonic() - started > 180:
+                raise SystemExit(f"the stack did not start:\n{output.read_text()}")
+            await asyncio.sleep(0.05)
+        connection = json.loads((workspace_dir / "worker.json").read_text())
+        server = await connect(
+            connection["server_url"], workspace=connection["workspace"], token=connection["token"]
+        )
+        gateway = await server.get_service("bioengine-worker")
+        ready_after = await wait_cluster_ready(gateway, started)
+        info = await (await server.get_service("bioengine-cluster", {"mode": "random"})).get_connection_info()
+
+        os.environ.update(ray_environment())
+        import ray
+
+        ray.init(
+            address=info["address"],
+            namespace=info["namespace"],
+            logging_level=logging.ERROR,
+            log_to_driver=False,
+        )
+
+        @ray.remote
+        def analyze() -> int:
+            return 1
+
+        code = "def analyze():\n    return 1\n"
+        for _ in range(5):  # warm-up: worker processes, imports
+            await gateway.run_code(code=code)
+            ray.get(analyze.remote())
+        samples: dict[str, list[float]] = {"gateway run_code": [], "direct ray.get": []}
+        while len(samples["direct ray.get"]) < calls:
+            for _ in range(min(block, calls - len(samples["gateway run_code"]))):
+                t0 = time.perf_counter()
+                result = await gateway.run_code(code=code)
+                samples["gateway run_code"].append((time.perf_counter() - t0) * 1000)
+                assert result.get("result") == 1, result
+            for _ in range(min(block, calls - len(samples["direct ray.get"]))):
+                t0 = time.perf_counter()
+                ray.get(analyze.remote())
+                samples["direct ray.get"].append((time.perf_counter() - t0) * 1000)
+        ray.shutdown()
+        await server.disconnect()
+    finally:
+        launcher.send_signal(signal.SIGINT)
+        launcher.wait(90)
+
+    print(f"single-machine start: command to Ray cluster ready {ready_after:.1f} s")
+    print(f"{'path':<18}{'calls':>7}{'p50 ms':>10}{'p99 ms':>10}{'mean ms':>10}")
+    for name, values in samples.items():
+        print(
+            f"{name:<18}{len(values):>7}{statistics.median(values):>10.2f}"
+            f"{percentile(values, 99):>10.2f}{statistics.fmean(values):>10.2f}"
+        )
+    ratio = statistics.median(samples["gateway run_code"]) / statistics.median(samples["direct ray.get"])
+    print(f"ratio: {ratio:.1f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calls", type=int, default=100, help="calls per path (default 100)")
+    parser.add_argument("--block", type=int, default=10, help="calls per path before switching (default 10)")
+    args = parser.parse_args()
+    logging.getLogger("RPC").setLevel(logging.CRITICAL)
+    with tempfile.TemporaryDirectory(prefix="bioengine-bench-") as tmp:
+        asyncio.run(run(Path(tmp), args.calls, args.block))
+
+
+if __name__ == "__main__":
+    main()
