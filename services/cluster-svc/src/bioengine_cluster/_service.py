@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import functools
 import inspect
 import os
 import sys
@@ -118,6 +120,7 @@ class ClusterService(BioEngineService):
         self._retry_at = 0.0
         self._failures = 0
         self._last_sample = 0.0
+        self._first_bring_up: asyncio.Task[None] | None = None
 
     # ---- the cluster's life ---------------------------------------------------------------------
     async def _bring_up(self) -> None:
@@ -159,10 +162,15 @@ class ClusterService(BioEngineService):
         self.history.append(sample)
         self._last_sample = time.monotonic()
 
-    async def monitor(self) -> None:
-        # Registered first, Ray second: the status says why the cluster is not ready yet.
+    async def initialize(self) -> None:
+        # The head starts while we connect to Hypha; the status says why the cluster is not
+        # ready until it is up.
         self.cluster_error = "starting the Ray cluster"
-        await self._try_bring_up()
+        self._first_bring_up = asyncio.create_task(self._try_bring_up())
+
+    async def monitor(self) -> None:
+        if self._first_bring_up is not None:
+            await self._first_bring_up
         while True:
             await asyncio.sleep(1.0)
             if not self.connected:
@@ -189,6 +197,10 @@ class ClusterService(BioEngineService):
                     self.logger.warning(self.cluster_error)
 
     async def cleanup(self) -> None:
+        if self._first_bring_up is not None and not self._first_bring_up.done():
+            # Its thread cannot be cancelled: let a head being started come up, then stop it.
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(asyncio.shield(self._first_bring_up), 12)
         if self.connected:
             await asyncio.to_thread(disconnect_driver)
             self.connected = False
@@ -314,6 +326,17 @@ class ClusterService(BioEngineService):
         )  # fmt: skip
 
 
+@functools.cache
+def _remote_run_code_task() -> Any:
+    """The Ray remote function, made once per driver: Ray exports its definition only once."""
+    import ray
+    from ray import cloudpickle
+
+    # By value: nodes of an external cluster need not have bioengine installed.
+    cloudpickle.register_pickle_by_value(sys.modules[run_code_task.__module__])
+    return ray.remote(num_returns="streaming")(run_code_task)
+
+
 async def _deliver(callback: Any, line: str, failures: list[str]) -> None:
     """Hand one output line to the caller; a failing callback does not stop the code (its lines
     are in the result anyway) and is given up after its first error."""
@@ -341,12 +364,9 @@ async def run_in_ray(
 ) -> dict[str, Any]:
     """Stream the task's output lines to the callbacks; cancel the task on timeout."""
     import ray
-    from ray import cloudpickle
 
-    # By value: nodes of an external cluster need not have bioengine installed.
-    cloudpickle.register_pickle_by_value(sys.modules[run_code_task.__module__])
     try:
-        task = ray.remote(num_returns="streaming")(run_code_task).options(**options)
+        task = _remote_run_code_task().options(**options)
         stream: Any = task.remote(mode, code, func_bytes, function_name, args, kwargs)
     except Exception as exc:
         return {"error": f"invalid remote_options: {error_summary(exc)}", "traceback": ""}
