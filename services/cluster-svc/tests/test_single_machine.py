@@ -3,6 +3,7 @@ service restart, stopped by PID without touching anyone else's cluster."""
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import time
@@ -10,7 +11,7 @@ import time
 import psutil
 import pytest
 
-from bioengine_common import short_temp_dir
+from bioengine_common import HeadOptions, LocalHead, short_temp_dir
 from bioengine_common.testing import wait_for_service
 
 pytestmark = pytest.mark.integration
@@ -34,10 +35,21 @@ def _head_state(workspace_dir):
     return json.loads(state_file.read_text())
 
 
-async def test_two_workers_side_by_side_restart_and_adoption(
-    hypha_server, start_service, admin_client, tmp_path_factory
-):
+@pytest.fixture
+def worker_dirs(tmp_path_factory):
     dirs = [tmp_path_factory.mktemp("w") for _ in range(2)]
+    yield dirs
+    # Whatever the test left behind (a failure half-way), no Ray head outlives it.
+    for directory in dirs:
+        head = LocalHead(short_temp_dir(directory / "ray"), HeadOptions(), logging.getLogger("test"))
+        if head.adopt():
+            head.stop()
+
+
+async def test_two_workers_side_by_side_restart_and_adoption(
+    hypha_server, worker_dirs, start_service, admin_client
+):
+    dirs = worker_dirs
     common = ["--object-store-memory-in-gb", "0.2", "--status-interval", "1"]
     a = start_service(
         "cluster",
