@@ -11,50 +11,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
-import os
-import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-import psutil
-
 from bioengine_common import connect
+from bioengine_worker import WorkerProcess
 
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
-
-
-def start_stack(workspace_dir: Path) -> tuple[subprocess.Popen[bytes], float, Path]:
-    output = workspace_dir / "launcher.out"
-    started = time.monotonic()
-    with open(output, "wb") as out:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "bioengine_worker",
-                "--workspace-dir",
-                str(workspace_dir),
-                "--hypha-port",
-                "0",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={k: v for k, v in os.environ.items() if not k.startswith("BIOENGINE_")},
-        )
-    while "Press Ctrl-C to stop." not in output.read_text(errors="replace"):
-        if process.poll() is not None or time.monotonic() - started > 180:
-            raise SystemExit(f"the stack did not start:\n{output.read_text()}")
-        time.sleep(0.05)
-    return process, time.monotonic() - started, output
 
 
 async def measure(connection: dict, calls: int, block: int) -> dict[str, list[float]]:
@@ -91,22 +60,19 @@ def main() -> None:
     logging.getLogger("RPC").setLevel(logging.CRITICAL)  # a warning per normal disconnect
 
     with tempfile.TemporaryDirectory(prefix="bioengine-bench-") as tmp:
-        workspace_dir = Path(tmp)
-        process, startup, output = start_stack(workspace_dir)
+        worker = WorkerProcess(Path(tmp), "--hypha-port", "0")
         try:
-            connection = json.loads((workspace_dir / "worker.json").read_text())
-            reported = next(
-                (line for line in output.read_text().splitlines() if "ready in" in line), ""
-            ).strip()
+            worker.wait_ready()
+            startup = time.monotonic() - worker.started
+            reported = next((line for line in worker.text().splitlines() if "ready in" in line), "").strip()
             time.sleep(5)  # let the services settle before reading idle memory
             modules = {"bioengine_cluster", "bioengine_apps", "bioengine_datasets", "bioengine_gateway"}
-            services = [p for p in psutil.Process(process.pid).children() if set(p.cmdline()[1:3]) & modules]
+            services = [p for p in worker.descendants() if set(p.cmdline()[1:3]) & modules]
             rss = sum(p.memory_info().rss for p in services) / 2**20
             uss = sum(p.memory_full_info().uss for p in services) / 2**20
-            samples = asyncio.run(measure(connection, args.calls, args.block))
+            samples = asyncio.run(measure(worker.connection, args.calls, args.block))
         finally:
-            process.send_signal(signal.SIGINT)
-            process.wait(60)
+            worker.stop()
 
     print(f"start-up: command to gateway registered {startup:.1f} s (launcher: {reported})")
     print(f"idle memory of the {len(services)} service processes: RSS {rss:.0f} MB, USS {uss:.0f} MB")

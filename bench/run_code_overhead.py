@@ -13,18 +13,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
-import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from bioengine_common import connect, ray_environment
+from bioengine_worker import WorkerProcess
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -41,27 +38,11 @@ async def wait_cluster_ready(gateway, started: float, timeout: float = 180) -> f
     raise SystemExit("the Ray cluster did not become ready")
 
 
-def start_launcher(workspace_dir: Path) -> tuple[subprocess.Popen[bytes], Path, float]:
-    output = workspace_dir / "launcher.out"
-    started = time.monotonic()
-    with open(output, "wb") as out:
-        launcher = subprocess.Popen(
-            [sys.executable, "-m", "bioengine_worker", "--mode", "single-machine",
-             "--workspace-dir", str(workspace_dir), "--hypha-port", "0"],
-            stdout=out, stderr=subprocess.STDOUT,
-            env={k: v for k, v in os.environ.items() if not k.startswith("BIOENGINE_")},
-        )  # fmt: skip
-    return launcher, output, started
-
-
 async def run(workspace_dir: Path, calls: int, block: int) -> None:
-    launcher, output, started = start_launcher(workspace_dir)
+    worker = WorkerProcess(workspace_dir, "--mode", "single-machine", "--hypha-port", "0")
+    started = worker.started
     try:
-        while "Press Ctrl-C to stop." not in output.read_text(errors="replace"):
-            if launcher.poll() is not None or time.monotonic() - started > 180:
-                raise SystemExit(f"the stack did not start:\n{output.read_text()}")
-            await asyncio.sleep(0.05)
-        connection = json.loads((workspace_dir / "worker.json").read_text())
+        connection = await asyncio.to_thread(worker.wait_ready)
         server = await connect(
             connection["server_url"], workspace=connection["workspace"], token=connection["token"]
         )
@@ -101,8 +82,7 @@ async def run(workspace_dir: Path, calls: int, block: int) -> None:
         ray.shutdown()
         await server.disconnect()
     finally:
-        launcher.send_signal(signal.SIGINT)
-        launcher.wait(90)
+        worker.stop()
 
     print(f"single-machine start: command to Ray cluster ready {ready_after:.1f} s")
     print(f"{'path':<18}{'calls':>7}{'p50 ms':>10}{'p99 ms':>10}{'mean ms':>10}")

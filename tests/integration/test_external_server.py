@@ -2,7 +2,6 @@
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ import pytest
 
 from bioengine_common import connect
 from bioengine_common.testing import wait_for_service
+from bioengine_worker import WorkerProcess
 
 pytestmark = pytest.mark.integration
 
@@ -19,19 +19,13 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def external_launcher(hypha_server, ray_head, tmp_path):
     token = hypha_server.mint("facility-operator", "read_write")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BIOENGINE_")}
-    output = tmp_path / "launcher.out"
-    with open(output, "wb") as out:
-        launcher = subprocess.Popen(
-            [sys.executable, "-m", "bioengine_worker", "--server-url", hypha_server.url,
-             "--workspace", hypha_server.workspace, "--workspace-dir", str(tmp_path), "--mode", "external-cluster",
-             "--head-address", ray_head.address],
-            stdout=out, stderr=subprocess.STDOUT, env={**env, "BIOENGINE_TOKEN": token},
-        )  # fmt: skip
-    yield launcher, output, token
-    if launcher.poll() is None:
-        launcher.send_signal(signal.SIGINT)
-        launcher.wait(60)
+    worker = WorkerProcess(
+        tmp_path, "--server-url", hypha_server.url, "--workspace", hypha_server.workspace,
+        "--mode", "external-cluster", "--head-address", ray_head.address,
+        env={"BIOENGINE_TOKEN": token},
+    )  # fmt: skip
+    yield worker.process, worker.output, token
+    worker.stop()
 
 
 async def test_the_launcher_uses_an_existing_server(hypha_server, ray_head, external_launcher):

@@ -9,70 +9,25 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 import psutil
 import pytest
 
 from bioengine_common import connect
+from bioengine_worker import WorkerProcess
 
 pytestmark = pytest.mark.integration
 
 
-class Stack:
-    def __init__(self, workspace_dir: Path):
-        self.dir = workspace_dir
-        self.output = workspace_dir / "launcher.out"
-        workspace_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.output, "wb") as out:
-            self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "bioengine_worker",
-                    "--mode",
-                    "single-machine",
-                    "--workspace-dir",
-                    str(workspace_dir),
-                    "--hypha-port",
-                    "0",
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env={k: v for k, v in os.environ.items() if not k.startswith("BIOENGINE_")},
-            )
-        self.connection: dict = {}
-
-    def wait_ready(self, timeout: float = 120.0) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"launcher exited early:\n{self.output.read_text()}")
-            text = self.output.read_text(errors="replace")
-            if "Press Ctrl-C to stop." in text:
-                self.connection = json.loads((self.dir / "worker.json").read_text())
-                return self.connection
-            time.sleep(0.3)
-        raise AssertionError(f"worker not ready in {timeout} s:\n{self.output.read_text()}")
-
-    def descendants(self) -> list[psutil.Process]:
-        return psutil.Process(self.process.pid).children(recursive=True)
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    stack = Stack(tmp_path_factory.mktemp("stack"))
+    stack = WorkerProcess(tmp_path_factory.mktemp("stack"), "--mode", "single-machine", "--hypha-port", "0")
     try:
         stack.wait_ready()
         yield stack
     finally:
-        if stack.process.poll() is None:
-            stack.process.send_signal(signal.SIGINT)
-            try:
-                stack.process.wait(60)
-            except subprocess.TimeoutExpired:
-                stack.process.kill()
+        stack.stop()
 
 
 async def _admin(stack):
@@ -94,7 +49,7 @@ async def _wait_all_up(gateway, timeout=30.0, not_pid=None):
 
 
 def test_the_command_prints_how_to_reach_the_worker(stack):
-    text = stack.output.read_text()
+    text = stack.text()
     c = stack.connection
     assert c["server_url"] in text and "bioengine/bioengine-worker" in text
     assert c["token"] in text  # the admin token is printed once, for the user
@@ -169,7 +124,7 @@ async def test_a_killed_service_is_restarted_and_shown_up_again(stack):
         assert after["services"]["apps"]["up"], after["services"]["apps"]
         assert after["services"]["apps"]["status"]["pid"] != pid
         assert time.monotonic() - started < 15.0
-        assert "apps exited with code -9" in stack.output.read_text()
+        assert "apps exited with code -9" in stack.text()
     finally:
         await server.disconnect()
 
@@ -268,4 +223,4 @@ def test_ctrl_c_leaves_no_process_behind(stack):
     _gone, alive = psutil.wait_procs(children, timeout=5)
     assert not alive, [p.pid for p in alive]
     assert not (stack.dir / "worker.json").exists()
-    assert "Stopped." in stack.output.read_text()
+    assert "Stopped." in stack.text()

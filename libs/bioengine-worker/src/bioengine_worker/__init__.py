@@ -1,5 +1,6 @@
 """The BioEngine worker launcher and the ``bioengine`` command-line client."""
 
 from ._launcher import CONNECTION_FILE, Launcher, WorkerSettings
+from ._process import WorkerProcess
 
-__all__ = ["CONNECTION_FILE", "Launcher", "WorkerSettings"]
+__all__ = ["CONNECTION_FILE", "Launcher", "WorkerProcess", "WorkerSettings"]
