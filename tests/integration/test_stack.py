@@ -174,6 +174,28 @@ async def test_the_artifact_manager_works_on_the_embedded_s3_store(stack):
         await server.disconnect()
 
 
+async def test_datasets_dropped_into_the_data_dir_are_listed(stack):
+    for name, manifest in (
+        ("cells", "name: Cells\npublic: true\n"),
+        ("patients", "name: Patients\nauthorized_users: [someone@example.org]\n"),
+    ):
+        (stack.dir / "datasets" / name).mkdir(parents=True, exist_ok=True)
+        (stack.dir / "datasets" / name / "manifest.yaml").write_text(manifest)
+    admin = await _admin(stack)
+    anonymous = await connect(stack.connection["server_url"])
+    try:
+        gateway = await admin.get_service("bioengine/bioengine-worker")
+        deadline = time.monotonic() + 30
+        while set(await gateway.list_datasets()) != {"cells", "patients"}:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.5)
+        public = await anonymous.get_service("bioengine/bioengine-worker")
+        assert set(await public.list_datasets()) == {"cells"}
+    finally:
+        await anonymous.disconnect()
+        await admin.disconnect()
+
+
 def test_cli_status_and_call(stack):
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         # The `bioengine` console script's function, in this environment.
@@ -206,6 +228,12 @@ def test_cli_status_and_call(stack):
     assert bad_token.returncode == 3 and "refused the connection" in bad_token.stderr
     unreachable = run("status", "--server-url", "http://127.0.0.1:9", "--workspace-dir", str(stack.dir))
     assert unreachable.returncode == 3 and "Cannot reach the Hypha server" in unreachable.stderr
+    listed = run("datasets", "list", "--workspace-dir", str(stack.dir))
+    assert listed.returncode == 0 and "cells" in listed.stdout and "public" in listed.stdout, listed.stderr
+    info = run("datasets", "info", "cells", "--json", "--workspace-dir", str(stack.dir))
+    assert json.loads(info.stdout)["name"] == "Cells"
+    missing = run("datasets", "info", "nope", "--workspace-dir", str(stack.dir))
+    assert missing.returncode == 1 and "dataset 'nope' not found" in missing.stderr
     table = run("cluster", "status", "--workspace-dir", str(stack.dir))
     assert table.returncode == 0, table.stderr
     assert (

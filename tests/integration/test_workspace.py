@@ -60,7 +60,7 @@ def test_members_have_the_layout():
     for pyproject in [*ROOT.glob("libs/*/pyproject.toml"), *ROOT.glob("services/*/pyproject.toml")]:
         member = pyproject.parent
         project = tomllib.loads(pyproject.read_text())["project"]
-        package = "bioengine_" + member.name.removesuffix("-svc").removeprefix("bioengine-")
+        package = "bioengine_" + member.name.removesuffix("-svc").removeprefix("bioengine-").replace("-", "_")
         assert (member / "README.md").stat().st_size > 200, member
         assert (member / "src" / package / "__init__.py").exists(), member
         assert list((member / "tests").glob("test_*.py")), member

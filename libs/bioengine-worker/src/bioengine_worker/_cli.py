@@ -138,6 +138,23 @@ def format_cluster(ray_cluster: dict[str, Any] | None) -> str:
     return "\n".join(lines)
 
 
+def format_datasets(datasets: dict[str, Any]) -> str:
+    if not datasets:
+        return "No datasets you may read."
+    rows: list[tuple[str, ...]] = [("ID", "NAME", "ACCESS", "ZARR STORES")]
+    for dataset_id, info in sorted(datasets.items()):
+        stores = ", ".join(info.get("zarr_stores") or []) or "-"
+        rows.append(
+            (
+                dataset_id,
+                str(info.get("name") or dataset_id),
+                "public" if info.get("public") else "restricted",
+                stores,
+            )
+        )
+    return "\n".join(_table(rows))
+
+
 def format_status(status: dict[str, Any], service_id: str) -> str:
     state = "ready" if status.get("is_ready") else "NOT READY"
     lines = [
@@ -279,6 +296,12 @@ def build_parser() -> argparse.ArgumentParser:
     cluster_status.add_argument(
         "--service-id", default="bioengine-worker", help="Worker service id (default: %(default)s)"
     )
+    datasets = sub.add_parser("datasets", help="Datasets served by the worker")
+    datasets_sub = datasets.add_subparsers(dest="datasets_command", required=True)
+    datasets_sub.add_parser("list", parents=[_common_options(False)], help="Datasets you may read")
+    info = datasets_sub.add_parser("info", parents=[_common_options(False)], help="One dataset in full")
+    info.add_argument("dataset_id", help="Dataset id")
+    datasets.set_defaults(service_id="bioengine-worker")
     call = sub.add_parser(
         "call",
         parents=[_common_options(False)],
@@ -310,6 +333,14 @@ def main(argv: Sequence[str] | None = None) -> None:
             else:
                 print(format_status(status, args.service_id))
                 print(f"  (answered in {1000 * (time.monotonic() - started):.0f} ms)")
+        elif args.command == "datasets":
+            found = asyncio.run(_call(args, args.service_id, "list_datasets", {}))
+            if args.datasets_command == "list":
+                print(json.dumps(found, default=str) if args.json else format_datasets(found))
+            elif args.dataset_id not in found:
+                raise CliError(f"dataset '{args.dataset_id}' not found, or you may not read it", 1)
+            else:
+                _print(found[args.dataset_id], args.json)
         elif args.command == "cluster":
             status = asyncio.run(_call(args, args.service_id, "get_status", {}))
             if args.json:

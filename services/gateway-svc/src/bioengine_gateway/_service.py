@@ -233,3 +233,8 @@ class GatewayService(BioEngineService):
         self.logger.info("stop_worker requested by %s", user.get("email") or user.get("id"))
         # Answer first, then stop: the reply must leave before the connection closes.
         asyncio.get_running_loop().call_later(0.2, self.request_stop, EXIT_WORKER_STOP)
+
+    @schema_method
+    async def list_datasets(self, context: dict | None = None) -> dict:
+        """The datasets the caller may read: {dataset_id: {name, description, public, zarr_stores, manifest}}."""
+        return await self.call("datasets", "list_datasets", context)

@@ -1,0 +1,10 @@
+"""Read BioEngine datasets with zarr over HTTP.
+
+>>> from bioengine_datasets_client import open_dataset
+>>> array = open_dataset("http://host:port", "my-dataset", "image.zarr", token=TOKEN)
+"""
+
+from ._open import open_dataset
+from ._store import DatasetAccessError, HttpZarrStore
+
+__all__ = ["DatasetAccessError", "HttpZarrStore", "open_dataset"]

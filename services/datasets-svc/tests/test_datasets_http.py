@@ -1,0 +1,277 @@
+"""bioengine-datasets end to end: real Hypha tokens, real HTTP, real zarr."""
+
+import asyncio
+import json
+import os
+import sys
+import time
+import urllib.parse
+
+import aiohttp
+import numpy as np
+import pytest
+import zarr
+
+from bioengine_common import connect
+from bioengine_common.testing import ADMIN_USER, ServiceProcess, wait_for_service
+from bioengine_datasets_client import DatasetAccessError, HttpZarrStore, open_dataset
+
+pytestmark = pytest.mark.integration
+
+ALICE = "alice@example.org"
+
+
+def _write(folder, manifest):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "manifest.yaml").write_text(manifest)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    _write(root / "private", f"name: Private\ndescription: only alice\nauthorized_users: [{ALICE}]\n")
+    rng = np.random.default_rng(0)
+    volume = rng.integers(0, 60000, size=(4, 256, 256), dtype="uint16")
+    sharded = zarr.create_array(store=root / "private" / "sharded.zarr", shape=volume.shape, dtype="uint16",
+                                chunks=(1, 64, 64), shards=(1, 256, 256))  # fmt: skip
+    sharded[:] = volume
+    v2 = zarr.create_array(
+        store=root / "private" / "v2.zarr",
+        shape=volume.shape,
+        dtype="uint16",
+        chunks=(1, 100, 100),
+        zarr_format=2,
+    )
+    v2[:] = volume
+    group = zarr.open_group(root / "private" / "group.zarr", mode="w")
+    group.create_array("raw", shape=(64, 64), dtype="float32")[:] = np.arange(
+        64 * 64, dtype="float32"
+    ).reshape(64, 64)
+    zarr.consolidate_metadata(root / "private" / "group.zarr")
+    np.save(root / "private" / "volume.npy", volume)
+    (root / "private" / "blob.bin").write_bytes(bytes(range(256)) * 4)
+    _write(root / "open", "name: Open\npublic: true\n")
+    (root / "open" / "hello.txt").write_text("hello")
+    _write(root / "members", "name: Members\nauthorized_users: '*'\n")
+    (root / "members" / "m.txt").write_text("members only")
+    _write(root / "broken", "authorized_users: {a: 1}\n")
+    (root.parent / "outside.txt").write_text("top secret")
+    os.symlink(root.parent / "outside.txt", root / "private" / "escape")
+    return root
+
+
+@pytest.fixture(scope="module")
+def datasets_process(hypha_server, data_dir, tmp_path_factory):
+    workspace_dir = tmp_path_factory.mktemp("datasets-svc")
+    argv = [
+        "python", "-m", "bioengine_datasets", "--server-url", hypha_server.url, "--workspace", hypha_server.workspace,
+        "--workspace-dir", str(workspace_dir), "--admin-users", ADMIN_USER, "--data-dir", str(data_dir),
+        "--scan-interval", "0.5", "--client-id", "datasets-http",
+    ]  # fmt: skip
+    argv[0] = sys.executable
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BIOENGINE_")}
+    env["BIOENGINE_TOKEN"] = hypha_server.mint("bioengine-datasets")
+    service = ServiceProcess("datasets", argv, env, workspace_dir).start()
+    yield service
+    service.stop()
+
+
+@pytest.fixture
+async def datasets(datasets_process, admin_client):
+    info = await wait_for_service(admin_client, "datasets-http:bioengine-datasets", timeout=60)
+    return await admin_client.get_service(info["id"])
+
+
+@pytest.fixture
+def tokens(hypha_server):
+    return {
+        "admin": hypha_server.mint(ADMIN_USER, "admin"),
+        "alice": hypha_server.mint("alice", "read", email=ALICE),
+        "bob": hypha_server.mint("bob", "read", email="bob@example.org"),
+        "anonymous": None,
+    }
+
+
+async def _get(url, token=None, headers=None, params=None):
+    headers = dict(headers or {})
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(url, headers=headers, params=params) as response,
+    ):
+        return response.status, await response.read(), response.headers
+
+
+@pytest.fixture
+async def http_url(datasets):
+    return (await datasets.get_status())["http_url"]
+
+
+EXPECTED_VISIBLE = {
+    "admin": {"private", "open", "members"},
+    "alice": {"private", "open", "members"},
+    "bob": {"open", "members"},
+    "anonymous": {"open"},
+}
+
+
+@pytest.mark.parametrize("who", ["admin", "alice", "bob", "anonymous"])
+async def test_access_matrix_over_http(http_url, tokens, who):
+    token = tokens[who]
+    status, body, _ = await _get(f"{http_url}/datasets", token)
+    assert status == 200 and set(json.loads(body)) == EXPECTED_VISIBLE[who]
+    for dataset, path in (("private", "blob.bin"), ("open", "hello.txt"), ("members", "m.txt")):
+        status, body, _ = await _get(f"{http_url}/data/{dataset}/{path}", token)
+        info_status, _, _ = await _get(f"{http_url}/datasets/{dataset}", token)
+        listing_status, _, _ = await _get(f"{http_url}/data/{dataset}", token, params={"list": "1"})
+        if dataset in EXPECTED_VISIBLE[who]:
+            assert (status, info_status, listing_status) == (200, 200, 200), (who, dataset)
+        else:
+            assert status in (401, 403) and info_status in (401, 403) and listing_status in (401, 403), (
+                who,
+                dataset,
+            )
+            assert b"top secret" not in body and b"members only" not in body
+
+
+async def test_access_matrix_over_rpc(hypha_server, datasets, tokens):
+    for who in ("alice", "bob"):
+        client = await connect(
+            hypha_server.url,
+            workspace=hypha_server.workspace,
+            token=hypha_server.mint(who, email=f"{who}@example.org"),
+        )
+        try:
+            service = await client.get_service("datasets-http:bioengine-datasets")
+            assert set(await service.list_datasets()) == EXPECTED_VISIBLE[who]
+            if who == "alice":
+                info = await service.get_dataset_info(dataset_id="private")
+                assert info["http_url"].endswith("/data/private") and "sharded.zarr" in info["zarr_stores"]
+                names = {e["name"] for e in await service.list_files(dataset_id="private")}
+                assert {"sharded.zarr", "v2.zarr", "blob.bin"} <= names
+                assert (await service.get_access_url(dataset_id="private", path="v2.zarr"))["url"].endswith(
+                    "/data/private/v2.zarr"
+                )
+            else:
+                for call in (
+                    service.get_dataset_info(dataset_id="private"),
+                    service.list_files(dataset_id="private"),
+                ):
+                    with pytest.raises(Exception, match="may not read dataset 'private'"):
+                        await call
+            with pytest.raises(Exception, match="not found"):
+                await service.get_dataset_info(dataset_id="nope")
+        finally:
+            await client.disconnect()
+    # The admin sees everything, and the bad manifest is reported, not served.
+    status = await datasets.get_status()
+    assert "broken" in status["skipped"] and "authorized_users" in status["skipped"]["broken"]
+    assert set(await datasets.list_datasets()) == EXPECTED_VISIBLE["admin"]
+
+
+async def test_every_range_form(http_url, tokens, data_dir):
+    url, token = f"{http_url}/data/private/blob.bin", tokens["alice"]
+    whole = (data_dir / "private" / "blob.bin").read_bytes()
+    cases = {
+        "bytes=0-9": whole[0:10],
+        "bytes=1000-": whole[1000:],
+        "bytes=-24": whole[-24:],
+        "bytes=1020-5000": whole[1020:],
+    }
+    for header, expected in cases.items():
+        status, body, headers = await _get(url, token, {"Range": header})
+        assert status == 206 and body == expected, header
+        assert headers["Content-Range"].endswith(f"/{len(whole)}")
+    status, body, headers = await _get(url, token, {"Range": "bytes=5000-"})
+    assert status == 416 and headers["Content-Range"] == f"bytes */{len(whole)}"
+    status, body, headers = await _get(url, token)
+    assert status == 200 and body == whole and headers["Accept-Ranges"] == "bytes"
+    assert headers["Access-Control-Allow-Origin"] == "*" and "private" in headers["Cache-Control"]
+    status, _, _ = await _get(url, token, {"If-None-Match": headers["ETag"]})
+    assert status == 304
+
+
+async def test_zarr_reads_equal_local_reads(http_url, tokens, data_dir):
+    volume = np.load(data_dir / "private" / "volume.npy")
+    token = tokens["alice"]
+    store = HttpZarrStore(f"{http_url}/data/private/sharded.zarr", token=token)
+    sharded = zarr.open_array(store, mode="r")
+    assert sharded.shards == (1, 256, 256)
+    np.testing.assert_array_equal(sharded[:], volume)
+    np.testing.assert_array_equal(sharded[2, 10:70, 200:256], volume[2, 10:70, 200:256])
+    v2 = open_dataset(http_url, "private", "v2.zarr", token=token)
+    np.testing.assert_array_equal(v2[:], volume)
+    group = open_dataset(http_url, "private", "group.zarr", token=token)
+    np.testing.assert_array_equal(group["raw"][:], np.arange(64 * 64, dtype="float32").reshape(64, 64))
+    for opened in (store, v2.store, group.store):
+        opened.close()
+    # A refused token is an error, never an array of fill values.
+    with pytest.raises(DatasetAccessError) as info:
+        zarr.open_array(HttpZarrStore(f"{http_url}/data/private/v2.zarr", token=tokens["bob"]), mode="r")
+    assert info.value.status == 403
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "../../outside.txt",
+        "%2e%2e/%2e%2e/outside.txt",
+        "%252e%252e/%252e%252e/outside.txt",
+        "escape",
+        "..%2F..%2Foutside.txt",
+        "//etc/passwd",
+    ],
+)
+async def test_traversal_attempts_are_refused(http_url, tokens, path):
+    # URLs are normalised before routing (RFC 3986 dot segments), and inside a dataset every
+    # path is resolved and confined to its folder: nothing outside can be read.
+    status, body, _ = await _get(f"{http_url}/data/private/{path}", tokens["alice"])
+    assert 400 <= status < 500 and b"top secret" not in body, (path, status)
+
+
+async def test_raw_traversal_is_refused(http_url, tokens):
+    # Without the client normalising the URL.
+    host = urllib.parse.urlsplit(http_url)
+    reader, writer = await asyncio.open_connection(host.hostname, host.port)
+    writer.write(
+        f"GET /data/private/../../outside.txt HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {tokens['alice']}\r\nConnection: close\r\n\r\n".encode()
+    )
+    response = await reader.read()
+    writer.close()
+    assert b"top secret" not in response and response.split(b" ")[1].startswith(b"4")
+
+
+async def test_bad_tokens_and_tokens_never_logged(http_url, tokens, datasets_process):
+    status, _, _ = await _get(f"{http_url}/data/open/hello.txt", "not-a-token")
+    assert status == 401
+    status, body, _ = await _get(f"{http_url}/data/members/m.txt", params={"token": tokens["bob"]})
+    assert status == 200 and body == b"members only"  # query token, for clients without headers
+    logs = "".join(p.read_text(errors="replace") for p in (datasets_process.workspace_dir / "logs").glob("*"))
+    assert "GET /data/members/m.txt 200" in logs
+    for token in tokens.values():
+        if token:
+            assert token not in logs and token[-20:] not in logs
+
+
+async def test_hot_reload(http_url, tokens, data_dir, datasets):
+    async def visible():
+        _, body, _ = await _get(f"{http_url}/datasets", tokens["bob"])
+        return set(json.loads(body))
+
+    async def until(predicate):
+        deadline = time.monotonic() + 15
+        while not predicate(await visible()):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.2)
+
+    _write(data_dir / "fresh", "name: Fresh\nauthorized_users: [bob@example.org]\n")
+    await until(lambda ids: "fresh" in ids)
+    _write(data_dir / "fresh", "name: Fresh\nauthorized_users: [alice@example.org]\n")
+    await until(lambda ids: "fresh" not in ids)
+    assert "fresh" in await datasets.list_datasets()  # the admin still sees it
+    (data_dir / "fresh" / "manifest.yaml").unlink()
+    deadline = time.monotonic() + 15
+    while "fresh" in await datasets.list_datasets():
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.2)
