@@ -1,0 +1,139 @@
+"""Streaming a Zarr dataset over HTTP versus reading it locally. Prints; asserts nothing.
+
+    uv run python bench/datasets_stream.py [--planes 64] [--rounds 3] [--tiles 100]
+
+Writes a uint16 (planes, 2048, 2048) array with (1, 512, 512) chunks (512 MiB raw for 64
+planes), serves it with bioengine-datasets (real Hypha token check), then in the same run,
+interleaved round by round: whole-array reads through HttpZarrStore, through zarr's stock
+fsspec HTTP store against our server, and locally; then p50 latency of random aligned 512x512
+tiles the same three ways. Last line: `ratio: <HttpZarrStore/local MB/s> <HttpZarrStore/local tile p50>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from bioengine_common import EmbeddedHypha, connect, spawn, stop_process
+from bioengine_datasets_client import HttpZarrStore
+
+
+def write_dataset(root: Path, planes: int) -> float:
+    folder = root / "bench"
+    folder.mkdir(parents=True)
+    (folder / "manifest.yaml").write_text("name: Benchmark volume\nauthorized_users: [bench-user]\n")
+    array = zarr.create_array(
+        store=folder / "volume.zarr", shape=(planes, 2048, 2048), chunks=(1, 512, 512), dtype="uint16"
+    )
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:2048, 0:2048]
+    for z in range(planes):  # microscopy-like: background, blobs, Poisson noise
+        plane = np.full((2048, 2048), 100.0)
+        for cy, cx in rng.integers(0, 2048, size=(60, 2)):
+            plane += 2000 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 15.0**2))
+        array[z] = rng.poisson(plane).astype("uint16")
+    return planes * 2048 * 2048 * 2 / 1e6
+
+
+def start_server(hypha: EmbeddedHypha, data_dir: Path, work: Path) -> tuple[object, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BIOENGINE_")}
+    env["BIOENGINE_TOKEN"] = hypha.mint("bioengine-datasets")
+    process = spawn(
+        [sys.executable, "-m", "bioengine_datasets", "--server-url", hypha.url, "--workspace", hypha.workspace,
+         "--workspace-dir", str(work), "--data-dir", str(data_dir), "--client-id", "datasets-bench"],
+        env=env, log_path=work / "datasets.console.log",
+    )  # fmt: skip
+
+    async def url() -> str:
+        server = await connect(hypha.url, workspace=hypha.workspace, token=hypha.mint("bench-admin", "admin"))
+        try:
+            for _ in range(600):
+                try:
+                    service = await server.get_service("datasets-bench:bioengine-datasets")
+                    return str((await service.get_status())["http_url"])
+                except Exception:
+                    await asyncio.sleep(0.1)
+            raise SystemExit("bioengine-datasets did not start")
+        finally:
+            await server.disconnect()
+
+    return process, asyncio.run(url())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--planes", type=int, default=64, help="planes of 2048x2048 uint16 (64 = 512 MiB)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved whole-array rounds (median)")
+    parser.add_argument("--tiles", type=int, default=100, help="random tiles per reader")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="bioengine-bench-") as tmp:
+        root = Path(tmp)
+        started = time.monotonic()
+        raw_mb = write_dataset(root / "data", args.planes)
+        on_disk = sum(f.stat().st_size for f in (root / "data").rglob("*") if f.is_file()) / 1e6
+        print(
+            f"dataset: {raw_mb:.0f} MB raw, {on_disk:.0f} MB on disk, written in {time.monotonic() - started:.0f} s"
+        )
+        hypha = EmbeddedHypha(root / "hypha", "bench", s3=False, log=lambda m: None)
+        hypha.start()
+        process, http_url = start_server(hypha, root / "data", root / "work")
+        try:
+            token = hypha.mint("bench-user", "read")
+            url = f"{http_url}/data/bench/volume.zarr"
+            http_store = HttpZarrStore(url, token=token)
+            readers = {
+                "HttpZarrStore": zarr.open_array(http_store, mode="r"),
+                "fsspec HTTP": zarr.open_array(
+                    url,
+                    mode="r",
+                    storage_options={"client_kwargs": {"headers": {"Authorization": f"Bearer {token}"}}},
+                ),
+                "local": zarr.open_array(root / "data" / "bench" / "volume.zarr", mode="r"),
+            }
+            reference = readers["local"][0, :512, :512]
+            for name, array in readers.items():  # warm-up and a correctness check
+                assert np.array_equal(array[0, :512, :512], reference), name
+            seconds: dict[str, list[float]] = {name: [] for name in readers}
+            for _ in range(args.rounds):
+                for name, array in readers.items():
+                    t0 = time.perf_counter()
+                    array[:]
+                    seconds[name].append(time.perf_counter() - t0)
+            tiles: dict[str, list[float]] = {name: [] for name in readers}
+            rng = random.Random(1)
+            for _ in range(args.tiles):
+                z, y, x = rng.randrange(args.planes), rng.randrange(4) * 512, rng.randrange(4) * 512
+                for name, array in readers.items():
+                    t0 = time.perf_counter()
+                    array[z, y : y + 512, x : x + 512]
+                    tiles[name].append((time.perf_counter() - t0) * 1000)
+            http_store.close()
+        finally:
+            stop_process(process)
+            hypha.stop()
+
+    print(f"{'reader':<15}{'whole-array MB/s (median)':>27}{'best':>8}{'tile p50 ms':>13}{'tile p95 ms':>13}")
+    for name in readers:
+        rates = [raw_mb / s for s in seconds[name]]
+        p95 = sorted(tiles[name])[int(0.95 * (len(tiles[name]) - 1))]
+        print(
+            f"{name:<15}{statistics.median(rates):>27.0f}{max(rates):>8.0f}{statistics.median(tiles[name]):>13.2f}{p95:>13.2f}"
+        )
+    throughput = statistics.median(seconds["local"]) / statistics.median(seconds["HttpZarrStore"])
+    tile = statistics.median(tiles["HttpZarrStore"]) / statistics.median(tiles["local"])
+    print(f"ratio: {throughput:.2f} {tile:.2f}")
+
+
+if __name__ == "__main__":
+    main()
