@@ -91,18 +91,15 @@ async def _readable(request: web.Request, dataset_id: str) -> Dataset:
     user = await _user(request)
     dataset = request.app[REGISTRY].datasets.get(dataset_id)
     admins: list[str] = request.app[ADMINS]
-    if dataset is None or not may_read(user, dataset, admins):
-        # The same answer for "missing" and "not yours" to the anonymous: no existence leak.
-        if dataset is None or user is None:
-            raise (
-                NotFound(f"dataset '{dataset_id}' not found")
-                if user is not None
-                else PermissionDenied(f"dataset '{dataset_id}' needs a token with read access")
-            )
-        raise PermissionDenied(
-            f"user '{user.get('email') or user.get('id')}' may not read dataset '{dataset_id}'"
-        )
-    return dataset
+    if dataset is not None and may_read(user, dataset, admins):
+        return dataset
+    if user is None:  # the same answer whether it exists or not: no existence leak
+        raise PermissionDenied(f"dataset '{dataset_id}' needs a token with read access")
+    if dataset is None:
+        raise NotFound(f"dataset '{dataset_id}' not found")
+    raise PermissionDenied(
+        f"user '{user.get('email') or user.get('id')}' may not read dataset '{dataset_id}'"
+    )
 
 
 async def health(request: web.Request) -> web.Response:

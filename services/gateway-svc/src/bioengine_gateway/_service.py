@@ -41,6 +41,14 @@ def _is_stale_proxy(exc: BaseException) -> bool:
     )
 
 
+def _without_ray_cluster(entry: dict[str, Any]) -> dict[str, Any]:
+    """A service entry for get_status; the cluster's ray_cluster is shown once, at the top."""
+    entry = dict(entry)
+    if isinstance(entry.get("status"), dict):
+        entry["status"] = {k: v for k, v in entry["status"].items() if k != "ray_cluster"}
+    return entry
+
+
 def _relay(callback: Any) -> Any:
     """A local function that calls the caller's callback.
 
@@ -156,7 +164,7 @@ class GatewayService(BioEngineService):
             "client_id": self.hypha.client_id,
             "ray_version": (cluster.get("ray_cluster") or {}).get("ray_version"),
             "ray_cluster": cluster.get("ray_cluster"),
-            "services": {name: dict(entry) for name, entry in self._services.items()},
+            "services": {name: _without_ray_cluster(entry) for name, entry in self._services.items()},
             "is_ready": self.ready
             and all(e["up"] and (e.get("status") or {}).get("ready") for e in self._services.values()),
         }
