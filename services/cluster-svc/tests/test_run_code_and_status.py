@@ -1,7 +1,6 @@
 """bioengine-cluster in external-cluster mode against the session Ray head: status, fit, run_code."""
 
 import asyncio
-import os
 import sys
 import time
 
@@ -10,23 +9,17 @@ import pytest
 from ray import cloudpickle
 
 from bioengine_common import connect
-from bioengine_common.testing import ADMIN_USER, ServiceProcess, wait_for_service
+from bioengine_common.testing import launch_service, wait_for_service
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def cluster_process(hypha_server, ray_head, tmp_path_factory):
-    workspace_dir = tmp_path_factory.mktemp("cluster-ext")
-    argv = [
-        sys.executable, "-m", "bioengine_cluster", "--server-url", hypha_server.url,
-        "--workspace", hypha_server.workspace, "--workspace-dir", str(workspace_dir),
-        "--admin-users", ADMIN_USER, "--mode", "external-cluster", "--head-address", ray_head.address,
-        "--status-interval", "1",
-    ]  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BIOENGINE_")}
-    env["BIOENGINE_TOKEN"] = hypha_server.mint("bioengine-cluster")
-    service = ServiceProcess("cluster", argv, env, workspace_dir).start()
+    service = launch_service(
+        "cluster", hypha_server, tmp_path_factory.mktemp("cluster-ext"),
+        "--mode", "external-cluster", "--head-address", ray_head.address, "--status-interval", "1",
+    )  # fmt: skip
     yield service
     service.stop()
 

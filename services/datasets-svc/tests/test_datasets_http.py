@@ -3,7 +3,6 @@
 import asyncio
 import json
 import os
-import sys
 import time
 import urllib.parse
 
@@ -13,7 +12,7 @@ import pytest
 import zarr
 
 from bioengine_common import connect
-from bioengine_common.testing import ADMIN_USER, ServiceProcess, wait_for_service
+from bioengine_common.testing import ADMIN_USER, launch_service, wait_for_service
 from bioengine_datasets_client import DatasetAccessError, HttpZarrStore, open_dataset
 
 pytestmark = pytest.mark.integration
@@ -62,16 +61,10 @@ def data_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def datasets_process(hypha_server, data_dir, tmp_path_factory):
-    workspace_dir = tmp_path_factory.mktemp("datasets-svc")
-    argv = [
-        "python", "-m", "bioengine_datasets", "--server-url", hypha_server.url, "--workspace", hypha_server.workspace,
-        "--workspace-dir", str(workspace_dir), "--admin-users", ADMIN_USER, "--data-dir", str(data_dir),
-        "--scan-interval", "0.5", "--client-id", "datasets-http",
-    ]  # fmt: skip
-    argv[0] = sys.executable
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BIOENGINE_")}
-    env["BIOENGINE_TOKEN"] = hypha_server.mint("bioengine-datasets")
-    service = ServiceProcess("datasets", argv, env, workspace_dir).start()
+    service = launch_service(
+        "datasets", hypha_server, tmp_path_factory.mktemp("datasets-svc"),
+        "--data-dir", str(data_dir), "--scan-interval", "0.5", "--client-id", "datasets-http",
+    )  # fmt: skip
     yield service
     service.stop()
 

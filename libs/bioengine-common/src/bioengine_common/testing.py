@@ -52,6 +52,7 @@ __all__ = [
     "admin_client",
     "hypha_server",
     "hypha_server_factory",
+    "launch_service",
     "ray_head",
     "service_tokens",
     "start_service",
@@ -140,8 +141,33 @@ def service_tokens(hypha_server: EmbeddedHypha) -> dict[str, str]:
     return {name: hypha_server.mint(f"bioengine-{name}") for name in SERVICE_MODULES}
 
 
+def launch_service(
+    name: str,
+    server: EmbeddedHypha,
+    workspace_dir: Path,
+    *extra_args: str,
+    token: str | None = None,
+    admin_users: Sequence[str] = (ADMIN_USER,),
+) -> ServiceProcess:
+    """Start service ``name`` ("cluster", "apps", ...) against ``server``; the caller stops it."""
+    module, _ = SERVICE_MODULES[name]
+    argv = [
+        sys.executable, "-m", module, "--server-url", server.url, "--workspace", server.workspace,
+        "--workspace-dir", str(workspace_dir), "--reconnect-timeout", "60",
+    ]  # fmt: skip
+    if admin_users:
+        argv += ["--admin-users", *admin_users]
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("BIOENGINE_")},
+        "BIOENGINE_TOKEN": token or server.mint(f"bioengine-{name}"),
+    }
+    return ServiceProcess(name, [*argv, *extra_args], env, workspace_dir).start()
+
+
 @pytest.fixture
 def start_service(tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
+    """``start_service(name, server, *extra_args, token=, admin_users=, workspace_dir=)``; every
+    service it started is stopped after the test."""
     started: list[ServiceProcess] = []
 
     def start(
@@ -152,28 +178,14 @@ def start_service(tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
         admin_users: Sequence[str] = (ADMIN_USER,),
         workspace_dir: Path | None = None,
     ) -> ServiceProcess:
-        module, _ = SERVICE_MODULES[name]
-        workspace_dir = workspace_dir or tmp_path / "worker"
-        argv = [
-            sys.executable,
-            "-m",
-            module,
-            "--server-url",
-            server.url,
-            "--workspace",
-            server.workspace,
-            "--workspace-dir",
-            str(workspace_dir),
-            "--reconnect-timeout",
-            "60",
-        ]
-        if admin_users:
-            argv += ["--admin-users", *admin_users]
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("BIOENGINE_")},
-            "BIOENGINE_TOKEN": token or server.mint(f"bioengine-{name}"),
-        }
-        service = ServiceProcess(name, [*argv, *extra_args], env, workspace_dir).start()
+        service = launch_service(
+            name,
+            server,
+            workspace_dir or tmp_path / "worker",
+            *extra_args,
+            token=token,
+            admin_users=admin_users,
+        )
         started.append(service)
         return service
 
