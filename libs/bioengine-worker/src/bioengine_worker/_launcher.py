@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import signal
 import socket
@@ -358,4 +359,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         description="Run a BioEngine worker: an embedded Hypha server (unless --server-url) and "
         "the cluster, apps, datasets and gateway services, supervised until Ctrl-C.",
     )
+    # hypha-rpc reports every normal disconnect as a warning on stdout, amid the banner.
+    logging.getLogger("RPC").setLevel(logging.ERROR)
     sys.exit(Launcher(settings).run())
