@@ -17,13 +17,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from _stats import print_latency_table  # bench/_stats.py
+
 from bioengine_common import connect
 from bioengine_worker import WorkerProcess
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 async def measure(connection: dict, calls: int, block: int) -> dict[str, list[float]]:
@@ -76,12 +73,7 @@ def main() -> None:
 
     print(f"start-up: command to gateway registered {startup:.1f} s (launcher: {reported})")
     print(f"idle memory of the {len(services)} service processes: RSS {rss:.0f} MB, USS {uss:.0f} MB")
-    print(f"{'target':<10}{'calls':>7}{'p50 ms':>10}{'p99 ms':>10}{'mean ms':>10}")
-    for name, values in samples.items():
-        print(
-            f"{name:<10}{len(values):>7}{statistics.median(values):>10.3f}"
-            f"{percentile(values, 99):>10.3f}{statistics.fmean(values):>10.3f}"
-        )
+    print_latency_table(samples, "target")
     ratio = statistics.median(samples["gateway"]) / statistics.median(samples["direct"])
     print(f"ratio: {ratio:.2f}")
 

@@ -20,13 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from _stats import print_latency_table  # bench/_stats.py
+
 from bioengine_common import connect, ray_environment
 from bioengine_worker import WorkerProcess
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 async def wait_cluster_ready(gateway, started: float, timeout: float = 180) -> float:
@@ -85,12 +82,7 @@ async def run(workspace_dir: Path, calls: int, block: int) -> None:
         worker.stop()
 
     print(f"single-machine start: command to Ray cluster ready {ready_after:.1f} s")
-    print(f"{'path':<18}{'calls':>7}{'p50 ms':>10}{'p99 ms':>10}{'mean ms':>10}")
-    for name, values in samples.items():
-        print(
-            f"{name:<18}{len(values):>7}{statistics.median(values):>10.2f}"
-            f"{percentile(values, 99):>10.2f}{statistics.fmean(values):>10.2f}"
-        )
+    print_latency_table(samples, "path")
     ratio = statistics.median(samples["gateway run_code"]) / statistics.median(samples["direct ray.get"])
     print(f"ratio: {ratio:.1f}")
 

@@ -60,7 +60,6 @@ class HyphaConnection:
         self.client_id = settings.client_id or f"{service_name}-{secrets.token_hex(4)}"
         self.server: Any = None
         self.user: dict[str, Any] = {}
-        self.service_ids: list[str] = []
 
     @property
     def workspace(self) -> str:
@@ -86,7 +85,6 @@ class HyphaConnection:
 
     async def register(self, service: Mapping[str, Any]) -> str:
         info = await self.server.register_service(dict(service), {"overwrite": True})
-        self.service_ids.append(info["id"])
         self.logger.info("Registered service %s", info["id"])
         return str(info["id"])
 

@@ -282,19 +282,19 @@ def build_parser() -> argparse.ArgumentParser:
         description="Talk to a running BioEngine worker.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    status = sub.add_parser(
-        "status", parents=[_common_options(False)], help="Show the worker's status and its services"
-    )
-    status.add_argument(
+    worker = argparse.ArgumentParser(add_help=False)
+    worker.add_argument(
         "--service-id", default="bioengine-worker", help="Worker service id (default: %(default)s)"
+    )
+    sub.add_parser(
+        "status", parents=[_common_options(False), worker], help="Show the worker's status and its services"
     )
     cluster = sub.add_parser("cluster", help="The worker's Ray cluster")
     cluster_sub = cluster.add_subparsers(dest="cluster_command", required=True)
-    cluster_status = cluster_sub.add_parser(
-        "status", parents=[_common_options(False)], help="Nodes and resources of the Ray cluster, as a table"
-    )
-    cluster_status.add_argument(
-        "--service-id", default="bioengine-worker", help="Worker service id (default: %(default)s)"
+    cluster_sub.add_parser(
+        "status",
+        parents=[_common_options(False), worker],
+        help="Nodes and resources of the Ray cluster, as a table",
     )
     datasets = sub.add_parser("datasets", help="Datasets served by the worker")
     datasets_sub = datasets.add_subparsers(dest="datasets_command", required=True)

@@ -226,6 +226,8 @@ class ClusterService(BioEngineService):
             "cluster": latest.cluster.model_dump() if latest else {},
             "nodes": {k: v.model_dump() for k, v in latest.nodes.items()} if latest else {},
             "pending_demand": [d.model_dump() for d in latest.pending_demand] if latest else [],
+            # False over Ray Client: per-node "used" figures are then unknown (shown as 0).
+            "per_node_usage_known": latest.per_node_usage_known if latest else None,
         }
 
     def status_details(self) -> dict[str, Any]:

@@ -8,7 +8,6 @@ header, so a token cannot reach a log.
 from __future__ import annotations
 
 import asyncio
-import logging
 import mimetypes
 import os
 from collections.abc import Awaitable, Callable
@@ -30,7 +29,6 @@ __all__ = ["build_app"]
 REGISTRY = web.AppKey("registry", DatasetRegistry)
 VALIDATOR = web.AppKey("validator", TokenValidator)
 ADMINS: web.AppKey[list[str]] = web.AppKey("admins")
-LOGGER = web.AppKey("logger", logging.Logger)
 
 CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
@@ -134,29 +132,34 @@ def _read(path: Path, start: int, length: int) -> bytes:
         return handle.read(length)
 
 
+def _locate(root: Path, relative: str) -> tuple[Path, os.stat_result | None]:
+    """The confined path and its stat (None for a directory). File-system calls, so run in a
+    thread: on a shared HPC file system a stat can take milliseconds."""
+    target = resolve_inside(root, relative) if relative else root.resolve()
+    return target, None if target.is_dir() else target.stat()
+
+
 async def data(request: web.Request) -> web.StreamResponse:
     dataset = await _readable(request, request.match_info["dataset"])
     relative = request.match_info.get("path", "")
-    target = resolve_inside(dataset.root, relative) if relative else dataset.root.resolve()
-    if target.is_dir():
+    target, stat = await asyncio.to_thread(_locate, dataset.root, relative)
+    if stat is None:
         if "list" not in request.query:
             raise NotFound(f"'{relative or '/'}' is a directory (add ?list=1 for its files)")
         files = await asyncio.to_thread(list_tree, dataset.root, target)
         return web.json_response({"files": files})
-    stat = target.stat()
+    cache_control = "private, max-age=60"
+    if "Range" not in request.headers:
+        # A whole chunk file: sendfile, no copy through Python (aiohttp also answers HEAD and
+        # If-None-Match / If-Modified-Since here, with its own ETag).
+        return web.FileResponse(target, headers={"Cache-Control": cache_control, "Accept-Ranges": "bytes"})
     size = stat.st_size
     request["size"] = size
     etag = f'"{size:x}-{stat.st_mtime_ns:x}"'
-    headers = {"ETag": etag, "Accept-Ranges": "bytes", "Cache-Control": "private, max-age=60"}
+    headers = {"ETag": etag, "Accept-Ranges": "bytes", "Cache-Control": cache_control}
     headers["Content-Type"] = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
     if request.headers.get("If-None-Match") == etag:
         return web.Response(status=304, headers=headers)
-    if "Range" not in request.headers:
-        # A whole chunk file: sendfile, no copy through Python (aiohttp also answers HEAD and
-        # If-None-Match / If-Modified-Since here).
-        return web.FileResponse(
-            target, headers={"Cache-Control": headers["Cache-Control"], "Accept-Ranges": "bytes"}
-        )
     span = parse_range(request.headers.get("Range"), size)
     start, end = span if span else (0, size - 1)
     length = max(0, end - start + 1)
@@ -169,11 +172,9 @@ async def data(request: web.Request) -> web.StreamResponse:
     return web.Response(status=206 if span else 200, body=body, headers=headers)
 
 
-def build_app(
-    registry: DatasetRegistry, validator: TokenValidator, admins: list[str], logger: logging.Logger
-) -> web.Application:
+def build_app(registry: DatasetRegistry, validator: TokenValidator, admins: list[str]) -> web.Application:
     app = web.Application(middlewares=[_errors_and_cors])
-    app[REGISTRY], app[VALIDATOR], app[ADMINS], app[LOGGER] = registry, validator, admins, logger
+    app[REGISTRY], app[VALIDATOR], app[ADMINS] = registry, validator, admins
     app.router.add_get("/health", health)
     app.router.add_get("/datasets", list_datasets)
     app.router.add_get("/datasets/{dataset}", dataset_info)

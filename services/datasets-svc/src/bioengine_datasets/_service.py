@@ -68,7 +68,7 @@ class DatasetsService(BioEngineService):
     async def initialize(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         await self._rescan()
-        app = build_app(self.registry, self.validator, self.admin_users, self.logger)
+        app = build_app(self.registry, self.validator, self.admin_users)
         self._runner = web.AppRunner(app, access_log=self.logger, access_log_class=PathOnlyAccessLogger)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.http_host, self.settings.http_port)
