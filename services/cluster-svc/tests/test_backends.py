@@ -6,9 +6,9 @@ import pytest
 import ray
 
 from bioengine_cluster import ClusterSettings
-from bioengine_cluster._backends import ExternalBackend, LocalHeadBackend, connect_driver
+from bioengine_cluster._backends import ExternalBackend, LocalHeadBackend
 from bioengine_cluster._service import make_backend
-from bioengine_common import ConfigurationError, ServiceUnavailable, create_logger
+from bioengine_common import ConfigurationError, ServiceUnavailable, connect_driver, create_logger
 
 
 @pytest.mark.parametrize("address", ["", "nohost", "host:", "host:port", "ray://"])

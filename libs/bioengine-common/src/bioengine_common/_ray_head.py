@@ -28,7 +28,7 @@ from typing import Any
 import psutil
 from pydantic import BaseModel
 
-from .errors import ServiceUnavailable
+from .errors import ConfigurationError, ServiceUnavailable
 
 __all__ = [
     "HeadOptions",
@@ -36,6 +36,8 @@ __all__ = [
     "LocalHead",
     "RayPorts",
     "choose_ports",
+    "connect_driver",
+    "disconnect_driver",
     "ray_environment",
     "short_temp_dir",
 ]
@@ -327,3 +329,37 @@ class LocalHead:
 
     def describe(self) -> dict[str, Any]:
         return json.loads(self.state.model_dump_json()) if self.state else {}
+
+
+def connect_driver(address: str, timeout: float, namespace: str = "bioengine") -> dict[str, Any]:
+    """``ray.init`` to ``address`` (blocking); errors name both versions."""
+    import ray
+
+    os.environ.update(ray_environment())
+    started = time.monotonic()
+    try:
+        context = ray.init(
+            address=address, namespace=namespace, logging_level=logging.WARNING,
+            log_to_driver=False, ignore_reinit_error=True,
+        )  # fmt: skip
+    except Exception as exc:  # Ray raises RuntimeError, ConnectionError, ...
+        message = str(exc)
+        ours = f"Ray {ray.__version__} / Python {sys.version.split()[0]}"
+        if "ersion mismatch" in message:
+            raise ConfigurationError(
+                f"the cluster at {address} runs other versions than this worker ({ours}): {message}"
+            ) from exc
+        if time.monotonic() - started > timeout:
+            raise ServiceUnavailable(
+                f"connecting to {address} took over {timeout:.0f} s and failed ({message}); "
+                f"with Ray Client a Ray version mismatch looks like this — this worker runs {ours}"
+            ) from exc
+        raise ServiceUnavailable(f"cannot connect to the Ray cluster at {address}: {message}") from exc
+    return dict(context.address_info) if hasattr(context, "address_info") else {}
+
+
+def disconnect_driver() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()

@@ -44,6 +44,9 @@ SERVICE_MODULES = {
     "gateway": ("bioengine_gateway", "bioengine-worker"),
 }
 
+#: apps-svc generates a token per app for its Hypha service: only workspace admins may.
+SERVICE_PERMISSIONS: dict[str, Any] = {"apps": "admin"}
+
 __all__ = [
     "ADMIN_USER",
     "SERVICE_MODULES",
@@ -117,7 +120,8 @@ def _new_server(base: Path, *, s3: bool = False) -> EmbeddedHypha:
 
 @pytest.fixture(scope="session")
 def hypha_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedHypha]:
-    server = _new_server(tmp_path_factory.mktemp("hypha"))
+    # With S3 (SeaweedFS): the artifact manager is what apps are uploaded to.
+    server = _new_server(tmp_path_factory.mktemp("hypha"), s3=True)
     yield server
     server.stop()
 
@@ -138,7 +142,10 @@ def hypha_server_factory(tmp_path: Path) -> Iterator[Callable[..., EmbeddedHypha
 
 @pytest.fixture(scope="session")
 def service_tokens(hypha_server: EmbeddedHypha) -> dict[str, str]:
-    return {name: hypha_server.mint(f"bioengine-{name}") for name in SERVICE_MODULES}
+    return {
+        name: hypha_server.mint(f"bioengine-{name}", SERVICE_PERMISSIONS.get(name, "read_write"))
+        for name in SERVICE_MODULES
+    }
 
 
 def launch_service(
@@ -159,7 +166,8 @@ def launch_service(
         argv += ["--admin-users", *admin_users]
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("BIOENGINE_")},
-        "BIOENGINE_TOKEN": token or server.mint(f"bioengine-{name}"),
+        "BIOENGINE_TOKEN": token
+        or server.mint(f"bioengine-{name}", SERVICE_PERMISSIONS.get(name, "read_write")),
     }
     return ServiceProcess(name, [*argv, *extra_args], env, workspace_dir).start()
 

@@ -182,7 +182,8 @@ class Launcher:
 
     def _service_token(self, name: str) -> str:
         if self.hypha is not None:
-            return self.hypha.mint(f"bioengine-{name}", "read_write")
+            # apps-svc mints a token per app for the app's own Hypha service: that needs admin.
+            return self.hypha.mint(f"bioengine-{name}", "admin" if name == "apps" else "read_write")
         assert self.settings.token is not None
         return self.settings.token.get_secret_value()
 

@@ -1,19 +1,92 @@
-"""The ``bioengine-apps`` service. App deployment arrives in a later step; today it reports its directory."""
+"""The ``bioengine-apps`` service: app artifacts, deployments on Ray Serve, status and control.
+
+apps-svc is a Ray driver of the worker's cluster (address from ``bioengine-cluster``). It never
+imports app code: it checks app files statically, places them under ``--apps-dir`` and hands
+Serve a declarative config whose builder (``bioengine_app_runtime:build``) imports them inside
+Ray. The desired state of every app is a record in Ray's GCS key-value store, so a restarted
+apps-svc finds its apps, and the apps keep serving through their own Hypha services meanwhile.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import contextlib
+import hashlib
+import os
+import re
+import secrets
+import shutil
+import time
 from pathlib import Path
 from typing import Any
 
+from hypha_rpc.utils.schema import schema_method
 from pydantic import Field
 
-from bioengine_common import BioEngineService, ServiceSettings
+from bioengine_app_runtime import AppSpec, _kv
+from bioengine_common import (
+    BioEngineService,
+    CallerField,
+    InvalidRequest,
+    NotFound,
+    ResourceUnavailable,
+    ServiceSettings,
+    ServiceUnavailable,
+    connect,
+    connect_driver,
+    disconnect_driver,
+    error_summary,
+    ray_environment,
+)
+
+from ._analysis import analyze_app
+from ._artifacts import ArtifactStore
+from ._manifest import decode_files, load_manifest
+from ._serve import ServeAdapter, clean, state
+from ._state import (
+    AppRecord,
+    plan,
+    redeploy_delay,
+    resolve_authorized_users,
+    serve_config,
+    split_env_vars,
+)
+
+_APP_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_WORDS = ("bright", "calm", "swift", "quiet", "bold", "keen", "brave", "lucid")
+_NOUNS = ("cell", "nucleus", "tissue", "spindle", "axon", "organoid", "membrane", "vesicle")
 
 
 class AppsSettings(ServiceSettings):
     apps_dir: Path | None = Field(
-        None, description="Where app files are placed; default <workspace-dir>/apps."
+        None, description="Where app files and app HOME dirs go; default <workspace-dir>/apps."
     )
+    local_apps_dir: Path | None = Field(
+        None,
+        description="Development: deploy an app from <dir>/<artifact alias>/ (manifest.yaml and .py "
+        "files) instead of the artifact manager when that folder exists.",
+    )
+    default_app_cpus: float = Field(
+        0.1, ge=0, description="CPUs a deployment reserves when its decorator does not say."
+    )
+    cluster_service_id: str = Field("bioengine-cluster", description="Service id of the cluster service.")
+    datasets_service_id: str = Field("bioengine-datasets", description="Service id of the datasets service.")
+    reconcile_interval: float = Field(5.0, gt=0, description="Seconds between reconciliations with Serve.")
+    app_token_days: float = Field(
+        30.0, gt=0, description="Lifetime of the token each app uses to register its Hypha service."
+    )
+
+
+def _code_hash(files: dict[str, bytes]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        digest.update(name.encode() + b"\0" + hashlib.sha256(files[name]).digest())
+    return digest.hexdigest()
+
+
+def _dir_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
 
 
 class AppsService(BioEngineService):
@@ -24,9 +97,704 @@ class AppsService(BioEngineService):
     settings_model = AppsSettings
     settings: AppsSettings
 
+    def __init__(self, settings: AppsSettings):
+        super().__init__(settings)
+        os.environ.update(ray_environment())
+        self.serve = ServeAdapter()
+        self.records: dict[str, AppRecord] = {}
+        self.connected = False
+        self.ray_error: str | None = "not connected yet"
+        self.ray_address: str | None = None
+        self.token_warning: str | None = None
+        self.decisions: collections.deque[dict[str, Any]] = collections.deque(maxlen=50)
+        self._lock = asyncio.Lock()
+        self._retry_at = 0.0
+        self._failures = 0
+        self._artifacts: ArtifactStore | None = None
+
     @property
     def apps_dir(self) -> Path:
-        return (self.settings.apps_dir or self.settings.workspace_dir / "apps").expanduser()
+        return (self.settings.apps_dir or self.settings.workspace_dir / "apps").expanduser().resolve()
+
+    @property
+    def artifacts(self) -> ArtifactStore:
+        if self._artifacts is None:
+            self._artifacts = ArtifactStore(self.hypha.server, self.settings.workspace)
+        return self._artifacts
+
+    # ---- the Ray connection ---------------------------------------------------------------------
+    async def _connect_ray(self) -> None:
+        cluster = await self.hypha.get_service(self.settings.cluster_service_id)
+        info = await asyncio.wait_for(cluster.get_connection_info(), 15)
+        address = info["address"]
+        await asyncio.wait_for(
+            asyncio.to_thread(connect_driver, address, 60.0, info.get("namespace") or "bioengine"), 90
+        )
+        # Ray's driver replaces our SIGTERM handling.
+        self.install_signal_handlers()
+        await asyncio.to_thread(self.serve.start)
+        keys = await asyncio.to_thread(_kv.list_keys, "app/")
+        records = {}
+        for key in keys:
+            raw = await asyncio.to_thread(_kv.get_json, key.encode())
+            if raw:
+                record = AppRecord.model_validate(raw)
+                records[record.application_id] = record
+        self.records = records
+        self.connected, self.ray_error, self.ray_address, self._failures = True, None, address, 0
+        self.logger.info("Connected to Ray at %s; %d app(s) on record", address, len(records))
+        async with self._lock:
+            await self._reconcile()
+
+    async def _disconnect_ray(self, reason: str) -> None:
+        self.connected = False
+        self.ray_error = reason
+        self.serve.forget()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.to_thread(disconnect_driver), 15)
+
+    def _require_ray(self) -> None:
+        if not self.connected:
+            raise ServiceUnavailable(f"apps-svc is not connected to the Ray cluster: {self.ray_error}")
+
+    async def monitor(self) -> None:
+        last_reconcile = 0.0
+        while True:
+            if not self.connected:
+                if time.monotonic() >= self._retry_at:
+                    try:
+                        await self._connect_ray()
+                    except Exception as exc:
+                        self._failures += 1
+                        delay = min(2.0**self._failures, 30.0)
+                        self._retry_at = time.monotonic() + delay
+                        self.ray_error = f"{error_summary(exc)} (retrying in {delay:.0f} s)"
+                        self.logger.warning("Ray cluster not available: %s", self.ray_error)
+                        with contextlib.suppress(Exception):
+                            await asyncio.wait_for(asyncio.to_thread(disconnect_driver), 15)
+                await asyncio.sleep(1.0)
+                continue
+            if time.monotonic() - last_reconcile >= self.settings.reconcile_interval:
+                last_reconcile = time.monotonic()
+                try:
+                    async with self._lock:
+                        await asyncio.wait_for(self._reconcile(), 30)
+                except Exception as exc:
+                    self.logger.error("Lost the Ray cluster: %s", error_summary(exc))
+                    await self._disconnect_ray(f"lost the Ray cluster: {error_summary(exc)}")
+            await asyncio.sleep(0.5)
+
+    async def cleanup(self) -> None:
+        if self.connected:
+            await self._disconnect_ray("stopping")
+
+    # ---- reconciliation --------------------------------------------------------------------------
+    async def _save(self, record: AppRecord) -> None:
+        await asyncio.to_thread(
+            _kv.put_json, _kv.record_key(record.application_id), record.model_dump(mode="json")
+        )
+
+    async def _reconcile(self) -> None:
+        """Make Serve run exactly the recorded apps (caller holds the lock)."""
+        details = await asyncio.to_thread(self.serve.details)
+        observed = self.serve.observed(details)
+        now = time.time()
+        result = plan(self.records, observed, now)
+        for app_id in result.reset_attempts:
+            record = self.records[app_id]
+            record.redeploy_attempts, record.gave_up = 0, None
+            await self._save(record)
+        for app_id, reason in result.give_up.items():
+            self.records[app_id].gave_up = reason
+            await self._save(self.records[app_id])
+            self.logger.error("App %s: %s", app_id, reason)
+        for app_id in result.redeploy:
+            record = self.records[app_id]
+            record.spec["redeploy"] = int(record.spec.get("redeploy", 0)) + 1
+            record.redeploy_attempts += 1
+            record.next_redeploy_at = now + redeploy_delay(record.redeploy_attempts)
+            await self._save(record)
+        if result.apply:
+            config = serve_config(self.records.values(), self.serve.proxy_location(details))
+            await asyncio.to_thread(self.serve.apply, config)
+        if result.decisions:
+            for decision in result.decisions:
+                self.logger.info("Reconcile: %s", decision)
+            self.decisions.append(
+                {
+                    "time": now,
+                    "decisions": result.decisions,
+                    "inputs": {
+                        k: v.status for k, v in observed.items() if k in self.records or v.import_path
+                    },
+                }
+            )
+
+    # ---- helpers ------------------------------------------------------------------------------------
+    def _user_ids(self, context: dict[str, Any]) -> list[str]:
+        user = context.get("user") or {}
+        return [str(v) for v in (user.get("id"), user.get("email")) if v]
+
+    async def _local_files(self, alias: str) -> dict[str, bytes] | None:
+        if self.settings.local_apps_dir is None:
+            return None
+        root = self.settings.local_apps_dir.expanduser().resolve()
+        folder = (root / alias).resolve()
+        if folder.parent != root or not (folder / "manifest.yaml").is_file():
+            return None
+
+        def read() -> dict[str, bytes]:
+            files = {}
+            for path in sorted(folder.rglob("*")):
+                relative = path.relative_to(folder)
+                if (
+                    path.is_file()
+                    and "__pycache__" not in relative.parts
+                    and not relative.name.startswith(".")
+                ):
+                    files[relative.as_posix()] = path.read_bytes()
+            return files
+
+        return await asyncio.to_thread(read)
+
+    async def _load_app(
+        self, artifact_id: str, version: str | None
+    ) -> tuple[dict[str, Any], dict[str, bytes], str]:
+        """(manifest, files, source) of an app: the local folder if configured, else the artifact."""
+        if not isinstance(artifact_id, str) or not artifact_id.strip():
+            raise InvalidRequest("artifact_id must be a non-empty string")
+        alias = artifact_id.rsplit("/", 1)[-1]
+        files = await self._local_files(alias)
+        if files is not None:
+            try:
+                return load_manifest(files), files, "local"
+            except ValueError as exc:
+                raise InvalidRequest(f"local app '{alias}': {exc}") from exc
+        _, files = await self.artifacts.fetch(artifact_id, version)
+        try:
+            return load_manifest(files), files, "artifact"
+        except ValueError as exc:
+            raise InvalidRequest(f"artifact '{artifact_id}': {exc}") from exc
+
+    def _place_files(self, app_id: str, code_hash: str, files: dict[str, bytes]) -> Path:
+        """Write the files once per content under <apps_dir>/<app_id>/code-<hash>/ (atomic)."""
+        app_dir = self.apps_dir / app_id
+        code_dir = app_dir / f"code-{code_hash[:16]}"
+        if code_dir.is_dir():
+            return code_dir
+        staging = app_dir / f".staging-{secrets.token_hex(4)}"
+        for name, data in files.items():
+            target = (staging / name).resolve()
+            if staging.resolve() not in target.parents:
+                raise InvalidRequest(f"file name '{name}' leaves the app folder")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        try:
+            staging.rename(code_dir)
+        except OSError:  # placed meanwhile by a concurrent deploy of the same content
+            shutil.rmtree(staging, ignore_errors=True)
+        return code_dir
+
+    async def _check_fit(self, app_id: str, resources: dict[str, float], context: dict[str, Any]) -> None:
+        try:
+            cluster = await self.hypha.get_service(self.settings.cluster_service_id)
+            fit = await asyncio.wait_for(
+                cluster.check_resources(
+                    num_cpus=resources.get("num_cpus", 0.0),
+                    num_gpus=resources.get("num_gpus", 0.0),
+                    memory=resources.get("memory", 0.0),
+                ),
+                15,
+            )
+        except Exception as exc:
+            raise ServiceUnavailable(f"cannot check the cluster's resources: {error_summary(exc)}") from exc
+        if fit.get("verdict") == "cannot_fit":
+            raise ResourceUnavailable(f"app '{app_id}' cannot be deployed: {fit.get('reason')}")
+
+    async def _app_token(self, previous: dict[str, Any] | None) -> str:
+        """A token for the app's Hypha service, reused while it has more than a third of its life."""
+        lifetime = self.settings.app_token_days * 86400
+        if (
+            previous
+            and previous.get("proxy_token")
+            and previous.get("proxy_token_expires", 0) > time.time() + lifetime / 3
+        ):
+            return str(previous["proxy_token"])
+        try:
+            token = await self.hypha.server.generate_token(
+                {
+                    "workspace": self.settings.workspace,
+                    "permission": "read_write",
+                    "expires_in": int(lifetime),
+                }
+            )
+            self.token_warning = None
+            return str(token)
+        except Exception as exc:
+            # Only workspace admins may generate tokens; the apps then share this service's token.
+            self.token_warning = (
+                f"apps use apps-svc's own token (cannot generate app tokens: {error_summary(exc)})"
+            )
+            own = self.settings.token_value()
+            if not own:
+                raise ServiceUnavailable(self.token_warning) from exc
+            return own
+
+    # ---- artifacts ----------------------------------------------------------------------------------
+    @schema_method
+    async def upload_app(
+        self,
+        files: list = Field(
+            ...,
+            description="The app's files: [{name, content, type: 'text' | 'base64'}], incl. manifest.yaml.",
+        ),
+        workspace: str | None = Field(
+            None, description="Upload into this workspace instead (needs hypha_token)."
+        ),
+        hypha_token: str | None = Field(None, description="Token for `workspace`."),
+        caller: dict | None = CallerField,
+        context: dict | None = None,
+    ) -> str:
+        """Validate and store an app as an artifact of collection 'applications'; returns 'workspace/alias'.
+
+        Admins only, unless both `workspace` and `hypha_token` are given: then the upload goes into
+        that workspace with that token.
+        """
+        resolved = self.caller_context(context, caller)
+        if (workspace is None) != (hypha_token is None):
+            raise InvalidRequest("give both workspace and hypha_token, or neither")
+        try:
+            decoded = decode_files(files)
+            load_manifest(decoded)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc)) from exc
+        uploader = (resolved.get("user") or {}).get("id")
+        if workspace is None:
+            self.require_admin(context, caller, "upload_app")
+            return await self.artifacts.upload(decoded, uploader)
+        other = await connect(self.settings.server_url, workspace=workspace, token=hypha_token)
+        try:
+            return await ArtifactStore(other, workspace).upload(decoded, uploader)
+        finally:
+            with contextlib.suppress(Exception):
+                await other.disconnect()
+
+    @schema_method
+    async def list_apps(self, caller: dict | None = CallerField, context: dict | None = None) -> dict:
+        """Uploaded app artifacts: {artifact_id: {manifest, versions, files}} (admin only)."""
+        self.require_admin(context, caller, "list_apps")
+        return await self.artifacts.list_apps()
+
+    @schema_method
+    async def get_app_manifest(
+        self,
+        artifact_id: str = Field(..., description="'alias' or 'workspace/alias'."),
+        version: str | None = Field(None, description="A stored version; default the latest."),
+        caller: dict | None = CallerField,
+        context: dict | None = None,
+    ) -> dict:
+        """The manifest of an uploaded app (admin only)."""
+        self.require_admin(context, caller, "get_app_manifest")
+        return dict((await self.artifacts.get(artifact_id, version)).get("manifest") or {})
+
+    @schema_method
+    async def delete_app(
+        self,
+        artifact_id: str = Field(..., description="'alias' or 'workspace/alias' in this worker's workspace."),
+        caller: dict | None = CallerField,
+        context: dict | None = None,
+    ) -> None:
+        """Delete an uploaded app with all its versions (admin only). Running apps keep running."""
+        self.require_admin(context, caller, "delete_app")
+        await self.artifacts.delete(artifact_id)
+
+    # ---- deployments --------------------------------------------------------------------------------
+    @schema_method
+    async def deploy_app(
+        self,
+        artifact_id: str = Field(..., description="App artifact ('alias' or 'workspace/alias')."),
+        version: str | None = Field(None, description="Artifact version; default the latest."),
+        application_id: str | None = Field(
+            None, description="Id of the running app; an existing id updates it."
+        ),
+        application_kwargs: dict | None = Field(
+            None, description="Init kwargs per deployment class: {ClassName: {...}}."
+        ),
+        application_env_vars: dict | None = Field(
+            None, description="Env vars per class ({ClassName or '*': {KEY: value}}); '_KEY' is a secret."
+        ),
+        hypha_token: str | None = Field(
+            None, description="Given to the app's code as the secret HYPHA_TOKEN."
+        ),
+        disable_gpu: bool | None = Field(None, description="Run without GPUs (default False)."),
+        max_ongoing_requests: int | None = Field(
+            None, ge=1, description="Concurrent calls through the app's service (default 10)."
+        ),
+        auto_redeploy: bool | None = Field(None, description="Redeploy when the app fails (default False)."),
+        authorized_users: list | dict | None = Field(
+            None,
+            description="Who may call the app: [users] or {method or '*': [users]}; default the manifest's.",
+        ),
+        caller: dict | None = CallerField,
+        context: dict | None = None,
+    ) -> str:
+        """Deploy or update an app on Ray Serve (admin only); returns its application id at once.
+
+        The deployment goes on in the background: follow it with get_app_status. On an update,
+        parameters left out keep their previous values; an unchanged app is not redeployed.
+        """
+        resolved = self.require_admin(context, caller, "deploy_app")
+        self._require_ray()
+        if application_id is not None and not _APP_ID.match(str(application_id)):
+            raise InvalidRequest(
+                f"application_id '{application_id}' must be 1-63 lowercase letters, digits or hyphens"
+            )
+        async with self._lock:
+            previous = self.records.get(application_id) if application_id else None
+            if application_id is None:
+                application_id = self._new_id(artifact_id)
+            if previous is not None:
+                version = version if version is not None else previous.version
+                application_kwargs = (
+                    application_kwargs if application_kwargs is not None else previous.application_kwargs
+                )
+                disable_gpu = disable_gpu if disable_gpu is not None else previous.disable_gpu
+                max_ongoing_requests = (
+                    max_ongoing_requests
+                    if max_ongoing_requests is not None
+                    else previous.max_ongoing_requests
+                )
+                auto_redeploy = auto_redeploy if auto_redeploy is not None else previous.auto_redeploy
+                authorized_users = (
+                    authorized_users if authorized_users is not None else previous.requested_authorized_users
+                )
+            manifest, files, source = await self._load_app(artifact_id, version)
+            kwargs = dict(application_kwargs or {})
+            old_secrets = await asyncio.to_thread(_kv.get_json, _kv.secrets_key(application_id)) or {}
+            if application_env_vars is None and previous is not None:
+                plain = {
+                    c: {k: v for k, v in e.items() if not k.startswith("_")}
+                    for c, e in previous.application_env_vars.items()
+                }
+                secret_env, masked = dict(old_secrets.get("env") or {}), previous.application_env_vars
+            else:
+                try:
+                    plain, secret_env, masked = split_env_vars(application_env_vars)
+                except ValueError as exc:
+                    raise InvalidRequest(str(exc)) from exc
+            token = hypha_token if hypha_token is not None else old_secrets.get("hypha_token")
+            analysis = analyze_app(
+                files, manifest["deployments"], kwargs,
+                default_num_cpus=self.settings.default_app_cpus, disable_gpu=bool(disable_gpu),
+            )  # fmt: skip
+            if analysis.problems:
+                raise InvalidRequest(f"cannot deploy '{artifact_id}': " + "; ".join(analysis.problems))
+            class_names = {d.partition(":")[2] for d in manifest["deployments"]}
+            for scope in (*plain, *secret_env):
+                if scope != "*" and scope not in class_names:
+                    raise InvalidRequest(f"application_env_vars.{scope}: the app has no deployment '{scope}'")
+            grows = previous is None or any(
+                analysis.resources.get(k, 0) > previous.resources.get(k, 0) + 1e-9 for k in analysis.resources
+            )
+            if grows:
+                await self._check_fit(application_id, analysis.resources, resolved)
+            code_hash = _code_hash(files)
+            code_dir = await asyncio.to_thread(self._place_files, application_id, code_hash, files)
+            home_dir = self.apps_dir / application_id / "home"
+            rules = resolve_authorized_users(
+                authorized_users, manifest.get("authorized_users"), self._user_ids(resolved), self.admin_users
+            )
+            new_secrets = {
+                "env": secret_env,
+                "hypha_token": token,
+                "proxy_token": await self._app_token(old_secrets),
+                "proxy_token_expires": old_secrets.get("proxy_token_expires")
+                if old_secrets.get("proxy_token")
+                else time.time() + self.settings.app_token_days * 86400,
+            }
+            if new_secrets["proxy_token"] != old_secrets.get("proxy_token"):
+                new_secrets["proxy_token_expires"] = time.time() + self.settings.app_token_days * 86400
+            revision = int((previous.spec if previous else {}).get("secrets_revision", 0))
+            if (secret_env, token) != (old_secrets.get("env") or {}, old_secrets.get("hypha_token")):
+                revision += 1
+            spec = AppSpec(
+                application_id=application_id,
+                artifact_id=self.artifacts.full_id(artifact_id)
+                if source == "artifact"
+                else f"local/{artifact_id.rsplit('/', 1)[-1]}",
+                version=manifest.get("version") if source == "artifact" else None,
+                code_dir=str(code_dir),
+                home_dir=str(home_dir),
+                deployments=list(manifest["deployments"]),
+                init_kwargs=kwargs,
+                env_vars=plain,
+                secret_env_names={scope: sorted(values) for scope, values in secret_env.items()},
+                disable_gpu=bool(disable_gpu),
+                default_num_cpus=self.settings.default_app_cpus,
+                max_ongoing_requests=int(max_ongoing_requests or 10),
+                authorized_users=rules,
+                server_url=self.settings.server_url,
+                workspace=self.settings.workspace,
+                datasets_service_id=self.settings.datasets_service_id,
+                secrets_revision=revision,
+                redeploy=int(previous.spec.get("redeploy", 0)) if previous else 0,
+            )
+            now = time.time()
+            record = AppRecord(
+                application_id=application_id,
+                artifact_id=spec.artifact_id,
+                version=version or manifest.get("version"),
+                source=source,
+                display_name=str(manifest.get("name", "")),
+                description=str(manifest.get("description", "")),
+                application_kwargs=kwargs,
+                application_env_vars=masked,
+                disable_gpu=bool(disable_gpu),
+                max_ongoing_requests=spec.max_ongoing_requests,
+                auto_redeploy=bool(auto_redeploy),
+                requested_authorized_users=authorized_users,
+                authorized_users=rules,
+                resources=analysis.resources,
+                methods=analysis.methods,
+                code_hash=code_hash,
+                start_time=previous.start_time if previous else now,
+                last_updated_at=now,
+                last_updated_by=(resolved.get("user") or {}).get("email")
+                or (resolved.get("user") or {}).get("id"),
+                spec=spec.model_dump(mode="json"),
+            )
+            unchanged = previous is not None and previous.spec == record.spec
+            if unchanged and previous is not None:
+                record = previous.model_copy(
+                    update={"last_updated_at": now, "last_updated_by": record.last_updated_by}
+                )
+            await asyncio.to_thread(_kv.put_json, _kv.secrets_key(application_id), new_secrets)
+            self.records[application_id] = record
+            await self._save(record)
+            await self._reconcile()
+        self.logger.info(
+            "%s app %s (%s, %s)",
+            "Unchanged" if unchanged else "Deploying",
+            application_id,
+            spec.artifact_id,
+            source,
+        )
+        return application_id
+
+    def _new_id(self, artifact_id: str) -> str:
+        while True:
+            candidate = f"{secrets.choice(_WORDS)}-{secrets.choice(_NOUNS)}-{secrets.token_hex(2)}"
+            if candidate not in self.records:
+                return candidate
+
+    async def _forget(self, app_id: str) -> None:
+        self.records.pop(app_id, None)
+        await asyncio.to_thread(_kv.delete, _kv.record_key(app_id))
+        await asyncio.to_thread(_kv.delete, _kv.secrets_key(app_id))
+
+    @schema_method
+    async def stop_app(
+        self,
+        application_id: str = Field(..., description="Id of a running app."),
+        caller: dict | None = CallerField,
+        context: dict | None = None,
+    ) -> None:
+        """Stop an app (admin only); Serve removes it in the background."""
+        self.require_admin(context, caller, "stop_app")
+        self._require_ray()
+        async with self._lock:
+            if application_id not in self.records:
+                details = await asyncio.to_thread(self.serve.details)
+                if application_id in (details.get("applications") or {}):
+                    raise InvalidRequest(
+                        f"'{application_id}' was not deployed by BioEngine; apps started outside BioEngine cannot be stopped here"
+                    )
+                raise NotFound(f"no app '{application_id}' is deployed")
+            await self._forget(application_id)
+            await self._reconcile()
+        self.logger.info("Stopping app %s", application_id)
+
+    @schema_method
+    async def stop_all_apps(
+        self,
+        timeout_seconds: float = Field(180.0, gt=0, description="Seconds to wait for the apps to be gone."),
+        caller: dict | None = CallerField,
+        context: dict | None = None,
+    ) -> dict:
+        """Stop every app and wait until Serve has removed them (admin only): {stopped, still_running}."""
+        self.require_admin(context, caller, "stop_all_apps")
+        self._require_ray()
+        async with self._lock:
+            stopped = sorted(self.records)
+            for app_id in stopped:
+                await self._forget(app_id)
+            await self._reconcile()
+        deadline = time.monotonic() + float(timeout_seconds)
+        remaining = list(stopped)
+        while remaining and time.monotonic() < deadline:
+            details = await asyncio.to_thread(self.serve.details)
+            remaining = [a for a in stopped if a in (details.get("applications") or {})]
+            if remaining:
+                await asyncio.sleep(0.5)
+        return {"stopped": stopped, "still_running": remaining}
+
+    # ---- status -------------------------------------------------------------------------------------------
+    async def _replica_logs(self, replicas: list[dict[str, Any]], lines: int) -> dict[str, Any]:
+        async def one(replica: dict[str, Any]) -> tuple[str, Any]:
+            entry: dict[str, Any] = {"state": state(replica.get("state")), "node_ip": replica.get("node_ip")}
+            try:
+                entry.update(await asyncio.to_thread(self.serve.replica_logs, replica, lines))
+            except Exception as exc:
+                entry["error"] = error_summary(exc)
+            return str(replica.get("replica_id")), entry
+
+        return dict(await asyncio.gather(*(one(r) for r in replicas)))
+
+    async def _status_of(
+        self, app_id: str, app: dict[str, Any] | None, logs_tail: int, full: bool
+    ) -> dict[str, Any]:
+        record = self.records.get(app_id)
+        if record is None:
+            return {
+                "status": "NOT_RUNNING",
+                "message": f"No app '{app_id}' is deployed by this worker; deploy it with deploy_app.",
+            }
+        deployments: dict[str, Any] = {}
+        status, message = "NOT_STARTED", "waiting for Serve to start the deployment"
+        service_ids: list[dict[str, Any]] = []
+        if app is not None:
+            status, message = state(app.get("status")), clean(app.get("message"))
+            for name, deployment in (app.get("deployments") or {}).items():
+                replicas = deployment.get("replicas") or []
+                entry: dict[str, Any] = {
+                    "status": state(deployment.get("status")),
+                    "message": clean(deployment.get("message")),
+                    "replica_states": dict(collections.Counter(state(r.get("state")) for r in replicas)),
+                }
+                if full and logs_tail != 0 and replicas:
+                    entry["logs"] = await self._replica_logs(replicas, logs_tail)
+                deployments[name] = entry
+            if status == "RUNNING":
+                try:
+                    info = await asyncio.to_thread(self.serve.proxy_info, app_id)
+                    service_ids.append(
+                        {k: info.get(k) for k in ("websocket_service_id", "webrtc_service_id")}
+                    )
+                    if info.get("error") and not info.get("websocket_service_id"):
+                        message = f"Hypha registration pending: {info['error']}"
+                except Exception as exc:
+                    message = f"cannot reach the app's proxy: {error_summary(exc)}"
+        if record.gave_up:
+            message = f"{message} (auto_redeploy {record.gave_up})".strip()
+        result: dict[str, Any] = {
+            "display_name": record.display_name,
+            "description": record.description,
+            "artifact_id": record.artifact_id,
+            "version": record.version or "latest",
+            "source": record.source,
+            "status": status,
+            "message": message,
+            "deployments": deployments,
+            "available_methods": record.methods,
+            "service_ids": service_ids or [{"websocket_service_id": None, "webrtc_service_id": None}],
+            "max_ongoing_requests": record.max_ongoing_requests,
+            "gpu_enabled": not record.disable_gpu,
+            "application_resources": record.resources,
+            "start_time": record.start_time,
+            "last_updated_at": record.last_updated_at,
+            "auto_redeploy": record.auto_redeploy,
+        }
+        if full:
+            result.update(
+                application_kwargs=record.application_kwargs,
+                application_env_vars=record.application_env_vars,
+                authorized_users=record.authorized_users,
+                last_updated_by=record.last_updated_by,
+                redeploy_attempts=record.redeploy_attempts,
+            )
+        return result
+
+    @schema_method
+    async def get_app_status(
+        self,
+        application_ids: list | str | None = Field(None, description="App ids; default every app."),
+        logs_tail: int = Field(30, ge=-1, description="Log lines per replica (-1 all, 0 none)."),
+        caller: dict | None = CallerField,
+        context: dict | None = None,
+    ) -> dict:
+        """Status of apps, keyed by application id: Serve states, failure reasons, methods, service ids.
+
+        Admins also see kwargs, env vars (secrets masked), access rules and replica logs.
+        """
+        resolved = self.caller_context(context, caller)
+        self._require_ray()
+        full = self.is_admin(resolved.get("user") or {})
+        if isinstance(application_ids, str):
+            application_ids = [application_ids]
+        ids = list(application_ids) if application_ids else sorted(self.records)
+        details = await asyncio.to_thread(self.serve.details)
+        apps = details.get("applications") or {}
+        statuses = await asyncio.gather(
+            *(self._status_of(app_id, apps.get(app_id), int(logs_tail), full) for app_id in ids)
+        )
+        return dict(zip(ids, statuses, strict=True))
+
+    # ---- working directories -------------------------------------------------------------------------
+    @schema_method
+    async def list_app_directories(
+        self, caller: dict | None = CallerField, context: dict | None = None
+    ) -> list:
+        """Each app's folder under the apps dir: [{name, path, is_running, size_bytes}] (admin only)."""
+        self.require_admin(context, caller, "list_app_directories")
+
+        def scan() -> list[dict[str, Any]]:
+            if not self.apps_dir.is_dir():
+                return []
+            return [
+                {
+                    "name": p.name,
+                    "path": str(p),
+                    "is_running": p.name in self.records,
+                    "size_bytes": _dir_size(p),
+                }
+                for p in sorted(self.apps_dir.iterdir())
+                if p.is_dir() and not p.name.startswith(".")
+            ]
+
+        return await asyncio.to_thread(scan)
+
+    @schema_method
+    async def clear_app_directory(
+        self,
+        application_id: str = Field(
+            ..., description="Name of the app's folder; the app must not be running."
+        ),
+        caller: dict | None = CallerField,
+        context: dict | None = None,
+    ) -> None:
+        """Delete an app's folder (files, HOME) under the apps dir (admin only)."""
+        self.require_admin(context, caller, "clear_app_directory")
+        if not isinstance(application_id, str) or not _APP_ID.match(application_id):
+            raise InvalidRequest(f"'{application_id}' is not an application id (no paths)")
+        folder = self.apps_dir / application_id
+        if not folder.is_dir():
+            raise NotFound(f"no app folder '{application_id}' under {self.apps_dir}")
+        if application_id in self.records:
+            raise InvalidRequest(f"app '{application_id}' is running; stop it first")
+        await asyncio.to_thread(shutil.rmtree, folder)
+
+    # ---- service status ---------------------------------------------------------------------------------
+    def is_ready(self) -> bool:
+        return self.ready and self.connected
 
     def status_details(self) -> dict[str, Any]:
-        return {"apps_dir": str(self.apps_dir)}
+        return {
+            "apps_dir": str(self.apps_dir),
+            "local_apps_dir": str(self.settings.local_apps_dir) if self.settings.local_apps_dir else None,
+            "ray_connected": self.connected,
+            "ray_address": self.ray_address,
+            "ray_error": self.ray_error,
+            "apps": sorted(self.records),
+            "token_warning": self.token_warning,
+            "recent_decisions": list(self.decisions)[-10:],
+        }

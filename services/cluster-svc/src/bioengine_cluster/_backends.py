@@ -10,14 +10,12 @@ from __future__ import annotations
 import abc
 import logging
 import socket
-import sys
-import time
 from pathlib import Path
 from typing import Any, ClassVar
 
-from bioengine_common import ConfigurationError, HeadOptions, LocalHead, ServiceUnavailable, ray_environment
+from bioengine_common import ConfigurationError, HeadOptions, LocalHead, ServiceUnavailable
 
-__all__ = ["ClusterBackend", "ExternalBackend", "LocalHeadBackend", "connect_driver", "disconnect_driver"]
+__all__ = ["NAMESPACE", "ClusterBackend", "ExternalBackend", "LocalHeadBackend"]
 
 NAMESPACE = "bioengine"
 
@@ -143,39 +141,3 @@ class ExternalBackend(ClusterBackend):
 
     def gcs_address(self) -> str | None:
         return None if self.address.startswith("ray://") else self.address
-
-
-def connect_driver(address: str, timeout: float) -> dict[str, Any]:
-    """``ray.init`` to ``address`` in namespace ``bioengine``; errors name both versions."""
-    import os
-
-    import ray
-
-    os.environ.update(ray_environment())
-    started = time.monotonic()
-    try:
-        context = ray.init(
-            address=address, namespace=NAMESPACE, logging_level=logging.WARNING,
-            log_to_driver=False, ignore_reinit_error=True,
-        )  # fmt: skip
-    except Exception as exc:  # Ray raises RuntimeError, ConnectionError, ...
-        message = str(exc)
-        ours = f"Ray {ray.__version__} / Python {sys.version.split()[0]}"
-        if "ersion mismatch" in message:
-            raise ConfigurationError(
-                f"the cluster at {address} runs other versions than this worker ({ours}): {message}"
-            ) from exc
-        if time.monotonic() - started > timeout:
-            raise ServiceUnavailable(
-                f"connecting to {address} took over {timeout:.0f} s and failed ({message}); "
-                f"with Ray Client a Ray version mismatch looks like this — this worker runs {ours}"
-            ) from exc
-        raise ServiceUnavailable(f"cannot connect to the Ray cluster at {address}: {message}") from exc
-    return dict(context.address_info) if hasattr(context, "address_info") else {}
-
-
-def disconnect_driver() -> None:
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()

@@ -21,6 +21,8 @@ from bioengine_common import (
     HeadOptions,
     InvalidRequest,
     ServiceUnavailable,
+    connect_driver,
+    disconnect_driver,
     error_summary,
     ray_environment,
     short_temp_dir,
@@ -31,8 +33,6 @@ from ._backends import (
     ClusterBackend,
     ExternalBackend,
     LocalHeadBackend,
-    connect_driver,
-    disconnect_driver,
 )
 from ._code_task import run_code_task
 from ._fit import ResourceRequest, check_fit

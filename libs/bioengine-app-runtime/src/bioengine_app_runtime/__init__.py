@@ -1,0 +1,19 @@
+"""What BioEngine apps run with inside Ray.
+
+- :func:`build` (``bioengine_app_runtime:build``): Serve's app builder for an app's spec;
+- :class:`BioEngineProxy`: the ingress deployment that registers the app as a Hypha service;
+- :class:`AppSpec`: the spec apps-svc writes into the app's Serve config.
+
+Nothing here runs in a service process except the plain data classes.
+"""
+
+from ._spec import PROXY_DEPLOYMENT, AppSpec, DeploymentRef, MethodSpec
+
+__all__ = ["PROXY_DEPLOYMENT", "AppSpec", "DeploymentRef", "MethodSpec", "build"]
+
+
+def build(args: dict) -> object:
+    """Serve app builder (import path ``bioengine_app_runtime:build``)."""
+    from ._builder import build as _build
+
+    return _build(args)

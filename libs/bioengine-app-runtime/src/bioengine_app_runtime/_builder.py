@@ -1,0 +1,110 @@
+"""The app builder: runs inside Ray (Serve's build task), never in a service process.
+
+Serve calls :func:`build` with the app's :class:`~._spec.AppSpec` as ``args``. It imports the
+app's files (its working_dir is on ``sys.path``), checks that every entry names a Serve
+deployment, binds the sub-deployments into the entry one (each under the parameter named after
+its file stem) and puts the Hypha proxy in front.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from typing import Any
+
+from ._proxy import BioEngineProxy
+from ._replica import wrap_deployment_class
+from ._spec import PROXY_DEPLOYMENT, AppSpec, MethodSpec
+
+__all__ = ["build", "schema_methods"]
+
+
+def schema_methods(cls: type) -> list[MethodSpec]:
+    """Public methods of ``cls`` made with hypha-rpc's ``schema_method`` (they carry ``__schema__``)."""
+    methods = []
+    for name, member in inspect.getmembers(cls):
+        if name.startswith("_") or not callable(member) or not hasattr(member, "__schema__"):
+            continue
+        try:
+            parameters = inspect.signature(member).parameters
+        except (TypeError, ValueError):
+            parameters = {}  # type: ignore[assignment]
+        methods.append(
+            MethodSpec(
+                name=name, accepts_context="context" in parameters, json_schema=dict(member.__schema__)
+            )
+        )
+    return methods
+
+
+def _load(module_name: str, class_name: str) -> Any:
+    from ray import serve
+
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name == module_name:
+            raise ValueError(f"the app has no file '{module_name}.py'") from exc
+        raise
+    if not hasattr(module, class_name):
+        raise ValueError(f"'{module_name}.py' defines no '{class_name}'")
+    deployment = getattr(module, class_name)
+    if not isinstance(deployment, serve.Deployment):
+        raise ValueError(
+            f"'{class_name}' in '{module_name}.py' is not a Ray Serve deployment (decorate it with @serve.deployment)"
+        )
+    return deployment
+
+
+def _prepared(deployment: Any, class_name: str, spec: AppSpec) -> Any:
+    """The deployment with the worker's options: env vars, GPU switch, default CPUs, working_dir."""
+    options = dict(deployment.ray_actor_options or {})
+    if spec.disable_gpu:
+        options["num_gpus"] = 0
+    options.setdefault("num_cpus", spec.default_num_cpus)
+    runtime_env = dict(options.get("runtime_env") or {})
+    env_vars = dict(runtime_env.get("env_vars") or {})
+    for scope in ("*", class_name):
+        env_vars.update(spec.env_vars.get(scope) or {})
+    env_vars.update(
+        HOME=spec.home_dir,
+        TMPDIR=f"{spec.home_dir}/tmp",
+        TMP=f"{spec.home_dir}/tmp",
+        TEMP=f"{spec.home_dir}/tmp",
+        HYPHA_SERVER_URL=spec.server_url,
+        HYPHA_WORKSPACE=spec.workspace,
+        HYPHA_ARTIFACT_ID=spec.artifact_id,
+        BIOENGINE_APPLICATION_ID=spec.application_id,
+        BIOENGINE_DATASETS_SERVICE_ID=spec.datasets_service_id,
+    )
+    runtime_env["env_vars"] = env_vars
+    runtime_env.setdefault("working_dir", f"local://{spec.code_dir}")
+    options["runtime_env"] = runtime_env
+    wrapped = wrap_deployment_class(deployment.func_or_class, spec.application_id, spec.home_dir)
+    return deployment.options(func_or_class=wrapped, ray_actor_options=options)
+
+
+def build(args: dict[str, Any]) -> Any:
+    """Serve app builder: ``args`` is an :class:`AppSpec` as a dict."""
+    spec = AppSpec.model_validate(args)
+    refs = spec.refs()
+    loaded = {ref.module: _load(ref.module, ref.class_name) for ref in refs}
+    entry_ref, others = refs[0], refs[1:]
+    entry = loaded[entry_ref.module]
+    handles = {}
+    for ref in others:
+        handles[ref.module] = _prepared(loaded[ref.module], ref.class_name, spec).bind(
+            **spec.init_kwargs.get(ref.class_name, {})
+        )
+    entry_kwargs = {**spec.init_kwargs.get(entry_ref.class_name, {}), **handles}
+    entry_app = _prepared(entry, entry_ref.class_name, spec).bind(**entry_kwargs)
+    methods = schema_methods(entry.func_or_class)
+    if not methods:
+        raise ValueError(
+            f"'{entry_ref.class_name}' exposes no methods: decorate the methods callers may use with "
+            "hypha_rpc.utils.schema.schema_method"
+        )
+    proxy_spec = spec.model_copy(update={"methods": methods})
+    return BioEngineProxy.options(  # type: ignore[attr-defined]
+        name=PROXY_DEPLOYMENT, max_ongoing_requests=max(spec.max_ongoing_requests, 1) + 10
+    ).bind(entry_app, proxy_spec.model_dump())

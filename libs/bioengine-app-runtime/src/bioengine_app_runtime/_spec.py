@@ -1,0 +1,73 @@
+"""What apps-svc hands to the builder: one app's deployment spec, plain JSON.
+
+The spec is the ``args`` of the app's Serve config, so it must be deterministic (the same
+request gives the same spec, and Serve then changes nothing) and must never hold a secret:
+secret values and tokens travel through Ray's GCS key-value store (:mod:`._kv`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+__all__ = ["PROXY_DEPLOYMENT", "AppSpec", "DeploymentRef", "MethodSpec"]
+
+#: Name of the deployment that exposes an app as a Hypha service (the app's ingress).
+PROXY_DEPLOYMENT = "BioEngineProxy"
+
+
+class DeploymentRef(BaseModel):
+    """One ``"<file stem>:<ClassName>"`` entry of a manifest."""
+
+    module: str
+    class_name: str
+
+    @classmethod
+    def parse(cls, entry: str) -> DeploymentRef:
+        module, sep, class_name = entry.partition(":")
+        if not sep or not module or not class_name:
+            raise ValueError(f"deployment '{entry}' must look like '<file stem>:<ClassName>'")
+        return cls(module=module, class_name=class_name)
+
+    def __str__(self) -> str:
+        return f"{self.module}:{self.class_name}"
+
+
+class MethodSpec(BaseModel):
+    """A schema method of the entry deployment, as exposed on Hypha."""
+
+    name: str
+    accepts_context: bool = False
+    json_schema: dict[str, Any] | None = Field(None, description="hypha-rpc's schema of the method.")
+
+
+class AppSpec(BaseModel):
+    application_id: str
+    artifact_id: str
+    version: str | None = None
+    code_dir: str = Field(description="Absolute path of the app's files on a filesystem every node sees.")
+    home_dir: str = Field(description="HOME of the app's replicas.")
+    deployments: list[str] = Field(description="'<file stem>:<ClassName>', the entry deployment first.")
+    init_kwargs: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Init kwargs per class.")
+    env_vars: dict[str, dict[str, str]] = Field(
+        default_factory=dict, description="Plain env vars per class ('*' for all)."
+    )
+    secret_env_names: dict[str, list[str]] = Field(
+        default_factory=dict, description="Secret env var names per class; values are in the KV store."
+    )
+    disable_gpu: bool = False
+    default_num_cpus: float = 0.1
+    max_ongoing_requests: int = 10
+    authorized_users: dict[str, list[str]] = Field(default_factory=lambda: {"*": ["*"]})
+    methods: list[MethodSpec] = Field(default_factory=list)
+    server_url: str
+    workspace: str
+    datasets_service_id: str = "bioengine-datasets"
+    #: Bumped by apps-svc to force a rebuild of an otherwise unchanged app (auto_redeploy).
+    redeploy: int = 0
+    #: Bumped when secret values change, so replicas restart and read them.
+    secrets_revision: int = 0
+
+    def refs(self) -> list[DeploymentRef]:
+        return [DeploymentRef.parse(entry) for entry in self.deployments]

@@ -1,0 +1,235 @@
+"""App artifacts in Hypha's artifact manager: collection ``applications`` of the worker's workspace.
+
+Versioning follows the public worker: a manifest ``version`` not stored yet makes a new
+snapshot and keeps the old ones; the latest version again updates in place; an older one is
+refused. Files go to presigned URLs; a failed upload discards the staged changes, so a broken
+upload never replaces a working app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+
+from bioengine_common import InvalidRequest, NotFound, error_summary
+
+from ._manifest import load_manifest, version_key
+
+__all__ = ["COLLECTION", "ArtifactStore"]
+
+COLLECTION = "applications"
+_TIMEOUT = aiohttp.ClientTimeout(total=60)
+
+
+def _is_not_found(exc: BaseException) -> bool:
+    text = str(exc)
+    return "does not exist" in text or "not found" in text.lower() or "KeyError" in text
+
+
+class ArtifactStore:
+    def __init__(self, server: Any, workspace: str):
+        self.server = server
+        self.workspace = workspace
+        self._manager: Any = None
+
+    @property
+    def collection_id(self) -> str:
+        return f"{self.workspace}/{COLLECTION}"
+
+    def full_id(self, artifact_id: str) -> str:
+        if not artifact_id or not isinstance(artifact_id, str):
+            raise InvalidRequest("artifact_id must be a non-empty string")
+        return artifact_id if "/" in artifact_id else f"{self.workspace}/{artifact_id}"
+
+    async def manager(self) -> Any:
+        if self._manager is None:
+            try:
+                self._manager = await self.server.get_service("public/artifact-manager")
+            except Exception as exc:
+                raise InvalidRequest(
+                    "this Hypha server has no artifact manager (it needs S3 storage): " + error_summary(exc)
+                ) from exc
+        return self._manager
+
+    async def ensure_collection(self) -> None:
+        manager = await self.manager()
+        try:
+            await manager.read(self.collection_id)
+        except Exception as exc:
+            if not _is_not_found(exc):
+                raise
+            try:
+                await manager.create(
+                    type="collection",
+                    alias=COLLECTION,
+                    workspace=self.workspace,
+                    manifest={"name": "Applications", "description": "BioEngine apps of this workspace"},
+                )
+            except Exception as create_error:  # created meanwhile by another replica
+                if "already exists" not in str(create_error):
+                    raise
+
+    async def _read(self, artifact_id: str, version: str | None = None) -> dict[str, Any] | None:
+        manager = await self.manager()
+        try:
+            kwargs = {"version": version} if version else {}
+            return dict(await manager.read(artifact_id, **kwargs))
+        except Exception as exc:
+            if _is_not_found(exc):
+                return None
+            raise
+
+    # ---- upload -----------------------------------------------------------------------------------
+    async def _put(self, session: aiohttp.ClientSession, artifact_id: str, name: str, data: bytes) -> None:
+        manager = await self.manager()
+        url = await manager.put_file(artifact_id, file_path=name)
+        async with session.put(url, data=data) as response:
+            if response.status >= 300:
+                raise RuntimeError(
+                    f"uploading '{name}' failed: HTTP {response.status} {await response.text()}"
+                )
+
+    async def _staged_files(self, artifact_id: str, dir_path: str = "") -> list[str]:
+        manager = await self.manager()
+        names: list[str] = []
+        kwargs: dict[str, Any] = {"stage": True}
+        if dir_path:
+            kwargs["dir_path"] = dir_path
+        for entry in await manager.list_files(artifact_id, **kwargs):
+            path = f"{dir_path}/{entry['name']}" if dir_path else entry["name"]
+            if entry.get("type") == "directory":
+                names += await self._staged_files(artifact_id, path)
+            else:
+                names.append(path)
+        return names
+
+    async def upload(self, files: Mapping[str, bytes], created_by: str | None) -> str:
+        """Store an app (files incl. manifest.yaml); return its artifact id ``workspace/alias``."""
+        manifest = load_manifest(files)
+        manifest["created_by"] = created_by
+        await self.ensure_collection()
+        manager = await self.manager()
+        artifact_id = f"{self.workspace}/{manifest['id']}"
+        version: str | None = manifest.get("version")
+        existing = await self._read(artifact_id)
+        if existing is not None and existing.get("parent_id") != self.collection_id:
+            await manager.delete(artifact_id, delete_files=True)
+            existing = None
+        tag: str | None = version
+        if existing is None:
+            await manager.create(
+                parent_id=self.collection_id, alias=manifest["id"], type="application",
+                manifest=manifest, stage=True,
+            )  # fmt: skip
+        else:
+            tags = [str(v.get("version")) for v in existing.get("versions") or [] if v.get("version")]
+            latest = tags[-1] if tags else None
+            if version is None or version == latest:
+                tag = None  # update the latest version in place
+                await manager.edit(artifact_id, manifest=manifest, stage=True)
+            elif version in tags:
+                raise InvalidRequest(
+                    f"version {version} of {artifact_id} is older than the latest ({latest}); "
+                    "bump the version in manifest.yaml to upload a new one"
+                )
+            else:
+                new_key, latest_key = version_key(version), version_key(latest) if latest else None
+                if new_key is not None and latest_key is not None and new_key < latest_key:
+                    raise InvalidRequest(
+                        f"version {version} of {artifact_id} is older than the latest ({latest}); "
+                        "bump the version in manifest.yaml"
+                    )
+                await manager.edit(artifact_id, manifest=manifest, stage=True, version="new")
+        try:
+            async with aiohttp.ClientSession(timeout=_TIMEOUT) as session:
+                await asyncio.gather(*(self._put(session, artifact_id, n, d) for n, d in files.items()))
+            for name in await self._staged_files(artifact_id):
+                if name not in files:
+                    await manager.remove_file(artifact_id, file_path=name)
+            if tag:
+                await manager.commit(artifact_id, version=tag)
+            else:
+                await manager.commit(artifact_id)
+        except BaseException:
+            try:
+                await manager.discard(artifact_id)
+            except Exception:  # a brand-new artifact has nothing to fall back to
+                await manager.delete(artifact_id, delete_files=True)
+            raise
+        return artifact_id
+
+    # ---- read -------------------------------------------------------------------------------------
+    async def list_apps(self) -> dict[str, Any]:
+        manager = await self.manager()
+        try:
+            children = await manager.list(self.collection_id)
+        except Exception as exc:
+            if _is_not_found(exc):
+                return {}
+            raise
+        apps: dict[str, Any] = {}
+        for child in children:
+            artifact_id = child["id"]
+            apps[artifact_id] = {
+                "manifest": child.get("manifest"),
+                "versions": [v.get("version") for v in child.get("versions") or []],
+                "files": await self.file_names(artifact_id),
+            }
+        return apps
+
+    async def file_names(self, artifact_id: str, version: str | None = None, dir_path: str = "") -> list[str]:
+        manager = await self.manager()
+        kwargs: dict[str, Any] = {}
+        if version:
+            kwargs["version"] = version
+        if dir_path:
+            kwargs["dir_path"] = dir_path
+        names: list[str] = []
+        for entry in await manager.list_files(artifact_id, **kwargs):
+            path = f"{dir_path}/{entry['name']}" if dir_path else entry["name"]
+            if entry.get("type") == "directory":
+                names += await self.file_names(artifact_id, version, path)
+            else:
+                names.append(path)
+        return names
+
+    async def get(self, artifact_id: str, version: str | None = None) -> dict[str, Any]:
+        artifact_id = self.full_id(artifact_id)
+        record = await self._read(artifact_id, version)
+        if record is None:
+            what = f"version {version} of " if version else ""
+            raise NotFound(f"no app artifact {what}'{artifact_id}'")
+        return record
+
+    async def fetch(
+        self, artifact_id: str, version: str | None = None
+    ) -> tuple[dict[str, Any], dict[str, bytes]]:
+        """The artifact's record and all its files at ``version`` (default: latest)."""
+        record = await self.get(artifact_id, version)
+        full = record["id"]
+        manager = await self.manager()
+        names = await self.file_names(full, version)
+        files: dict[str, bytes] = {}
+        async with aiohttp.ClientSession(timeout=_TIMEOUT) as session:
+
+            async def download(name: str) -> None:
+                kwargs = {"version": version} if version else {}
+                url = await manager.get_file(full, file_path=name, **kwargs)
+                async with session.get(url) as response:
+                    if response.status != 200:
+                        raise RuntimeError(f"downloading '{name}' of {full} failed: HTTP {response.status}")
+                    files[name] = await response.read()
+
+            await asyncio.gather(*(download(name) for name in names))
+        return record, files
+
+    async def delete(self, artifact_id: str) -> None:
+        full = self.full_id(artifact_id)
+        if not full.startswith(f"{self.workspace}/"):
+            raise InvalidRequest(f"'{full}' is not in this worker's workspace '{self.workspace}'")
+        await self.get(full)
+        manager = await self.manager()
+        await manager.delete(full, delete_files=True, recursive=True)

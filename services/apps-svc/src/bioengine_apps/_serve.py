@@ -1,0 +1,133 @@
+"""apps-svc's edge to Ray: Serve's controller, the GCS key-value store and replica logs.
+
+Every function blocks; the service calls them in threads. No app code is imported here.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from bioengine_app_runtime import PROXY_DEPLOYMENT
+
+from ._state import BUILDER_IMPORT_PATH, ObservedApp
+
+__all__ = ["ServeAdapter"]
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def clean(message: str | None) -> str:
+    return _ANSI.sub("", message or "").strip()
+
+
+def state(value: Any) -> str:
+    """Serve's enums (ApplicationStatus.RUNNING) as their plain value ("RUNNING")."""
+    return str(getattr(value, "value", value))
+
+
+def _tail_replica_logs(worker_id: str, pid: int | None, lines: int) -> dict[str, Any]:
+    """Runs as a Ray task on the replica's node: the tails of its worker's stdout and stderr."""
+    import glob
+    import os
+
+    import ray
+
+    node: Any = ray._private.worker.global_worker.node
+    logs_dir = node.get_logs_dir_path()
+    result: dict[str, Any] = {}
+    for stream, suffix in (("stdout", "out"), ("stderr", "err")):
+        pattern = os.path.join(logs_dir, f"worker-{worker_id}-*.{suffix}")
+        paths = sorted(glob.glob(pattern))
+        if not paths and pid:
+            paths = sorted(glob.glob(os.path.join(logs_dir, f"worker-*-{pid}.{suffix}")))
+        text: list[str] = []
+        for path in paths:
+            with open(path, "rb") as handle:
+                handle.seek(0, os.SEEK_END)
+                size = handle.tell()
+                handle.seek(max(0, size - 256 * 1024))
+                text += handle.read().decode("utf-8", errors="replace").splitlines()
+        # Ray's own markers (":job_id:", ":actor_name:", ":task_name:") are not the app's output.
+        text = [line for line in text if not line.startswith(":") or " " in line]
+        result[stream] = text if lines < 0 else text[-lines:] if lines else []
+    return result
+
+
+class ServeAdapter:
+    """A connected Ray driver's view of Serve and the KV store."""
+
+    def __init__(self) -> None:
+        self._client: Any = None
+        self._log_task: Any = None
+
+    def start(self) -> None:
+        """Connect to Serve's controller, starting Serve (without HTTP proxies) if needed."""
+        from ray.serve._private.api import serve_start
+
+        self._client = serve_start(proxy_location="Disabled")
+
+    def forget(self) -> None:
+        self._client = None
+        self._log_task = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            raise RuntimeError("not connected to Serve")
+        return self._client
+
+    def apply(self, config: dict[str, Any]) -> None:
+        from ray.serve.schema import ServeDeploySchema
+
+        self.client.deploy_apps(ServeDeploySchema.model_validate(config))
+
+    def details(self) -> dict[str, Any]:
+        return dict(self.client.get_serve_details())
+
+    @staticmethod
+    def observed(details: dict[str, Any]) -> dict[str, ObservedApp]:
+        apps = {}
+        for name, app in (details.get("applications") or {}).items():
+            config = app.get("deployed_app_config") or {}
+            apps[name] = ObservedApp(
+                status=state(app.get("status")),
+                args=config.get("args"),
+                import_path=config.get("import_path") if app.get("source") == "declarative" else None,
+            )
+        return apps
+
+    @staticmethod
+    def proxy_location(details: dict[str, Any]) -> str:
+        location = details.get("proxy_location")
+        return str(getattr(location, "value", location)) if location else "Disabled"
+
+    def proxy_info(self, application_id: str, timeout: float = 2.0) -> dict[str, Any]:
+        from ray import serve
+
+        handle = serve.get_deployment_handle(PROXY_DEPLOYMENT, app_name=application_id)
+        return dict(handle.get_info.remote().result(timeout_s=timeout))
+
+    def replica_logs(self, replica: dict[str, Any], lines: int, timeout: float = 10.0) -> dict[str, Any]:
+        import ray
+        from ray import cloudpickle
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        if self._log_task is None:
+            import sys
+
+            cloudpickle.register_pickle_by_value(sys.modules[__name__])
+            self._log_task = ray.remote(num_cpus=0, max_retries=0)(_tail_replica_logs)
+        task = self._log_task.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(replica["node_id"], soft=False)
+        )
+        ref = task.remote(replica.get("worker_id") or "", replica.get("pid"), lines)
+        return dict(ray.get(ref, timeout=timeout))
+
+    @staticmethod
+    def ours(details: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        return {
+            name: app
+            for name, app in (details.get("applications") or {}).items()
+            if (app.get("deployed_app_config") or {}).get("import_path") == BUILDER_IMPORT_PATH
+        }
