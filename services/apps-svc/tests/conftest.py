@@ -64,9 +64,12 @@ def apps_workspace(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def apps_process(hypha_server, cluster_process, apps_workspace):
-    holder = {"process": launch_service(
-        "apps", hypha_server, apps_workspace, "--local-apps-dir", str(APPS), "--reconcile-interval", "1",
-    )}  # fmt: skip
+    holder = {
+        "apps_root": APPS,
+        "process": launch_service(
+            "apps", hypha_server, apps_workspace, "--local-apps-dir", str(APPS), "--reconcile-interval", "1"
+        ),
+    }
     yield holder
     holder["process"].stop()
 
@@ -92,3 +95,9 @@ def wait_app():
 def files_of():
     """``files_of(folder)``: an app folder as upload_app's files."""
     return app_files
+
+
+@pytest.fixture
+def example_apps() -> Path:
+    """The repository's example apps folder (apps/demo-app, apps/composition-app)."""
+    return APPS

@@ -1,17 +1,34 @@
 """bioengine-apps alone against a real Hypha server."""
 
+import asyncio
+
 import pytest
 
 from bioengine_common import connect
 from bioengine_common.testing import wait_for_service
 
 
-async def test_registers_and_reports_its_directory(hypha_server, start_service, admin_client, tmp_path):
-    start_service("apps", hypha_server, "--apps-dir", str(tmp_path / "my-apps"))
+async def test_without_a_cluster_it_registers_and_says_why_it_is_not_ready(
+    hypha_server, start_service, admin_client, tmp_path
+):
+    start_service(
+        "apps",
+        hypha_server,
+        "--apps-dir",
+        str(tmp_path / "my-apps"),
+        "--cluster-service-id",
+        "no-such-cluster",
+    )
     await wait_for_service(admin_client, "bioengine-apps")
-    status = await (await admin_client.get_service("bioengine-apps")).get_status()
-    assert status["service"] == "bioengine-apps" and status["ready"] is True
+    apps = await admin_client.get_service("bioengine-apps")
+    deadline = asyncio.get_running_loop().time() + 30
+    while "no-such-cluster" not in str((status := await apps.get_status())["ray_error"]):
+        assert asyncio.get_running_loop().time() < deadline, status
+        await asyncio.sleep(0.5)
+    assert status["service"] == "bioengine-apps" and status["ready"] is False
     assert status["apps_dir"] == str(tmp_path / "my-apps")
+    with pytest.raises(Exception, match="not connected to the Ray cluster"):
+        await apps.deploy_app(artifact_id="demo-app")
 
 
 async def test_anonymous_users_cannot_reach_it(hypha_server, start_service, admin_client):

@@ -29,6 +29,8 @@ class ClassInfo:
     init_required: list[str] = field(default_factory=list)
     init_var_kwargs: bool = False
     schema_methods: list[str] = field(default_factory=list)
+    #: Has base classes: ``__init__`` and schema methods may come from them, unseen here.
+    inherits: bool = False
 
 
 @dataclass
@@ -63,6 +65,9 @@ def _literal(node: ast.expr) -> Any:
 
 def _class_info(module: str, node: ast.ClassDef) -> ClassInfo:
     info = ClassInfo(module=module, name=node.name, node=node)
+    info.inherits = any(not (isinstance(b, ast.Name) and b.id == "object") for b in node.bases)
+    # Without its own __init__, an inherited one takes what it takes: accept any kwargs.
+    info.init_var_kwargs = info.inherits
     for decorator in node.decorator_list:
         if _is_deployment_decorator(decorator):
             info.decorator = decorator
@@ -139,7 +144,7 @@ def analyze_app(
     entry_class = deployments[0].partition(":")[2] if deployments else ""
     entry_info = classes.get(entry_class)
     if entry_info is not None:
-        if not entry_info.schema_methods:
+        if not entry_info.schema_methods and not entry_info.inherits:
             problems.append(f"{entry_class}: the entry deployment has no @schema_method methods to expose")
         for other in deployments[1:]:
             stem = other.partition(":")[0]
@@ -164,7 +169,8 @@ def analyze_app(
                     f"application_kwargs.{class_name}.{name}: {class_name}.__init__ takes no '{name}'"
                 )
     for class_name, info in classes.items():
-        given = set(init_kwargs.get(class_name) or {})
+        class_kwargs = init_kwargs.get(class_name)
+        given = set(class_kwargs) if isinstance(class_kwargs, Mapping) else set()
         if class_name == entry_class:
             given |= sub_stems
         missing = [p for p in info.init_required if p not in given]

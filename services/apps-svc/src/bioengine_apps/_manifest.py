@@ -30,8 +30,9 @@ __all__ = [
 REQUIRED_FIELDS = ("name", "id", "id_emoji", "description", "type", "deployments")
 MANIFEST_NAMES = ("manifest.yaml", "manifest.yml")
 #: Artifact alias rules: lowercase letters, digits and single hyphens.
-ID_PATTERN = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: ``\Z``, not ``$``: ``$`` also matches before a trailing newline ("demo-app\n").
+ID_PATTERN = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*\Z")
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 _MAX_FILE_BYTES = 50 * 1024**2
 
 
@@ -68,10 +69,13 @@ def decode_files(files: Any) -> dict[str, bytes]:
                 continue
             data = content.encode()
         elif kind == "base64":
-            if isinstance(content, str) and content.startswith("data:"):
+            if not isinstance(content, str):
+                problems.append(f"{where}.content ('{name}') must be a string for type 'base64'")
+                continue
+            if content.startswith("data:") and "," in content:
                 content = content.partition(",")[2]
-            try:
-                data = base64.b64decode(content or "", validate=True)
+            try:  # a data: URL without "," fails here instead of giving an empty file
+                data = base64.b64decode(content, validate=True)
             except (binascii.Error, TypeError, ValueError):
                 problems.append(f"{where}.content ('{name}') is not valid base64")
                 continue

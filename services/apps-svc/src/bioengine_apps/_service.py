@@ -670,6 +670,7 @@ class AppsService(BioEngineService):
                     "status": state(deployment.get("status")),
                     "message": clean(deployment.get("message")),
                     "replica_states": dict(collections.Counter(state(r.get("state")) for r in replicas)),
+                    "replica_ids": sorted(str(r.get("replica_id")) for r in replicas),
                 }
                 if full and logs_tail != 0 and replicas:
                     entry["logs"] = await self._replica_logs(replicas, logs_tail)

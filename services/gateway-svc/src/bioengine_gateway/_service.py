@@ -246,3 +246,155 @@ class GatewayService(BioEngineService):
     async def list_datasets(self, context: dict | None = None) -> dict:
         """The datasets the caller may read: {dataset_id: {name, description, public, zarr_stores, manifest}}."""
         return await self.call("datasets", "list_datasets", context)
+
+    # ---- apps (bioengine-apps) -------------------------------------------------------------------------
+    def _admin(self, context: Any, action: str) -> None:
+        check_permissions(context, self.admin_users, f"'{action}' (admin only)")
+
+    @schema_method
+    async def upload_app(
+        self,
+        files: list = Field(
+            ...,
+            description="The app's files: [{name, content, type: 'text' | 'base64'}], incl. manifest.yaml.",
+        ),
+        workspace: str | None = Field(
+            None, description="Upload into this workspace instead (needs hypha_token)."
+        ),
+        hypha_token: str | None = Field(None, description="Token for `workspace`."),
+        context: dict | None = None,
+    ) -> str:
+        """Validate and store an app as an artifact; returns 'workspace/alias'.
+
+        Admins only, unless both `workspace` and `hypha_token` are given (the upload then goes into
+        that workspace with that token).
+        """
+        if workspace is None and hypha_token is None:
+            self._admin(context, "upload_app")
+        return await self.call(
+            "apps", "upload_app", context, call_timeout=120.0,
+            files=files, workspace=workspace, hypha_token=hypha_token,
+        )  # fmt: skip
+
+    @schema_method
+    async def list_apps(self, context: dict | None = None) -> dict:
+        """Uploaded app artifacts: {artifact_id: {manifest, versions, files}} (admin only)."""
+        self._admin(context, "list_apps")
+        return await self.call("apps", "list_apps", context, call_timeout=30.0)
+
+    @schema_method
+    async def get_app_manifest(
+        self,
+        artifact_id: str = Field(..., description="'alias' or 'workspace/alias'."),
+        version: str | None = Field(None, description="A stored version; default the latest."),
+        context: dict | None = None,
+    ) -> dict:
+        """The manifest of an uploaded app (admin only)."""
+        self._admin(context, "get_app_manifest")
+        return await self.call("apps", "get_app_manifest", context, artifact_id=artifact_id, version=version)
+
+    @schema_method
+    async def delete_app(
+        self,
+        artifact_id: str = Field(..., description="'alias' or 'workspace/alias' in this worker's workspace."),
+        context: dict | None = None,
+    ) -> None:
+        """Delete an uploaded app with all its versions (admin only)."""
+        self._admin(context, "delete_app")
+        await self.call("apps", "delete_app", context, call_timeout=30.0, artifact_id=artifact_id)
+
+    @schema_method
+    async def deploy_app(
+        self,
+        artifact_id: str = Field(..., description="App artifact ('alias' or 'workspace/alias')."),
+        version: str | None = Field(None, description="Artifact version; default the latest."),
+        application_id: str | None = Field(
+            None, description="Id of the running app; an existing id updates it."
+        ),
+        application_kwargs: dict | None = Field(None, description="Init kwargs per deployment class."),
+        application_env_vars: dict | None = Field(
+            None, description="Env vars per class ({ClassName or '*': {KEY: value}}); '_KEY' is a secret."
+        ),
+        hypha_token: str | None = Field(
+            None, description="Given to the app's code as the secret HYPHA_TOKEN."
+        ),
+        disable_gpu: bool | None = Field(None, description="Run without GPUs (default False)."),
+        max_ongoing_requests: int | None = Field(None, ge=1, description="Concurrent calls (default 10)."),
+        auto_redeploy: bool | None = Field(None, description="Redeploy when the app fails (default False)."),
+        authorized_users: list | dict | None = Field(
+            None, description="Who may call the app: [users] or {method or '*': [users]}."
+        ),
+        context: dict | None = None,
+    ) -> str:
+        """Deploy or update an app on Ray Serve (admin only); returns its application id at once.
+
+        Deployment continues in the background (see get_app_status). On an update, parameters left
+        out keep their previous values; an unchanged app is not redeployed.
+        """
+        self._admin(context, "deploy_app")
+        return await self.call(
+            "apps", "deploy_app", context, call_timeout=120.0,
+            artifact_id=artifact_id, version=version, application_id=application_id,
+            application_kwargs=application_kwargs, application_env_vars=application_env_vars,
+            hypha_token=hypha_token, disable_gpu=disable_gpu, max_ongoing_requests=max_ongoing_requests,
+            auto_redeploy=auto_redeploy, authorized_users=authorized_users,
+        )  # fmt: skip
+
+    @schema_method
+    async def stop_app(
+        self,
+        application_id: str = Field(..., description="Id of a running app."),
+        context: dict | None = None,
+    ) -> None:
+        """Stop an app (admin only); it is removed in the background."""
+        self._admin(context, "stop_app")
+        await self.call("apps", "stop_app", context, call_timeout=30.0, application_id=application_id)
+
+    @schema_method
+    async def stop_all_apps(
+        self,
+        timeout_seconds: float = Field(180.0, gt=0, description="Seconds to wait for the apps to be gone."),
+        context: dict | None = None,
+    ) -> dict:
+        """Stop every app and wait until they are gone (admin only): {stopped, still_running}."""
+        self._admin(context, "stop_all_apps")
+        return await self.call(
+            "apps", "stop_all_apps", context, call_timeout=float(timeout_seconds) + 30.0,
+            timeout_seconds=timeout_seconds,
+        )  # fmt: skip
+
+    @schema_method
+    async def get_app_status(
+        self,
+        application_ids: list | str | None = Field(None, description="App ids; default every app."),
+        logs_tail: int = Field(30, ge=-1, description="Log lines per replica (-1 all, 0 none)."),
+        context: dict | None = None,
+    ) -> dict:
+        """Status of apps keyed by id: states, failure reasons, methods, service ids (any caller).
+
+        Admins also see kwargs, env vars (secrets masked), access rules and replica logs.
+        """
+        return await self.call(
+            "apps", "get_app_status", context, call_timeout=60.0,
+            application_ids=application_ids, logs_tail=logs_tail,
+        )  # fmt: skip
+
+    @schema_method
+    async def list_app_directories(self, context: dict | None = None) -> list:
+        """Each app's folder: [{name, path, is_running, size_bytes}] (admin only)."""
+        self._admin(context, "list_app_directories")
+        return await self.call("apps", "list_app_directories", context, call_timeout=30.0)
+
+    @schema_method
+    async def clear_app_directory(
+        self,
+        application_id: str = Field(
+            ..., description="Name of the app's folder; the app must not be running."
+        ),
+        context: dict | None = None,
+    ) -> None:
+        """Delete an app's folder (admin only)."""
+        self._admin(context, "clear_app_directory")
+        await self.call(
+            "apps", "clear_app_directory", context, call_timeout=30.0, application_id=application_id
+        )

@@ -1,0 +1,125 @@
+"""App artifacts in the artifact manager (real Hypha + SeaweedFS), deploys from them, through the gateway."""
+
+import asyncio
+import time
+
+import pytest
+
+from bioengine_common import connect
+from bioengine_common.testing import launch_service, wait_for_service
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def stack(hypha_server, cluster_process, tmp_path_factory):
+    """apps-svc without a local apps folder (artifacts only) and the gateway."""
+    workspace = tmp_path_factory.mktemp("artifacts-worker")
+    apps = launch_service("apps", hypha_server, workspace, "--reconcile-interval", "1")
+    gateway = launch_service("gateway", hypha_server, workspace, "--status-interval", "1")
+    yield {"apps": apps, "gateway": gateway, "workspace": workspace}
+    gateway.stop()
+    apps.stop()
+
+
+@pytest.fixture
+async def worker(stack, admin_client):
+    await wait_for_service(admin_client, "bioengine-apps", timeout=60)
+    await wait_for_service(admin_client, "bioengine-worker", timeout=60)
+    apps = await admin_client.get_service("bioengine-apps")
+    deadline = time.monotonic() + 90
+    while not (await apps.get_status())["ready"]:
+        assert time.monotonic() < deadline, stack["apps"].console_output()
+        await asyncio.sleep(0.5)
+    return await admin_client.get_service("bioengine-worker")
+
+
+@pytest.fixture
+async def user_worker(hypha_server, stack):
+    client = await connect(
+        hypha_server.url, workspace=hypha_server.workspace, token=hypha_server.mint("plain-user")
+    )
+    yield await client.get_service("bioengine-worker")
+    await client.disconnect()
+
+
+def _with_version(files, version, app_id="demo-app"):
+    out = []
+    for entry in files:
+        if entry["name"] == "manifest.yaml":
+            text = entry["content"].replace('version: "1.0.0"', f'version: "{version}"')
+            text = text.replace("id: demo-app", f"id: {app_id}")
+            entry = {**entry, "content": text}
+        out.append(entry)
+    return out
+
+
+async def test_upload_versions_list_and_delete(worker, files_of, example_apps):
+    files = _with_version(files_of(example_apps / "demo-app"), "1.0.0", "versioned-app")
+    artifact_id = await worker.upload_app(files=files)
+    assert artifact_id == "bioengine-test/versioned-app"
+    assert await worker.upload_app(files=files) == artifact_id  # same version: in place
+    listed = (await worker.list_apps())[artifact_id]
+    assert sorted(listed["files"]) == ["demo_app.py", "manifest.yaml"]
+    assert listed["manifest"]["created_by"] == "test-admin" and listed["versions"] == ["1.0.0"]
+
+    assert await worker.upload_app(files=_with_version(files, "1.1.0", "versioned-app")) == artifact_id
+    listed = (await worker.list_apps())[artifact_id]
+    assert listed["versions"] == ["1.0.0", "1.1.0"]
+    assert (await worker.get_app_manifest(artifact_id=artifact_id))["version"] == "1.1.0"
+    assert (await worker.get_app_manifest(artifact_id="versioned-app", version="1.0.0"))["version"] == "1.0.0"
+    for older in ("1.0.0", "0.9.0"):
+        with pytest.raises(Exception, match="older than the latest"):
+            await worker.upload_app(files=_with_version(files, older, "versioned-app"))
+
+    await worker.delete_app(artifact_id=artifact_id)
+    assert artifact_id not in await worker.list_apps()
+    with pytest.raises(Exception, match="no app artifact"):
+        await worker.get_app_manifest(artifact_id=artifact_id)
+
+
+async def test_deploy_from_artifact_through_the_gateway(
+    worker, user_worker, admin_client, files_of, wait_app, example_apps
+):
+    artifact_id = await worker.upload_app(files=files_of(example_apps / "composition-app"))
+    with pytest.raises(Exception, match="admin only"):
+        await user_worker.deploy_app(artifact_id=artifact_id)
+    app_id = await worker.deploy_app(
+        artifact_id=artifact_id,
+        application_kwargs={
+            "CompositionDeployment": {"demo_input": "from the artifact"},
+            "Deployment2": {"start_number": 1},
+        },
+    )
+    status = await wait_app(worker, app_id)
+    assert (
+        status["artifact_id"] == artifact_id
+        and status["version"] == "1.0.0"
+        and status["source"] == "artifact"
+    )
+    app = await admin_client.get_service(status["service_ids"][0]["websocket_service_id"])
+    assert "Result: 42, Demo string: from the artifact" in await app.calculate_result(number=41)
+
+    # Anyone may see the status; only admins see kwargs, access rules and logs.
+    seen = (await user_worker.get_app_status(application_ids=[app_id]))[app_id]
+    assert seen["status"] == "RUNNING" and "application_kwargs" not in seen and "authorized_users" not in seen
+    assert all("logs" not in d for d in seen["deployments"].values())
+
+    directories = {d["name"]: d for d in await worker.list_app_directories()}
+    assert directories[app_id]["is_running"] and directories[app_id]["size_bytes"] > 0
+    with pytest.raises(Exception, match="is running"):
+        await worker.clear_app_directory(application_id=app_id)
+    with pytest.raises(Exception, match="not an application id"):
+        await worker.clear_app_directory(application_id="../etc")
+
+    result = await worker.stop_all_apps(timeout_seconds=60)
+    assert app_id in result["stopped"] and result["still_running"] == []
+    await worker.clear_app_directory(application_id=app_id)
+    assert app_id not in {d["name"] for d in await worker.list_app_directories()}
+    with pytest.raises(Exception, match="no app folder"):
+        await worker.clear_app_directory(application_id=app_id)
+
+
+async def test_deploying_a_missing_artifact_is_a_clear_error(worker):
+    with pytest.raises(Exception, match="no app artifact 'bioengine-test/no-such-app'"):
+        await worker.deploy_app(artifact_id="no-such-app")
