@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import psutil
@@ -241,6 +242,40 @@ def test_cli_status_and_call(stack):
     )
     bad_arg = run("call", "bioengine-worker", "get_logs", "--arg", "tail", "--workspace-dir", str(stack.dir))
     assert bad_arg.returncode == 2 and "NAME=VALUE" in bad_arg.stderr
+
+
+def test_cli_apps_deploy_status_call_logs_and_stop(stack):
+    """The README's app workflow through the `bioengine` CLI, against the one-command stack."""
+    demo = Path(__file__).resolve().parents[2] / "apps" / "demo-app"
+
+    def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", "from bioengine_worker._cli import main; main()", *args,
+             "--workspace-dir", str(stack.dir)],
+            capture_output=True, text=True, timeout=timeout,
+        )  # fmt: skip
+
+    deployed = run("apps", "deploy", str(demo), "--app-id", "cli-demo", "--json", timeout=400)
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    result = json.loads(deployed.stdout)
+    assert result["application_id"] == "cli-demo" and result["status"]["status"] == "RUNNING"
+    assert "RUNNING" in deployed.stderr  # progress lines
+    service_id = result["status"]["service_ids"][0]["websocket_service_id"]
+
+    status = run("apps", "status", "cli-demo")
+    assert status.returncode == 0 and "RUNNING" in status.stdout and "ping" in status.stdout, status.stderr
+    pinged = run("call", service_id, "ping", "--json")
+    assert pinged.returncode == 0 and json.loads(pinged.stdout)["status"] == "ok", pinged.stderr
+    listed = run("apps", "list")
+    assert listed.returncode == 0 and "/demo-app" in listed.stdout and "1.0.0" in listed.stdout
+    logs = run("apps", "logs", "cli-demo", "--tail", "5")
+    assert logs.returncode == 0 and "DemoApp" in logs.stdout, logs.stderr
+    stopped = run("apps", "stop", "cli-demo", "--yes")
+    assert stopped.returncode == 0, stopped.stderr
+    gone = run("apps", "status", "cli-demo")
+    assert "NOT_RUNNING" in gone.stdout
+    missing = run("apps", "deploy", str(demo.parent / "no-such-app"))
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
 
 
 def test_ctrl_c_leaves_no_process_behind(stack):

@@ -1,15 +1,23 @@
 """The app builder: runs inside Ray (Serve's build task), never in a service process.
 
 Serve calls :func:`build` with the app's :class:`~._spec.AppSpec` as ``args``. It imports the
-app's files (its working_dir is on ``sys.path``), checks that every entry names a Serve
-deployment, binds the sub-deployments into the entry one (each under the parameter named after
-its file stem) and puts the Hypha proxy in front.
+app's files from ``code_dir``, checks that every entry names a Serve deployment, binds the
+sub-deployments into the entry one (each under the parameter named after its file stem) and
+puts the Hypha proxy in front.
+
+The build task runs without an app-level runtime_env, so Ray can use an idle worker instead of
+starting one per app (seconds on a small machine). A worker may build several apps in turn:
+before each build the modules of the previous one are dropped and only the current app's folder
+is on ``sys.path``. Each user deployment gets ``working_dir = local://<code_dir>`` for its
+replicas; the proxy needs nothing but this package.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
+import os
+import sys
 from typing import Any
 
 from ._proxy import BioEngineProxy
@@ -35,6 +43,31 @@ def schema_methods(cls: type) -> list[MethodSpec]:
             )
         )
     return methods
+
+
+#: What the previous build in this worker put on sys.path and into sys.modules.
+_previous: dict[str, Any] = {"path": None, "modules": set()}
+
+
+def _enter(code_dir: str, module_names: list[str]) -> None:
+    """Make ``code_dir`` the only app folder on ``sys.path`` with none of its modules cached."""
+    for name in _previous["modules"] | set(module_names):
+        sys.modules.pop(name, None)
+    _previous["modules"] = set()
+    if _previous["path"] in sys.path:
+        sys.path.remove(_previous["path"])
+    sys.path.insert(0, code_dir)
+    _previous["path"] = code_dir
+    importlib.invalidate_caches()
+
+
+def _remember_modules(code_dir: str) -> None:
+    prefix = os.path.join(code_dir, "")
+    _previous["modules"] |= {
+        name
+        for name, module in list(sys.modules.items())
+        if str(getattr(module, "__file__", None) or "").startswith(prefix)
+    }
 
 
 def _load(module_name: str, class_name: str) -> Any:
@@ -88,7 +121,11 @@ def build(args: dict[str, Any]) -> Any:
     """Serve app builder: ``args`` is an :class:`AppSpec` as a dict."""
     spec = AppSpec.model_validate(args)
     refs = spec.refs()
-    loaded = {ref.module: _load(ref.module, ref.class_name) for ref in refs}
+    _enter(spec.code_dir, [ref.module for ref in refs])
+    try:
+        loaded = {ref.module: _load(ref.module, ref.class_name) for ref in refs}
+    finally:
+        _remember_modules(spec.code_dir)
     entry_ref, others = refs[0], refs[1:]
     entry = loaded[entry_ref.module]
     handles = {}

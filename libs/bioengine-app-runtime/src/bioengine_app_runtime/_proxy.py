@@ -55,6 +55,7 @@ class BioEngineProxy:
     # ---- Hypha -----------------------------------------------------------------------------------
     def _function(self, method: MethodSpec) -> Any:
         rule = method_rule(self.spec.authorized_users, method.name)
+        target = getattr(self.entry, method.name)  # one handle method per exposed method
 
         async def call(*args: Any, context: dict | None = None, **kwargs: Any) -> Any:
             user = (context or {}).get("user") or {}
@@ -68,7 +69,7 @@ class BioEngineProxy:
             async with self.semaphore:
                 self.ongoing += 1
                 try:
-                    return await getattr(self.entry, method.name).remote(*args, **kwargs)
+                    return await target.remote(*args, **kwargs)
                 finally:
                     self.ongoing -= 1
 

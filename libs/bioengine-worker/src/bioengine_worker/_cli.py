@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import json
 import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from bioengine_common import ServiceUnavailable, connect, error_summary
 
@@ -187,15 +188,321 @@ def format_status(status: dict[str, Any], service_id: str) -> str:
     return "\n".join(lines)
 
 
-async def _call(args: argparse.Namespace, service_id: str, method: str, kwargs: dict[str, Any]) -> Any:
+# ---- apps ------------------------------------------------------------------------------------------
+MANIFEST_NAMES = ("manifest.yaml", "manifest.yml")
+APP_FAILED = ("DEPLOY_FAILED", "UNHEALTHY", "NOT_RUNNING")
+
+
+def read_app_folder(directory: str | os.PathLike[str]) -> list[dict[str, str]]:
+    """All files of an app folder as ``upload_app`` takes them: ``[{name, content, type}]``.
+
+    Names are relative POSIX paths; hidden files and folders and ``__pycache__`` are skipped; a file
+    is ``text`` when it decodes as UTF-8, else ``base64``. A missing folder or manifest is a usage error.
+    """
+    root = Path(directory).expanduser()
+    if not root.exists():
+        raise CliError(f"app folder '{directory}' does not exist", EXIT_USAGE)
+    if not root.is_dir():
+        raise CliError(f"'{directory}' is not a folder; give the app's folder", EXIT_USAGE)
+    if not any((root / name).is_file() for name in MANIFEST_NAMES):
+        raise CliError(
+            f"'{directory}' has no manifest.yaml; an app folder needs one (name, id, deployments, ...)",
+            EXIT_USAGE,
+        )
+    files: list[dict[str, str]] = []
+    for folder, subfolders, names in os.walk(root):
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith(".") and d != "__pycache__")
+        for name in sorted(names):
+            if name.startswith("."):
+                continue
+            path = Path(folder) / name
+            if not path.is_file():
+                continue
+            data = path.read_bytes()
+            relative = path.relative_to(root).as_posix()
+            try:
+                files.append({"name": relative, "content": data.decode("utf-8"), "type": "text"})
+            except UnicodeDecodeError:
+                files.append(
+                    {"name": relative, "content": base64.b64encode(data).decode("ascii"), "type": "base64"}
+                )
+    return files
+
+
+def parse_env_vars(pairs: Sequence[str], scope: str | None = None) -> dict[str, dict[str, str]] | None:
+    """``--env KEY=VALUE`` pairs to ``application_env_vars``: ``{scope: {KEY: VALUE}}``.
+
+    ``scope`` is a deployment class name, or ``*`` (the default) for every deployment. Values stay
+    strings; a ``_KEY`` is a secret. No pairs gives None (an update keeps the previous values).
+    """
+    if not pairs:
+        if scope is not None:
+            raise CliError("--env-class applies to --env KEY=VALUE; give at least one --env", EXIT_USAGE)
+        return None
+    scope = scope or "*"
+    if scope != "*" and not scope.isidentifier():
+        raise CliError(f"--env-class expects a deployment class name or '*', got '{scope}'", EXIT_USAGE)
+    variables: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.isidentifier():
+            raise CliError(f"--env expects KEY=VALUE (KEY a variable name), got '{pair}'", EXIT_USAGE)
+        variables[key] = value
+    return {scope: variables}
+
+
+def parse_app_kwargs(raw: str | None) -> dict[str, dict[str, Any]] | None:
+    """``--kwargs '{"ClassName": {"name": value}}'`` to ``application_kwargs`` (None when not given)."""
+    if raw is None:
+        return None
+    usage = """--kwargs expects a JSON object of init arguments per deployment class, e.g. '{"MyApp": {"size": 3}}'"""
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise CliError(f"{usage}; not valid JSON: {exc}", EXIT_USAGE) from exc
+    if not isinstance(value, dict):
+        raise CliError(f"{usage}; got a JSON {type(value).__name__}", EXIT_USAGE)
+    for name, kwargs in value.items():
+        if not isinstance(kwargs, dict):
+            raise CliError(f"{usage}; the value for '{name}' is not an object", EXIT_USAGE)
+    return value
+
+
+def deploy_arguments(args: argparse.Namespace, artifact_id: str) -> dict[str, Any]:
+    """The ``deploy_app`` keyword arguments from ``apps run``/``apps deploy`` options.
+
+    Options not given are left out, so an update (``--app-id`` of a running app) keeps its values.
+    """
+    arguments: dict[str, Any] = {
+        "artifact_id": artifact_id,
+        "version": args.version,
+        "application_id": args.app_id,
+        "application_kwargs": parse_app_kwargs(args.kwargs),
+        "application_env_vars": parse_env_vars(args.env, args.env_class),
+        "hypha_token": args.hypha_token,
+        "disable_gpu": True if args.no_gpu else None,
+        "max_ongoing_requests": args.max_ongoing_requests,
+        "auto_redeploy": True if args.auto_redeploy else None,
+    }
+    return {k: v for k, v in arguments.items() if v is not None}
+
+
+def format_apps(apps: dict[str, Any]) -> str:
+    """``list_apps`` as a table: artifact id, name, versions."""
+    if not apps:
+        return "No uploaded apps; upload one with `bioengine apps upload DIR`."
+    rows: list[tuple[str, ...]] = [("ARTIFACT ID", "NAME", "VERSIONS")]
+    for artifact_id, info in sorted(apps.items()):
+        manifest = (info or {}).get("manifest") or {}
+        versions = [str(v) for v in (info or {}).get("versions") or [] if v]
+        rows.append((artifact_id, str(manifest.get("name") or "-"), ", ".join(versions) or "-"))
+    return "\n".join(_table(rows))
+
+
+def _service_ids(status: dict[str, Any]) -> list[str]:
+    return [
+        str(entry["websocket_service_id"])
+        for entry in status.get("service_ids") or []
+        if isinstance(entry, dict) and entry.get("websocket_service_id")
+    ]
+
+
+def _replicas(replica_states: Any) -> str:
+    if not replica_states:
+        return "-"
+    return ", ".join(f"{state} {count}" for state, count in dict(replica_states).items())
+
+
+def format_app_status(statuses: dict[str, Any]) -> str:
+    """``get_app_status``: a block per app with its state, methods, service ids and deployments."""
+    if not statuses:
+        return "No apps deployed by this worker."
+    blocks: list[str] = []
+    for app_id, status in statuses.items():
+        state = str(status.get("status") or "UNKNOWN")
+        origin = " ".join(
+            str(v) for v in (status.get("artifact_id"), status.get("version")) if v and v != "latest"
+        )
+        title = ", ".join(str(v) for v in (status.get("display_name"), origin) if v)
+        lines = [f"{app_id}: {state}" + (f" ({title})" if title else "")]
+        if state != "RUNNING" and status.get("message"):
+            lines.append(f"  message: {status['message']}")
+        if status.get("available_methods"):
+            lines.append(f"  methods: {', '.join(map(str, status['available_methods']))}")
+        if "service_ids" in status:
+            lines.append(f"  service: {', '.join(_service_ids(status)) or '- (not registered)'}")
+        deployments = status.get("deployments") or {}
+        if deployments:
+            rows: list[tuple[str, ...]] = [("DEPLOYMENT", "STATUS", "REPLICAS", "MESSAGE")]
+            for name, deployment in deployments.items():
+                rows.append(
+                    (
+                        str(name),
+                        str(deployment.get("status") or "-"),
+                        _replicas(deployment.get("replica_states")),
+                        str(deployment.get("message") or "") if deployment.get("status") != "HEALTHY" else "",
+                    )
+                )
+            lines += _table(rows)
+        logs = format_logs(status, indent="  ")
+        if logs:
+            lines.append(logs)
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def format_logs(status: dict[str, Any], indent: str = "") -> str:
+    """The replica logs in one app's status: a header per deployment/replica, then its lines."""
+    lines: list[str] = []
+    for name, deployment in (status.get("deployments") or {}).items():
+        for replica_id, entry in (deployment.get("logs") or {}).items():
+            entry = entry or {}
+            details = ", ".join(str(entry[k]) for k in ("state", "node_ip") if entry.get(k))
+            lines.append(f"{indent}== {name} / {replica_id}" + (f" ({details})" if details else "") + " ==")
+            if entry.get("error"):
+                lines.append(f"{indent}  (no logs: {entry['error']})")
+            for stream in ("stdout", "stderr"):
+                stream_lines = [str(line).rstrip("\n") for line in entry.get(stream) or []]
+                if stream_lines:
+                    lines.append(f"{indent}  [{stream}]")
+                    lines += [f"{indent}  {line}" for line in stream_lines]
+            if not entry.get("error") and not any(entry.get(s) for s in ("stdout", "stderr")):
+                lines.append(f"{indent}  (no output)")
+    return "\n".join(lines)
+
+
+class DeployProgress:
+    """Turns successive ``get_app_status`` entries of one app into progress lines.
+
+    ``step(status, elapsed)`` returns the lines for what changed since the previous status (the
+    app's state and message, each deployment's state and replica counts) and sets ``outcome`` once
+    the app is RUNNING with a Hypha service (``"running"``; ``summary()`` then describes it) or has
+    failed (``"failed"``: DEPLOY_FAILED, UNHEALTHY or no longer deployed; ``failure()`` says why).
+
+    For an update, ``previous_state`` is the app's state before it: Serve may still report that
+    state for a moment, so it is not taken as the outcome until the state has changed once or
+    ``grace`` seconds have passed.
+    """
+
+    def __init__(self, app_id: str, previous_state: str | None = None, grace: float = 10.0):
+        self.app_id = app_id
+        self.previous_state = previous_state if previous_state not in (None, "NOT_RUNNING") else None
+        self.grace = grace
+        self.outcome: str | None = None
+        self.state = "UNKNOWN"
+        self.message = ""
+        self.status: dict[str, Any] = {}
+        self._moved = self.previous_state is None
+        self._seen: dict[str, Any] = {}
+
+    def _changed(self, key: str, value: Any) -> bool:
+        if self._seen.get(key) == value:
+            return False
+        self._seen[key] = value
+        return True
+
+    def step(self, status: dict[str, Any], elapsed: float = 0.0) -> list[str]:
+        lines: list[str] = []
+        self.status = status
+        self.state = state = str(status.get("status") or "UNKNOWN")
+        self.message = message = str(status.get("message") or "").strip()
+        if self._changed("app", (state, message)):
+            lines.append(f"{self.app_id}: {state}" + (f" - {message}" if message else ""))
+        for name, deployment in (status.get("deployments") or {}).items():
+            deployment_state = str(deployment.get("status") or "-")
+            replicas = _replicas(deployment.get("replica_states"))
+            detail = str(deployment.get("message") or "").strip()
+            if self._changed(f"deployment:{name}", (deployment_state, replicas, detail)):
+                line = f"  {name}: {deployment_state}, " + (
+                    f"replicas {replicas}" if replicas != "-" else "no replicas"
+                )
+                lines.append(line + (f" - {detail}" if detail else ""))
+        if not self._moved:
+            self._moved = state != self.previous_state or elapsed >= self.grace
+            if not self._moved:
+                if self._changed("update", True):
+                    lines.append(f"  waiting for the update to take effect (was {self.previous_state})")
+                return lines
+        if state == "RUNNING":
+            if _service_ids(status):
+                self.outcome = "running"
+            elif self._changed("registration", True):
+                lines.append("  waiting for the app's Hypha service to register")
+        elif state in APP_FAILED:
+            self.outcome = "failed"
+        return lines
+
+    def summary(self) -> list[str]:
+        """What to call, once ``outcome`` is ``"running"``."""
+        methods = ", ".join(map(str, self.status.get("available_methods") or [])) or "-"
+        services = _service_ids(self.status)
+        return [
+            f"{self.app_id} is running.",
+            *(f"  service: {service}" for service in services),
+            f"  methods: {methods}",
+            f"  call it: bioengine call {services[0] if services else self.app_id} METHOD --arg NAME=VALUE",
+        ]
+
+    def failure(self) -> str:
+        """The error message once ``outcome`` is ``"failed"``."""
+        return (
+            f"app '{self.app_id}' is {self.state}: {self.message or 'no reason given'} "
+            f"(see `bioengine apps logs {self.app_id}`)"
+        )
+
+
+class CallTimeout(CliError):
+    """A call to the worker did not answer in time."""
+
+
+class Caller(Protocol):
+    async def call(
+        self, method: str, kwargs: dict[str, Any] | None = None, timeout: float | None = None
+    ) -> Any: ...
+
+
+class _Worker:
+    """One worker service on an open connection: ``await worker.call(method, kwargs)``."""
+
+    def __init__(self, service: Any, service_id: str, timeout: float):
+        self.service = service
+        self.service_id = service_id
+        self.timeout = timeout
+
+    async def call(
+        self, method: str, kwargs: dict[str, Any] | None = None, timeout: float | None = None
+    ) -> Any:
+        service, service_id = self.service, self.service_id
+        function = service.get(method) if hasattr(service, "get") else getattr(service, method, None)
+        if function is None:
+            names = sorted(k for k in service if callable(service[k])) if hasattr(service, "keys") else []
+            raise CliError(f"'{service_id}' has no method '{method}'; it has: {', '.join(names)}", EXIT_USAGE)
+        limit = self.timeout if timeout is None else timeout
+        try:
+            return await asyncio.wait_for(function(**(kwargs or {})), timeout=limit)
+        except TimeoutError as exc:
+            raise CallTimeout(f"{service_id}.{method} did not answer within {limit:g} s") from exc
+        except Exception as exc:
+            raise CliError(f"{service_id}.{method} failed: {error_summary(exc)}") from exc
+
+
+def _timeout(args: argparse.Namespace, default: float = 30.0) -> float:
+    """``--timeout`` if given, else the command's own default."""
+    value = getattr(args, "timeout", None)
+    return float(value) if value is not None else default
+
+
+@contextlib.asynccontextmanager
+async def _session(args: argparse.Namespace, service_id: str, timeout: float) -> AsyncIterator[_Worker]:
+    """Connect once and yield the service; ``timeout`` bounds each call (and the connection, up to 60 s)."""
     conn = _connection(args)
     try:
         server = await connect(
             conn["server_url"],
             workspace=conn["workspace"] if conn["token"] else None,
             token=conn["token"],
-            method_timeout=args.timeout,
-            timeout=args.timeout,
+            method_timeout=timeout,
+            timeout=min(timeout, 60.0),
         )
     except ServiceUnavailable as exc:
         raise CliError(str(exc), EXIT_UNAVAILABLE) from exc
@@ -210,19 +517,176 @@ async def _call(args: argparse.Namespace, service_id: str, method: str, kwargs: 
                 f"({error_summary(exc)}); is the worker running?",
                 EXIT_UNAVAILABLE,
             ) from exc
-        function = service.get(method) if hasattr(service, "get") else getattr(service, method, None)
-        if function is None:
-            names = sorted(k for k in service if callable(service[k])) if hasattr(service, "keys") else []
-            raise CliError(f"'{service_id}' has no method '{method}'; it has: {', '.join(names)}", EXIT_USAGE)
-        try:
-            return await asyncio.wait_for(function(**kwargs), timeout=args.timeout)
-        except TimeoutError as exc:
-            raise CliError(f"{service_id}.{method} did not answer within {args.timeout:g} s") from exc
-        except Exception as exc:
-            raise CliError(f"{service_id}.{method} failed: {error_summary(exc)}") from exc
+        yield _Worker(service, service_id, timeout)
     finally:
         with contextlib.suppress(Exception):
             await server.disconnect()
+
+
+async def _call(args: argparse.Namespace, service_id: str, method: str, kwargs: dict[str, Any]) -> Any:
+    async with _session(args, service_id, _timeout(args)) as worker:
+        return await worker.call(method, kwargs)
+
+
+class DeployFailed(CliError):
+    """The app failed, or did not run in time; ``status`` is its last status."""
+
+    def __init__(self, message: str, status: dict[str, Any]):
+        super().__init__(message, 1)
+        self.status = status
+
+
+async def follow_deployment(
+    worker: Caller,
+    app_id: str,
+    deadline: float,
+    out: Callable[[str], None],
+    timeout: float,
+    poll_interval: float = 1.0,
+    previous_state: str | None = None,
+) -> dict[str, Any]:
+    """Poll ``get_app_status`` until the app runs or fails, printing each change; the last status.
+
+    ``deadline`` is a ``time.monotonic()`` value, ``timeout`` the --timeout it came from (for the
+    message), ``previous_state`` the app's state before an update. A failure or a timeout raises
+    :class:`DeployFailed`; the app keeps deploying either way.
+    """
+    progress = DeployProgress(app_id, previous_state)
+    started = time.monotonic()
+    status: dict[str, Any] = {}
+    while True:
+        remaining = deadline - time.monotonic()
+        try:
+            if remaining <= 0:
+                raise CallTimeout("deadline")
+            statuses = await worker.call(
+                "get_app_status", {"application_ids": [app_id], "logs_tail": 0}, timeout=min(remaining, 60.0)
+            )
+        except CallTimeout as exc:
+            if time.monotonic() < deadline:
+                raise
+            raise DeployFailed(
+                f"app '{app_id}' is not running within --timeout {timeout:g} s (last status: "
+                f"{progress.state}); it keeps deploying: follow it with `bioengine apps status {app_id}`, "
+                f"stop it with `bioengine apps stop {app_id}`",
+                status,
+            ) from exc
+        status = (statuses or {}).get(app_id) or {"status": "NOT_RUNNING", "message": "not reported"}
+        elapsed = time.monotonic() - started
+        for line in progress.step(status, elapsed):
+            out(f"[{elapsed:5.1f}s] {line}")
+        if progress.outcome == "running":
+            for line in progress.summary():
+                out(line)
+            return status
+        if progress.outcome == "failed":
+            with contextlib.suppress(CliError):
+                detailed = await worker.call(
+                    "get_app_status", {"application_ids": [app_id], "logs_tail": 20}, timeout=30.0
+                )
+                logs = format_logs((detailed or {}).get(app_id) or {}, indent="  ")
+                if logs:
+                    out("Last log lines:")
+                    out(logs)
+            raise DeployFailed(progress.failure(), status)
+        await asyncio.sleep(max(0.0, min(poll_interval, deadline - time.monotonic())))
+
+
+def _confirm(question: str) -> bool:
+    try:
+        return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+    except EOFError:
+        return False
+
+
+async def _apps(args: argparse.Namespace) -> None:
+    """``bioengine apps ...``: all calls of one command share one connection."""
+    command = args.apps_command
+    as_json = args.json
+    # Progress goes to stderr with --json, so stdout stays one JSON document.
+    out: Callable[[str], None] = (
+        (lambda line: print(line, file=sys.stderr, flush=True))
+        if as_json
+        else (lambda line: print(line, flush=True))
+    )
+    # Check the input before connecting.
+    files = read_app_folder(args.directory) if command in ("upload", "deploy") else []
+    wait = False
+    if command in ("run", "deploy"):
+        deploy_arguments(args, "")
+        wait = args.wait if args.wait is not None else command == "deploy"
+    artifact_id = str(getattr(args, "artifact_id", ""))
+    timeout = _timeout(args, {"upload": 120.0, "run": 300.0, "deploy": 300.0}.get(command, 30.0))
+    deadline = time.monotonic() + timeout
+    async with _session(args, args.service_id, timeout) as worker:
+        if command in ("upload", "deploy"):
+            artifact_id = await worker.call("upload_app", {"files": files})
+            if command == "upload":
+                print(json.dumps({"artifact_id": artifact_id}) if as_json else artifact_id)
+                return
+            out(f"Uploaded {args.directory} ({len(files)} files) as {artifact_id}")
+        if command in ("run", "deploy"):
+            previous_state = None
+            if wait and args.app_id:  # an update: Serve may report the old state for a moment
+                with contextlib.suppress(CliError):
+                    before = await worker.call(
+                        "get_app_status", {"application_ids": [args.app_id], "logs_tail": 0}
+                    )
+                    previous_state = ((before or {}).get(args.app_id) or {}).get("status")
+            if wait:
+                out(f"Deploying {artifact_id} ...")
+            app_id = await worker.call(
+                "deploy_app",
+                deploy_arguments(args, artifact_id),
+                timeout=max(1.0, deadline - time.monotonic()),
+            )
+            result: dict[str, Any] = {"artifact_id": artifact_id, "application_id": app_id}
+            if not wait:
+                print(json.dumps(result) if as_json else app_id)
+                return
+            out(f"Application id: {app_id}")
+            try:
+                result["status"] = await follow_deployment(
+                    worker, app_id, deadline, out, timeout, previous_state=previous_state
+                )
+            except DeployFailed as exc:
+                result["status"] = exc.status
+                raise
+            finally:
+                if as_json:
+                    print(json.dumps(result, default=str))
+        elif command == "list":
+            apps = await worker.call("list_apps")
+            print(json.dumps(apps, default=str) if as_json else format_apps(apps))
+        elif command == "status":
+            statuses = await worker.call(
+                "get_app_status", {"application_ids": args.app_ids or None, "logs_tail": args.logs}
+            )
+            print(json.dumps(statuses, default=str) if as_json else format_app_status(statuses))
+        elif command == "logs":
+            statuses = await worker.call(
+                "get_app_status", {"application_ids": [args.app_id], "logs_tail": args.tail}
+            )
+            status = (statuses or {}).get(args.app_id) or {}
+            if status.get("status") in (None, "NOT_RUNNING"):
+                raise CliError(str(status.get("message") or f"app '{args.app_id}' is not deployed"))
+            if as_json:
+                logs = {n: d.get("logs") or {} for n, d in (status.get("deployments") or {}).items()}
+                print(json.dumps(logs, default=str))
+            else:
+                print(
+                    format_logs(status)
+                    or f"No replica of '{args.app_id}' reports logs (status {status['status']})."
+                )
+        elif command == "stop":
+            if not args.yes and sys.stdin.isatty() and not _confirm(f"Stop app '{args.app_id}'?"):
+                raise CliError(f"not stopped: '{args.app_id}' keeps running")
+            await worker.call("stop_app", {"application_id": args.app_id})
+            print(
+                json.dumps({"stopped": args.app_id})
+                if as_json
+                else f"Stopping {args.app_id}; it is removed in the background."
+            )
 
 
 def _print(value: Any, as_json: bool) -> None:
@@ -234,7 +698,7 @@ def _print(value: Any, as_json: bool) -> None:
         print(json.dumps(value, indent=2, default=str))
 
 
-def _common_options(defaults: bool) -> argparse.ArgumentParser:
+def _common_options(defaults: bool, timeout_help: str | None = None) -> argparse.ArgumentParser:
     """Connection options, accepted before or after the subcommand.
 
     The copy attached to a subcommand has no defaults, so it cannot undo a value given before
@@ -270,7 +734,13 @@ def _common_options(defaults: bool) -> argparse.ArgumentParser:
         default=default(os.environ.get("BIOENGINE_WORKSPACE_DIR", "~/.bioengine")),
         help="Where bioengine-worker wrote its connection file (default: ~/.bioengine)",
     )
-    add("--timeout", type=float, default=default(30.0), help="Seconds to wait for an answer (default: 30)")
+    add(
+        "--timeout",
+        type=float,
+        # None: each command's own default (30 s; longer for apps upload/run/deploy).
+        default=default(None),
+        help=timeout_help or "Seconds to wait for an answer (default: 30)",
+    )
     add("--json", action="store_true", default=default(False), help="Print machine-readable JSON")
     return parser
 
@@ -316,7 +786,97 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=VALUE",
         help="Keyword argument; VALUE is parsed as JSON when possible (repeatable)",
     )
+    _add_apps_parser(sub, worker)
     return parser
+
+
+def _positive_int(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expects a whole number >= 1, got '{raw}'")
+    return value
+
+
+def _log_lines(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -2
+    if value < -1:
+        raise argparse.ArgumentTypeError(f"expects a number of lines (-1 for all), got '{raw}'")
+    return value
+
+
+def _add_apps_parser(sub: Any, worker: argparse.ArgumentParser) -> None:
+    apps = sub.add_parser("apps", help="Upload, deploy, follow and stop BioEngine apps")
+    apps_sub = apps.add_subparsers(dest="apps_command", required=True)
+
+    def common(timeout_default: str = "30") -> list[argparse.ArgumentParser]:
+        return [_common_options(False, f"Seconds to wait for an answer (default: {timeout_default})"), worker]
+
+    upload = apps_sub.add_parser(
+        "upload", parents=common("120"), help="Upload an app folder; prints the artifact id"
+    )
+    upload.add_argument("directory", metavar="DIR", help="App folder with manifest.yaml and code")
+
+    deploy_options = argparse.ArgumentParser(add_help=False)
+    add = deploy_options.add_argument
+    add("--app-id", help="Application id; an existing id updates that app (default: a new random id)")
+    add("--version", help="Artifact version (default: the latest)")
+    add("--no-gpu", action="store_true", help="Run without GPUs")
+    add(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="Environment variable of the app (repeatable); a _KEY is a secret",
+    )
+    add(
+        "--env-class",
+        metavar="CLASS",
+        help="Deployment class that gets the --env variables (default: '*', every deployment)",
+    )
+    add("--kwargs", metavar="JSON", help='Init arguments per deployment class: \'{"MyApp": {"size": 3}}\'')
+    add("--hypha-token", metavar="TOKEN", help="Token given to the app's code as the secret HYPHA_TOKEN")
+    add("--max-ongoing-requests", type=_positive_int, metavar="N", help="Concurrent calls (default: 10)")
+    add("--auto-redeploy", action="store_true", help="Redeploy the app when it fails")
+    wait_help = "Follow the deployment until the app runs or fails (default: {})"
+    wait_timeout = "Seconds for the whole command, incl. waiting for RUNNING (default: 300)"
+
+    run = apps_sub.add_parser(
+        "run",
+        parents=[_common_options(False, wait_timeout), worker, deploy_options],
+        help="Deploy an uploaded app; prints the application id",
+    )
+    run.add_argument("artifact_id", metavar="ARTIFACT_ID", help="'alias' or 'workspace/alias'")
+    run.add_argument("--wait", action=argparse.BooleanOptionalAction, help=wait_help.format("no"))
+    deploy = apps_sub.add_parser(
+        "deploy",
+        parents=[_common_options(False, wait_timeout), worker, deploy_options],
+        help="Upload an app folder and deploy it, following the deployment",
+    )
+    deploy.add_argument("directory", metavar="DIR", help="App folder with manifest.yaml and code")
+    deploy.add_argument("--wait", action=argparse.BooleanOptionalAction, help=wait_help.format("yes"))
+
+    apps_sub.add_parser("list", parents=common(), help="Uploaded apps: artifact id, name, versions")
+    status = apps_sub.add_parser(
+        "status", parents=common(), help="Deployed apps: state, methods, service id, deployments"
+    )
+    status.add_argument("app_ids", nargs="*", metavar="APP_ID", help="Application ids (default: all)")
+    status.add_argument(
+        "--logs", type=_log_lines, default=0, metavar="N", help="Also show N log lines per replica"
+    )
+    logs = apps_sub.add_parser("logs", parents=common(), help="Log lines of an app's replicas")
+    logs.add_argument("app_id", metavar="APP_ID", help="Application id")
+    logs.add_argument(
+        "--tail", type=_log_lines, default=100, metavar="N", help="Lines per replica, -1 all (default: 100)"
+    )
+    stop = apps_sub.add_parser("stop", parents=common(), help="Stop a deployed app")
+    stop.add_argument("app_id", metavar="APP_ID", help="Application id")
+    stop.add_argument("--yes", "-y", action="store_true", help="Do not ask for confirmation")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -347,6 +907,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 _print(status.get("ray_cluster"), True)
             else:
                 print(format_cluster(status.get("ray_cluster")))
+        elif args.command == "apps":
+            asyncio.run(_apps(args))
         else:
             _print(
                 asyncio.run(_call(args, args.service_id, args.method, parse_arguments(args.arg))), args.json
@@ -354,3 +916,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     except CliError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.code)
+    except KeyboardInterrupt:
+        print("interrupted (a deployment in progress goes on in the background)", file=sys.stderr)
+        sys.exit(130)

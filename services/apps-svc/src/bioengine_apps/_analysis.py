@@ -168,6 +168,13 @@ def analyze_app(
                 problems.append(
                     f"application_kwargs.{class_name}.{name}: {class_name}.__init__ takes no '{name}'"
                 )
+    entry_kwargs = init_kwargs.get(entry_class)
+    if isinstance(entry_kwargs, Mapping):
+        for stem in sorted(sub_stems & set(entry_kwargs)):
+            problems.append(
+                f"application_kwargs.{entry_class}.{stem}: '{stem}' receives the handle of the "
+                f"'{stem}' deployment and cannot be given as a kwarg"
+            )
     for class_name, info in classes.items():
         class_kwargs = init_kwargs.get(class_name)
         given = set(class_kwargs) if isinstance(class_kwargs, Mapping) else set()

@@ -21,6 +21,7 @@ __all__ = [
     "ID_PATTERN",
     "MANIFEST_NAMES",
     "REQUIRED_FIELDS",
+    "check_authorized_users",
     "decode_files",
     "load_manifest",
     "validate_manifest",
@@ -94,7 +95,9 @@ def decode_files(files: Any) -> dict[str, bytes]:
     return decoded
 
 
-def _check_authorized_users(value: Any) -> list[str]:
+def check_authorized_users(value: Any) -> list[str]:
+    """Problems of an ``authorized_users`` rule: a list of users or ``{method: [users]}``."""
+
     def is_user_list(users: Any) -> bool:
         return isinstance(users, list) and all(isinstance(u, str) and u for u in users)
 
@@ -146,7 +149,7 @@ def validate_manifest(manifest: Any, file_names: Iterable[str] | None = None) ->
     if version is not None and not isinstance(version, str | int | float):
         problems.append("version: must be a string such as '1.0.0'")
     if "authorized_users" in manifest:
-        problems += _check_authorized_users(manifest["authorized_users"])
+        problems += check_authorized_users(manifest["authorized_users"])
     frontend = manifest.get("frontend_entry")
     if frontend is not None and (
         not isinstance(frontend, str) or (names is not None and frontend not in names)

@@ -42,7 +42,7 @@ from bioengine_common import (
 
 from ._analysis import analyze_app
 from ._artifacts import ArtifactStore
-from ._manifest import decode_files, load_manifest
+from ._manifest import check_authorized_users, decode_files, load_manifest
 from ._serve import ServeAdapter, clean, state
 from ._state import (
     AppRecord,
@@ -211,8 +211,8 @@ class AppsService(BioEngineService):
         for app_id in result.redeploy:
             record = self.records[app_id]
             record.spec["redeploy"] = int(record.spec.get("redeploy", 0)) + 1
-            record.redeploy_attempts += 1
             record.next_redeploy_at = now + redeploy_delay(record.redeploy_attempts)
+            record.redeploy_attempts += 1
             await self._save(record)
         if result.apply:
             config = serve_config(self.records.values(), self.serve.proxy_location(details))
@@ -445,6 +445,10 @@ class AppsService(BioEngineService):
         """
         resolved = self.require_admin(context, caller, "deploy_app")
         self._require_ray()
+        if authorized_users is not None:
+            problems = check_authorized_users(authorized_users)
+            if problems:
+                raise InvalidRequest("; ".join(problems))
         if application_id is not None and not _APP_ID.match(str(application_id)):
             raise InvalidRequest(
                 f"application_id '{application_id}' must be 1-63 lowercase letters, digits or hyphens"

@@ -8,6 +8,7 @@ what Serve reports and decides what to do, including ``auto_redeploy`` with back
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -33,6 +34,7 @@ REDEPLOY_BASE_DELAY_S = 10.0
 REDEPLOY_MAX_DELAY_S = 300.0
 REDEPLOY_MAX_ATTEMPTS = 5
 FAILED_STATES = ("DEPLOY_FAILED", "UNHEALTHY")
+_ENV_NAME = re.compile(r"^_?[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
 class AppRecord(BaseModel):
@@ -95,8 +97,16 @@ def split_env_vars(
         if not isinstance(variables, Mapping):
             raise ValueError(f"application_env_vars.{scope}: must map names to string values")
         for name, value in variables.items():
-            if not isinstance(name, str) or not name.lstrip("_"):
-                raise ValueError(f"application_env_vars.{scope}: invalid variable name {name!r}")
+            if not isinstance(name, str) or not _ENV_NAME.match(name) or not name.lstrip("_"):
+                raise ValueError(
+                    f"application_env_vars.{scope}: invalid variable name {name!r} "
+                    "(letters, digits and underscores; a leading '_' marks a secret)"
+                )
+            other = name[1:] if name.startswith("_") else f"_{name}"
+            if other in variables:
+                raise ValueError(
+                    f"application_env_vars.{scope}: '{name}' and '{other}' set the same variable"
+                )
             if not isinstance(value, str):
                 raise ValueError(f"application_env_vars.{scope}.{name}: values must be strings")
             if name.startswith("_"):
@@ -144,9 +154,9 @@ def serve_config(records: Iterable[AppRecord], proxy_location: str = "Disabled")
                 "name": record.application_id,
                 "route_prefix": None,
                 "import_path": BUILDER_IMPORT_PATH,
+                # No app-level runtime_env: the builder imports from the spec's code_dir, so the
+                # build task can run in an idle worker; user deployments get their working_dir.
                 "args": AppSpec.model_validate(record.spec).model_dump(mode="json"),
-                # The build task imports the app's files from here; deployments inherit it.
-                "runtime_env": {"working_dir": f"local://{record.spec['code_dir']}"},
             }
         )
     return {"proxy_location": proxy_location, "applications": applications}
@@ -191,7 +201,7 @@ def plan(records: Mapping[str, AppRecord], observed: Mapping[str, ObservedApp], 
                 f"{app_id}: {seen.status} -> auto-redeploy attempt {record.redeploy_attempts + 1}"
             )
     for app_id, seen in sorted(observed.items()):
-        if app_id not in records and seen.import_path == BUILDER_IMPORT_PATH:
+        if app_id not in records and seen.import_path == BUILDER_IMPORT_PATH and seen.status != "DELETING":
             result.apply = True
             result.decisions.append(f"{app_id}: in Serve without a record -> remove")
     return result

@@ -1,0 +1,169 @@
+"""App deployment time and call latency, ours versus raw Ray Serve. Prints; asserts nothing.
+
+    uv run python bench/app_deploy_and_call.py [--rounds 3] [--calls 300]
+
+Starts `bioengine-worker --mode single-machine` as a user would, uploads apps/demo-app through
+the gateway, then in one run and interleaved:
+
+- deploy: `deploy_app` (through the gateway) until the app is RUNNING, versus a raw
+  `serve.run` of the same deployment class from this process (a Ray driver of the same cluster);
+- call: `ping` through the app's own Hypha service, versus a `DeploymentHandle` call of the
+  same method plus a bare Hypha echo (a trivial service registered by this process).
+
+Last line: `ratio: <deploy ratio> <call ratio>` (medians).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _stats import print_latency_table  # bench/_stats.py
+
+from bioengine_common import connect, connect_driver
+from bioengine_worker import WorkerProcess
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "apps" / "demo-app"
+
+
+def _files() -> list[dict[str, str]]:
+    return [
+        {"name": p.name, "content": p.read_text(), "type": "text"}
+        for p in sorted(DEMO.iterdir())
+        if p.is_file() and p.suffix in (".py", ".yaml")
+    ]
+
+
+async def _wait_running(worker, app_id: str) -> None:
+    while True:
+        status = (await worker.get_app_status(application_ids=[app_id], logs_tail=0))[app_id]
+        if status["status"] == "RUNNING":
+            return
+        if status["status"] in ("DEPLOY_FAILED", "UNHEALTHY"):
+            raise RuntimeError(f"{app_id}: {status['message']}")
+        await asyncio.sleep(0.1)
+
+
+def _raw_deploy(name: str) -> float:
+    from ray import serve
+
+    sys.path.insert(0, str(DEMO))
+    from demo_app import DemoApp  # the same class, imported here as any Serve user would
+
+    app = DemoApp.options(
+        ray_actor_options={"num_cpus": 0.1, "runtime_env": {"working_dir": f"local://{DEMO}"}}
+    ).bind()
+    t0 = time.perf_counter()
+    serve.run(app, name=name, route_prefix=None)
+    return time.perf_counter() - t0
+
+
+async def run(connection: dict, rounds: int, calls: int, block: int) -> tuple[dict, dict]:
+    from ray import serve
+
+    server = await connect(
+        connection["server_url"], workspace=connection["workspace"], token=connection["token"]
+    )
+    echo_host = await connect(
+        connection["server_url"], workspace=connection["workspace"], token=connection["token"]
+    )
+    try:
+        worker = await server.get_service("bioengine-worker")
+        while not (await worker.get_status())["is_ready"]:  # the Ray head starts after the services
+            await asyncio.sleep(0.5)
+        cluster = await server.get_service("bioengine-cluster", {"mode": "random"})
+        info = await cluster.get_connection_info()
+        await asyncio.to_thread(connect_driver, info["address"], 60.0, info["namespace"])
+        artifact_id = await worker.upload_app(files=_files())
+
+        deploy: dict[str, list[float]] = {"deploy_app -> RUNNING": [], "raw serve.run": []}
+        for i in range(rounds + 1):  # round 0 warms up both paths (runtime env, worker pool)
+            t0 = time.perf_counter()
+            app_id = await worker.deploy_app(artifact_id=artifact_id, application_id=f"bench-{i}")
+            await _wait_running(worker, app_id)
+            ours = time.perf_counter() - t0
+            raw = await asyncio.to_thread(_raw_deploy, f"raw-{i}")
+            if i:
+                deploy["deploy_app -> RUNNING"].append(ours * 1000)
+                deploy["raw serve.run"].append(raw * 1000)
+            print(f"round {i}: deploy_app {ours:.2f} s, serve.run {raw:.2f} s", flush=True)
+            if i < rounds:
+                await worker.stop_app(application_id=app_id)
+                await asyncio.to_thread(serve.delete, f"raw-{i}")
+
+        status = (await worker.get_app_status(application_ids=[f"bench-{rounds}"], logs_tail=0))[
+            f"bench-{rounds}"
+        ]
+        while not status["service_ids"][0]["websocket_service_id"]:
+            await asyncio.sleep(0.2)
+            status = (await worker.get_app_status(application_ids=[f"bench-{rounds}"], logs_tail=0))[
+                f"bench-{rounds}"
+            ]
+        app = await server.get_service(status["service_ids"][0]["websocket_service_id"])
+        handle = serve.get_deployment_handle("DemoApp", app_name=f"raw-{rounds}")
+        await echo_host.register_service(
+            {"id": "bench-echo", "config": {"visibility": "protected"}, "echo": lambda x: x}
+        )
+        echo = await server.get_service(f"{connection['workspace']}/{echo_host.config.client_id}:bench-echo")
+
+        async def handle_ping() -> None:
+            await handle.ping.remote()
+
+        async def echo_once() -> None:
+            await echo.echo("ping")
+
+        async def app_ping() -> None:
+            await app.ping()
+
+        targets = {"app service ping": app_ping, "handle ping": handle_ping, "hypha echo": echo_once}
+        for target in targets.values():
+            for _ in range(30):
+                await target()
+        latency: dict[str, list[float]] = {name: [] for name in targets}
+        while len(latency["hypha echo"]) < calls:
+            for name, target in targets.items():
+                for _ in range(min(block, calls - len(latency[name]))):
+                    t0 = time.perf_counter()
+                    await target()
+                    latency[name].append((time.perf_counter() - t0) * 1000)
+        await worker.stop_all_apps(timeout_seconds=60)
+        await asyncio.to_thread(serve.delete, f"raw-{rounds}")
+        return deploy, latency
+    finally:
+        await echo_host.disconnect()
+        await server.disconnect()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3, help="measured deploys per path (default 3)")
+    parser.add_argument("--calls", type=int, default=300, help="calls per target (default 300)")
+    parser.add_argument("--block", type=int, default=50, help="calls per target before switching")
+    args = parser.parse_args()
+    logging.getLogger("RPC").setLevel(logging.CRITICAL)
+    with tempfile.TemporaryDirectory(prefix="bioengine-bench-") as tmp:
+        worker = WorkerProcess(Path(tmp), "--hypha-port", "0")
+        try:
+            worker.wait_ready()
+            deploy, latency = asyncio.run(run(worker.connection, args.rounds, args.calls, args.block))
+        finally:
+            worker.stop()
+    print_latency_table(deploy, "deploy")
+    print_latency_table(latency, "call")
+    deploy_ratio = statistics.median(deploy["deploy_app -> RUNNING"]) / statistics.median(
+        deploy["raw serve.run"]
+    )
+    baseline = statistics.median(latency["handle ping"]) + statistics.median(latency["hypha echo"])
+    call_ratio = statistics.median(latency["app service ping"]) / baseline
+    print(f"ratio: {deploy_ratio:.2f} {call_ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()
