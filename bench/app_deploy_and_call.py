@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import statistics
 import sys
 import tempfile
@@ -26,8 +27,11 @@ from pathlib import Path
 
 from _stats import print_latency_table  # bench/_stats.py
 
-from bioengine_common import connect, connect_driver
+from bioengine_common import connect, connect_driver, ray_environment
 from bioengine_worker import WorkerProcess
+
+# Before Ray is imported: under `uv run`, Ray would otherwise ship the repository to every job.
+os.environ.update(ray_environment())
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "apps" / "demo-app"

@@ -1,0 +1,1209 @@
+"""SLURM worker jobs: settings, the exact job script, ``squeue``/``sacct`` parsing, the scaling
+policy and a thin adapter over the SLURM client commands.
+
+Everything but :class:`SlurmCommands` is pure: no subprocess, no Ray, no clock. The service feeds
+:func:`plan_scaling` an observation (this worker's jobs from ``squeue``, the Ray nodes, the pending
+demand, the ``sbatch`` backoff state) and carries out the returned :class:`ScalingPlan` with
+:class:`SlurmCommands`.
+
+Conventions (checked against SLURM 22.05 from Debian, see ``infra/slurm/setup-slurm.sh``):
+
+- Every worker job is named ``bioengine-<tag>-worker`` and carries ``--comment=bioengine:<tag>``;
+  the tag is unique per BioEngine worker. ``squeue --name`` matches names exactly, so one worker's
+  query never lists another's jobs; the comment is checked as well.
+- Each job's Ray node advertises its job id three ways: ``RAY_CLOUD_INSTANCE_ID=$SLURM_JOB_ID``
+  (what Ray's v2 autoscaler matches instances by), the custom resource ``slurm_job_id:<id>`` (what
+  the cluster status reads) and the node labels ``bioengine-tag`` / ``bioengine-slurm-job-id``.
+- ``scancel`` sends SIGTERM to ``ray start --block`` (the script ``exec``s it), which drains the node
+  (``RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S``) before SLURM's ``KillWait`` ends in SIGKILL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import re
+import shlex
+import shutil
+import string
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ._status import PendingDemand
+
+__all__ = [
+    "ACTIVE_STATES",
+    "SACCT_FIELDS",
+    "SQUEUE_FORMAT",
+    "BackoffState",
+    "Decision",
+    "JobCancel",
+    "JobSpec",
+    "JobState",
+    "PendingDemand",
+    "RayWorkerNode",
+    "ScalingInputs",
+    "ScalingPlan",
+    "SlurmCommandError",
+    "SlurmCommands",
+    "SlurmJob",
+    "SlurmSettings",
+    "fits_after_scale_up",
+    "job_comment",
+    "job_name",
+    "normalize_state",
+    "parse_sacct",
+    "parse_squeue",
+    "plan_scaling",
+    "render_job_script",
+    "worker_resources",
+]
+
+_GIB = 1024**3
+_EPSILON = 1e-6
+
+#: Share of a job's memory given to Ray's object store, and to Ray's ``memory`` resource (the
+#: rest is left to the raylet, the workers' own overhead and the prologue).
+OBJECT_STORE_FRACTION = 0.3
+RAY_MEMORY_FRACTION = 0.6
+
+#: Prefix of the custom Ray resource each worker node advertises (``slurm_job_id:<id>``).
+JOB_RESOURCE_PREFIX = "slurm_job_id:"
+
+_TAG_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,46}[A-Za-z0-9])?$")
+_TIME_RE = re.compile(
+    r"^(?:\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d{1,2}|\d+-\d{1,2}:\d{1,2}|\d+-\d{1,2}:\d{1,2}:\d{1,2}"
+    r"|UNLIMITED|INFINITE)$"
+)
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.,+@%-]+$")  # partition, account: one word, no shell syntax
+_JOB_ID_RE = re.compile(r"^\d+(?:_\d+)?$")
+
+
+def job_name(tag: str) -> str:
+    """The SLURM job name of every worker job of the BioEngine worker with ``tag``."""
+    return f"bioengine-{tag}-worker"
+
+
+def job_comment(tag: str) -> str:
+    """The SLURM job comment of every worker job of the BioEngine worker with ``tag``."""
+    return f"bioengine:{tag}"
+
+
+def _one_line(field: str, value: str) -> str:
+    if "\n" in value or "\r" in value or "\0" in value:
+        raise ValueError(f"{field}: must be a single line, got {value!r}")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings
+# ---------------------------------------------------------------------------------------------
+class JobSpec(BaseModel):
+    """The size of one worker job."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+    cpus: int = Field(1, ge=1, description="CPUs per job (--cpus-per-task) and Ray's --num-cpus.")
+    memory_gb: float = Field(
+        4.0,
+        ge=0.5,
+        description="Memory per job in GB (--mem); Ray gets "
+        f"{RAY_MEMORY_FRACTION:.0%} as its memory resource and {OBJECT_STORE_FRACTION:.0%} as object store.",
+    )
+    gpus: int = Field(0, ge=0, description="GPUs per job (through gpu_flag_template) and Ray's --num-gpus.")
+    time_limit: str = Field(
+        "04:00:00", description="Walltime (--time): minutes, [D-]HH:MM[:SS], or UNLIMITED."
+    )
+
+    @field_validator("time_limit")
+    @classmethod
+    def _check_time(cls, value: str) -> str:
+        value = value.strip()
+        if not _TIME_RE.match(value):
+            raise ValueError(
+                f"time_limit: not a SLURM time ('MM', 'HH:MM:SS', 'D-HH:MM:SS' or 'UNLIMITED'): {value!r}"
+            )
+        return value
+
+    def memory_mb(self) -> int:
+        return math.ceil(self.memory_gb * 1024)
+
+    def ray_resources(self) -> dict[str, float]:
+        """The Ray resources the node of such a job offers (what demand is packed into)."""
+        resources = {
+            "CPU": float(self.cpus),
+            "memory": float(int(self.memory_gb * _GIB * RAY_MEMORY_FRACTION)),
+        }
+        if self.gpus:
+            resources["GPU"] = float(self.gpus)
+        return resources
+
+
+class SlurmSettings(JobSpec):
+    """Everything a BioEngine worker needs to run Ray workers as SLURM jobs."""
+
+    tag: str = Field(
+        description="Unique per BioEngine worker: names its jobs (bioengine-<tag>-worker) and "
+        "comments them (bioengine:<tag>); only jobs with this tag are ever touched."
+    )
+    gpu_flag_template: str = Field(
+        "--gres=gpu:{gpus}", description="sbatch option asking for GPUs; {gpus} is the count."
+    )
+    partition: str | None = Field(None, description="--partition (default: the cluster's default).")
+    account: str | None = Field(None, description="--account (default: the user's default).")
+    extra_sbatch_lines: list[str] = Field(
+        default_factory=list,
+        description="More sbatch options, one per entry: '#SBATCH --qos=short' or '--qos=short'.",
+    )
+    prologue: str = Field(
+        "",
+        description="Shell code run in the job before Ray starts (module load, conda activate, "
+        "exports); inserted verbatim.",
+    )
+    apptainer_image: str | None = Field(
+        None, description="Run Ray inside `apptainer exec` with this image (.sif or URI); plain if unset."
+    )
+    apptainer_binds: list[str] = Field(default_factory=list, description="--bind src[:dst[:opts]] entries.")
+    apptainer_args: list[str] = Field(
+        default_factory=list, description="More `apptainer exec` options (--nv is added when gpus > 0)."
+    )
+    apptainer_executable: str = Field("apptainer", description="apptainer or singularity.")
+    head_address: str | None = Field(None, description="The Ray head's GCS address, host:port.")
+    ray_temp_dir: str | None = Field(None, description="--temp-dir of the worker's Ray (node-local).")
+    ray_executable: str = Field("ray", description="The `ray` command in the job (or the image).")
+    worker_command: str | None = Field(
+        None,
+        description="Shell command run instead of `ray start` (tests, benchmarks); inside the image "
+        "when one is set.",
+    )
+    work_dir: str | None = Field(None, description="--chdir of the job.")
+    log_dir: str | None = Field(
+        None,
+        description="Directory of the jobs' output files (<log_dir>/%x-%j.out); must exist before the "
+        "job starts (SlurmCommands.submit creates it). Default: the job's working directory.",
+    )
+    min_workers: int = Field(0, ge=0, description="Worker jobs kept running even without demand.")
+    max_workers: int = Field(4, ge=0, description="Most worker jobs at once (pending + running).")
+    idle_timeout_s: float = Field(300.0, gt=0, description="Cancel a worker idle this long.")
+    pending_timeout_s: float = Field(
+        600.0, gt=0, description="Cancel a job still pending in the queue after this long."
+    )
+    join_timeout_s: float = Field(
+        300.0, gt=0, description="Cancel a running job whose Ray node has not joined after this long."
+    )
+    backoff_initial_s: float = Field(10.0, gt=0, description="Wait after the first failed sbatch.")
+    backoff_max_s: float = Field(300.0, gt=0, description="Longest wait between sbatch attempts.")
+
+    @field_validator("tag")
+    @classmethod
+    def _check_tag(cls, value: str) -> str:
+        if not _TAG_RE.match(value):
+            raise ValueError(
+                f"tag: 1-48 letters, digits, '_', '.', '-', starting and ending with a letter or digit; "
+                f"got {value!r}"
+            )
+        return value
+
+    @field_validator("gpu_flag_template")
+    @classmethod
+    def _check_gpu_template(cls, value: str) -> str:
+        _one_line("gpu_flag_template", value)
+        if not value.startswith("-"):
+            raise ValueError(f"gpu_flag_template: must be an sbatch option starting with '-', got {value!r}")
+        try:
+            fields = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
+        except ValueError as error:
+            raise ValueError(f"gpu_flag_template: {error}") from None
+        if fields != {"gpus"}:
+            raise ValueError(f"gpu_flag_template: must use exactly the field {{gpus}}, got {value!r}")
+        return value
+
+    @field_validator("partition", "account")
+    @classmethod
+    def _check_word(cls, value: str | None, info: Any) -> str | None:
+        if value is not None and not _NAME_RE.match(value):
+            raise ValueError(f"{info.field_name}: not a valid SLURM name: {value!r}")
+        return value
+
+    @field_validator("extra_sbatch_lines")
+    @classmethod
+    def _check_extra(cls, lines: list[str]) -> list[str]:
+        result = []
+        for index, line in enumerate(lines):
+            _one_line(f"extra_sbatch_lines[{index}]", line)
+            line = line.strip()
+            if line.startswith("#SBATCH"):
+                rest = line[len("#SBATCH") :]
+                if not rest.startswith((" ", "\t")) or not rest.strip().startswith("-"):
+                    raise ValueError(
+                        f"extra_sbatch_lines[{index}]: expected '#SBATCH --option', got {line!r}"
+                    )
+                result.append("#SBATCH " + rest.strip())
+            elif line.startswith("-"):
+                result.append("#SBATCH " + line)
+            else:
+                raise ValueError(
+                    f"extra_sbatch_lines[{index}]: must start with '#SBATCH' or '-', got {line!r}"
+                )
+        return result
+
+    @field_validator("prologue")
+    @classmethod
+    def _check_prologue(cls, value: str) -> str:
+        if "\0" in value:
+            raise ValueError("prologue: must not contain NUL characters")
+        return value
+
+    @field_validator(
+        "apptainer_image",
+        "head_address",
+        "ray_temp_dir",
+        "ray_executable",
+        "apptainer_executable",
+        "worker_command",
+        "work_dir",
+        "log_dir",
+    )
+    @classmethod
+    def _check_line(cls, value: str | None, info: Any) -> str | None:
+        if value is not None:
+            _one_line(info.field_name, value)
+            if not value.strip():
+                raise ValueError(f"{info.field_name}: must not be empty")
+        return value
+
+    @field_validator("apptainer_binds", "apptainer_args")
+    @classmethod
+    def _check_lines(cls, values: list[str], info: Any) -> list[str]:
+        for index, value in enumerate(values):
+            _one_line(f"{info.field_name}[{index}]", value)
+            if not value.strip():
+                raise ValueError(f"{info.field_name}[{index}]: must not be empty")
+        return values
+
+    @model_validator(mode="after")
+    def _check_counts(self) -> SlurmSettings:
+        if self.min_workers > self.max_workers:
+            raise ValueError(f"min_workers: {self.min_workers} is more than max_workers ({self.max_workers})")
+        if self.backoff_max_s < self.backoff_initial_s:
+            raise ValueError(
+                f"backoff_max_s: {self.backoff_max_s} is less than backoff_initial_s ({self.backoff_initial_s})"
+            )
+        return self
+
+    def job_spec(self) -> JobSpec:
+        return JobSpec(cpus=self.cpus, memory_gb=self.memory_gb, gpus=self.gpus, time_limit=self.time_limit)
+
+
+def worker_resources(spec: JobSpec) -> dict[str, float]:
+    """The Ray resources one new worker job of ``spec`` offers: ``scale_up_node`` for the fit check."""
+    return spec.ray_resources()
+
+
+def _fits(needed: Mapping[str, float], offered: Mapping[str, float]) -> bool:
+    return all(
+        amount <= _EPSILON or offered.get(name, 0.0) + _EPSILON >= amount for name, amount in needed.items()
+    )
+
+
+def fits_after_scale_up(request_resources: Mapping[str, float], spec: JobSpec) -> bool:
+    """Would ``request_resources`` (Ray names: CPU, GPU, memory in bytes, custom) fit on one new
+    worker job of ``spec``? False when ``spec`` is settings with ``max_workers == 0``."""
+    if isinstance(spec, SlurmSettings) and spec.max_workers == 0:
+        return False
+    for name, amount in request_resources.items():
+        if amount < 0 or amount != amount:
+            raise ValueError(f"request_resources[{name!r}]: must be a non-negative number, got {amount}")
+    return _fits(request_resources, spec.ray_resources())
+
+
+# ---------------------------------------------------------------------------------------------
+# The job script
+# ---------------------------------------------------------------------------------------------
+def _q(value: str | float | int) -> str:
+    return shlex.quote(str(value))
+
+
+def render_job_script(
+    settings: SlurmSettings, head_address: str | None = None, *, job: JobSpec | None = None
+) -> str:
+    """The exact batch script of one worker job (what ``sbatch`` receives on stdin).
+
+    ``head_address`` overrides ``settings.head_address``; ``job`` overrides the job size.
+    """
+    job = job or settings.job_spec()
+    head = head_address if head_address is not None else settings.head_address
+    if head is not None:
+        _one_line("head_address", head)
+    if settings.worker_command is None and not (head and head.strip()):
+        raise ValueError("head_address: required to start Ray workers (set it or pass head_address)")
+    tag = settings.tag
+    name = job_name(tag)
+
+    directives = [
+        f"--job-name={name}",
+        f"--comment={job_comment(tag)}",
+        "--nodes=1",
+        "--ntasks=1",
+        f"--cpus-per-task={job.cpus}",
+        f"--mem={job.memory_mb()}M",
+    ]
+    if job.gpus > 0:
+        directives.append(settings.gpu_flag_template.format(gpus=job.gpus))
+    directives.append(f"--time={job.time_limit}")
+    if settings.partition:
+        directives.append(f"--partition={settings.partition}")
+    if settings.account:
+        directives.append(f"--account={settings.account}")
+    if settings.work_dir:
+        directives.append(f"--chdir={settings.work_dir}")
+    output = f"{settings.log_dir.rstrip('/')}/%x-%j.out" if settings.log_dir else "%x-%j.out"
+    directives.append(f"--output={output}")
+    # sbatch reads #SBATCH lines without a shell: values are not quoted, so paths with spaces
+    # are rejected here rather than mis-parsed.
+    for field, path in (("work_dir", settings.work_dir), ("log_dir", settings.log_dir)):
+        if path and any(ch.isspace() for ch in path):
+            raise ValueError(f"{field}: must not contain whitespace (it goes on an #SBATCH line): {path!r}")
+
+    lines = ["#!/bin/bash", *(f"#SBATCH {d}" for d in directives), *settings.extra_sbatch_lines]
+    lines += [
+        "",
+        f"# BioEngine Ray worker job (tag {tag}); rendered by bioengine-cluster.",
+        'if [ -z "${SLURM_JOB_ID:-}" ]; then',
+        '    echo "not inside a SLURM job (SLURM_JOB_ID is unset)" >&2',
+        "    exit 1",
+        "fi",
+        'echo "bioengine worker job ${SLURM_JOB_ID} on $(hostname) at $(date -Is)"',
+        'export RAY_CLOUD_INSTANCE_ID="${SLURM_JOB_ID}"',
+        f"export BIOENGINE_SLURM_TAG={_q(tag)}",
+        "export RAY_USAGE_STATS_ENABLED=0",
+    ]
+    if settings.prologue.strip():
+        lines += ["", "# --- prologue ---", settings.prologue.rstrip("\n"), "# --- end of prologue ---"]
+
+    if settings.worker_command is not None:
+        # Through bash -c: `exec` needs a program, and the command may be a builtin or a pipeline.
+        run = "bash -c " + _q(settings.worker_command)
+    else:
+        assert head is not None
+        memory_bytes = int(job.memory_gb * _GIB)
+        ray = [
+            _q(settings.ray_executable),
+            "start",
+            f"--address={_q(head)}",
+            "--block",
+            f"--num-cpus={job.cpus}",
+            f"--num-gpus={job.gpus}",
+            f"--memory={int(memory_bytes * RAY_MEMORY_FRACTION)}",
+            f"--object-store-memory={int(memory_bytes * OBJECT_STORE_FRACTION)}",
+            # The job id is only known at run time: double quotes, and the id is a number.
+            f'--resources="{{\\"{JOB_RESOURCE_PREFIX}${{SLURM_JOB_ID}}\\": 1}}"',
+            f'--labels="bioengine-tag={tag},bioengine-slurm-job-id=${{SLURM_JOB_ID}}"',
+            "--disable-usage-stats",
+        ]
+        if settings.ray_temp_dir:
+            ray.append(f"--temp-dir={_q(settings.ray_temp_dir)}")
+        run = " ".join(ray)
+
+    if settings.apptainer_image:
+        wrapper = [_q(settings.apptainer_executable), "exec"]
+        if job.gpus > 0 and "--nv" not in settings.apptainer_args:
+            wrapper.append("--nv")
+        for bind in settings.apptainer_binds:
+            wrapper += ["--bind", _q(bind)]
+        wrapper += [_q(arg) for arg in settings.apptainer_args]
+        wrapper.append(_q(settings.apptainer_image))
+        run = " ".join(wrapper) + " " + run
+
+    lines += [
+        "",
+        "# exec: scancel's SIGTERM reaches ray, which drains the node before exiting.",
+        f"exec {run}",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Job states and parsing
+# ---------------------------------------------------------------------------------------------
+class JobState(StrEnum):
+    PENDING = "PENDING"
+    CONFIGURING = "CONFIGURING"
+    RUNNING = "RUNNING"
+    COMPLETING = "COMPLETING"
+    SUSPENDED = "SUSPENDED"
+    STOPPED = "STOPPED"
+    REQUEUED = "REQUEUED"
+    RESIZING = "RESIZING"
+    SIGNALING = "SIGNALING"
+    STAGE_OUT = "STAGE_OUT"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    TIMEOUT = "TIMEOUT"
+    CANCELLED = "CANCELLED"
+    NODE_FAIL = "NODE_FAIL"
+    OUT_OF_MEMORY = "OUT_OF_MEMORY"
+    PREEMPTED = "PREEMPTED"
+    BOOT_FAIL = "BOOT_FAIL"
+    DEADLINE = "DEADLINE"
+    SPECIAL_EXIT = "SPECIAL_EXIT"
+    REVOKED = "REVOKED"
+    UNKNOWN = "UNKNOWN"
+
+
+#: Waiting for an allocation (or for a node to boot): capacity that is coming.
+WAITING_STATES = frozenset({JobState.PENDING, JobState.CONFIGURING, JobState.REQUEUED})
+#: Holding or waiting for an allocation: counts against max_workers.
+ACTIVE_STATES = frozenset(
+    {
+        *WAITING_STATES,
+        JobState.RUNNING,
+        JobState.COMPLETING,
+        JobState.SUSPENDED,
+        JobState.STOPPED,
+        JobState.RESIZING,
+        JobState.SIGNALING,
+        JobState.STAGE_OUT,
+    }
+)
+#: Ended without being asked to: a worker lost (walltime, node failure, crash, preemption).
+LOST_STATES = frozenset(
+    {
+        JobState.FAILED,
+        JobState.TIMEOUT,
+        JobState.NODE_FAIL,
+        JobState.OUT_OF_MEMORY,
+        JobState.PREEMPTED,
+        JobState.BOOT_FAIL,
+        JobState.DEADLINE,
+        JobState.SPECIAL_EXIT,
+        JobState.REVOKED,
+    }
+)
+
+_SHORT_STATES = {
+    "PD": JobState.PENDING,
+    "CF": JobState.CONFIGURING,
+    "R": JobState.RUNNING,
+    "CG": JobState.COMPLETING,
+    "S": JobState.SUSPENDED,
+    "ST": JobState.STOPPED,
+    "RQ": JobState.REQUEUED,
+    "RS": JobState.RESIZING,
+    "RF": JobState.REQUEUED,
+    "RH": JobState.REQUEUED,
+    "RD": JobState.PENDING,
+    "RV": JobState.REVOKED,
+    "SI": JobState.SIGNALING,
+    "SO": JobState.STAGE_OUT,
+    "CD": JobState.COMPLETED,
+    "F": JobState.FAILED,
+    "TO": JobState.TIMEOUT,
+    "CA": JobState.CANCELLED,
+    "NF": JobState.NODE_FAIL,
+    "OOM": JobState.OUT_OF_MEMORY,
+    "PR": JobState.PREEMPTED,
+    "BF": JobState.BOOT_FAIL,
+    "DL": JobState.DEADLINE,
+    "SE": JobState.SPECIAL_EXIT,
+}
+_ALIASES = {
+    "REQUEUE_FED": JobState.REQUEUED,
+    "REQUEUE_HOLD": JobState.REQUEUED,
+    "RESV_DEL_HOLD": JobState.PENDING,
+    "CANCELED": JobState.CANCELLED,
+}
+
+
+def normalize_state(raw: str) -> JobState:
+    """``CANCELLED by 1000``, ``CA``, ``running``, ``COMPLETING+`` ... to a :class:`JobState`."""
+    word = raw.strip().split(" ", 1)[0].rstrip("+*").upper()
+    if not word:
+        return JobState.UNKNOWN
+    if word in JobState.__members__:
+        return JobState(word)
+    return _ALIASES.get(word) or _SHORT_STATES.get(word, JobState.UNKNOWN)
+
+
+class SlurmJob(BaseModel):
+    """One job as ``squeue`` or ``sacct`` reports it. Times are Unix seconds."""
+
+    job_id: str
+    name: str = ""
+    state: JobState = JobState.UNKNOWN
+    raw_state: str = ""
+    reason: str | None = None
+    nodes: str | None = None
+    submitted_at: float | None = None
+    started_at: float | None = Field(None, description="When it started running (None while pending).")
+    ended_at: float | None = Field(None, description="When it ended (None while active).")
+    time_limit: str | None = None
+    cpus: int | None = None
+    memory_mb: float | None = None
+    gpus: int | None = None
+    comment: str | None = None
+    exit_code: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE_STATES
+
+    @property
+    def tag(self) -> str | None:
+        """The worker tag from the comment (``bioengine:<tag>``) or the name."""
+        if self.comment and self.comment.startswith("bioengine:"):
+            return self.comment.split(":", 1)[1]
+        match = re.match(r"^bioengine-(.+)-worker$", self.name)
+        return match.group(1) if match else None
+
+    def resources(self) -> JobSpec | None:
+        """The job's size when the listing showed it."""
+        if self.cpus is None or self.memory_mb is None:
+            return None
+        return JobSpec(cpus=max(1, self.cpus), memory_gb=max(0.5, self.memory_mb / 1024), gpus=self.gpus or 0)
+
+
+#: The ``squeue --format`` the parser expects: id, name, state, reason, nodes, submit, start, end,
+#: time limit, CPUs, memory, GRES/TRES per node, comment (last: it may hold anything).
+SQUEUE_FORMAT = "%i|%j|%T|%r|%N|%V|%S|%e|%l|%C|%m|%b|%k"
+_SQUEUE_FIELDS = 13
+#: The ``sacct --format`` the parser expects (with ``--parsable2``).
+SACCT_FIELDS = "JobID,JobName,State,Submit,Start,End,NodeList,ExitCode"
+_SACCT_FIELDS = 8
+
+_NONE_WORDS = {"", "N/A", "NONE", "UNKNOWN", "(NULL)", "INVALID"}
+
+
+def _text(value: str) -> str | None:
+    value = value.strip()
+    return None if value.upper() in _NONE_WORDS else value
+
+
+def _time(value: str) -> float | None:
+    value = value.strip()
+    if value.upper() in _NONE_WORDS:
+        return None
+    try:
+        # SLURM prints the controller's local time without a zone: read it as local time.
+        return datetime.strptime(value, "%Y-%m-%dT%H:%M:%S").timestamp()
+    except ValueError:
+        return None
+
+
+def _int(value: str) -> int | None:
+    try:
+        return int(value.strip())
+    except ValueError:
+        return None
+
+
+_MEMORY_UNITS = {"K": 1 / 1024, "M": 1.0, "G": 1024.0, "T": 1024.0**2, "P": 1024.0**3}
+
+
+def _memory_mb(value: str) -> float | None:
+    """``1G``, ``1.50G``, ``100M``, ``512000`` (MB), ``4Gn``/``4Gc`` (sacct ReqMem) to MB."""
+    match = re.match(r"^\s*([0-9.]+)\s*([KMGTP]?)[nc]?\s*$", value, re.IGNORECASE)
+    if not match:
+        return None
+    return float(match.group(1)) * _MEMORY_UNITS[(match.group(2) or "M").upper()]
+
+
+def _gpus(value: str) -> int | None:
+    """``gres:gpu:2``, ``gres/gpu:a100:2``, ``gpu:1`` ... to a count; None when none asked."""
+    total = 0
+    for match in re.finditer(r"gpu(?:[:/][A-Za-z0-9_.-]+)*?[:=](\d+)", value):
+        total += int(match.group(1))
+    return total or None
+
+
+def _finish(job: SlurmJob, start: str, end: str) -> SlurmJob:
+    if job.state not in WAITING_STATES and job.nodes:
+        job.started_at = _time(start)
+    if job.state not in ACTIVE_STATES:
+        job.ended_at = _time(end)
+    return job
+
+
+def parse_squeue(text: str) -> list[SlurmJob]:
+    """Parse ``squeue --noheader --format=SQUEUE_FORMAT`` output (a header line is skipped)."""
+    jobs = []
+    for line in text.splitlines():
+        if not line.strip() or line.startswith("JOBID|"):
+            continue
+        parts = line.split("|", _SQUEUE_FIELDS - 1)
+        if len(parts) != _SQUEUE_FIELDS:
+            raise ValueError(f"squeue line has {len(parts)} fields, expected {_SQUEUE_FIELDS}: {line!r}")
+        job_id, name, state, reason, nodes, submit, start, end, limit, cpus, memory, gres, comment = parts
+        job = SlurmJob(
+            job_id=job_id.strip(),
+            name=name,
+            state=normalize_state(state),
+            raw_state=state.strip(),
+            reason=None if (reason.strip() in ("None", "")) else reason.strip(),
+            nodes=_text(nodes),
+            submitted_at=_time(submit),
+            time_limit=_text(limit),
+            cpus=_int(cpus),
+            memory_mb=_memory_mb(memory),
+            gpus=_gpus(gres),
+            comment=_text(comment),
+        )
+        jobs.append(_finish(job, start, end))
+    return jobs
+
+
+def parse_sacct(text: str) -> list[SlurmJob]:
+    """Parse ``sacct --parsable2 --format=SACCT_FIELDS`` output (job steps and a header skipped)."""
+    jobs = []
+    for line in text.splitlines():
+        if not line.strip() or line.startswith("JobID|"):
+            continue
+        parts = line.split("|")
+        if len(parts) != _SACCT_FIELDS:
+            raise ValueError(f"sacct line has {len(parts)} fields, expected {_SACCT_FIELDS}: {line!r}")
+        job_id, name, state, submit, start, end, nodes, exit_code = parts
+        if "." in job_id:  # a step (123.batch, 123.extern, 123.0): the allocation line says it all
+            continue
+        job = SlurmJob(
+            job_id=job_id.strip(),
+            name=name,
+            state=normalize_state(state),
+            raw_state=state.strip(),
+            nodes=_text(nodes),
+            submitted_at=_time(submit),
+            exit_code=_text(exit_code),
+        )
+        jobs.append(_finish(job, start, end))
+    return jobs
+
+
+# ---------------------------------------------------------------------------------------------
+# The scaling policy (pure)
+# ---------------------------------------------------------------------------------------------
+class RayWorkerNode(BaseModel):
+    """A Ray node as the policy sees it."""
+
+    node_id: str
+    slurm_job_id: str | None = Field(None, description="From its slurm_job_id:<id> resource; None: head.")
+    alive: bool = True
+    total: dict[str, float] = Field(default_factory=dict)
+    available: dict[str, float] = Field(default_factory=dict)
+    idle_s: float = Field(0.0, ge=0, description="How long none of its resources were in use.")
+    only_zero_cpu_actors: bool = Field(
+        False, description="Idle, but 0-CPU actors (e.g. Serve proxies) live on it; draining moves them."
+    )
+
+
+class BackoffState(BaseModel):
+    """sbatch failures in a row, for the exponential backoff."""
+
+    consecutive_failures: int = Field(0, ge=0)
+    last_failure_at: float | None = None
+    last_error: str | None = None
+
+    def delay_s(self, settings: SlurmSettings) -> float:
+        if self.consecutive_failures <= 0:
+            return 0.0
+        exponent = min(self.consecutive_failures - 1, 30)
+        return min(settings.backoff_initial_s * 2**exponent, settings.backoff_max_s)
+
+    def retry_at(self, settings: SlurmSettings) -> float | None:
+        if self.consecutive_failures <= 0 or self.last_failure_at is None:
+            return None
+        return self.last_failure_at + self.delay_s(settings)
+
+    def failed(self, now: float, error: str, count: int = 1) -> BackoffState:
+        return BackoffState(
+            consecutive_failures=self.consecutive_failures + count, last_failure_at=now, last_error=error
+        )
+
+    def succeeded(self) -> BackoffState:
+        return BackoffState()
+
+
+class ScalingInputs(BaseModel):
+    jobs: list[SlurmJob] = Field(default_factory=list, description="This worker's jobs (squeue by tag).")
+    ray_nodes: list[RayWorkerNode] = Field(default_factory=list, description="All Ray nodes, head included.")
+    demand: list[PendingDemand] = Field(
+        default_factory=list,
+        description="Pending bundles (task_actor, placement_group) and request_resources constraints.",
+    )
+    backoff: BackoffState = Field(default_factory=BackoffState)
+
+
+class JobCancel(BaseModel):
+    job_id: str
+    kind: Literal["idle", "pending_timeout", "join_timeout"]
+    reason: str
+
+
+class Decision(BaseModel):
+    at: float
+    action: Literal["submit", "cancel", "keep", "wait", "limit", "backoff", "infeasible", "lost"]
+    message: str
+    inputs: dict[str, Any] = Field(default_factory=dict)
+
+
+class ScalingPlan(BaseModel):
+    submit: list[JobSpec] = Field(default_factory=list, description="Jobs to sbatch, each of this size.")
+    cancel: list[JobCancel] = Field(default_factory=list)
+    infeasible: list[PendingDemand] = Field(
+        default_factory=list, description="Demand no worker job can ever hold: reported, not submitted."
+    )
+    decisions: list[Decision] = Field(default_factory=list)
+    failures: int = Field(
+        0, description="Cancellations that count as failed launches: add them to the backoff state."
+    )
+    lost: list[str] = Field(
+        default_factory=list, description="Job ids ended by SLURM (timeout, node failure...)."
+    )
+
+
+def _describe(resources: Mapping[str, float]) -> str:
+    parts = []
+    for name, amount in resources.items():
+        if name == "memory":
+            parts.append(f"{amount / _GIB:.3g} GiB memory")
+        else:
+            parts.append(f"{amount:g} {name}")
+    return "{" + ", ".join(parts) + "}"
+
+
+def _shortfall(needed: Mapping[str, float], offered: Mapping[str, float]) -> str:
+    for name, amount in needed.items():
+        have = offered.get(name, 0.0)
+        if amount > _EPSILON and have + _EPSILON < amount:
+            if name == "memory":
+                return f"needs {amount / _GIB:.3g} GiB memory, a worker job offers {have / _GIB:.3g} GiB"
+            return f"needs {amount:g} {name}, a worker job offers {have:g}"
+    return "does not fit a worker job"
+
+
+class _Bin:
+    __slots__ = ("free", "key")
+
+    def __init__(self, key: str, free: Mapping[str, float]) -> None:
+        self.key = key
+        self.free = dict(free)
+
+    def take(self, needed: Mapping[str, float]) -> bool:
+        if not _fits(needed, self.free):
+            return False
+        for name, amount in needed.items():
+            self.free[name] = self.free.get(name, 0.0) - amount
+        return True
+
+
+def _expand(demand: Iterable[PendingDemand]) -> list[dict[str, float]]:
+    bundles = []
+    for entry in demand:
+        resources = {name: float(amount) for name, amount in entry.resources.items() if amount > _EPSILON}
+        if resources:
+            bundles += [resources] * max(0, entry.count)
+
+    def size(bundle: Mapping[str, float]) -> tuple[float, float, float]:
+        return (bundle.get("GPU", 0.0), bundle.get("CPU", 0.0), bundle.get("memory", 0.0))
+
+    return sorted(bundles, key=size, reverse=True)
+
+
+def _pack(bundles: list[dict[str, float]], bins: list[_Bin], used: set[str]) -> list[dict[str, float]]:
+    """First fit; returns what did not fit; records the keys of bins that took something."""
+    left = []
+    for bundle in bundles:
+        for candidate in bins:
+            if candidate.take(bundle):
+                used.add(candidate.key)
+                break
+        else:
+            left.append(bundle)
+    return left
+
+
+def plan_scaling(observed: ScalingInputs, settings: SlurmSettings, now: float) -> ScalingPlan:
+    """What to submit and what to cancel now, with the reasons.
+
+    Rules: pending and starting jobs count as capacity (no double submission); demand is packed
+    first into the free resources of the Ray nodes, then into coming jobs, then into new jobs;
+    ``request_resources`` constraints are packed into the total resources (Ray's semantics); a
+    bundle no worker job can hold is reported infeasible; ``max_workers`` bounds pending + running
+    jobs; ``min_workers`` are kept; a job pending past ``pending_timeout_s`` or running without its
+    Ray node past ``join_timeout_s`` is cancelled and counts as a failure; ``sbatch`` failures back
+    off exponentially; workers idle past ``idle_timeout_s`` are cancelled unless needed for
+    ``min_workers``, a constraint or pending demand; lost jobs are replaced by the demand rule.
+    """
+    plan = ScalingPlan()
+
+    def decide(action: Any, message: str, **inputs: Any) -> None:
+        plan.decisions.append(Decision(at=now, action=action, message=message, inputs=inputs))
+
+    name, comment = job_name(settings.tag), job_comment(settings.tag)
+    own = [j for j in observed.jobs if j.name == name and (j.comment is None or j.comment == comment)]
+    foreign = len(observed.jobs) - len(own)
+    if foreign:
+        decide("keep", f"ignored {foreign} job(s) not tagged {settings.tag}", ignored=foreign)
+    active = [j for j in own if j.active]
+    alive_nodes = [n for n in observed.ray_nodes if n.alive]
+    node_of_job = {n.slurm_job_id: n for n in alive_nodes if n.slurm_job_id}
+    new_job = settings.job_spec().ray_resources()
+
+    # 1. Jobs that will not become workers: stuck in the queue, or running without joining Ray.
+    cancelled: set[str] = set()
+    for job in active:
+        if job.state in WAITING_STATES and job.submitted_at is not None:
+            waited = now - job.submitted_at
+            if waited > settings.pending_timeout_s:
+                reason = (
+                    f"pending for {waited:.0f} s (> pending_timeout_s {settings.pending_timeout_s:g}); "
+                    f"SLURM reason: {job.reason or 'none given'}"
+                )
+                plan.cancel.append(JobCancel(job_id=job.job_id, kind="pending_timeout", reason=reason))
+                decide("cancel", f"job {job.job_id}: {reason}", job_id=job.job_id, reason_code=job.reason)
+                cancelled.add(job.job_id)
+        elif job.state == JobState.RUNNING and job.job_id not in node_of_job and job.started_at is not None:
+            waited = now - job.started_at
+            if waited > settings.join_timeout_s:
+                reason = (
+                    f"running for {waited:.0f} s without its Ray node joining "
+                    f"(> join_timeout_s {settings.join_timeout_s:g}); see the job's output file"
+                )
+                plan.cancel.append(JobCancel(job_id=job.job_id, kind="join_timeout", reason=reason))
+                decide("cancel", f"job {job.job_id}: {reason}", job_id=job.job_id, nodes=job.nodes)
+                cancelled.add(job.job_id)
+    plan.failures = len(cancelled)
+    remaining = [j for j in active if j.job_id not in cancelled]
+
+    lost = [j for j in own if j.state in LOST_STATES]
+    plan.lost = [j.job_id for j in lost]
+
+    # 2. Capacity: Ray nodes (head first, then workers busiest first), then coming jobs.
+    def node_order(node: RayWorkerNode) -> tuple[int, float]:
+        return (0 if node.slurm_job_id is None else 1, node.idle_s)
+
+    ordered_nodes = sorted(alive_nodes, key=node_order)
+    coming = [
+        j
+        for j in remaining
+        if j.job_id not in node_of_job and (j.state in WAITING_STATES or j.state == JobState.RUNNING)
+    ]
+
+    def job_capacity(job: SlurmJob) -> dict[str, float]:
+        size = job.resources()
+        return size.ray_resources() if size is not None else new_job
+
+    constraints = _expand(d for d in observed.demand if d.source == "request_resources")
+    pending = _expand(d for d in observed.demand if d.source != "request_resources")
+    used: set[str] = set()
+    new_bins: list[_Bin] = []
+    infeasible: list[dict[str, float]] = []
+    waiting: list[dict[str, float]] = []
+
+    def open_new(bundles: list[dict[str, float]], total_of_nodes: Sequence[Mapping[str, float]]) -> None:
+        for bundle in bundles:
+            if any(b.take(bundle) for b in new_bins):
+                continue
+            fresh = _Bin(f"new-{len(new_bins)}", new_job)
+            if fresh.take(bundle):
+                new_bins.append(fresh)
+            elif any(_fits(bundle, total) for total in total_of_nodes):
+                waiting.append(bundle)
+            else:
+                infeasible.append(bundle)
+
+    totals = [n.total for n in ordered_nodes]
+    if constraints:
+        bins = [_Bin(f"node:{n.node_id}", n.total) for n in ordered_nodes]
+        bins += [_Bin(f"job:{j.job_id}", job_capacity(j)) for j in coming]
+        open_new(_pack(constraints, bins, used), totals)
+    if pending:
+        bins = [_Bin(f"node:{n.node_id}", n.available) for n in ordered_nodes]
+        bins += [_Bin(f"job:{j.job_id}", job_capacity(j)) for j in coming]
+        # New jobs opened for constraints start empty: pending demand can use all of them too.
+        new_bins[:] = [_Bin(b.key, new_job) for b in new_bins]
+        bins += new_bins
+        open_new(_pack(pending, bins, used), totals)
+
+    if infeasible:
+        seen: dict[tuple[tuple[str, float], ...], PendingDemand] = {}
+        for bundle in infeasible:
+            key = tuple(sorted(bundle.items()))
+            if key in seen:
+                seen[key].count += 1
+            else:
+                seen[key] = PendingDemand(resources=bundle, count=1, source="infeasible")
+        plan.infeasible = list(seen.values())
+        for entry in plan.infeasible:
+            decide(
+                "infeasible",
+                f"{entry.count} x {_describe(entry.resources)} can never run here: "
+                f"{_shortfall(entry.resources, new_job)} and no Ray node is large enough",
+                bundle=entry.resources,
+                count=entry.count,
+                worker_job=new_job,
+            )
+    if waiting:
+        decide(
+            "wait",
+            f"{len(waiting)} bundle(s) larger than a worker job wait for a busy Ray node to free up",
+            bundles=waiting[:5],
+        )
+
+    # 3. Idle workers: cancel those past the idle timeout that nothing needs, keeping min_workers.
+    live = len(remaining)
+    for job in sorted(
+        (j for j in remaining if j.job_id in node_of_job and j.state == JobState.RUNNING),
+        key=lambda j: -node_of_job[j.job_id].idle_s,
+    ):
+        node = node_of_job[job.job_id]
+        if node.idle_s < settings.idle_timeout_s:
+            continue
+        if f"node:{node.node_id}" in used:
+            decide("keep", f"job {job.job_id}: idle but needed for pending demand", job_id=job.job_id)
+            continue
+        if live - 1 < settings.min_workers:
+            decide(
+                "keep",
+                f"job {job.job_id}: idle {node.idle_s:.0f} s but kept for min_workers={settings.min_workers}",
+                job_id=job.job_id,
+                live=live,
+            )
+            continue
+        reason = f"idle for {node.idle_s:.0f} s (> idle_timeout_s {settings.idle_timeout_s:g})"
+        if node.only_zero_cpu_actors:
+            reason += "; only 0-CPU actors left, draining moves them"
+        plan.cancel.append(JobCancel(job_id=job.job_id, kind="idle", reason=reason))
+        decide("cancel", f"job {job.job_id}: {reason}", job_id=job.job_id, idle_s=node.idle_s)
+        live -= 1
+
+    # 4. How many new jobs: demand, then min_workers, bounded by max_workers and the backoff.
+    needed = len(new_bins)
+    inputs = {
+        "pending_bundles": len(pending),
+        "constraint_bundles": len(constraints),
+        "coming_jobs": [j.job_id for j in coming],
+        "live_jobs": live,
+        "max_workers": settings.max_workers,
+        "min_workers": settings.min_workers,
+    }
+    why = "demand"
+    if live + needed < settings.min_workers:
+        needed = settings.min_workers - live
+        why = "min_workers"
+    allowed = max(0, settings.max_workers - live)
+    if needed > allowed:
+        decide(
+            "limit",
+            f"{needed} new job(s) wanted but max_workers={settings.max_workers} allows {allowed} "
+            f"({live} pending or running)",
+            wanted=needed,
+            **inputs,
+        )
+        needed = allowed
+    if needed > 0 and plan.failures:
+        decide(
+            "backoff",
+            f"not submitting {needed} job(s) in the round that gave up on {plan.failures} job(s)",
+            wanted=needed,
+            **inputs,
+        )
+        needed = 0
+    retry_at = observed.backoff.retry_at(settings)
+    if needed > 0 and retry_at is not None and now < retry_at:
+        decide(
+            "backoff",
+            f"not submitting {needed} job(s) for {retry_at - now:.0f} s more after "
+            f"{observed.backoff.consecutive_failures} failed sbatch(es): {observed.backoff.last_error or ''}".rstrip(
+                ": "
+            ),
+            wanted=needed,
+            retry_at=retry_at,
+            **inputs,
+        )
+        needed = 0
+    if needed > 0:
+        if lost and why == "demand":
+            decide(
+                "lost",
+                "replacing lost worker job(s) "
+                + ", ".join(f"{j.job_id} ({j.state.value})" for j in lost[:10]),
+                lost=[j.job_id for j in lost],
+            )
+        size = settings.job_spec()
+        plan.submit = [size.model_copy() for _ in range(needed)]
+        decide(
+            "submit",
+            f"submit {needed} job(s) of {_describe(new_job)} for {why}",
+            count=needed,
+            **inputs,
+        )
+    return plan
+
+
+# ---------------------------------------------------------------------------------------------
+# The adapter: sbatch, squeue, scancel, sacct
+# ---------------------------------------------------------------------------------------------
+class SlurmCommandError(RuntimeError):
+    """A SLURM client command failed, timed out or is missing."""
+
+    def __init__(self, command: Sequence[str], message: str, returncode: int | None = None) -> None:
+        self.command = list(command)
+        self.returncode = returncode
+        super().__init__(f"{shlex.join(self.command)}: {message}")
+
+
+class SlurmCommands:
+    """Runs the SLURM client commands for the worker with ``tag``, only ever on its own jobs.
+
+    ``cancel`` accepts only job ids that ``list_jobs`` (squeue filtered by this tag) returned, and
+    passes ``--name`` to ``scancel`` as a second guard.
+    """
+
+    def __init__(
+        self,
+        tag: str,
+        *,
+        timeout_s: float = 30.0,
+        bin_dir: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        if not _TAG_RE.match(tag):
+            raise ValueError(f"tag: invalid worker tag {tag!r}")
+        self.tag = tag
+        self.job_name = job_name(tag)
+        self.comment = job_comment(tag)
+        self.timeout_s = timeout_s
+        self._bin_dir = bin_dir
+        self._env = dict(env) if env is not None else None
+        self._listed: set[str] = set()
+        self.sacct_mode: Literal["accounting", "jobcomp", "unavailable"] | None = None
+
+    @staticmethod
+    def available(bin_dir: str | None = None) -> bool:
+        """Whether the SLURM client commands are on PATH (or in ``bin_dir``)."""
+        return (
+            shutil.which("sinfo", path=bin_dir) is not None
+            and shutil.which("sbatch", path=bin_dir) is not None
+        )
+
+    def _command(self, name: str) -> str:
+        return os.path.join(self._bin_dir, name) if self._bin_dir else name
+
+    async def _run(self, args: list[str], stdin: str | None = None) -> tuple[int, str, str]:
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *args,
+                stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=self._env,
+            )
+        except FileNotFoundError:
+            raise SlurmCommandError(args, f"{args[0]} not found: is this a SLURM login node?") from None
+        try:
+            out, err = await asyncio.wait_for(
+                proc.communicate(stdin.encode() if stdin is not None else None), self.timeout_s
+            )
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise SlurmCommandError(
+                args, f"no answer within {self.timeout_s:g} s (slurmctld down?)"
+            ) from None
+        assert proc.returncode is not None
+        return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
+
+    async def submit(self, script: str) -> str:
+        """``sbatch`` the script (on stdin) tagged for this worker; returns the job id."""
+        if not script.startswith("#!"):
+            raise ValueError("script: a batch script must start with '#!'")
+        log_dir = re.search(r"^#SBATCH --output=(\S+)/[^/\s]+$", script, re.MULTILINE)
+        if log_dir and "%" not in log_dir.group(1):
+            # SLURM does not create it: a job whose output dir is missing fails (JobLaunchFailure).
+            # A relative one is relative to the job's --chdir (or to where sbatch runs).
+            chdir = re.search(r"^#SBATCH --chdir=(\S+)$", script, re.MULTILINE)
+            base = chdir.group(1) if chdir and "%" not in chdir.group(1) else "."
+            os.makedirs(os.path.join(base, log_dir.group(1)), exist_ok=True)
+        args = [
+            self._command("sbatch"),
+            "--parsable",
+            f"--job-name={self.job_name}",  # the command line wins over the script's #SBATCH lines
+            f"--comment={self.comment}",
+        ]
+        code, out, err = await self._run(args, stdin=script)
+        if code != 0:
+            raise SlurmCommandError(args, (err.strip() or out.strip() or "failed"), code)
+        job_id = out.strip().split(";", 1)[0]
+        if not _JOB_ID_RE.match(job_id):
+            raise SlurmCommandError(args, f"unexpected answer {out.strip()!r}", code)
+        self._listed.add(job_id)
+        return job_id
+
+    async def list_jobs(self, *, include_finished: bool = False) -> list[SlurmJob]:
+        """This worker's jobs from ``squeue`` (finished ones too, for ``MinJobAge``, if asked)."""
+        args = [
+            self._command("squeue"),
+            "--noheader",
+            "--me",
+            f"--name={self.job_name}",
+            f"--format={SQUEUE_FORMAT}",
+        ]
+        if include_finished:
+            args.append("--states=all")
+        code, out, err = await self._run(args)
+        if code != 0:
+            raise SlurmCommandError(args, err.strip() or "failed", code)
+        jobs = [j for j in parse_squeue(out) if j.name == self.job_name and j.comment in (None, self.comment)]
+        self._listed.update(j.job_id for j in jobs)
+        return jobs
+
+    async def cancel(self, job_ids: Iterable[str]) -> list[str]:
+        """``scancel`` jobs of this worker; returns the ids asked for. Jobs already gone are fine."""
+        ids = [str(job_id) for job_id in job_ids]
+        foreign = [job_id for job_id in ids if job_id not in self._listed or not _JOB_ID_RE.match(job_id)]
+        if foreign:
+            raise ValueError(
+                f"job_ids: refusing to cancel {', '.join(foreign)}: not listed by squeue for tag {self.tag}"
+            )
+        if not ids:
+            return []
+        args = [self._command("scancel"), f"--name={self.job_name}", *ids]
+        code, _out, err = await self._run(args)
+        if code != 0:
+            problems = [line for line in err.splitlines() if line.strip() and "Invalid job id" not in line]
+            if problems:
+                raise SlurmCommandError(args, "; ".join(problems), code)
+        return ids
+
+    async def finished_jobs(self, since: str = "now-1days") -> list[SlurmJob] | None:
+        """Final states from ``sacct`` (accounting) or ``sacct -c`` (jobcomp/filetxt); None when
+        neither is configured. ``sacct -c`` ignores ``--name``: filtered here."""
+        base = [
+            self._command("sacct"),
+            "--parsable2",
+            "--noheader",
+            "--allocations",
+            f"--starttime={since}",
+            f"--format={SACCT_FIELDS}",
+        ]
+        attempts: list[tuple[Literal["accounting", "jobcomp"], list[str]]] = [
+            ("accounting", [*base, f"--name={self.job_name}"]),
+            ("jobcomp", [*base, "--completion"]),
+        ]
+        if self.sacct_mode == "jobcomp":
+            attempts.reverse()
+        for mode, args in attempts:
+            try:
+                code, out, _err = await self._run(args)
+            except SlurmCommandError:
+                continue
+            if code == 0:
+                self.sacct_mode = mode
+                return [j for j in parse_sacct(out) if j.name == self.job_name]
+        self.sacct_mode = "unavailable"
+        return None
