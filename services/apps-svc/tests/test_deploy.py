@@ -197,6 +197,22 @@ async def test_exception_in_init_shows_its_traceback_and_other_apps_keep_running
     await apps.stop_app(application_id=app_id)
 
 
+async def test_an_error_while_importing_the_app_is_returned_and_nothing_is_kept(apps):
+    source = GOOD_HEADER + (
+        "raise RuntimeError('weights file not found at import')\n\n"
+        "@serve.deployment(ray_actor_options={'num_cpus': 0.1})\nclass Broken:\n"
+        "    @schema_method\n    async def f(self) -> int:\n        return 1\n"
+    )
+    artifact_id = await apps.upload_app(files=_app_files(source, app_id="import-fails"))
+    with pytest.raises(
+        Exception, match=r"building app 'import-fails' failed: .*weights file not found at import"
+    ):
+        await apps.deploy_app(artifact_id=artifact_id, application_id="import-fails")
+    assert "import-fails" not in (await apps.get_status())["apps"]
+    status = (await apps.get_app_status(application_ids=["import-fails"], logs_tail=0))["import-fails"]
+    assert status["status"] == "NOT_RUNNING"
+
+
 async def test_an_app_that_cannot_fit_is_refused(apps):
     source = GOOD_HEADER + (
         "@serve.deployment(ray_actor_options={'num_cpus': 64})\nclass Broken:\n"

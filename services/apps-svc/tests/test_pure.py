@@ -26,15 +26,14 @@ from bioengine_apps._manifest import (
     version_key,
 )
 from bioengine_apps._state import (
-    BUILDER_IMPORT_PATH,
-    REDEPLOY_MAX_ATTEMPTS,
     SECRET_MASK,
     AppRecord,
     ObservedApp,
+    Plan,
     plan,
     redeploy_delay,
     resolve_authorized_users,
-    serve_config,
+    spec_hash,
     split_env_vars,
 )
 
@@ -1087,7 +1086,7 @@ def test_resolve_authorized_users_without_deployer_or_admins():
     assert resolve_authorized_users({"ping": ["bob"]}, None, (), ()) == {"ping": ["bob"], "*": []}
 
 
-# ---- records, serve_config and plan ----------------------------------------------------------------
+# ---- records, spec hashes and plan ----------------------------------------------------------------
 
 
 def spec(app_id: str, **changes: Any) -> dict[str, Any]:
@@ -1113,242 +1112,183 @@ def record(app_id: str = "app-a", spec_changes: dict[str, Any] | None = None, **
     )
 
 
-def seen(rec: AppRecord | None, status: str = "RUNNING", **changes: Any) -> ObservedApp:
-    """What Serve reports for ``rec`` deployed by us (args equal to its spec unless changed)."""
-    values: dict[str, Any] = {
-        "status": status,
-        "args": AppSpec.model_validate(rec.spec).model_dump(mode="json") if rec else None,
-        "import_path": BUILDER_IMPORT_PATH,
-    }
-    values.update(changes)
-    return ObservedApp(**values)
+def applied(app_id: str = "app-a", spec_changes: dict[str, Any] | None = None, **fields: Any) -> AppRecord:
+    """A record whose current spec Serve already has."""
+    rec = record(app_id, spec_changes, **fields)
+    rec.applied_hash = spec_hash(rec.spec)
+    return rec
 
 
-def test_serve_config_is_deterministic():
-    records = [record("b-app"), record("a-app", {"init_kwargs": {"DemoApp": {"x": 1}}}), record("c-app")]
-    forward = serve_config(records)
-    backward = serve_config(list(reversed(records)))
-    shuffled = serve_config(records[1:] + records[:1])
-    assert forward == backward == shuffled
-    assert json.dumps(forward) == json.dumps(backward) == json.dumps(shuffled)
-    assert [app["name"] for app in forward["applications"]] == ["a-app", "b-app", "c-app"]
-    assert serve_config(iter(records)) == forward
+def ours(status: str = "RUNNING") -> ObservedApp:
+    return ObservedApp(status=status, ours=True)
 
 
-def test_serve_config_entries():
-    rec = record("demo", {"version": "1.0.0", "authorized_users": {"*": ["alice"]}})
-    config = serve_config([rec], proxy_location="EveryNode")
-    assert config["proxy_location"] == "EveryNode"
-    assert serve_config([rec])["proxy_location"] == "Disabled"
-    (app,) = config["applications"]
-    assert app == {
-        "name": "demo",
-        "route_prefix": None,
-        "import_path": BUILDER_IMPORT_PATH,
-        "args": AppSpec.model_validate(rec.spec).model_dump(mode="json"),
-    }
-    assert "runtime_env" not in app  # the build task may run in an idle worker
-    assert app["args"]["authorized_users"] == {"*": ["alice"]}
-    assert app["args"]["version"] == "1.0.0"
-    json.dumps(config)  # plain JSON
-
-
-def test_serve_config_without_records():
-    assert serve_config([]) == {"proxy_location": "Disabled", "applications": []}
-
-
-def test_serve_config_never_contains_secrets():
-    plain, secret, masked = split_env_vars(
-        {"DemoApp": {"PLAIN": "visible", "_API_KEY": "sup3r-s3cret"}, "*": {"_HF_TOKEN": "hf_tok3n"}}
-    )
-    rec = record(
-        "demo",
-        {"env_vars": plain, "secret_env_names": {scope: sorted(v) for scope, v in secret.items()}},
-        application_env_vars=masked,
-    )
-    dumped = json.dumps(serve_config([rec]))
-    assert "sup3r-s3cret" not in dumped and "hf_tok3n" not in dumped
-    assert "visible" in dumped and "API_KEY" in dumped and "HF_TOKEN" in dumped
-    assert "sup3r-s3cret" not in rec.model_dump_json()
+def test_spec_hash_fills_defaults_and_ignores_key_order():
+    full = spec("app-a")
+    partial = {k: v for k, v in full.items() if k not in ("redeploy", "disable_gpu", "methods")}
+    assert spec_hash(partial) == spec_hash(full) == spec_hash(dict(reversed(list(full.items()))))
+    assert spec_hash(spec("app-a", init_kwargs={"DemoApp": {"x": 1}})) != spec_hash(full)
+    assert spec_hash(spec("app-a", redeploy=1)) != spec_hash(full)
 
 
 def test_plan_nothing_to_do():
-    result = plan({}, {}, now=100.0)
-    assert not result.apply
-    assert (result.redeploy, result.give_up, result.reset_attempts, result.decisions) == ([], {}, [], [])
+    assert plan({}, {}, now=0.0) == Plan()
+    rec = applied("app-a")
+    result = plan({"app-a": rec}, {"app-a": ours()}, now=0.0)
+    assert result.deploy == [] and result.delete == [] and result.decisions == []
 
 
 def test_plan_recorded_app_missing_from_serve_is_deployed():
-    result = plan({"app-a": record("app-a")}, {}, now=100.0)
-    assert result.apply
+    result = plan({"app-a": applied("app-a")}, {}, now=0.0)
+    assert result.deploy == ["app-a"] and result.redeploy == []
     assert result.decisions == ["app-a: not in Serve -> deploy"]
-    assert result.redeploy == []
+
+
+def test_plan_never_applied_record_is_deployed():
+    result = plan({"app-a": record("app-a")}, {}, now=0.0)
+    assert result.deploy == ["app-a"]
 
 
 @pytest.mark.parametrize(
-    "args",
+    "changes",
     [
-        None,
-        {},
-        "changed-redeploy",
-        "changed-kwargs",
+        {"init_kwargs": {"DemoApp": {"x": 1}}},
+        {"env_vars": {"*": {"A": "b"}}},
+        {"code_dir": "/new"},
+        {"secrets_revision": 3},
     ],
 )
-def test_plan_other_args_are_applied(args):
-    rec = record("app-a")
-    if args == "changed-redeploy":
-        args = {**rec.spec, "redeploy": 1}
-    elif args == "changed-kwargs":
-        args = {**rec.spec, "init_kwargs": {"DemoApp": {"greeting": "hi"}}}
-    result = plan({"app-a": rec}, {"app-a": seen(rec, args=args)}, now=100.0)
-    assert result.apply
-    assert result.decisions == ["app-a: Serve runs other args -> update"]
+def test_plan_changed_spec_is_deployed(changes):
+    rec = applied("app-a")
+    rec.spec = spec("app-a", **changes)
+    result = plan({"app-a": rec}, {"app-a": ours()}, now=0.0)
+    assert result.deploy == ["app-a"] and result.decisions == ["app-a: spec changed -> deploy"]
 
 
-@pytest.mark.parametrize("status", ["RUNNING", "DEPLOYING", "NOT_STARTED", "DELETING"])
-def test_plan_same_args_is_left_alone(status):
-    rec = record("app-a")
-    result = plan({"app-a": rec}, {"app-a": seen(rec, status)}, now=100.0)
-    assert not result.apply
-    assert result.decisions == [] and result.redeploy == [] and result.reset_attempts == []
+@pytest.mark.parametrize("status", ["RUNNING", "DEPLOYING", "DEPLOY_FAILED", "UNHEALTHY"])
+def test_plan_applied_spec_is_left_alone_without_auto_redeploy(status):
+    result = plan({"app-a": applied("app-a")}, {"app-a": ours(status)}, now=0.0)
+    assert result.deploy == [] and result.decisions == []
 
 
-def test_plan_compares_args_with_spec_defaults_filled_in():
-    rec = record("app-a")
-    rec.spec = {k: v for k, v in rec.spec.items() if k not in ("redeploy", "disable_gpu", "methods")}
-    full = AppSpec.model_validate(rec.spec).model_dump(mode="json")
-    assert not plan({"app-a": rec}, {"app-a": seen(rec, args=full)}, now=1.0).apply
+def test_plan_a_failed_build_is_not_retried_in_a_loop():
+    rec = record("app-a", last_error="ImportError: no module named torch")
+    rec.failed_hash = spec_hash(rec.spec)
+    result = plan({"app-a": rec}, {}, now=0.0)
+    assert result.deploy == [] and result.decisions == []
+    rec.spec = spec("app-a", init_kwargs={"DemoApp": {"x": 2}})  # a new spec is tried again
+    assert plan({"app-a": rec}, {}, now=0.0).deploy == ["app-a"]
 
 
-@pytest.mark.parametrize("status", ["RUNNING", "DEPLOY_FAILED", "UNHEALTHY"])
-def test_plan_our_app_without_record_is_removed(status):
-    result = plan({}, {"orphan": seen(None, status, args={"anything": 1})}, now=100.0)
-    assert result.apply
-    assert result.decisions == ["orphan: in Serve without a record -> remove"]
+@pytest.mark.parametrize("status", ["RUNNING", "DEPLOY_FAILED", "UNHEALTHY", "DEPLOYING"])
+def test_plan_our_app_without_record_is_deleted(status):
+    result = plan({}, {"orphan": ours(status)}, now=100.0)
+    assert result.delete == ["orphan"]
+    assert result.decisions == ["orphan: in Serve without a record -> delete"]
 
 
 def test_plan_does_not_repeat_a_removal_serve_is_doing():
-    result = plan({}, {"orphan": seen(None, "DELETING", args={"anything": 1})}, now=100.0)
-    assert not result.apply and result.decisions == []
+    result = plan({}, {"orphan": ours("DELETING")}, now=100.0)
+    assert result.delete == [] and result.decisions == []
 
 
-@pytest.mark.parametrize("import_path", [None, "other_module:app", "bioengine_app_runtime:other"])
 @pytest.mark.parametrize("status", ["RUNNING", "DEPLOY_FAILED", "UNHEALTHY"])
-def test_plan_foreign_app_is_untouched(import_path, status):
-    rec = record("app-a")
-    observed = {
-        "app-a": seen(rec),
-        "foreign": ObservedApp(status=status, args={"x": 1}, import_path=import_path),
-    }
-    result = plan({"app-a": rec}, observed, now=100.0)
-    assert not result.apply
-    assert result.decisions == []
+def test_plan_foreign_app_is_untouched(status):
+    result = plan(
+        {"app-a": applied("app-a")}, {"app-a": ours(), "foreign": ObservedApp(status=status)}, now=1.0
+    )
+    assert result == Plan()
 
 
 @pytest.mark.parametrize("status", ["DEPLOY_FAILED", "UNHEALTHY"])
 def test_plan_auto_redeploy_waits_for_the_backoff(status):
-    rec = record("app-a", auto_redeploy=True, redeploy_attempts=2, next_redeploy_at=1000.0)
-    observed = {"app-a": seen(rec, status)}
-    before = plan({"app-a": rec}, observed, now=999.9)
-    assert not before.apply and before.redeploy == [] and before.decisions == [] and before.give_up == {}
-    for now in (1000.0, 5000.0):
-        after = plan({"app-a": rec}, observed, now=now)
-        assert after.apply
-        assert after.redeploy == ["app-a"]
-        assert after.decisions == [f"app-a: {status} -> auto-redeploy attempt 3"]
-        assert after.give_up == {}
+    rec = applied("app-a", auto_redeploy=True, redeploy_attempts=2, next_redeploy_at=1000.0)
+    assert plan({"app-a": rec}, {"app-a": ours(status)}, now=999.0).deploy == []
+    result = plan({"app-a": rec}, {"app-a": ours(status)}, now=1000.0)
+    assert result.deploy == ["app-a"] and result.redeploy == ["app-a"]
+    assert result.decisions == [f"app-a: {status} -> auto-redeploy attempt 3"]
+
+
+def test_plan_auto_redeploy_retries_a_failed_build_with_backoff():
+    rec = record("app-a", auto_redeploy=True, last_error="boom", next_redeploy_at=10.0)
+    rec.failed_hash = spec_hash(rec.spec)
+    assert plan({"app-a": rec}, {}, now=5.0).deploy == []
+    result = plan({"app-a": rec}, {}, now=10.0)
+    assert result.redeploy == ["app-a"] and result.decisions == [
+        "app-a: BUILD_FAILED -> auto-redeploy attempt 1"
+    ]
 
 
 def test_plan_first_auto_redeploy_is_immediate():
-    rec = record("app-a", auto_redeploy=True)
-    result = plan({"app-a": rec}, {"app-a": seen(rec, "DEPLOY_FAILED")}, now=0.0)
-    assert result.redeploy == ["app-a"] and result.apply
-    assert result.decisions == ["app-a: DEPLOY_FAILED -> auto-redeploy attempt 1"]
+    rec = applied("app-a", auto_redeploy=True)
+    assert plan({"app-a": rec}, {"app-a": ours("UNHEALTHY")}, now=0.0).redeploy == ["app-a"]
 
 
-@pytest.mark.parametrize("attempts", [REDEPLOY_MAX_ATTEMPTS, REDEPLOY_MAX_ATTEMPTS + 3])
+@pytest.mark.parametrize("attempts", [5, 6, 9])
 @pytest.mark.parametrize("status", ["DEPLOY_FAILED", "UNHEALTHY"])
 def test_plan_gives_up_at_the_cap(attempts, status):
-    assert REDEPLOY_MAX_ATTEMPTS == 5
-    rec = record("app-a", auto_redeploy=True, redeploy_attempts=attempts, next_redeploy_at=0.0)
-    result = plan({"app-a": rec}, {"app-a": seen(rec, status)}, now=10_000.0)
-    reason = f"gave up after {attempts} redeploys (still {status})"
-    assert result.give_up == {"app-a": reason}
-    assert result.decisions == [f"app-a: {reason}"]
-    assert result.redeploy == []
-    assert not result.apply
+    rec = applied("app-a", auto_redeploy=True, redeploy_attempts=attempts)
+    result = plan({"app-a": rec}, {"app-a": ours(status)}, now=1e9)
+    assert result.deploy == [] and result.give_up == {
+        "app-a": f"gave up after {attempts} redeploys (still {status})"
+    }
 
 
 def test_plan_one_below_the_cap_still_redeploys():
-    rec = record("app-a", auto_redeploy=True, redeploy_attempts=REDEPLOY_MAX_ATTEMPTS - 1)
-    result = plan({"app-a": rec}, {"app-a": seen(rec, "DEPLOY_FAILED")}, now=10_000.0)
-    assert result.redeploy == ["app-a"] and result.give_up == {}
+    rec = applied("app-a", auto_redeploy=True, redeploy_attempts=4)
+    assert plan({"app-a": rec}, {"app-a": ours("DEPLOY_FAILED")}, now=1e9).redeploy == ["app-a"]
 
 
-@pytest.mark.parametrize("status", ["DEPLOY_FAILED", "UNHEALTHY"])
-def test_plan_after_giving_up_does_nothing(status):
-    rec = record("app-a", auto_redeploy=True, redeploy_attempts=5, gave_up="gave up after 5 redeploys")
-    result = plan({"app-a": rec}, {"app-a": seen(rec, status)}, now=10_000.0)
-    assert not result.apply
-    assert (result.redeploy, result.give_up, result.decisions) == ([], {}, [])
+def test_plan_after_giving_up_does_nothing():
+    rec = applied("app-a", auto_redeploy=True, redeploy_attempts=5, gave_up="gave up")
+    assert plan({"app-a": rec}, {"app-a": ours("DEPLOY_FAILED")}, now=1e9) == Plan()
 
 
 @pytest.mark.parametrize("auto_redeploy", [True, False])
 def test_plan_running_again_resets_the_attempts(auto_redeploy):
-    rec = record("app-a", auto_redeploy=auto_redeploy, redeploy_attempts=3, next_redeploy_at=50.0)
-    result = plan({"app-a": rec}, {"app-a": seen(rec, "RUNNING")}, now=10.0)
-    assert result.reset_attempts == ["app-a"]
-    assert not result.apply and result.redeploy == [] and result.decisions == []
+    rec = applied("app-a", auto_redeploy=auto_redeploy, redeploy_attempts=3)
+    assert plan({"app-a": rec}, {"app-a": ours("RUNNING")}, now=0.0).reset_attempts == ["app-a"]
 
 
-@pytest.mark.parametrize("status", ["RUNNING", "DEPLOYING"])
-def test_plan_no_reset_without_attempts_or_while_deploying(status):
-    rec = record("app-a", redeploy_attempts=0 if status == "RUNNING" else 2)
-    assert plan({"app-a": rec}, {"app-a": seen(rec, status)}, now=10.0).reset_attempts == []
+@pytest.mark.parametrize("status", ["DEPLOYING", "UNHEALTHY"])
+def test_plan_no_reset_while_not_running(status):
+    rec = applied("app-a", auto_redeploy=True, redeploy_attempts=3, next_redeploy_at=1e12)
+    assert plan({"app-a": rec}, {"app-a": ours(status)}, now=0.0).reset_attempts == []
 
 
-@pytest.mark.parametrize("status", ["DEPLOY_FAILED", "UNHEALTHY"])
-def test_plan_failed_app_without_auto_redeploy_is_left_alone(status):
-    rec = record("app-a", auto_redeploy=False, redeploy_attempts=0)
-    result = plan({"app-a": rec}, {"app-a": seen(rec, status)}, now=10_000.0)
-    assert not result.apply
-    assert (result.redeploy, result.give_up, result.decisions) == ([], {}, [])
-
-
-def test_plan_failed_app_with_other_args_is_updated_not_redeployed():
-    rec = record("app-a", auto_redeploy=True)
-    result = plan({"app-a": rec}, {"app-a": seen(rec, "DEPLOY_FAILED", args={})}, now=10_000.0)
-    assert result.apply
-    assert result.redeploy == []
-    assert result.decisions == ["app-a: Serve runs other args -> update"]
+def test_plan_failed_app_with_a_new_spec_is_updated_not_redeployed():
+    rec = applied("app-a", auto_redeploy=True)
+    rec.spec = spec("app-a", init_kwargs={"DemoApp": {"x": 9}})
+    result = plan({"app-a": rec}, {"app-a": ours("DEPLOY_FAILED")}, now=0.0)
+    assert result.deploy == ["app-a"] and result.redeploy == []
 
 
 def test_plan_many_apps_at_once():
     records = {
-        "ok": record("ok"),
-        "missing": record("missing"),
-        "flaky": record("flaky", auto_redeploy=True, redeploy_attempts=1, next_redeploy_at=50.0),
-        "hopeless": record("hopeless", auto_redeploy=True, redeploy_attempts=5),
-        "healed": record("healed", auto_redeploy=True, redeploy_attempts=2),
+        "ok": applied("ok"),
+        "missing": applied("missing"),
+        "flaky": applied("flaky", auto_redeploy=True, redeploy_attempts=1, next_redeploy_at=50.0),
+        "hopeless": applied("hopeless", auto_redeploy=True, redeploy_attempts=5),
+        "healed": applied("healed", auto_redeploy=True, redeploy_attempts=2),
     }
     observed = {
-        "ok": seen(records["ok"]),
-        "flaky": seen(records["flaky"], "UNHEALTHY"),
-        "hopeless": seen(records["hopeless"], "DEPLOY_FAILED"),
-        "healed": seen(records["healed"], "RUNNING"),
-        "orphan": seen(None, "RUNNING"),
-        "foreign": ObservedApp(status="RUNNING", import_path=None),
+        "ok": ours(),
+        "flaky": ours("UNHEALTHY"),
+        "hopeless": ours("DEPLOY_FAILED"),
+        "healed": ours("RUNNING"),
+        "orphan": ours("RUNNING"),
+        "foreign": ObservedApp(status="RUNNING"),
     }
     result = plan(records, observed, now=100.0)
-    assert result.apply
-    assert result.redeploy == ["flaky"]
+    assert result.deploy == ["flaky", "missing"] and result.redeploy == ["flaky"]
+    assert result.delete == ["orphan"]
     assert result.give_up == {"hopeless": "gave up after 5 redeploys (still DEPLOY_FAILED)"}
     assert result.reset_attempts == ["healed"]
     assert result.decisions == [
         "flaky: UNHEALTHY -> auto-redeploy attempt 2",
         "hopeless: gave up after 5 redeploys (still DEPLOY_FAILED)",
         "missing: not in Serve -> deploy",
-        "orphan: in Serve without a record -> remove",
+        "orphan: in Serve without a record -> delete",
     ]
 
 

@@ -7,9 +7,18 @@
 Nothing here runs in a service process except the plain data classes.
 """
 
+from ._datasets import AppDatasets, DatasetsUnavailable
 from ._spec import PROXY_DEPLOYMENT, AppSpec, DeploymentRef, MethodSpec
 
-__all__ = ["PROXY_DEPLOYMENT", "AppSpec", "DeploymentRef", "MethodSpec", "build"]
+__all__ = [
+    "PROXY_DEPLOYMENT",
+    "AppDatasets",
+    "AppSpec",
+    "DatasetsUnavailable",
+    "DeploymentRef",
+    "MethodSpec",
+    "build",
+]
 
 
 def build(args: dict) -> object:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _kv
+from ._datasets import AppDatasets
 
 __all__ = ["prepare_replica", "wrap_deployment_class"]
 
@@ -32,6 +33,8 @@ def prepare_replica(application_id: str, class_name: str, home_dir: str) -> None
 def wrap_deployment_class(user_class: type, application_id: str, home_dir: str) -> type:
     """A subclass of ``user_class`` whose ``__init__`` prepares the replica first.
 
+    Before the user's ``__init__`` runs, ``self.bioengine_datasets`` is an :class:`AppDatasets`.
+
     The subclass keeps the user's name, methods and health check; it is shipped by value, the
     user's class as it always is for ``@serve.deployment`` classes.
     """
@@ -40,12 +43,14 @@ def wrap_deployment_class(user_class: type, application_id: str, home_dir: str) 
 
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         prepare_replica(application_id, class_name, home_dir)
+        self.bioengine_datasets = AppDatasets(application_id)
         user_init(self, *args, **kwargs)
 
     if _is_async(user_init):
 
         async def __init__(self: Any, *args: Any, **kwargs: Any) -> None:  # type: ignore[misc]
             prepare_replica(application_id, class_name, home_dir)
+            self.bioengine_datasets = AppDatasets(application_id)
             await user_init(self, *args, **kwargs)
 
     wrapped = type(class_name, (user_class,), {"__init__": __init__, "__doc__": user_class.__doc__})

@@ -1,6 +1,7 @@
-"""apps-svc's edge to Ray: Serve's controller, the GCS key-value store and replica logs.
+"""apps-svc's edge to Ray: the app deployer actor, Serve's controller and replica logs.
 
-Every function blocks; the service calls them in threads. No app code is imported here.
+Every function blocks; the service calls them in threads. No app code is imported here: the
+``AppDeployer`` actor (``bioengine_app_runtime``) builds apps inside Ray.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from typing import Any
 
 from bioengine_app_runtime import PROXY_DEPLOYMENT
 
-from ._state import BUILDER_IMPORT_PATH, ObservedApp
+from ._state import ObservedApp
 
 __all__ = ["ServeAdapter"]
 
@@ -57,9 +58,11 @@ def _tail_replica_logs(worker_id: str, pid: int | None, lines: int) -> dict[str,
 class ServeAdapter:
     """A connected Ray driver's view of Serve and the KV store."""
 
-    def __init__(self) -> None:
+    def __init__(self, namespace: str = "bioengine") -> None:
         self._client: Any = None
         self._log_task: Any = None
+        self._deployer: Any = None
+        self.namespace = namespace
 
     def start(self) -> None:
         """Connect to Serve's controller, starting Serve (without HTTP proxies) if needed."""
@@ -70,6 +73,17 @@ class ServeAdapter:
     def forget(self) -> None:
         self._client = None
         self._log_task = None
+        self._deployer = None
+
+    def deployer(self) -> Any:
+        """The detached ``AppDeployer`` actor of this cluster, created on first use."""
+        if self._deployer is None:
+            from bioengine_app_runtime._deployer import DEPLOYER_NAME, AppDeployer
+
+            self._deployer = AppDeployer.options(  # type: ignore[attr-defined]
+                name=DEPLOYER_NAME, namespace=self.namespace, lifetime="detached", get_if_exists=True
+            ).remote()
+        return self._deployer
 
     @property
     def client(self) -> Any:
@@ -77,30 +91,31 @@ class ServeAdapter:
             raise RuntimeError("not connected to Serve")
         return self._client
 
-    def apply(self, config: dict[str, Any]) -> None:
-        from ray.serve.schema import ServeDeploySchema
+    def deploy(self, spec: dict[str, Any], timeout: float = 120.0) -> dict[str, Any]:
+        """Build and submit one app in the deployer actor; build errors are raised here."""
+        import ray
 
-        self.client.deploy_apps(ServeDeploySchema.model_validate(config))
+        try:
+            return dict(ray.get(self.deployer().deploy.remote(spec), timeout=timeout))
+        except ray.exceptions.RayActorError:
+            self._deployer = None  # it died (e.g. the head restarted): make a new one next time
+            raise
+
+    def delete(self, application_id: str) -> None:
+        """Remove an app from Serve; its replicas stop in the background."""
+        self.client.delete_apps([application_id], blocking=False)
 
     def details(self) -> dict[str, Any]:
         return dict(self.client.get_serve_details())
 
     @staticmethod
     def observed(details: dict[str, Any]) -> dict[str, ObservedApp]:
-        apps = {}
-        for name, app in (details.get("applications") or {}).items():
-            config = app.get("deployed_app_config") or {}
-            apps[name] = ObservedApp(
-                status=state(app.get("status")),
-                args=config.get("args"),
-                import_path=config.get("import_path") if app.get("source") == "declarative" else None,
+        return {
+            name: ObservedApp(
+                status=state(app.get("status")), ours=PROXY_DEPLOYMENT in (app.get("deployments") or {})
             )
-        return apps
-
-    @staticmethod
-    def proxy_location(details: dict[str, Any]) -> str:
-        location = details.get("proxy_location")
-        return str(getattr(location, "value", location)) if location else "Disabled"
+            for name, app in (details.get("applications") or {}).items()
+        }
 
     def proxy_info(self, application_id: str, timeout: float = 2.0) -> dict[str, Any]:
         from ray import serve
@@ -123,11 +138,3 @@ class ServeAdapter:
         )
         ref = task.remote(replica.get("worker_id") or "", replica.get("pid"), lines)
         return dict(ray.get(ref, timeout=timeout))
-
-    @staticmethod
-    def ours(details: dict[str, Any]) -> dict[str, dict[str, Any]]:
-        return {
-            name: app
-            for name, app in (details.get("applications") or {}).items()
-            if (app.get("deployed_app_config") or {}).get("import_path") == BUILDER_IMPORT_PATH
-        }

@@ -1,9 +1,9 @@
 """The ``bioengine-apps`` service: app artifacts, deployments on Ray Serve, status and control.
 
 apps-svc is a Ray driver of the worker's cluster (address from ``bioengine-cluster``). It never
-imports app code: it checks app files statically, places them under ``--apps-dir`` and hands
-Serve a declarative config whose builder (``bioengine_app_runtime:build``) imports them inside
-Ray. The desired state of every app is a record in Ray's GCS key-value store, so a restarted
+imports app code: it checks app files statically, places them under ``--apps-dir`` and asks the
+``AppDeployer`` actor (``bioengine_app_runtime``) to build and submit them inside Ray. The
+desired state of every app is a record in Ray's GCS key-value store, so a restarted
 apps-svc finds its apps, and the apps keep serving through their own Hypha services meanwhile.
 """
 
@@ -49,7 +49,7 @@ from ._state import (
     plan,
     redeploy_delay,
     resolve_authorized_users,
-    serve_config,
+    spec_hash,
     split_env_vars,
 )
 
@@ -132,6 +132,7 @@ class AppsService(BioEngineService):
         )
         # Ray's driver replaces our SIGTERM handling.
         self.install_signal_handlers()
+        self.serve.namespace = info.get("namespace") or "bioengine"
         await asyncio.to_thread(self.serve.start)
         keys = await asyncio.to_thread(_kv.list_keys, "app/")
         records = {}
@@ -194,6 +195,22 @@ class AppsService(BioEngineService):
             _kv.put_json, _kv.record_key(record.application_id), record.model_dump(mode="json")
         )
 
+    async def _deploy_one(self, record: AppRecord) -> None:
+        """Build and submit one app; record the outcome (the caller holds the lock)."""
+        digest = spec_hash(record.spec)
+        try:
+            outcome = await asyncio.to_thread(self.serve.deploy, record.spec)
+        except Exception as exc:
+            record.failed_hash, record.last_error = digest, error_summary(exc)
+            await self._save(record)
+            raise
+        record.applied_hash, record.failed_hash, record.last_error = digest, None, None
+        await self._save(record)
+        self.logger.info(
+            "App %s submitted to Serve (build %.2f s, submit %.2f s)",
+            record.application_id, outcome.get("build_s", 0.0), outcome.get("submit_s", 0.0),
+        )  # fmt: skip
+
     async def _reconcile(self) -> None:
         """Make Serve run exactly the recorded apps (caller holds the lock)."""
         details = await asyncio.to_thread(self.serve.details)
@@ -214,9 +231,13 @@ class AppsService(BioEngineService):
             record.next_redeploy_at = now + redeploy_delay(record.redeploy_attempts)
             record.redeploy_attempts += 1
             await self._save(record)
-        if result.apply:
-            config = serve_config(self.records.values(), self.serve.proxy_location(details))
-            await asyncio.to_thread(self.serve.apply, config)
+        for app_id in result.deploy:
+            try:
+                await self._deploy_one(self.records[app_id])
+            except Exception as exc:
+                self.logger.error("Deploying app %s failed: %s", app_id, error_summary(exc))
+        for app_id in result.delete:
+            await asyncio.to_thread(self.serve.delete, app_id)
         if result.decisions:
             for decision in result.decisions:
                 self.logger.info("Reconcile: %s", decision)
@@ -224,9 +245,7 @@ class AppsService(BioEngineService):
                 {
                     "time": now,
                     "decisions": result.decisions,
-                    "inputs": {
-                        k: v.status for k, v in observed.items() if k in self.records or v.import_path
-                    },
+                    "inputs": {k: v.status for k, v in observed.items() if k in self.records or v.ours},
                 }
             )
 
@@ -575,7 +594,22 @@ class AppsService(BioEngineService):
             await asyncio.to_thread(_kv.put_json, _kv.secrets_key(application_id), new_secrets)
             self.records[application_id] = record
             await self._save(record)
-            await self._reconcile()
+            details = await asyncio.to_thread(self.serve.details)
+            in_serve = application_id in (details.get("applications") or {})
+            if not (unchanged and in_serve and record.applied_hash == spec_hash(record.spec)):
+                try:
+                    await self._deploy_one(record)
+                except Exception as exc:
+                    # Nothing lost: an update leaves the running version as it was.
+                    if previous is not None:
+                        self.records[application_id] = previous
+                        await self._save(previous)
+                        await asyncio.to_thread(_kv.put_json, _kv.secrets_key(application_id), old_secrets)
+                    else:
+                        await self._forget(application_id)
+                    raise InvalidRequest(
+                        f"building app '{application_id}' failed: {error_summary(exc)}"
+                    ) from exc
         self.logger.info(
             "%s app %s (%s, %s)",
             "Unchanged" if unchanged else "Deploying",
@@ -615,7 +649,7 @@ class AppsService(BioEngineService):
                     )
                 raise NotFound(f"no app '{application_id}' is deployed")
             await self._forget(application_id)
-            await self._reconcile()
+            await asyncio.to_thread(self.serve.delete, application_id)
         self.logger.info("Stopping app %s", application_id)
 
     @schema_method
@@ -632,7 +666,7 @@ class AppsService(BioEngineService):
             stopped = sorted(self.records)
             for app_id in stopped:
                 await self._forget(app_id)
-            await self._reconcile()
+                await asyncio.to_thread(self.serve.delete, app_id)
         deadline = time.monotonic() + float(timeout_seconds)
         remaining = list(stopped)
         while remaining and time.monotonic() < deadline:
@@ -689,6 +723,8 @@ class AppsService(BioEngineService):
                         message = f"Hypha registration pending: {info['error']}"
                 except Exception as exc:
                     message = f"cannot reach the app's proxy: {error_summary(exc)}"
+        if app is None and record.last_error and record.failed_hash == spec_hash(record.spec):
+            status, message = "DEPLOY_FAILED", f"building the app failed: {record.last_error}"
         if record.gave_up:
             message = f"{message} (auto_redeploy {record.gave_up})".strip()
         result: dict[str, Any] = {

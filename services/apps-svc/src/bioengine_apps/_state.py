@@ -1,13 +1,15 @@
 """App records and the reconciler: pure functions from (desired, observed) to actions.
 
 An :class:`AppRecord` is the desired state of one app (kept in Ray's GCS key-value store, so it
-outlives apps-svc). :func:`serve_config` turns all records into Serve's declarative config,
-deterministically, so an unchanged app is never rebuilt. :func:`plan` compares the records with
-what Serve reports and decides what to do, including ``auto_redeploy`` with backoff and a cap.
+outlives apps-svc), with the hash of the spec Serve last received. :func:`plan` compares the
+records with what Serve runs and decides what to deploy or delete, including ``auto_redeploy``
+with backoff and a cap. An unchanged spec is never deployed again.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -17,18 +19,16 @@ from pydantic import BaseModel, Field
 from bioengine_app_runtime import AppSpec
 
 __all__ = [
-    "BUILDER_IMPORT_PATH",
     "SECRET_MASK",
     "AppRecord",
     "ObservedApp",
     "Plan",
     "plan",
     "resolve_authorized_users",
-    "serve_config",
+    "spec_hash",
     "split_env_vars",
 ]
 
-BUILDER_IMPORT_PATH = "bioengine_app_runtime:build"
 SECRET_MASK = "*****"
 REDEPLOY_BASE_DELAY_S = 10.0
 REDEPLOY_MAX_DELAY_S = 300.0
@@ -60,6 +60,10 @@ class AppRecord(BaseModel):
     start_time: float = 0.0
     last_updated_at: float = 0.0
     last_updated_by: str | None = None
+    #: Hash of the spec Serve last received, and of a spec whose build failed (with the error).
+    applied_hash: str | None = None
+    failed_hash: str | None = None
+    last_error: str | None = None
     #: auto_redeploy bookkeeping.
     redeploy_attempts: int = 0
     next_redeploy_at: float = 0.0
@@ -71,12 +75,14 @@ class ObservedApp(BaseModel):
     """What Serve reports for one app."""
 
     status: str
-    args: dict[str, Any] | None = None
-    import_path: str | None = None
+    #: Deployed by a BioEngine worker (it has the BioEngineProxy ingress).
+    ours: bool = False
 
 
 class Plan(BaseModel):
-    apply: bool = False
+    deploy: list[str] = Field(default_factory=list)
+    delete: list[str] = Field(default_factory=list)
+    #: Subset of ``deploy``: auto-redeploys, which count against the retry cap.
     redeploy: list[str] = Field(default_factory=list)
     give_up: dict[str, str] = Field(default_factory=dict)
     reset_attempts: list[str] = Field(default_factory=list)
@@ -145,21 +151,10 @@ def resolve_authorized_users(
     return rules
 
 
-def serve_config(records: Iterable[AppRecord], proxy_location: str = "Disabled") -> dict[str, Any]:
-    """Serve's declarative config for every app, sorted by id (deterministic)."""
-    applications = []
-    for record in sorted(records, key=lambda r: r.application_id):
-        applications.append(
-            {
-                "name": record.application_id,
-                "route_prefix": None,
-                "import_path": BUILDER_IMPORT_PATH,
-                # No app-level runtime_env: the builder imports from the spec's code_dir, so the
-                # build task can run in an idle worker; user deployments get their working_dir.
-                "args": AppSpec.model_validate(record.spec).model_dump(mode="json"),
-            }
-        )
-    return {"proxy_location": proxy_location, "applications": applications}
+def spec_hash(spec: Mapping[str, Any]) -> str:
+    """A stable hash of an app spec (defaults filled in), to tell what Serve already has."""
+    normal = AppSpec.model_validate(spec).model_dump(mode="json")
+    return hashlib.sha256(json.dumps(normal, sort_keys=True).encode()).hexdigest()
 
 
 def redeploy_delay(attempts: int) -> float:
@@ -169,39 +164,41 @@ def redeploy_delay(attempts: int) -> float:
 def plan(records: Mapping[str, AppRecord], observed: Mapping[str, ObservedApp], now: float) -> Plan:
     """What to do so Serve runs exactly the recorded apps.
 
-    - a recorded app that Serve lacks, or runs with other args -> apply the config;
-    - an app of ours (our builder) that has no record -> apply (Serve then deletes it);
-    - an ``auto_redeploy`` app in DEPLOY_FAILED/UNHEALTHY -> redeploy once its backoff has
-      passed (10 s doubling to 5 min), give up after 5 attempts; RUNNING resets the count.
+    - a recorded app that Serve lacks, or whose spec changed since Serve got it -> deploy;
+    - a spec whose build failed is not retried (unless ``auto_redeploy``, see below);
+    - an app of ours that has no record -> delete (unless Serve is deleting it already);
+    - an ``auto_redeploy`` app in DEPLOY_FAILED/UNHEALTHY, or whose build failed -> redeploy
+      once its backoff has passed (10 s doubling to 5 min); give up after 5 attempts; RUNNING
+      resets the count. Apps of others are never touched.
     """
     result = Plan()
     for app_id, record in sorted(records.items()):
         seen = observed.get(app_id)
-        desired_args = AppSpec.model_validate(record.spec).model_dump(mode="json")
-        if seen is None:
-            result.apply = True
-            result.decisions.append(f"{app_id}: not in Serve -> deploy")
+        desired = spec_hash(record.spec)
+        build_failed = record.failed_hash == desired
+        if not build_failed and (seen is None or record.applied_hash != desired):
+            result.deploy.append(app_id)
+            reason = "not in Serve" if seen is None else "spec changed"
+            result.decisions.append(f"{app_id}: {reason} -> deploy")
             continue
-        if seen.args != desired_args:
-            result.apply = True
-            result.decisions.append(f"{app_id}: Serve runs other args -> update")
-            continue
-        if seen.status == "RUNNING" and record.redeploy_attempts:
+        status = "BUILD_FAILED" if build_failed else seen.status if seen else "MISSING"
+        if status == "RUNNING" and record.redeploy_attempts:
             result.reset_attempts.append(app_id)
-        if not record.auto_redeploy or seen.status not in FAILED_STATES or record.gave_up:
+        failed = status in (*FAILED_STATES, "BUILD_FAILED")
+        if not record.auto_redeploy or not failed or record.gave_up:
             continue
         if record.redeploy_attempts >= REDEPLOY_MAX_ATTEMPTS:
-            reason = f"gave up after {record.redeploy_attempts} redeploys (still {seen.status})"
+            reason = f"gave up after {record.redeploy_attempts} redeploys (still {status})"
             result.give_up[app_id] = reason
             result.decisions.append(f"{app_id}: {reason}")
         elif now >= record.next_redeploy_at:
             result.redeploy.append(app_id)
-            result.apply = True
+            result.deploy.append(app_id)
             result.decisions.append(
-                f"{app_id}: {seen.status} -> auto-redeploy attempt {record.redeploy_attempts + 1}"
+                f"{app_id}: {status} -> auto-redeploy attempt {record.redeploy_attempts + 1}"
             )
     for app_id, seen in sorted(observed.items()):
-        if app_id not in records and seen.import_path == BUILDER_IMPORT_PATH and seen.status != "DELETING":
-            result.apply = True
-            result.decisions.append(f"{app_id}: in Serve without a record -> remove")
+        if app_id not in records and seen.ours and seen.status != "DELETING":
+            result.delete.append(app_id)
+            result.decisions.append(f"{app_id}: in Serve without a record -> delete")
     return result
