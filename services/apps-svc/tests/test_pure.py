@@ -1333,3 +1333,16 @@ def test_authorized_users_argument_is_checked_like_the_manifest():
         "authorized_users.ping: must be a list of user ids or emails"
     ]
     assert check_authorized_users("alice")
+
+
+def test_custom_resources_are_summed_for_the_fit_check():
+    files = {
+        "entry.py": (
+            b"from ray import serve\nfrom hypha_rpc.utils.schema import schema_method\n"
+            b"@serve.deployment(num_replicas=2, ray_actor_options={'num_cpus': 0.5, 'resources': {'scope': 0.5}})\n"
+            b"class Entry:\n    @schema_method\n    async def f(self) -> int:\n        return 1\n"
+        ),
+    }
+    analysis = analyze_app(files, ["entry:Entry"])
+    assert analysis.problems == []
+    assert analysis.resources == {"num_cpus": 1.0, "num_gpus": 0.0, "memory": 0.0, "scope": 1.0}

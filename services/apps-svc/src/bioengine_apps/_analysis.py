@@ -192,9 +192,12 @@ def analyze_app(
         cpus = options.get("num_cpus", default_num_cpus)
         gpus = 0 if disable_gpu else options.get("num_gpus", 0)
         memory = options.get("memory", 0)
-        for key, value in (("num_cpus", cpus), ("num_gpus", gpus), ("memory", memory)):
-            if isinstance(value, int | float) and value >= 0:
-                resources[key] += float(value) * info.num_replicas
+        custom: dict[Any, Any] = options.get("resources") or {}
+        if not isinstance(custom, dict):
+            custom = {}
+        for key, value in (("num_cpus", cpus), ("num_gpus", gpus), ("memory", memory), *custom.items()):
+            if isinstance(key, str) and isinstance(value, int | float) and value >= 0:
+                resources[key] = resources.get(key, 0.0) + float(value) * info.num_replicas
     return AppAnalysis(
         entry_class=entry_class,
         methods=list(entry_info.schema_methods) if entry_info else [],

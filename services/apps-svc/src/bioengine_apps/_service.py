@@ -53,6 +53,7 @@ from ._state import (
     split_env_vars,
 )
 
+_STANDARD_RESOURCES = ("num_cpus", "num_gpus", "memory")
 _APP_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _WORDS = ("bright", "calm", "swift", "quiet", "bold", "keen", "brave", "lucid")
 _NOUNS = ("cell", "nucleus", "tissue", "spindle", "axon", "organoid", "membrane", "vesicle")
@@ -322,6 +323,7 @@ class AppsService(BioEngineService):
                     num_cpus=resources.get("num_cpus", 0.0),
                     num_gpus=resources.get("num_gpus", 0.0),
                     memory=resources.get("memory", 0.0),
+                    resources={k: v for k, v in resources.items() if k not in _STANDARD_RESOURCES},
                 ),
                 15,
             )
