@@ -1,0 +1,157 @@
+"""Pure parts of the app runtime: specs, access rules, schema methods, module isolation, class wrapping."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import pytest
+from hypha_rpc.utils.schema import schema_method
+
+from bioengine_app_runtime import AppSpec, DeploymentRef, _builder, _replica
+from bioengine_app_runtime._proxy import method_rule
+
+
+@pytest.mark.parametrize("entry", ["demo_app:DemoApp", "a:B"])
+def test_deployment_ref_round_trip(entry):
+    assert str(DeploymentRef.parse(entry)) == entry
+
+
+@pytest.mark.parametrize("entry", ["demo_app", ":DemoApp", "demo_app:", ""])
+def test_deployment_ref_rejects_bad_entries(entry):
+    with pytest.raises(ValueError, match="must look like"):
+        DeploymentRef.parse(entry)
+
+
+@pytest.mark.parametrize(
+    ("rules", "method", "expected"),
+    [
+        ({"*": ["*"]}, "ping", ["*"]),
+        ({"*": ["*"], "secret": ["admin"]}, "secret", ["admin"]),
+        ({"*": ["alice"], "secret": ["admin"]}, "ping", ["alice"]),
+        ({"secret": ["admin"]}, "ping", []),  # no rule for it and no '*' rule: nobody
+        ({}, "ping", []),
+    ],
+)
+def test_method_rule(rules, method, expected):
+    assert method_rule(rules, method) == expected
+
+
+class _Entry:
+    @schema_method
+    async def ping(self) -> str:
+        """Answers."""
+        return "pong"
+
+    @schema_method
+    async def whoami(self, context: dict | None = None) -> str:
+        """Uses the caller's context."""
+        return str(context)
+
+    async def not_exposed(self) -> None:
+        return None
+
+    @schema_method
+    async def _private(self) -> None:
+        return None
+
+
+def test_schema_methods_are_the_public_schema_methods_with_their_schemas():
+    methods = {m.name: m for m in _builder.schema_methods(_Entry)}
+    assert set(methods) == {"ping", "whoami"}
+    assert methods["whoami"].accepts_context and not methods["ping"].accepts_context
+    assert methods["ping"].json_schema and methods["ping"].json_schema["name"] == "ping"
+
+
+def _app_dir(base, name, value):
+    folder = base / name
+    folder.mkdir()
+    (folder / "appmod.py").write_text(f"VALUE = {value!r}\n")
+    (folder / "helper_mod.py").write_text(f"HELPER = {value!r}\n")
+    return str(folder)
+
+
+def test_builds_in_one_worker_see_only_their_own_app(tmp_path):
+    first, second = _app_dir(tmp_path, "one", 1), _app_dir(tmp_path, "two", 2)
+    try:
+        _builder._enter(first, ["appmod"])
+        assert importlib.import_module("appmod").VALUE == 1
+        assert importlib.import_module("helper_mod").HELPER == 1
+        _builder._remember_modules(first)
+        _builder._enter(second, ["appmod"])
+        assert first not in sys.path and sys.path[0] == second
+        assert "helper_mod" not in sys.modules  # the previous app's sibling module is dropped too
+        assert importlib.import_module("appmod").VALUE == 2
+        assert importlib.import_module("helper_mod").HELPER == 2
+    finally:
+        _builder._remember_modules(second)
+        for name in ("appmod", "helper_mod"):
+            sys.modules.pop(name, None)
+        for folder in (first, second):
+            if folder in sys.path:
+                sys.path.remove(folder)
+        _builder._previous.update(path=None, modules=set())
+
+
+def test_load_names_what_is_wrong(tmp_path):
+    folder = tmp_path / "app"
+    folder.mkdir()
+    (folder / "plain.py").write_text("class NotADeployment:\n    pass\n")
+    try:
+        _builder._enter(str(folder), ["plain"])
+        with pytest.raises(ValueError, match=r"the app has no file 'missing\.py'"):
+            _builder._load("missing", "X")
+        with pytest.raises(ValueError, match=r"'plain\.py' defines no 'Other'"):
+            _builder._load("plain", "Other")
+        with pytest.raises(ValueError, match="is not a Ray Serve deployment"):
+            _builder._load("plain", "NotADeployment")
+    finally:
+        _builder._remember_modules(str(folder))
+        sys.modules.pop("plain", None)
+        sys.path.remove(str(folder))
+        _builder._previous.update(path=None, modules=set())
+
+
+def test_wrapped_class_prepares_the_replica_before_the_users_init(monkeypatch):
+    calls = []
+    monkeypatch.setattr(_replica, "prepare_replica", lambda app, cls, home: calls.append((app, cls, home)))
+
+    class Model:
+        """The user's class."""
+
+        def __init__(self, size: int = 1):
+            # The datasets client is there before the user's __init__ runs.
+            self.seen_datasets = self.bioengine_datasets
+            self.size = size
+
+        def double(self) -> int:
+            return self.size * 2
+
+    wrapped = _replica.wrap_deployment_class(Model, "my-app", "/apps/my-app/home")
+    assert wrapped.__name__ == "Model" and wrapped.__doc__ == "The user's class."
+    assert wrapped.__qualname__ == Model.__qualname__ and issubclass(wrapped, Model)
+    instance = wrapped(size=4)
+    assert calls == [("my-app", "Model", "/apps/my-app/home")]
+    assert instance.double() == 8 and instance.seen_datasets is instance.bioengine_datasets
+
+
+async def test_wrapped_async_init_is_awaited(monkeypatch):
+    monkeypatch.setattr(_replica, "prepare_replica", lambda *args: None)
+
+    class AsyncModel:
+        async def __init__(self, value: int):  # Serve supports async constructors
+            self.value = value
+
+    wrapped = _replica.wrap_deployment_class(AsyncModel, "a", "/h")
+    instance = wrapped.__new__(wrapped)
+    await instance.__init__(5)
+    assert instance.value == 5
+
+
+def test_spec_defaults_are_stable():
+    spec = AppSpec(
+        application_id="a", artifact_id="ws/a", code_dir="/c", home_dir="/h",
+        deployments=["m:C"], server_url="http://s", workspace="ws",
+    )  # fmt: skip
+    assert spec.authorized_users == {"*": ["*"]} and spec.default_num_cpus == 0.1
+    assert spec.refs() == [DeploymentRef(module="m", class_name="C")]
