@@ -36,12 +36,14 @@ async def _admin(stack):
     return await connect(c["server_url"], workspace=c["workspace"], token=c["token"])
 
 
-async def _wait_all_up(gateway, timeout=30.0, not_pid=None):
+async def _wait_all_up(gateway, timeout=120.0, not_pid=None, ready=True):
+    """Until every service is up (and, with ``ready``, the worker ready: the Ray head started and
+    apps-svc connected to it, which in single-machine mode comes ~20 s after the gateway)."""
     deadline = time.monotonic() + timeout
     while True:
         status = await gateway.get_status()
         services = status["services"]
-        ok = status["is_ready"] and all(s["up"] for s in services.values())
+        ok = (status["is_ready"] or not ready) and all(s["up"] for s in services.values())
         if ok and not_pid is not None:
             ok = services["apps"]["status"]["pid"] != not_pid
         if ok or time.monotonic() > deadline:
@@ -121,7 +123,7 @@ async def test_a_killed_service_is_restarted_and_shown_up_again(stack):
         pid = before["services"]["apps"]["status"]["pid"]
         os.kill(pid, signal.SIGKILL)
         started = time.monotonic()
-        after = await _wait_all_up(gateway, timeout=15.0, not_pid=pid)
+        after = await _wait_all_up(gateway, timeout=15.0, not_pid=pid, ready=False)
         assert after["services"]["apps"]["up"], after["services"]["apps"]
         assert after["services"]["apps"]["status"]["pid"] != pid
         assert time.monotonic() - started < 15.0

@@ -46,6 +46,26 @@ CLUSTER_FLAGS = (
     "head_num_gpus",
     "head_memory_in_gb",
     "object_store_memory_in_gb",
+    "slurm_worker_cpus",
+    "slurm_worker_memory_gb",
+    "slurm_worker_gpus",
+    "slurm_gpu_flag",
+    "slurm_time_limit",
+    "slurm_partition",
+    "slurm_account",
+    "slurm_extra_sbatch",
+    "slurm_prologue",
+    "slurm_image",
+    "slurm_binds",
+    "slurm_ray_executable",
+    "slurm_min_workers",
+    "slurm_max_workers",
+    "slurm_idle_timeout",
+    "slurm_pending_timeout",
+    "slurm_join_timeout",
+    "slurm_backoff",
+    "slurm_tag",
+    "slurm_poll_interval",
 )
 
 #: The services in start order; the gateway last (it needs the others to be useful).
@@ -102,6 +122,37 @@ class WorkerSettings(BaseModel):
     head_memory_in_gb: float | None = Field(None, gt=0, description="Memory the Ray head offers to tasks.")
     object_store_memory_in_gb: float | None = Field(
         None, gt=0, description="Object store size of the Ray head."
+    )
+    # slurm mode: handed on to bioengine-cluster when set (its --help has the defaults).
+    slurm_worker_cpus: int | None = Field(None, ge=1, description="slurm: CPUs per worker job.")
+    slurm_worker_memory_gb: float | None = Field(
+        None, gt=0, description="slurm: memory per worker job in GB."
+    )
+    slurm_worker_gpus: int | None = Field(None, ge=0, description="slurm: GPUs per worker job.")
+    slurm_gpu_flag: str | None = Field(
+        None, description="slurm: sbatch option for GPUs ({gpus} is the count)."
+    )
+    slurm_time_limit: str | None = Field(None, description="slurm: walltime of a worker job.")
+    slurm_partition: str | None = Field(None, description="slurm: --partition of worker jobs.")
+    slurm_account: str | None = Field(None, description="slurm: --account of worker jobs.")
+    slurm_extra_sbatch: list[str] | None = Field(None, description="slurm: more sbatch options.")
+    slurm_prologue: str | None = Field(None, description="slurm: shell code run before Ray in each job.")
+    slurm_image: str | None = Field(None, description="slurm: Apptainer image of the Ray workers.")
+    slurm_binds: list[str] | None = Field(None, description="slurm: Apptainer --bind entries.")
+    slurm_ray_executable: str | None = Field(None, description="slurm: the `ray` command in jobs.")
+    slurm_min_workers: int | None = Field(None, ge=0, description="slurm: worker jobs kept without demand.")
+    slurm_max_workers: int | None = Field(None, ge=0, description="slurm: most worker jobs at once.")
+    slurm_idle_timeout: float | None = Field(
+        None, gt=0, description="slurm: idle seconds before a worker goes."
+    )
+    slurm_pending_timeout: float | None = Field(None, gt=0, description="slurm: seconds a job may pend.")
+    slurm_join_timeout: float | None = Field(
+        None, gt=0, description="slurm: seconds for a job's Ray node to join."
+    )
+    slurm_backoff: float | None = Field(None, gt=0, description="slurm: seconds after a failed sbatch.")
+    slurm_tag: str | None = Field(None, description="slurm: tag of this worker's jobs.")
+    slurm_poll_interval: float | None = Field(
+        None, gt=0, description="slurm: seconds between scaling rounds."
     )
     debug: bool = Field(False, description="Log at DEBUG level in every service.")
     telemetry_exporter: Literal["none", "console", "otlp"] = Field(
@@ -191,7 +242,11 @@ class Launcher:
         flags = []
         for name in CLUSTER_FLAGS:
             value = getattr(self.settings, name)
-            if value is not None:
+            if isinstance(value, list):
+                # A value starting with '-' would read as a flag: sbatch options go as '#SBATCH -...'.
+                flags += ["--" + name.replace("_", "-")]
+                flags += [f"#SBATCH {v}" if v.startswith("-") else v for v in value]
+            elif value is not None:
                 flags += ["--" + name.replace("_", "-"), str(value)]
         return flags
 

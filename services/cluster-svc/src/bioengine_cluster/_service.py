@@ -28,6 +28,7 @@ from bioengine_common import (
     short_temp_dir,
 )
 
+from ._autoscaler import SlurmAutoscaler, demand_of
 from ._backends import (
     NAMESPACE,
     ClusterBackend,
@@ -85,17 +86,7 @@ def _sample_blocking(gcs_address: str | None) -> ClusterSample:
     if gcs_address:
         from ray.autoscaler.v2.sdk import get_cluster_status
 
-        summary = get_cluster_status(gcs_address).resource_demands
-        for source, entries in (
-            ("task_actor", summary.ray_task_actor_demand),
-            ("placement_group", summary.placement_group_demand),
-            ("request_resources", summary.cluster_constraint_demand),
-        ):
-            for entry in entries:
-                for bundle in getattr(entry, "bundles_by_count", []):
-                    demands.append(
-                        PendingDemand(resources=dict(bundle.bundle), count=bundle.count, source=source)
-                    )
+        demands = demand_of(get_cluster_status(gcs_address))
     return summarize(raw_nodes, available, demands, time.time())
 
 
@@ -121,6 +112,8 @@ class ClusterService(BioEngineService):
         self._failures = 0
         self._last_sample = 0.0
         self._first_bring_up: asyncio.Task[None] | None = None
+        self.autoscaler = SlurmAutoscaler(settings, self.logger) if settings.mode == "slurm" else None
+        self._scaling: asyncio.Task[None] | None = None
 
     # ---- the cluster's life ---------------------------------------------------------------------
     async def _bring_up(self) -> None:
@@ -171,6 +164,8 @@ class ClusterService(BioEngineService):
     async def monitor(self) -> None:
         if self._first_bring_up is not None:
             await self._first_bring_up
+        if self.autoscaler is not None and self._scaling is None:
+            self._scaling = asyncio.create_task(self._scaling_loop(self.autoscaler), name="slurm-scaling")
         while True:
             await asyncio.sleep(1.0)
             if not self.connected:
@@ -196,7 +191,32 @@ class ClusterService(BioEngineService):
                     self.cluster_error = f"sampling the cluster failed: {error_summary(exc)}"
                     self.logger.warning(self.cluster_error)
 
+    async def _scaling_loop(self, autoscaler: SlurmAutoscaler) -> None:
+        """slurm mode: one scaling round every --slurm-poll-interval while the head is up."""
+        while True:
+            head, gcs = self.backend.head_address, self.backend.gcs_address()
+            if self.connected and head and gcs:
+                try:
+                    await autoscaler.run_round(head, gcs)
+                    autoscaler.error = None
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    autoscaler.error = f"scaling round failed: {error_summary(exc)}"
+                    self.logger.warning("slurm: %s", autoscaler.error)
+            await asyncio.sleep(self.settings.slurm_poll_interval)
+
     async def cleanup(self) -> None:
+        if self._scaling is not None:
+            self._scaling.cancel()
+            with contextlib.suppress(BaseException):
+                await self._scaling
+        if self.autoscaler is not None:
+            # Only this worker's jobs (by tag); before the head goes, so workers drain cleanly.
+            try:
+                await asyncio.wait_for(self.autoscaler.shutdown(), 60)
+            except Exception as exc:
+                self.logger.error("slurm: cancelling this worker's jobs failed: %s", error_summary(exc))
         if self._first_bring_up is not None and not self._first_bring_up.done():
             # Its thread cannot be cancelled: let a head being started come up, then stop it.
             with contextlib.suppress(BaseException):
@@ -228,6 +248,7 @@ class ClusterService(BioEngineService):
             "pending_demand": [d.model_dump() for d in latest.pending_demand] if latest else [],
             # False over Ray Client: per-node "used" figures are then unknown (shown as 0).
             "per_node_usage_known": latest.per_node_usage_known if latest else None,
+            **({"slurm": self.autoscaler.status()} if self.autoscaler is not None else {}),
         }
 
     def status_details(self) -> dict[str, Any]:
@@ -287,7 +308,21 @@ class ClusterService(BioEngineService):
         request = ResourceRequest(
             num_cpus=num_cpus, num_gpus=num_gpus, memory=memory, resources=resources or {}
         )
-        return check_fit(request, self.history[-1].node_resources(), scale_up_node=None).model_dump()
+        scale_up = self.autoscaler.scale_up_node() if self.autoscaler is not None else None
+        return check_fit(request, self.history[-1].node_resources(), scale_up_node=scale_up).model_dump()
+
+    @schema_method
+    async def render_job_script(self, caller: dict | None = None, context: dict | None = None) -> str:
+        """slurm mode (admin): the exact batch script of one worker job, without submitting it."""
+        self.require_admin(context, caller, "render_job_script")
+        if self.autoscaler is None:
+            raise InvalidRequest(
+                f"render_job_script needs slurm mode; this worker runs in {self.settings.mode}"
+            )
+        head = self.backend.head_address
+        if not head:
+            raise ServiceUnavailable(f"the Ray head is not up yet: {self.cluster_error}")
+        return self.autoscaler.render(head)
 
     @schema_method
     async def run_code(

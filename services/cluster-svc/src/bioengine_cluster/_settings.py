@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Literal
 
@@ -44,3 +45,62 @@ class ClusterSettings(ServiceSettings):
     status_interval: float = Field(5.0, gt=0, description="Seconds between cluster samples.")
     status_history: int = Field(100, ge=1, description="Number of cluster samples kept.")
     connect_timeout: float = Field(60.0, gt=0, description="Seconds to wait for the Ray driver connection.")
+
+    # ---- slurm mode: Ray workers as SLURM jobs (see _slurm_jobs.SlurmSettings) ----
+    slurm_worker_cpus: int = Field(1, ge=1, description="slurm: CPUs per worker job (and Ray's --num-cpus).")
+    slurm_worker_memory_gb: float = Field(
+        4.0, ge=0.5, description="slurm: memory per worker job in GB (60% to Ray tasks, 30% object store)."
+    )
+    slurm_worker_gpus: int = Field(0, ge=0, description="slurm: GPUs per worker job (and Ray's --num-gpus).")
+    slurm_gpu_flag: str = Field(
+        "--gres=gpu:{gpus}", description="slurm: the sbatch option asking for GPUs; {gpus} is the count."
+    )
+    slurm_time_limit: str = Field(
+        "04:00:00", description="slurm: walltime of a worker job (--time: minutes, [D-]HH:MM[:SS])."
+    )
+    slurm_partition: str | None = Field(None, description="slurm: --partition (default: SLURM's default).")
+    slurm_account: str | None = Field(None, description="slurm: --account (default: the user's default).")
+    slurm_extra_sbatch: list[str] = Field(
+        default_factory=list, description="slurm: more sbatch options, e.g. --qos=short (one per value)."
+    )
+    slurm_prologue: str = Field(
+        "", description="slurm: shell code run in each job before Ray starts (module load, exports)."
+    )
+    slurm_image: str | None = Field(
+        None, description="slurm: run Ray inside `apptainer exec` with this image; plain if unset."
+    )
+    slurm_binds: list[str] = Field(default_factory=list, description="slurm: apptainer --bind entries.")
+    slurm_ray_executable: str | None = Field(
+        None,
+        description="slurm: the `ray` command of the jobs (default: this environment's ray, or `ray` "
+        "inside the image).",
+    )
+    slurm_min_workers: int = Field(0, ge=0, description="slurm: worker jobs kept even without demand.")
+    slurm_max_workers: int = Field(
+        4, ge=0, description="slurm: most worker jobs at once (pending + running)."
+    )
+    slurm_idle_timeout: float = Field(
+        300.0, gt=0, description="slurm: seconds before an idle worker is cancelled."
+    )
+    slurm_pending_timeout: float = Field(
+        600.0, gt=0, description="slurm: seconds before a job still pending in the queue is cancelled."
+    )
+    slurm_join_timeout: float = Field(
+        300.0, gt=0, description="slurm: seconds a running job may take for its Ray node to join."
+    )
+    slurm_backoff: float = Field(
+        10.0, gt=0, description="slurm: seconds to wait after a failed sbatch (doubling, at most 300)."
+    )
+    slurm_tag: str | None = Field(
+        None,
+        description="slurm: tag naming this worker's jobs (bioengine-<tag>-worker); default derived "
+        "from the workspace dir, so a restarted service finds its jobs again.",
+    )
+    slurm_poll_interval: float = Field(5.0, gt=0, description="slurm: seconds between scaling rounds.")
+
+    def resolved_slurm_tag(self) -> str:
+        """The jobs' tag: --slurm-tag, or a stable digest of the workspace dir."""
+        if self.slurm_tag:
+            return self.slurm_tag
+        path = str(self.workspace_dir.expanduser().resolve())
+        return "w" + hashlib.sha256(path.encode()).hexdigest()[:10]

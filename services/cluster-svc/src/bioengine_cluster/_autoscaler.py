@@ -1,0 +1,306 @@
+"""slurm mode's scaling loop: observe, :func:`plan_scaling`, act with :class:`SlurmCommands`.
+
+One round: this worker's jobs from ``squeue`` (by tag, finished ones too), the Ray nodes with
+their ``slurm_job_id:<id>`` resource and idle time and the pending demand from Ray's autoscaler
+v2 SDK (``get_cluster_status``: task/actor and placement-group demand, ``request_resources``
+constraints); the pure policy decides; jobs are cancelled and submitted here, ``sbatch`` failures
+back off. The decisions of the last rounds are kept (bounded) with what they were based on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from bioengine_common import ConfigurationError, ray_environment
+
+from ._settings import ClusterSettings
+from ._slurm_jobs import (
+    JOB_RESOURCE_PREFIX,
+    BackoffState,
+    Decision,
+    JobState,
+    RayWorkerNode,
+    ScalingInputs,
+    SlurmCommandError,
+    SlurmCommands,
+    SlurmJob,
+    SlurmSettings,
+    plan_scaling,
+    render_job_script,
+)
+from ._status import PendingDemand
+
+__all__ = ["SlurmAutoscaler", "demand_of", "observe_ray"]
+
+#: Decisions kept for the status; finished jobs kept after squeue forgot them.
+DECISIONS_KEPT = 100
+FINISHED_KEPT = 30
+
+
+def demand_of(status: Any) -> list[PendingDemand]:
+    """Pending bundles and constraints of an autoscaler v2 ``ClusterStatus``."""
+    summary = status.resource_demands
+    demands: list[PendingDemand] = []
+    for source, entries in (
+        ("task_actor", summary.ray_task_actor_demand),
+        ("placement_group", summary.placement_group_demand),
+        ("request_resources", summary.cluster_constraint_demand),
+    ):
+        for entry in entries:
+            for bundle in getattr(entry, "bundles_by_count", []):
+                demands.append(
+                    PendingDemand(resources=dict(bundle.bundle), count=bundle.count, source=source)
+                )
+    return demands
+
+
+def observe_ray(gcs_address: str) -> tuple[list[RayWorkerNode], list[PendingDemand]]:
+    """The Ray nodes (with SLURM job id and idle time) and the pending demand. Blocking."""
+    from ray.autoscaler.v2.sdk import get_cluster_status
+
+    status = get_cluster_status(gcs_address)
+    nodes = []
+    for info in [*status.active_nodes, *status.idle_nodes]:
+        total = info.total_resources()
+        job_id = next(
+            (n[len(JOB_RESOURCE_PREFIX) :] for n in total if n.startswith(JOB_RESOURCE_PREFIX)), None
+        )
+        job_id = job_id or (info.labels or {}).get("bioengine-slurm-job-id")
+        usage = info.resource_usage
+        nodes.append(
+            RayWorkerNode(
+                node_id=info.node_id or info.instance_id,
+                slurm_job_id=job_id,
+                total=total,
+                available=info.available_resources(),
+                idle_s=max(0.0, usage.idle_time_ms / 1000) if usage is not None else 0.0,
+            )
+        )
+    return nodes, demand_of(status)
+
+
+def _age(since: float | None, now: float) -> float | None:
+    return round(now - since, 1) if since is not None else None
+
+
+class SlurmAutoscaler:
+    """The scaling state of one BioEngine worker in slurm mode."""
+
+    def __init__(self, settings: ClusterSettings, logger: logging.Logger):
+        self.cluster_settings = settings
+        self.logger = logger
+        self.tag = settings.resolved_slurm_tag()
+        self.commands = SlurmCommands(self.tag)
+        self.backoff = BackoffState()
+        self.decisions: collections.deque[dict[str, Any]] = collections.deque(maxlen=DECISIONS_KEPT)
+        #: Every job of this worker seen, newest last: the last listing, plus our cancel reason.
+        self.jobs: collections.OrderedDict[str, SlurmJob] = collections.OrderedDict()
+        self.cancel_reasons: dict[str, str] = {}
+        self.ray_node_of_job: dict[str, str] = {}
+        self.error: str | None = None
+        self.last_round_at: float | None = None
+        self.rounds = 0
+        base = settings.workspace_dir.expanduser().resolve()
+        self.work_dir = base / "slurm"
+        self.log_dir = base / "logs" / "slurm"
+        try:  # a bad --slurm-* value ends the start-up, not every scaling round
+            self.slurm_settings()
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'slurm'}: {e['msg']}" for e in exc.errors()
+            )
+            raise ConfigurationError(f"invalid slurm settings: {problems}") from None
+
+    # ---- settings and script ------------------------------------------------------------------
+    def ray_executable(self) -> str:
+        s = self.cluster_settings
+        if s.slurm_ray_executable:
+            return s.slurm_ray_executable
+        if s.slurm_image:
+            return "ray"
+        # This environment's ray: never `uv run` in a job (it would re-sync the environment).
+        local = Path(sys.executable).parent / "ray"
+        return str(local) if local.exists() else "ray"
+
+    def slurm_settings(self, head_address: str | None = None) -> SlurmSettings:
+        s = self.cluster_settings
+        exports = "\n".join(
+            f"export {name}={shlex.quote(value)}" for name, value in sorted(ray_environment().items())
+        )
+        prologue = exports + ("\n" + s.slurm_prologue if s.slurm_prologue.strip() else "")
+        return SlurmSettings(
+            tag=self.tag,
+            cpus=s.slurm_worker_cpus,
+            memory_gb=s.slurm_worker_memory_gb,
+            gpus=s.slurm_worker_gpus,
+            time_limit=s.slurm_time_limit,
+            gpu_flag_template=s.slurm_gpu_flag,
+            partition=s.slurm_partition,
+            account=s.slurm_account,
+            extra_sbatch_lines=list(s.slurm_extra_sbatch),
+            prologue=prologue,
+            apptainer_image=s.slurm_image,
+            apptainer_binds=list(s.slurm_binds),
+            head_address=head_address,
+            ray_executable=self.ray_executable(),
+            work_dir=str(self.work_dir),
+            log_dir=str(self.log_dir),
+            min_workers=s.slurm_min_workers,
+            max_workers=s.slurm_max_workers,
+            idle_timeout_s=s.slurm_idle_timeout,
+            pending_timeout_s=s.slurm_pending_timeout,
+            join_timeout_s=s.slurm_join_timeout,
+            backoff_initial_s=s.slurm_backoff,
+            backoff_max_s=max(300.0, s.slurm_backoff),
+        )
+
+    def render(self, head_address: str) -> str:
+        return render_job_script(self.slurm_settings(head_address))
+
+    def live_jobs(self) -> int:
+        return sum(1 for job in self.jobs.values() if job.active and job.job_id not in self.cancel_reasons)
+
+    def scale_up_node(self) -> dict[str, float] | None:
+        """One more worker's Ray resources, or None when max_workers is reached."""
+        settings = self.slurm_settings()
+        if self.live_jobs() >= settings.max_workers:
+            return None
+        return settings.job_spec().ray_resources()
+
+    # ---- one round ------------------------------------------------------------------------------
+    def _record(self, decision: Decision, observed: dict[str, Any]) -> None:
+        entry = decision.model_dump()
+        entry["inputs"] = {**entry["inputs"], "observed": observed}
+        self.decisions.append(entry)
+
+    def _remember(self, jobs: list[SlurmJob]) -> None:
+        for job in jobs:
+            self.jobs.pop(job.job_id, None)
+            self.jobs[job.job_id] = job
+        listed = {job.job_id for job in jobs}
+        for job_id, job in list(self.jobs.items()):
+            if job_id not in listed and job.active:
+                # Gone from squeue (past MinJobAge) while we thought it active: it ended.
+                self.jobs[job_id] = job.model_copy(update={"state": JobState.UNKNOWN, "raw_state": "GONE"})
+        finished = [job_id for job_id, job in self.jobs.items() if not job.active]
+        for job_id in finished[: max(0, len(finished) - FINISHED_KEPT)]:
+            del self.jobs[job_id]
+            self.cancel_reasons.pop(job_id, None)
+
+    async def run_round(self, head_address: str, gcs_address: str) -> None:
+        settings = self.slurm_settings(head_address)
+        jobs = await self.commands.list_jobs(include_finished=True)
+        nodes, demand = await asyncio.to_thread(observe_ray, gcs_address)
+        now = time.time()
+        self._remember(jobs)
+        self.ray_node_of_job = {n.slurm_job_id: n.node_id for n in nodes if n.slurm_job_id}
+        # Jobs we already cancelled may still be listed as active for a moment: not capacity.
+        considered = [j for j in jobs if not (j.active and j.job_id in self.cancel_reasons)]
+        plan = plan_scaling(
+            ScalingInputs(jobs=considered, ray_nodes=nodes, demand=demand, backoff=self.backoff),
+            settings,
+            now,
+        )
+        observed = {
+            "jobs": {j.job_id: j.state.value for j in considered if j.active},
+            "ray_workers": {n.slurm_job_id: round(n.idle_s, 1) for n in nodes if n.slurm_job_id},
+            "demand": [d.model_dump() for d in demand],
+            "backoff_failures": self.backoff.consecutive_failures,
+        }
+        for decision in plan.decisions:
+            if decision.action in ("keep", "wait") and self.decisions:
+                last = self.decisions[-1]
+                if last["action"] == decision.action and last["message"] == decision.message:
+                    continue
+            self._record(decision, observed)
+            self.logger.info("slurm: %s: %s", decision.action, decision.message)
+        if plan.cancel:
+            for cancel in plan.cancel:
+                self.cancel_reasons[cancel.job_id] = f"{cancel.kind}: {cancel.reason}"
+            await self.commands.cancel([c.job_id for c in plan.cancel])
+        if plan.failures:
+            self.backoff = self.backoff.failed(now, f"gave up on {plan.failures} job(s)", count=plan.failures)
+        if plan.submit:
+            self.work_dir.mkdir(parents=True, exist_ok=True)  # the jobs' --chdir
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+        for spec in plan.submit:
+            try:
+                job_id = await self.commands.submit(render_job_script(settings, job=spec))
+            except (SlurmCommandError, OSError) as exc:
+                self.backoff = self.backoff.failed(time.time(), str(exc))
+                delay = self.backoff.delay_s(settings)
+                message = f"sbatch failed ({exc}); retrying in {delay:.0f} s"
+                self._record(Decision(at=time.time(), action="backoff", message=message), observed)
+                self.logger.warning("slurm: %s", message)
+                break
+            self.backoff = self.backoff.succeeded()
+            self.jobs[job_id] = SlurmJob(
+                job_id=job_id, name=self.commands.job_name, state=JobState.PENDING, submitted_at=time.time()
+            )
+            self.logger.info("slurm: submitted job %s", job_id)
+        self.last_round_at = time.time()
+        self.rounds += 1
+
+    async def shutdown(self) -> list[str]:
+        """Cancel every active job of this worker (and only those)."""
+        jobs = await self.commands.list_jobs()
+        ids = [job.job_id for job in jobs if job.active]
+        for job_id in ids:
+            self.cancel_reasons.setdefault(job_id, "shutdown: the service stopped")
+        if ids:
+            await self.commands.cancel(ids)
+            self.logger.info("slurm: cancelled %s on shutdown", ", ".join(ids))
+        return ids
+
+    # ---- status ----------------------------------------------------------------------------------
+    def status(self, decisions: int = 20) -> dict[str, Any]:
+        now = time.time()
+        s = self.cluster_settings
+        jobs = []
+        for job in reversed(self.jobs.values()):
+            jobs.append(
+                {
+                    "job_id": job.job_id,
+                    "state": job.state.value,
+                    "reason": self.cancel_reasons.get(job.job_id) or job.reason,
+                    "slurm_reason": job.reason,
+                    "node": job.nodes,
+                    "age_s": _age(job.submitted_at, now),
+                    "running_s": _age(job.started_at, job.ended_at or now) if job.started_at else None,
+                    "ray_node_id": self.ray_node_of_job.get(job.job_id),
+                    "cancelled_by_us": job.job_id in self.cancel_reasons,
+                }
+            )
+        return {
+            "tag": self.tag,
+            "job_name": self.commands.job_name,
+            "worker": {
+                "cpus": s.slurm_worker_cpus,
+                "memory_gb": s.slurm_worker_memory_gb,
+                "gpus": s.slurm_worker_gpus,
+                "time_limit": s.slurm_time_limit,
+                "partition": s.slurm_partition,
+                "image": s.slurm_image,
+            },
+            "min_workers": s.slurm_min_workers,
+            "max_workers": s.slurm_max_workers,
+            "idle_timeout": s.slurm_idle_timeout,
+            "pending_timeout": s.slurm_pending_timeout,
+            "live_jobs": self.live_jobs(),
+            "jobs": jobs,
+            "decisions": list(self.decisions)[-decisions:],
+            "backoff": self.backoff.model_dump(),
+            "error": self.error,
+            "last_round_at": self.last_round_at,
+            "rounds": self.rounds,
+            "log_dir": str(self.log_dir),
+        }

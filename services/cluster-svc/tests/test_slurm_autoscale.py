@@ -1,0 +1,289 @@
+"""slurm mode end to end: bioengine-cluster with a real Ray head (0 CPUs) and the real SLURM of
+this machine (``infra/slurm/setup-slurm.sh``) submits Ray worker jobs for demand, releases idle
+ones, gives up on jobs stuck in the queue and cancels only its own jobs on shutdown.
+
+Skipped where SLURM is not running, but FAIL instead when ``BIOENGINE_REQUIRE_SLURM=1`` (CI).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bioengine_cluster._slurm_jobs import SlurmCommands, SlurmSettings, render_job_script
+from bioengine_common import HeadOptions, LocalHead, short_temp_dir
+from bioengine_common.testing import wait_for_service
+
+
+def _slurm_problem() -> str | None:
+    if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
+        return "the SLURM client commands (sinfo, sbatch) are not installed"
+    try:
+        result = subprocess.run(
+            ["sinfo", "--noheader", "--format=%T"], capture_output=True, text=True, timeout=15
+        )
+    except subprocess.TimeoutExpired:
+        return "sinfo did not answer within 15 s"
+    if result.returncode != 0:
+        return f"sinfo failed: {result.stderr.strip()}"
+    states = result.stdout.split()
+    if not any(s.rstrip("*~#!%$@^-") in ("idle", "mixed", "allocated", "completing") for s in states):
+        return f"no SLURM node is up (states: {states})"
+    return None
+
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def slurm() -> None:
+    problem = _slurm_problem()
+    if problem is None:
+        return
+    hint = "; start it with infra/slurm/setup-slurm.sh"
+    if os.environ.get("BIOENGINE_REQUIRE_SLURM") == "1":
+        pytest.fail(f"BIOENGINE_REQUIRE_SLURM=1 but {problem}{hint}")
+    pytest.skip(problem + hint)
+
+
+def _tag() -> str:
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+async def cleanup_tags(slurm) -> Any:
+    """Tags used by a test: whatever jobs they still have are cancelled afterwards, and no Ray head
+    outlives the test."""
+    tags: list[str] = []
+    dirs: list[Path] = []
+    yield tags, dirs
+    for tag in tags:
+        cmds = SlurmCommands(tag)
+        with contextlib.suppress(Exception):
+            await cmds.cancel([j.job_id for j in await cmds.list_jobs()])
+    for directory in dirs:
+        head = LocalHead(short_temp_dir(directory / "ray"), HeadOptions(), logging.getLogger("test"))
+        if head.adopt():
+            head.stop()
+
+
+async def _start(start_service, hypha_server, admin_client, workspace_dir, tag, client_id, *flags):
+    service = start_service(
+        "cluster",
+        hypha_server,
+        "--mode",
+        "slurm",
+        "--object-store-memory-in-gb",
+        "0.2",
+        "--status-interval",
+        "1",
+        "--slurm-tag",
+        tag,
+        "--slurm-poll-interval",
+        "1",
+        "--slurm-worker-cpus",
+        "1",
+        "--slurm-worker-memory-gb",
+        "1",
+        "--slurm-time-limit",
+        "10",
+        "--client-id",
+        client_id,
+        *flags,
+        workspace_dir=workspace_dir,
+    )
+    info = await wait_for_service(admin_client, f"{client_id}:bioengine-cluster", timeout=60)
+    return service, await admin_client.get_service(info["id"])
+
+
+async def _wait(proxy, predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    status = None
+    while True:
+        with contextlib.suppress(Exception):
+            status = await proxy.get_status()
+            if predicate(status):
+                return status
+        if time.monotonic() > deadline:
+            slurm = (status or {}).get("ray_cluster", {}).get("slurm")
+            raise AssertionError(f"{what}: not reached within {timeout} s; slurm status: {slurm}")
+        await asyncio.sleep(0.5)
+
+
+async def _queue_empty(cmds: SlurmCommands, timeout: float = 30.0) -> None:
+    """No job of this tag left in the queue (COMPLETING passes within SLURM's KillWait)."""
+    deadline = time.monotonic() + timeout
+    while jobs := await cmds.list_jobs():
+        assert time.monotonic() < deadline, f"jobs of {cmds.tag} still queued: {jobs}"
+        await asyncio.sleep(0.5)
+
+
+def _slurm(status: dict) -> dict:
+    return status["ray_cluster"]["slurm"]
+
+
+WHERE = """
+import os
+import ray
+
+def analyze():
+    return {"job": os.environ.get("SLURM_JOB_ID"), "node": ray.get_runtime_context().get_node_id()}
+"""
+
+
+async def test_demand_submits_a_worker_that_runs_the_task_then_idles_out(
+    slurm, cleanup_tags, hypha_server, start_service, admin_client, tmp_path
+):
+    tags, dirs = cleanup_tags
+    tag = _tag()
+    tags.append(tag)
+    dirs.append(tmp_path / "w1")
+    _, proxy = await _start(
+        start_service, hypha_server, admin_client, tmp_path / "w1", tag, "slurm-a",
+        "--slurm-idle-timeout", "10", "--slurm-max-workers", "2",
+    )  # fmt: skip
+    status = await _wait(proxy, lambda s: s["ready"] and _slurm(s)["rounds"] > 0, 90, "ready")
+    assert status["ray_cluster"]["cluster"]["total_cpu"] == 0 and _slurm(status)["jobs"] == []
+
+    # The dry run: the exact script, with this environment's ray and the tag; nothing submitted.
+    script = await proxy.render_job_script()
+    assert script.startswith("#!/bin/bash") and f"--job-name=bioengine-{tag}-worker" in script
+    assert "/.venv/bin/ray start --address=" in script and "RAY_ENABLE_UV_RUN_RUNTIME_ENV=0" in script
+    assert _slurm(await proxy.get_status())["jobs"] == []
+    # A new worker job would hold a 1-CPU request: "fits after scale-up".
+    fit = await proxy.check_resources(num_cpus=1)
+    assert fit["verdict"] == "fits_after_scale_up", fit
+    assert (await proxy.check_resources(num_cpus=2))["verdict"] == "cannot_fit"
+
+    # (a) 1 CPU of demand on a head with none: a job is submitted, joins, runs the task.
+    started = time.monotonic()
+    result = await proxy.run_code(code=WHERE, remote_options={"num_cpus": 1}, timeout=150)
+    elapsed = time.monotonic() - started
+    assert "error" not in result, result
+    status = await proxy.get_status()
+    jobs = {j["job_id"]: j for j in _slurm(status)["jobs"]}
+    assert result["result"]["job"] in jobs, (result, jobs)
+    job = jobs[result["result"]["job"]]
+    assert job["state"] == "RUNNING" and job["ray_node_id"] == result["result"]["node"]
+    nodes = status["ray_cluster"]["nodes"]
+    assert nodes[result["result"]["node"]]["slurm_job_id"] == job["job_id"]
+    assert len(jobs) == 1  # no double submission while the job was pending
+    submits = [d for d in _slurm(status)["decisions"] if d["action"] == "submit"]
+    assert submits and submits[0]["inputs"]["observed"]["demand"]
+    print(f"demand -> task returned from a new SLURM worker in {elapsed:.1f} s")
+
+    # (b) demand is over: after the 10 s idle timeout the worker is cancelled and leaves Ray.
+    idle_start = time.monotonic()
+    status = await _wait(
+        proxy,
+        lambda s: (
+            _slurm(s)["live_jobs"] == 0
+            and all(n["slurm_job_id"] is None for n in s["ray_cluster"]["nodes"].values() if n["alive"])
+        ),
+        60,
+        "idle worker cancelled",
+    )
+    print(f"idle worker cancelled and gone from Ray {time.monotonic() - idle_start:.1f} s after the task")
+    job = next(j for j in _slurm(status)["jobs"] if j["job_id"] == job["job_id"])
+    assert job["cancelled_by_us"] and job["reason"].startswith("idle:"), job
+    await _queue_empty(SlurmCommands(tag))
+
+
+async def test_stuck_job_is_given_up_and_shutdown_cancels_only_own_jobs(
+    slurm, cleanup_tags, hypha_server, start_service, admin_client, tmp_path
+):
+    tags, dirs = cleanup_tags
+    tag, other = _tag(), _tag()
+    tags += [tag, other]
+    dirs.append(tmp_path / "w2")
+    # Another worker's job (another tag) on the same SLURM: it must survive this worker.
+    other_cmds = SlurmCommands(other)
+    other_job = await other_cmds.submit(
+        render_job_script(
+            SlurmSettings(
+                tag=other, memory_gb=0.5, time_limit="5", worker_command="sleep 300",
+                log_dir=str(tmp_path / "other-logs"),
+            )
+        )
+    )  # fmt: skip
+    # min_workers=1 with a start time an hour away: the job can never start within the test.
+    service, proxy = await _start(
+        start_service, hypha_server, admin_client, tmp_path / "w2", tag, "slurm-b",
+        "--slurm-min-workers", "1", "--slurm-pending-timeout", "6", "--slurm-backoff", "3",
+        "--slurm-extra-sbatch", "#SBATCH --begin=now+1hour",
+    )  # fmt: skip
+
+    # (c) cancelled after the pending timeout, with SLURM's reason in the status.
+    status = await _wait(
+        proxy,
+        lambda s: any(j["reason"] and j["reason"].startswith("pending_timeout") for j in _slurm(s)["jobs"]),
+        60,
+        "pending job given up",
+    )
+    given_up = next(j for j in _slurm(status)["jobs"] if (j["reason"] or "").startswith("pending_timeout"))
+    assert "BeginTime" in given_up["reason"] and given_up["cancelled_by_us"], given_up
+    assert any(d["action"] == "cancel" and "pending" in d["message"] for d in _slurm(status)["decisions"])
+    assert other_job not in {j["job_id"] for j in _slurm(status)["jobs"]}
+
+    # min_workers asks again after the backoff: a fresh pending job.
+    status = await _wait(proxy, lambda s: _slurm(s)["live_jobs"] == 1, 40, "job resubmitted after backoff")
+    own = await SlurmCommands(tag).list_jobs()
+    assert own and all(j.state.value == "PENDING" for j in own)
+
+    # (d) SIGTERM: this worker's jobs are cancelled, the other worker's job is untouched.
+    service.stop(timeout=60)
+    await _queue_empty(SlurmCommands(tag))
+    finished = await SlurmCommands(tag).list_jobs(include_finished=True)
+    assert finished and all(j.state.value == "CANCELLED" for j in finished)
+    survivors = await other_cmds.list_jobs()
+    assert [j.job_id for j in survivors] == [other_job], survivors
+
+
+# ---- without SLURM: the flags and the tag -------------------------------------------------------
+def test_flags_map_onto_the_job_settings(tmp_path):
+    from bioengine_cluster._autoscaler import SlurmAutoscaler
+    from bioengine_cluster._settings import ClusterSettings
+    from bioengine_common import ConfigurationError
+
+    settings = ClusterSettings(
+        mode="slurm",
+        workspace_dir=tmp_path / "ws",
+        slurm_worker_cpus=4,
+        slurm_worker_memory_gb=8,
+        slurm_worker_gpus=1,
+        slurm_partition="gpu",
+        slurm_extra_sbatch=["--qos=short"],
+        slurm_prologue="module load cuda",
+        slurm_image="/images/ray.sif",
+        slurm_binds=["/data:/data"],
+        slurm_max_workers=3,
+    )
+    scaler = SlurmAutoscaler(settings, logging.getLogger("test"))
+    script = scaler.render("10.1.2.3:6379")
+    assert "#SBATCH --cpus-per-task=4" in script and "#SBATCH --gres=gpu:1" in script
+    assert "#SBATCH --partition=gpu" in script and "#SBATCH --qos=short" in script
+    assert "module load cuda" in script and "export RAY_ENABLE_UV_RUN_RUNTIME_ENV=0" in script
+    assert (
+        "exec apptainer exec --nv --bind /data:/data /images/ray.sif ray start --address=10.1.2.3:6379"
+        in script
+    )
+    assert f"--chdir={tmp_path / 'ws' / 'slurm'}" in script
+    assert scaler.scale_up_node() == {"CPU": 4.0, "GPU": 1.0, "memory": float(int(8 * 1024**3 * 0.6))}
+
+    # the tag: stable for a workspace dir, different for another, or as given
+    again = SlurmAutoscaler(ClusterSettings(mode="slurm", workspace_dir=tmp_path / "ws"), logging.getLogger())
+    other = SlurmAutoscaler(ClusterSettings(mode="slurm", workspace_dir=tmp_path / "x"), logging.getLogger())
+    assert scaler.tag == again.tag != other.tag
+    assert ClusterSettings(mode="slurm", slurm_tag="mine").resolved_slurm_tag() == "mine"
+    with pytest.raises(ConfigurationError, match="time_limit"):
+        SlurmAutoscaler(ClusterSettings(mode="slurm", slurm_time_limit="soon"), logging.getLogger())
