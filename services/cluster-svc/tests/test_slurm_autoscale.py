@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import shutil
 import subprocess
 import time
 import uuid
@@ -23,37 +21,6 @@ import pytest
 from bioengine_cluster._slurm_jobs import SlurmCommands, SlurmSettings, render_job_script
 from bioengine_common import HeadOptions, LocalHead, short_temp_dir
 from bioengine_common.testing import wait_for_service
-
-
-def _slurm_problem() -> str | None:
-    if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
-        return "the SLURM client commands (sinfo, sbatch) are not installed"
-    try:
-        result = subprocess.run(
-            ["sinfo", "--noheader", "--format=%T"], capture_output=True, text=True, timeout=15
-        )
-    except subprocess.TimeoutExpired:
-        return "sinfo did not answer within 15 s"
-    if result.returncode != 0:
-        return f"sinfo failed: {result.stderr.strip()}"
-    states = result.stdout.split()
-    if not any(s.rstrip("*~#!%$@^-") in ("idle", "mixed", "allocated", "completing") for s in states):
-        return f"no SLURM node is up (states: {states})"
-    return None
-
-
-pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def slurm() -> None:
-    problem = _slurm_problem()
-    if problem is None:
-        return
-    hint = "; start it with infra/slurm/setup-slurm.sh"
-    if os.environ.get("BIOENGINE_REQUIRE_SLURM") == "1":
-        pytest.fail(f"BIOENGINE_REQUIRE_SLURM=1 but {problem}{hint}")
-    pytest.skip(problem + hint)
 
 
 def _tag() -> str:
@@ -134,6 +101,7 @@ def _slurm(status: dict) -> dict:
 
 WHERE = """
 import os
+import subprocess
 import ray
 
 def analyze():
@@ -287,3 +255,81 @@ def test_flags_map_onto_the_job_settings(tmp_path):
     assert ClusterSettings(mode="slurm", slurm_tag="mine").resolved_slurm_tag() == "mine"
     with pytest.raises(ConfigurationError, match="time_limit"):
         SlurmAutoscaler(ClusterSettings(mode="slurm", slurm_time_limit="soon"), logging.getLogger())
+
+
+SLOW = """
+import os
+import time
+
+def analyze():
+    time.sleep(20)
+    return os.environ.get("SLURM_JOB_ID")
+"""
+
+
+async def test_a_worker_lost_while_demand_lasts_is_replaced(
+    slurm, cleanup_tags, hypha_server, start_service, admin_client, tmp_path
+):
+    tags, dirs = cleanup_tags
+    tag = _tag()
+    tags.append(tag)
+    dirs.append(tmp_path / "w3")
+    _, proxy = await _start(
+        start_service, hypha_server, admin_client, tmp_path / "w3", tag, "slurm-c",
+        "--slurm-idle-timeout", "30", "--slurm-max-workers", "1",
+    )  # fmt: skip
+    await _wait(proxy, lambda s: s["ready"] and _slurm(s)["rounds"] > 0, 90, "ready")
+    # Demand that outlives the first worker: a 20 s task, retried by Ray when its node is lost.
+    call = asyncio.ensure_future(
+        proxy.run_code(code=SLOW, remote_options={"num_cpus": 1, "max_retries": 2}, timeout=240)
+    )
+    status = await _wait(
+        proxy,
+        lambda s: any(j["state"] == "RUNNING" and j["ray_node_id"] for j in _slurm(s)["jobs"]),
+        120,
+        "first worker joined",
+    )
+    first = next(j["job_id"] for j in _slurm(status)["jobs"] if j["state"] == "RUNNING")
+    await asyncio.sleep(2)  # the task is running on it
+    # Lost, as to walltime or a node failure (scancel from outside the service).
+    await asyncio.to_thread(subprocess.run, ["scancel", first], check=True)
+    result = await asyncio.wait_for(call, 240)
+    assert "error" not in result, result
+    replacement = result["result"]
+    assert replacement and replacement != first, (first, result)
+    jobs = {j["job_id"]: j for j in _slurm(await proxy.get_status())["jobs"]}
+    assert replacement in jobs and not jobs[first]["cancelled_by_us"], jobs
+
+
+async def test_two_workers_in_one_slurm_account_keep_to_their_own_jobs(
+    slurm, cleanup_tags, hypha_server, start_service, admin_client, tmp_path
+):
+    tags, dirs = cleanup_tags
+    first_tag, second_tag = _tag(), _tag()
+    tags += [first_tag, second_tag]
+    dirs += [tmp_path / "w4", tmp_path / "w5"]
+    common = ("--slurm-min-workers", "1", "--slurm-idle-timeout", "5")
+    first, first_proxy = await _start(
+        start_service, hypha_server, admin_client, tmp_path / "w4", first_tag, "slurm-d", *common
+    )
+    _, second_proxy = await _start(
+        start_service, hypha_server, admin_client, tmp_path / "w5", second_tag, "slurm-e", *common
+    )
+
+    def one_running(status: dict) -> bool:
+        return [j["state"] for j in _slurm(status)["jobs"] if j["state"] != "CANCELLED"] == ["RUNNING"]
+
+    a = await _wait(first_proxy, one_running, 120, "first worker's min_workers job running")
+    b = await _wait(second_proxy, one_running, 120, "second worker's min_workers job running")
+    (a_job,) = {j["job_id"] for j in _slurm(a)["jobs"]}
+    (b_job,) = {j["job_id"] for j in _slurm(b)["jobs"]}
+    assert a_job != b_job
+    # Each sees only its own job, even with the other's idle past the idle timeout.
+    await asyncio.sleep(8)
+    a = await first_proxy.get_status()
+    assert {j["job_id"] for j in _slurm(a)["jobs"]} == {a_job}
+    first.stop(timeout=90)  # shutdown: cancels the first worker's job only
+    await _queue_empty(SlurmCommands(first_tag))
+    assert [j.job_id for j in await SlurmCommands(second_tag).list_jobs()] == [b_job]
+    b = await second_proxy.get_status()
+    assert [j["state"] for j in _slurm(b)["jobs"] if j["job_id"] == b_job] == ["RUNNING"]

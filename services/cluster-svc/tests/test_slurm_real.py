@@ -7,9 +7,6 @@ The jobs run ``sleep`` instead of ``ray start`` (the ``worker_command`` setting)
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -29,34 +26,6 @@ from bioengine_cluster._slurm_jobs import (
     plan_scaling,
     render_job_script,
 )
-
-
-def _slurm_problem() -> str | None:
-    if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
-        return "the SLURM client commands (sinfo, sbatch) are not installed"
-    try:
-        result = subprocess.run(
-            ["sinfo", "--noheader", "--format=%T"], capture_output=True, text=True, timeout=15
-        )
-    except subprocess.TimeoutExpired:
-        return "sinfo did not answer within 15 s"
-    if result.returncode != 0:
-        return f"sinfo failed: {result.stderr.strip()}"
-    states = result.stdout.split()
-    if not any(s.rstrip("*~#!%$@^-") in ("idle", "mixed", "allocated", "completing") for s in states):
-        return f"no SLURM node is up (states: {states})"
-    return None
-
-
-@pytest.fixture(scope="module")
-def slurm() -> None:
-    problem = _slurm_problem()
-    if problem is None:
-        return
-    hint = "; start it with infra/slurm/setup-slurm.sh"
-    if os.environ.get("BIOENGINE_REQUIRE_SLURM") == "1":
-        pytest.fail(f"BIOENGINE_REQUIRE_SLURM=1 but {problem}{hint}")
-    pytest.skip(problem + hint)
 
 
 def new_tag() -> str:

@@ -13,6 +13,8 @@ Fixtures:
 - ``admin_client``: an async Hypha connection with an admin token of the shared workspace.
 - ``ray_head`` (session): a real Ray head (4 logical CPUs, own ports and temp dir); its
   ``address`` is what drivers and ``--head-address`` use.
+- ``slurm``: skips the test where no SLURM is up, but FAILS it when ``BIOENGINE_REQUIRE_SLURM=1``
+  (CI starts SLURM with ``infra/slurm/setup-slurm.sh``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -58,6 +62,8 @@ __all__ = [
     "launch_service",
     "ray_head",
     "service_tokens",
+    "slurm",
+    "slurm_problem",
     "start_service",
     "wait_for_service",
 ]
@@ -227,3 +233,33 @@ async def admin_client(hypha_server: EmbeddedHypha) -> AsyncIterator[Any]:
     yield server
     with contextlib.suppress(Exception):
         await server.disconnect()
+
+
+def slurm_problem() -> str | None:
+    """Why no SLURM is usable here (None when `sinfo` shows a node up)."""
+    if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
+        return "the SLURM client commands (sinfo, sbatch) are not installed"
+    try:
+        result = subprocess.run(
+            ["sinfo", "--noheader", "--format=%T"], capture_output=True, text=True, timeout=15
+        )
+    except subprocess.TimeoutExpired:
+        return "sinfo did not answer within 15 s"
+    if result.returncode != 0:
+        return f"sinfo failed: {result.stderr.strip()}"
+    states = result.stdout.split()
+    if not any(s.rstrip("*~#!%$@^-") in ("idle", "mixed", "allocated", "completing") for s in states):
+        return f"no SLURM node is up (states: {states})"
+    return None
+
+
+@pytest.fixture(scope="session")
+def slurm() -> None:
+    """A SLURM to submit to: skip without one, or fail when BIOENGINE_REQUIRE_SLURM=1."""
+    problem = slurm_problem()
+    if problem is None:
+        return
+    hint = "; start it with infra/slurm/setup-slurm.sh"
+    if os.environ.get("BIOENGINE_REQUIRE_SLURM") == "1":
+        pytest.fail(f"BIOENGINE_REQUIRE_SLURM=1 but {problem}{hint}")
+    pytest.skip(problem + hint)
