@@ -333,3 +333,24 @@ async def test_two_workers_in_one_slurm_account_keep_to_their_own_jobs(
     assert [j.job_id for j in await SlurmCommands(second_tag).list_jobs()] == [b_job]
     b = await second_proxy.get_status()
     assert [j["state"] for j in _slurm(b)["jobs"] if j["job_id"] == b_job] == ["RUNNING"]
+
+
+def test_jobs_gone_from_squeue_take_their_final_state_from_sacct(tmp_path):
+    from bioengine_cluster._autoscaler import SlurmAutoscaler
+    from bioengine_cluster._settings import ClusterSettings
+    from bioengine_cluster._slurm_jobs import JobState, SlurmJob
+
+    scaler = SlurmAutoscaler(
+        ClusterSettings(mode="slurm", workspace_dir=tmp_path, slurm_tag="tagx"), logging.getLogger("t")
+    )
+    name = scaler.commands.job_name
+    running = [SlurmJob(job_id=str(i), name=name, state=JobState.RUNNING) for i in (1, 2, 3)]
+    scaler._remember(running)
+    assert scaler.vanished(running) == []
+    # squeue now lists only job 3; sacct knows job 1 timed out and says nothing of job 2.
+    still = running[2:]
+    assert sorted(scaler.vanished(still)) == ["1", "2"]
+    scaler._remember(still, {"1": SlurmJob(job_id="1", name=name, state=JobState.TIMEOUT)})
+    assert scaler.jobs["1"].state == JobState.TIMEOUT
+    assert scaler.jobs["2"].state == JobState.UNKNOWN and scaler.jobs["2"].raw_state == "GONE"
+    assert scaler.jobs["3"].state == JobState.RUNNING and scaler.vanished(still) == []

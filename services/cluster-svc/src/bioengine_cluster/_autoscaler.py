@@ -182,15 +182,25 @@ class SlurmAutoscaler:
         entry["inputs"] = {**entry["inputs"], "observed": observed}
         self.decisions.append(entry)
 
-    def _remember(self, jobs: list[SlurmJob]) -> None:
+    def vanished(self, jobs: list[SlurmJob]) -> list[str]:
+        """Jobs we think active that ``squeue`` no longer lists (they ended past MinJobAge)."""
+        listed = {job.job_id for job in jobs}
+        return [job_id for job_id, job in self.jobs.items() if job.active and job_id not in listed]
+
+    def _remember(self, jobs: list[SlurmJob], final: dict[str, SlurmJob] | None = None) -> None:
+        """Merge a ``squeue`` listing; vanished jobs take their final state from ``final`` (sacct)
+        when it knows them, else UNKNOWN."""
         for job in jobs:
             self.jobs.pop(job.job_id, None)
             self.jobs[job.job_id] = job
-        listed = {job.job_id for job in jobs}
-        for job_id, job in list(self.jobs.items()):
-            if job_id not in listed and job.active:
-                # Gone from squeue (past MinJobAge) while we thought it active: it ended.
-                self.jobs[job_id] = job.model_copy(update={"state": JobState.UNKNOWN, "raw_state": "GONE"})
+        for job_id in self.vanished(jobs):
+            known = (final or {}).get(job_id)
+            if known is not None and not known.active:
+                self.jobs[job_id] = known
+            else:
+                self.jobs[job_id] = self.jobs[job_id].model_copy(
+                    update={"state": JobState.UNKNOWN, "raw_state": "GONE"}
+                )
         finished = [job_id for job_id, job in self.jobs.items() if not job.active]
         for job_id in finished[: max(0, len(finished) - FINISHED_KEPT)]:
             del self.jobs[job_id]
@@ -201,7 +211,16 @@ class SlurmAutoscaler:
         jobs = await self.commands.list_jobs(include_finished=True)
         nodes, demand = await asyncio.to_thread(observe_ray, gcs_address)
         now = time.time()
-        self._remember(jobs)
+        final: dict[str, SlurmJob] = {}
+        if self.vanished(jobs):
+            # Final states of jobs squeue has forgotten: sacct (accounting or jobcomp) if there is one.
+            try:
+                finished = await self.commands.finished_jobs()
+            except Exception as exc:
+                self.logger.debug("slurm: sacct unavailable: %s", exc)
+                finished = None
+            final = {job.job_id: job for job in finished or []}
+        self._remember(jobs, final)
         self.ray_node_of_job = {n.slurm_job_id: n.node_id for n in nodes if n.slurm_job_id}
         # Jobs we already cancelled may still be listed as active for a moment: not capacity.
         considered = [j for j in jobs if not (j.active and j.job_id in self.cancel_reasons)]
