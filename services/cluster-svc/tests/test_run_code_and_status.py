@@ -195,6 +195,14 @@ def analyze(n):
     assert seen_at[0] < total - 1.5  # the first line arrived while the code still ran
 
 
+def _running(pid: int) -> bool:
+    """The process exists and is not a zombie (it may exit between any two checks)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 async def test_timeout_cancels_the_task(cluster):
     pids: list[str] = []
     code = "import os\ndef analyze():\n    print(os.getpid(), flush=True)\n    while True:\n        pass\n"
@@ -202,7 +210,7 @@ async def test_timeout_cancels_the_task(cluster):
     assert "timed out after 4 seconds" in result["error"] and "TimeoutError" in result["traceback"]
     pid = int(pids[0])
     deadline = time.monotonic() + 15
-    while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+    while _running(pid):
         assert time.monotonic() < deadline, "the busy task still runs after its timeout"
         await asyncio.sleep(0.25)
     assert (await cluster.run_code(code="def analyze():\n    return 1"))["result"] == 1
