@@ -28,21 +28,13 @@ from pathlib import Path
 from _stats import print_latency_table  # bench/_stats.py
 
 from bioengine_common import connect, connect_driver, ray_environment
-from bioengine_worker import WorkerProcess
+from bioengine_worker import WorkerProcess, read_app_folder
 
 # Before Ray is imported: under `uv run`, Ray would otherwise ship the repository to every job.
 os.environ.update(ray_environment())
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "apps" / "demo-app"
-
-
-def _files() -> list[dict[str, str]]:
-    return [
-        {"name": p.name, "content": p.read_text(), "type": "text"}
-        for p in sorted(DEMO.iterdir())
-        if p.is_file() and p.suffix in (".py", ".yaml")
-    ]
 
 
 async def _wait_running(worker, app_id: str) -> None:
@@ -85,7 +77,7 @@ async def run(connection: dict, rounds: int, calls: int, block: int) -> tuple[di
         cluster = await server.get_service("bioengine-cluster", {"mode": "random"})
         info = await cluster.get_connection_info()
         await asyncio.to_thread(connect_driver, info["address"], 60.0, info["namespace"])
-        artifact_id = await worker.upload_app(files=_files())
+        artifact_id = await worker.upload_app(files=read_app_folder(DEMO))
 
         deploy: dict[str, list[float]] = {"deploy_app -> RUNNING": [], "raw serve.run": []}
         for i in range(rounds + 1):  # round 0 warms up both paths (runtime env, worker pool)

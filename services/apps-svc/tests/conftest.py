@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import time
 from pathlib import Path
 from typing import Any
@@ -11,24 +10,10 @@ from typing import Any
 import pytest
 
 from bioengine_common.testing import launch_service, wait_for_service
+from bioengine_worker import read_app_folder
 
 REPO = Path(__file__).resolve().parents[3]
 APPS = REPO / "apps"
-
-
-def app_files(folder: Path) -> list[dict[str, str]]:
-    """An app folder as upload_app's `files` (text, or base64 for binary files)."""
-    files = []
-    for path in sorted(folder.rglob("*")):
-        if not path.is_file() or "__pycache__" in path.parts:
-            continue
-        data = path.read_bytes()
-        name = path.relative_to(folder).as_posix()
-        try:
-            files.append({"name": name, "content": data.decode("utf-8"), "type": "text"})
-        except UnicodeDecodeError:
-            files.append({"name": name, "content": base64.b64encode(data).decode(), "type": "base64"})
-    return files
 
 
 async def wait_for_app(
@@ -45,16 +30,6 @@ async def wait_for_app(
             return status
         await asyncio.sleep(0.5)
     raise AssertionError(f"{app_id} not in {states} after {timeout:.0f} s: {status}")
-
-
-@pytest.fixture(scope="module")
-def cluster_process(hypha_server, ray_head, tmp_path_factory):
-    service = launch_service(
-        "cluster", hypha_server, tmp_path_factory.mktemp("apps-cluster"),
-        "--mode", "external-cluster", "--head-address", ray_head.address, "--status-interval", "1",
-    )  # fmt: skip
-    yield service
-    service.stop()
 
 
 @pytest.fixture(scope="module")
@@ -93,8 +68,8 @@ def wait_app():
 
 @pytest.fixture
 def files_of():
-    """``files_of(folder)``: an app folder as upload_app's files."""
-    return app_files
+    """``files_of(folder)``: an app folder as upload_app's files (what ``bioengine apps upload`` sends)."""
+    return read_app_folder
 
 
 @pytest.fixture

@@ -9,19 +9,9 @@ import pytest
 from ray import cloudpickle
 
 from bioengine_common import connect
-from bioengine_common.testing import launch_service, wait_for_service
+from bioengine_common.testing import wait_for_service
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def cluster_process(hypha_server, ray_head, tmp_path_factory):
-    service = launch_service(
-        "cluster", hypha_server, tmp_path_factory.mktemp("cluster-ext"),
-        "--mode", "external-cluster", "--head-address", ray_head.address, "--status-interval", "1",
-    )  # fmt: skip
-    yield service
-    service.stop()
 
 
 @pytest.fixture

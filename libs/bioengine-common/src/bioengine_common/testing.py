@@ -13,6 +13,8 @@ Fixtures:
 - ``admin_client``: an async Hypha connection with an admin token of the shared workspace.
 - ``ray_head`` (session): a real Ray head (4 logical CPUs, own ports and temp dir); its
   ``address`` is what drivers and ``--head-address`` use.
+- ``cluster_process`` (module): bioengine-cluster in external-cluster mode on the session
+  ``ray_head``, stopped after the module.
 - ``slurm``: skips the test where no SLURM is up, but FAILS it when ``BIOENGINE_REQUIRE_SLURM=1``
   (CI starts SLURM with ``infra/slurm/setup-slurm.sh``).
 """
@@ -57,6 +59,7 @@ __all__ = [
     "TEST_WORKSPACE",
     "ServiceProcess",
     "admin_client",
+    "cluster_process",
     "hypha_server",
     "hypha_server_factory",
     "launch_service",
@@ -221,6 +224,19 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HeadState]:
     state = head.start()
     yield state
     head.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster_process(
+    hypha_server: EmbeddedHypha, ray_head: HeadState, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServiceProcess]:
+    """bioengine-cluster in external-cluster mode on the session Ray head, for one test module."""
+    service = launch_service(
+        "cluster", hypha_server, tmp_path_factory.mktemp("cluster-ext"),
+        "--mode", "external-cluster", "--head-address", ray_head.address, "--status-interval", "1",
+    )  # fmt: skip
+    yield service
+    service.stop()
 
 
 @pytest.fixture

@@ -332,15 +332,16 @@ class AppsService(BioEngineService):
         if fit.get("verdict") == "cannot_fit":
             raise ResourceUnavailable(f"app '{app_id}' cannot be deployed: {fit.get('reason')}")
 
-    async def _app_token(self, previous: dict[str, Any] | None) -> str:
-        """A token for the app's Hypha service, reused while it has more than a third of its life."""
+    async def _app_token(self, previous: dict[str, Any]) -> dict[str, Any]:
+        """``{proxy_token, proxy_token_expires}`` for the app's Hypha service: the previous token
+        while it has more than a third of its life left, else a new one."""
         lifetime = self.settings.app_token_days * 86400
         if (
-            previous
-            and previous.get("proxy_token")
+            previous.get("proxy_token")
             and previous.get("proxy_token_expires", 0) > time.time() + lifetime / 3
         ):
-            return str(previous["proxy_token"])
+            return {k: previous[k] for k in ("proxy_token", "proxy_token_expires")}
+        expires = time.time() + lifetime
         try:
             token = await self.hypha.server.generate_token(
                 {
@@ -350,7 +351,7 @@ class AppsService(BioEngineService):
                 }
             )
             self.token_warning = None
-            return str(token)
+            return {"proxy_token": str(token), "proxy_token_expires": expires}
         except Exception as exc:
             # Only workspace admins may generate tokens; the apps then share this service's token.
             self.token_warning = (
@@ -359,7 +360,7 @@ class AppsService(BioEngineService):
             own = self.settings.token_value()
             if not own:
                 raise ServiceUnavailable(self.token_warning) from exc
-            return own
+            return {"proxy_token": own, "proxy_token_expires": expires}
 
     # ---- artifacts ----------------------------------------------------------------------------------
     @schema_method
@@ -529,16 +530,7 @@ class AppsService(BioEngineService):
             rules = resolve_authorized_users(
                 authorized_users, manifest.get("authorized_users"), self._user_ids(resolved), self.admin_users
             )
-            new_secrets = {
-                "env": secret_env,
-                "hypha_token": token,
-                "proxy_token": await self._app_token(old_secrets),
-                "proxy_token_expires": old_secrets.get("proxy_token_expires")
-                if old_secrets.get("proxy_token")
-                else time.time() + self.settings.app_token_days * 86400,
-            }
-            if new_secrets["proxy_token"] != old_secrets.get("proxy_token"):
-                new_secrets["proxy_token_expires"] = time.time() + self.settings.app_token_days * 86400
+            new_secrets = {"env": secret_env, "hypha_token": token, **await self._app_token(old_secrets)}
             revision = int((previous.spec if previous else {}).get("secrets_revision", 0))
             if (secret_env, token) != (old_secrets.get("env") or {}, old_secrets.get("hypha_token")):
                 revision += 1
