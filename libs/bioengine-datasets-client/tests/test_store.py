@@ -57,8 +57,8 @@ def test_unreachable_server_raises_after_retries():
         try:
             return await store.get("zarr.json", default_buffer_prototype())
         finally:
-            for session, _ in store._sessions.values():
-                await session.close()
+            for state in store._sessions.values():
+                await state.session.close()
 
     with pytest.raises(OSError):
         asyncio.run(read())

@@ -4,6 +4,12 @@ One aiohttp session per event loop (zarr runs its own loop in a thread), pooled 
 a concurrency limit, retries with backoff on transient errors (connection errors, 5xx, 429).
 A 404 is a missing key (zarr fills the chunk); any other 4xx is raised with the server's
 message, so a permission problem never looks like an empty array.
+
+Reads coalesce adaptively: a ``get`` goes out at once while fewer than ``pipelines`` requests
+are in flight; the ones that arrive meanwhile wait and leave together as one batch request
+(``POST`` to the store URL, answered by one file-system pass on the server). A lone read (one
+tile) is a plain ``GET``; a whole-array read pays the per-request cost of HTTP once per batch
+instead of once per chunk. A server without the batch endpoint gets plain ``GET``s.
 """
 
 from __future__ import annotations
@@ -11,7 +17,9 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+from collections import deque
 from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
@@ -46,10 +54,66 @@ def _range_header(byte_range: ByteRequest | None) -> dict[str, str]:
     raise TypeError(f"unknown byte range {byte_range!r}")
 
 
+def _range_spec(byte_range: ByteRequest | None) -> str | None:
+    return _range_header(byte_range).get("Range")
+
+
+@dataclass
+class _Wanted:
+    key: str
+    byte_range: ByteRequest | None
+    prototype: BufferPrototype
+    future: asyncio.Future[Buffer | None]
+
+
+@dataclass
+class _LoopState:
+    """Per event loop: the session, the request limit and the batching queue."""
+
+    session: aiohttp.ClientSession
+    limit: asyncio.Semaphore
+    pending: deque[_Wanted] = field(default_factory=deque)
+    draining: int = 0  # drain tasks alive
+    sending: int = 0  # drain tasks with a request in flight
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+
+def _settle(
+    future: asyncio.Future[Buffer | None], result: Buffer | None = None, error: BaseException | None = None
+) -> None:
+    if future.done():  # the caller was cancelled
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+def _unframe(body: bytes) -> list[tuple[dict[str, Any], memoryview | None]]:
+    """Split a batch answer: 4-byte length, JSON list of entries, then the bodies in order."""
+    if len(body) < 4:
+        raise ValueError("malformed batch answer: shorter than its header")
+    size = int.from_bytes(body[:4], "big")
+    entries = json.loads(body[4 : 4 + size])
+    view, offset = memoryview(body), 4 + size
+    parts: list[tuple[dict[str, Any], memoryview | None]] = []
+    for entry in entries:
+        if "length" in entry:
+            parts.append((entry, view[offset : offset + entry["length"]]))
+            offset += entry["length"]
+        else:
+            parts.append((entry, None))
+    if offset != len(body):
+        raise ValueError(f"malformed batch answer: {len(body)} bytes, entries account for {offset}")
+    return parts
+
+
 class HttpZarrStore(Store):
     """Read-only store for ``<base_url>/<key>``, e.g. ``http://host:port/data/<dataset>/image.zarr``.
 
-    ``token`` goes in the ``Authorization`` header, never in the URL.
+    ``token`` goes in the ``Authorization`` header, never in the URL. ``batch=False`` turns
+    coalescing off (one ``GET`` per key); ``pipelines`` is how many requests run before reads
+    start to queue, ``max_batch`` the most keys in one batch.
     """
 
     supports_writes = False
@@ -65,14 +129,22 @@ class HttpZarrStore(Store):
         concurrency: int = 32,
         retries: int = 4,
         timeout: float = 60.0,
+        batch: bool = True,
+        pipelines: int = 2,
+        max_batch: int = 64,
     ):
         super().__init__(read_only=True)
+        if pipelines < 1 or max_batch < 1 or concurrency < 1:
+            raise ValueError("concurrency, pipelines and max_batch must be at least 1")
         self.base_url = base_url.rstrip("/")
         self.token = token
         self.concurrency = concurrency
         self.retries = retries
         self.timeout = timeout
-        self._sessions: dict[asyncio.AbstractEventLoop, tuple[aiohttp.ClientSession, asyncio.Semaphore]] = {}
+        self.batch = batch
+        self.pipelines = pipelines
+        self.max_batch = max_batch
+        self._sessions: dict[asyncio.AbstractEventLoop, _LoopState] = {}
         self._lock = threading.Lock()
 
     def __eq__(self, other: object) -> bool:
@@ -98,39 +170,41 @@ class HttpZarrStore(Store):
             raise ValueError("HttpZarrStore is read-only")
         return self
 
-    def _session(self) -> tuple[aiohttp.ClientSession, asyncio.Semaphore]:
+    def _state(self) -> _LoopState:
         loop = asyncio.get_running_loop()
         with self._lock:
-            if loop not in self._sessions or self._sessions[loop][0].closed:
+            if loop not in self._sessions or self._sessions[loop].session.closed:
                 headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
                 connector = aiohttp.TCPConnector(limit=self.concurrency, keepalive_timeout=30)
                 session = aiohttp.ClientSession(
                     headers=headers, connector=connector, timeout=aiohttp.ClientTimeout(total=self.timeout),
                     read_bufsize=1 << 20,
                 )  # fmt: skip
-                self._sessions[loop] = (session, asyncio.Semaphore(self.concurrency))
+                self._sessions[loop] = _LoopState(session, asyncio.Semaphore(self.concurrency))
             return self._sessions[loop]
 
     def _url(self, key: str) -> str:
         return f"{self.base_url}/{quote(key)}" if key else self.base_url
 
-    async def _request(self, url: str, headers: dict[str, str] | None = None) -> bytes | None:
-        session, limit = self._session()
+    async def _fetch(
+        self, url: str, headers: dict[str, str] | None = None, batch: list[dict[str, Any]] | None = None
+    ) -> tuple[int, bytes]:
+        """Status and body of a GET (or, with ``batch``, a batch POST), retrying transient errors."""
+        state = self._state()
         delay = 0.2
         for attempt in range(self.retries + 1):
             try:
-                async with limit, session.get(url, headers=headers) as response:
-                    if response.status == 404:
-                        return None
-                    if response.status == 416:
-                        return b""
-                    if response.status in _RETRY_STATUS and attempt < self.retries:
-                        raise aiohttp.ClientResponseError(response.request_info, (), status=response.status)
-                    if response.status >= 400:
-                        raise DatasetAccessError(
-                            response.status, url.split("?")[0], (await response.text())[:500]
-                        )
-                    return await response.read()
+                async with state.limit:
+                    if batch is None:
+                        request = state.session.get(url, headers=headers)
+                    else:
+                        request = state.session.post(url, json={"get": batch})
+                    async with request as response:
+                        if response.status in _RETRY_STATUS and attempt < self.retries:
+                            raise aiohttp.ClientResponseError(
+                                response.request_info, (), status=response.status
+                            )
+                        return response.status, await response.read()
             except (TimeoutError, aiohttp.ClientConnectionError, aiohttp.ClientResponseError):
                 if attempt == self.retries:
                     raise
@@ -138,11 +212,90 @@ class HttpZarrStore(Store):
                 delay *= 2
         raise AssertionError("unreachable")
 
+    async def _request(self, url: str, headers: dict[str, str] | None = None) -> bytes | None:
+        status, body = await self._fetch(url, headers)
+        if status == 404:
+            return None
+        if status == 416:
+            return b""
+        if status >= 400:
+            raise DatasetAccessError(status, url.split("?")[0], body[:500].decode(errors="replace"))
+        return body
+
     async def get(
         self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None
     ) -> Buffer | None:
-        data = await self._request(self._url(key), _range_header(byte_range))
-        return None if data is None else prototype.buffer.from_bytes(data)
+        headers = _range_header(byte_range)  # bad ranges fail here, in the caller
+        if not self.batch:
+            data = await self._request(self._url(key), headers)
+            return None if data is None else prototype.buffer.from_bytes(data)
+        state = self._state()
+        future: asyncio.Future[Buffer | None] = asyncio.get_running_loop().create_future()
+        state.pending.append(_Wanted(key, byte_range, prototype, future))
+        if state.draining < self.pipelines:
+            state.draining += 1
+            task = asyncio.create_task(self._drain(state))
+            state.tasks.add(task)
+            task.add_done_callback(state.tasks.discard)
+        return await future
+
+    async def _drain(self, state: _LoopState) -> None:
+        """Send what is queued, split evenly over the pipelines that are free, until none is left."""
+        try:
+            while state.pending:
+                free = max(1, self.pipelines - state.sending)
+                take = min(self.max_batch, -(-len(state.pending) // free), len(state.pending))
+                wanted = [state.pending.popleft() for _ in range(take)]
+                wanted = [w for w in wanted if not w.future.done()]
+                state.sending += 1
+                try:
+                    await self._send(wanted)
+                except BaseException as exc:
+                    for w in wanted:
+                        _settle(
+                            w.future, error=exc if isinstance(exc, Exception) else asyncio.CancelledError()
+                        )
+                    if not isinstance(exc, Exception):
+                        raise
+                finally:
+                    state.sending -= 1
+        finally:
+            state.draining -= 1
+
+    async def _send_one(self, wanted: _Wanted) -> None:
+        try:
+            data = await self._request(self._url(wanted.key), _range_header(wanted.byte_range))
+        except Exception as exc:
+            _settle(wanted.future, error=exc)
+        else:
+            _settle(wanted.future, None if data is None else wanted.prototype.buffer.from_bytes(data))
+
+    async def _send(self, wanted: list[_Wanted]) -> None:
+        if len(wanted) < 2 or not self.batch:
+            await asyncio.gather(*(self._send_one(w) for w in wanted))
+            return
+        items = [{"key": w.key, "range": _range_spec(w.byte_range)} for w in wanted]
+        status, body = await self._fetch(self.base_url, batch=items)
+        if status in (401, 403):
+            error = DatasetAccessError(status, self.base_url, body[:500].decode(errors="replace"))
+            for w in wanted:
+                _settle(w.future, error=error)
+            return
+        if status != 200:  # a server without batches (405), or one too large (413): key by key
+            if status != 413:
+                self.batch = False
+            await asyncio.gather(*(self._send_one(w) for w in wanted))
+            return
+        for w, (entry, data) in zip(wanted, _unframe(body), strict=True):
+            if data is not None:
+                _settle(w.future, w.prototype.buffer.from_bytes(data))
+            elif entry["status"] == 404:
+                _settle(w.future, None)
+            elif entry["status"] == 416:
+                _settle(w.future, w.prototype.buffer.from_bytes(b""))
+            else:
+                error = DatasetAccessError(entry["status"], self._url(w.key), str(entry.get("error", "")))
+                _settle(w.future, error=error)
 
     async def get_partial_values(
         self, prototype: BufferPrototype, key_ranges: Iterable[tuple[str, ByteRequest | None]]
@@ -150,8 +303,8 @@ class HttpZarrStore(Store):
         return list(await asyncio.gather(*(self.get(key, prototype, rng) for key, rng in key_ranges)))
 
     async def exists(self, key: str) -> bool:
-        session, limit = self._session()
-        async with limit, session.head(self._url(key)) as response:
+        state = self._state()
+        async with state.limit, state.session.head(self._url(key)) as response:
             if response.status >= 400 and response.status != 404:
                 raise DatasetAccessError(response.status, self._url(key), response.reason or "")
             return response.status < 400
@@ -189,7 +342,8 @@ class HttpZarrStore(Store):
 
     def close(self) -> None:
         super().close()
-        for loop, (session, _) in list(self._sessions.items()):
+        for loop, state in list(self._sessions.items()):
+            session = state.session
             if not session.closed and not loop.is_closed():
                 if loop.is_running():
                     asyncio.run_coroutine_threadsafe(session.close(), loop)

@@ -8,9 +8,11 @@ header, so a token cannot reach a log.
 from __future__ import annotations
 
 import asyncio
+import json
 import mimetypes
 import os
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ from aiohttp.abc import AbstractAccessLogger
 from bioengine_common import InvalidRequest, NotFound, PermissionDenied
 
 from ._access import TokenValidator, may_read
-from ._paths import resolve_inside
+from ._paths import DatasetPaths
 from ._ranges import RangeNotSatisfiable, parse_range
 from ._registry import Dataset, DatasetRegistry
 
@@ -33,7 +35,7 @@ ADMINS: web.AppKey[list[str]] = web.AppKey("admins")
 CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
     "Access-Control-Allow-Headers": "Authorization, Range, Content-Type",
-    "Access-Control-Allow-Methods": "GET, HEAD, OPTIONS",
+    "Access-Control-Allow-Methods": "GET, HEAD, POST, OPTIONS",
     "Access-Control-Expose-Headers": "Content-Range, Content-Length, ETag, Accept-Ranges",
 }
 
@@ -65,10 +67,11 @@ async def _errors_and_cors(
         response = web.json_response({"error": str(exc)}, status=404)
     except InvalidRequest as exc:
         response = web.json_response({"error": str(exc)}, status=400)
+    except _TooLarge as exc:
+        response = web.json_response({"error": str(exc)}, status=413)
     except RangeNotSatisfiable as exc:
-        size = request.get("size", 0)
         response = web.json_response(
-            {"error": str(exc)}, status=416, headers={"Content-Range": f"bytes */{size}"}
+            {"error": str(exc)}, status=416, headers={"Content-Range": f"bytes */{exc.size}"}
         )
     response.headers.update(CORS_HEADERS)
     return response
@@ -126,50 +129,159 @@ def list_tree(root: Path, directory: Path) -> list[str]:
     return sorted(files)
 
 
-def _read(path: Path, start: int, length: int) -> bytes:
-    with open(path, "rb") as handle:
-        handle.seek(start)
-        return handle.read(length)
+LARGE_FILE = 16 << 20  # a whole file above this goes out with sendfile, not through memory
+BATCH_TYPE = "application/x-bioengine-batch"
+BATCH_MAX_KEYS = 1024
+BATCH_MAX_BYTES = 256 << 20
 
 
-def _locate(root: Path, relative: str) -> tuple[Path, os.stat_result | None]:
-    """The confined path and its stat (None for a directory). File-system calls, so run in a
-    thread: on a shared HPC file system a stat can take milliseconds."""
-    target = resolve_inside(root, relative) if relative else root.resolve()
-    return target, None if target.is_dir() else target.stat()
+class _TooLarge(Exception):
+    """A batch answer would exceed BATCH_MAX_BYTES: answer 413, the client asks key by key."""
+
+
+@dataclass
+class _Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes = b""
+    sendfile: Path | None = None  # a large whole file, streamed from disk instead of ``body``
+
+
+def _file_reply(
+    paths: DatasetPaths,
+    relative: str,
+    range_header: str | None,
+    *,
+    if_none_match: str | None = None,
+    head: bool = False,
+    max_body: int | None = None,
+) -> _Reply:
+    """Everything one file request needs from the file system, in one call (run it in a thread:
+    on a shared HPC file system each call can take milliseconds, and one thread hop per request
+    is the cheapest). Raises NotFound, PermissionDenied, RangeNotSatisfiable or _TooLarge."""
+    target = paths.resolve(relative)
+    try:
+        with open(target, "rb") as handle:
+            stat = os.fstat(handle.fileno())
+            size = stat.st_size
+            etag = f'"{stat.st_mtime_ns:x}-{size:x}"'
+            if if_none_match == etag:
+                return _Reply(304, _headers(target, etag))
+            span = parse_range(range_header, size)
+            start, end = span if span else (0, size - 1)
+            length = max(0, end - start + 1)
+            status = 206 if span else 200
+            if max_body is not None:  # a batch item: no headers, the answer has to fit
+                if length > max_body:
+                    raise _TooLarge(
+                        f"a batch answer holds at most {BATCH_MAX_BYTES} bytes; '{relative}' does not fit: "
+                        "ask for fewer keys"
+                    )
+                handle.seek(start)
+                return _Reply(status, {}, handle.read(length))
+            headers = _headers(target, etag)
+            if span:
+                headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+            if head:
+                headers["Content-Length"] = str(length)
+                return _Reply(status, headers)
+            if span is None and length > LARGE_FILE:
+                return _Reply(status, headers, sendfile=Path(target))
+            handle.seek(start)
+            return _Reply(status, headers, handle.read(length))
+    except IsADirectoryError:
+        raise NotFound(f"'{relative or '/'}' is a directory (add ?list=1 for its files)") from None
+
+
+def _headers(target: str, etag: str) -> dict[str, str]:
+    return {
+        "ETag": etag,
+        "Accept-Ranges": "bytes",
+        "Cache-Control": "private, max-age=60",
+        "Content-Type": mimetypes.guess_type(target)[0] or "application/octet-stream",
+    }
+
+
+def _listing(root: Path, relative: str) -> list[str]:
+    target = Path(DatasetPaths(root).resolve(relative))
+    if not target.is_dir():
+        raise InvalidRequest(f"'{relative}' is a file, not a directory: nothing to list")
+    return list_tree(root, target)
 
 
 async def data(request: web.Request) -> web.StreamResponse:
     dataset = await _readable(request, request.match_info["dataset"])
     relative = request.match_info.get("path", "")
-    target, stat = await asyncio.to_thread(_locate, dataset.root, relative)
-    if stat is None:
-        if "list" not in request.query:
-            raise NotFound(f"'{relative or '/'}' is a directory (add ?list=1 for its files)")
-        files = await asyncio.to_thread(list_tree, dataset.root, target)
-        return web.json_response({"files": files})
-    cache_control = "private, max-age=60"
-    if "Range" not in request.headers:
-        # A whole chunk file: sendfile, no copy through Python (aiohttp also answers HEAD and
-        # If-None-Match / If-Modified-Since here, with its own ETag).
-        return web.FileResponse(target, headers={"Cache-Control": cache_control, "Accept-Ranges": "bytes"})
-    size = stat.st_size
-    request["size"] = size
-    etag = f'"{size:x}-{stat.st_mtime_ns:x}"'
-    headers = {"ETag": etag, "Accept-Ranges": "bytes", "Cache-Control": cache_control}
-    headers["Content-Type"] = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
-    if request.headers.get("If-None-Match") == etag:
-        return web.Response(status=304, headers=headers)
-    span = parse_range(request.headers.get("Range"), size)
-    start, end = span if span else (0, size - 1)
-    length = max(0, end - start + 1)
-    if span:
-        headers["Content-Range"] = f"bytes {start}-{end}/{size}"
-    if request.method == "HEAD":
-        headers["Content-Length"] = str(length)
-        return web.Response(status=206 if span else 200, headers=headers)
-    body = await asyncio.to_thread(_read, target, start, length)
-    return web.Response(status=206 if span else 200, body=body, headers=headers)
+    if "list" in request.query:
+        return web.json_response({"files": await asyncio.to_thread(_listing, dataset.root, relative)})
+    reply = await asyncio.to_thread(
+        _file_reply, DatasetPaths(dataset.root), relative, request.headers.get("Range"),
+        if_none_match=request.headers.get("If-None-Match"), head=request.method == "HEAD",
+    )  # fmt: skip
+    if reply.sendfile is not None:
+        return web.FileResponse(reply.sendfile, headers=reply.headers)
+    return web.Response(status=reply.status, body=reply.body, headers=reply.headers)
+
+
+def _batch_items(payload: Any) -> list[tuple[str, str | None]]:
+    items = payload.get("get") if isinstance(payload, dict) else None
+    if not isinstance(items, list) or not items:
+        raise InvalidRequest('a batch is a JSON object {"get": [{"key": ..., "range": ...}, ...]}')
+    if len(items) > BATCH_MAX_KEYS:
+        raise InvalidRequest(f"a batch holds at most {BATCH_MAX_KEYS} keys, not {len(items)}")
+    parsed = []
+    for item in items:
+        key = item.get("key") if isinstance(item, dict) else None
+        byte_range = item.get("range") if isinstance(item, dict) else None
+        if not isinstance(key, str) or not key or not (byte_range is None or isinstance(byte_range, str)):
+            raise InvalidRequest(f"bad batch item {item!r}: needs a non-empty 'key' and an optional 'range'")
+        parsed.append((key, byte_range))
+    return parsed
+
+
+def _batch_read(root: Path, prefix: str, items: list[tuple[str, str | None]]) -> list[bytes]:
+    """The framed batch answer: 4-byte big-endian length of a JSON list with one
+    ``{"status", "length"}`` (or ``{"status", "error"}``) per key, then the bodies in order."""
+    entries: list[dict[str, Any]] = []
+    bodies: list[bytes] = []
+    budget = BATCH_MAX_BYTES
+    paths = DatasetPaths(root)
+    for key, byte_range in items:
+        relative = f"{prefix}/{key}" if prefix else key
+        try:
+            reply = _file_reply(paths, relative, byte_range, max_body=budget)
+        except NotFound as exc:
+            entries.append({"status": 404, "error": str(exc)})
+        except PermissionDenied as exc:
+            entries.append({"status": 403, "error": str(exc)})
+        except RangeNotSatisfiable as exc:
+            entries.append({"status": 416, "error": str(exc)})
+        else:
+            budget -= len(reply.body)
+            entries.append({"status": reply.status, "length": len(reply.body)})
+            bodies.append(reply.body)
+    header = json.dumps(entries).encode()
+    return [len(header).to_bytes(4, "big"), header, *bodies]
+
+
+async def batch(request: web.Request) -> web.StreamResponse:
+    """``POST /data/{dataset}/{prefix}``: many keys below ``prefix`` in one request and one
+    file-system thread hop. The token is checked once; every key is confined on its own."""
+    dataset = await _readable(request, request.match_info["dataset"])
+    try:
+        payload = await request.json()
+    except ValueError:
+        raise InvalidRequest("the batch body is not JSON") from None
+    items = _batch_items(payload)
+    parts = await asyncio.to_thread(_batch_read, dataset.root, request.match_info.get("path", ""), items)
+    # Written piece by piece, not joined: each piece goes to the socket as it is, no extra copy.
+    response = web.StreamResponse(headers={"Content-Type": BATCH_TYPE, **CORS_HEADERS})
+    response.content_length = sum(len(part) for part in parts)
+    await response.prepare(request)
+    for part in parts:
+        await response.write(part)
+    await response.write_eof()
+    return response
 
 
 def build_app(registry: DatasetRegistry, validator: TokenValidator, admins: list[str]) -> web.Application:
@@ -180,5 +292,7 @@ def build_app(registry: DatasetRegistry, validator: TokenValidator, admins: list
     app.router.add_get("/datasets/{dataset}", dataset_info)
     app.router.add_get("/data/{dataset}", data)
     app.router.add_get("/data/{dataset}/{path:.*}", data)
+    app.router.add_post("/data/{dataset}", batch)
+    app.router.add_post("/data/{dataset}/{path:.*}", batch)
     app.router.add_route("OPTIONS", "/{tail:.*}", health)
     return app

@@ -6,7 +6,11 @@ __all__ = ["RangeNotSatisfiable", "parse_range"]
 
 
 class RangeNotSatisfiable(ValueError):
-    """The range cannot be served for this size: answer 416."""
+    """The range cannot be served for this size: answer 416 with ``Content-Range: bytes */size``."""
+
+    def __init__(self, message: str, size: int):
+        super().__init__(message)
+        self.size = size
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -26,16 +30,16 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
         or not (last.isdigit() or last == "")
         or (not first and not last)
     ):
-        raise RangeNotSatisfiable(f"malformed range '{header}'")
+        raise RangeNotSatisfiable(f"malformed range '{header}'", size)
     if not first:  # suffix: the last n bytes
         length = int(last)
         if length == 0 or size == 0:
-            raise RangeNotSatisfiable(f"suffix range '{header}' selects nothing of {size} bytes")
+            raise RangeNotSatisfiable(f"suffix range '{header}' selects nothing of {size} bytes", size)
         return max(0, size - length), size - 1
     start = int(first)
     end = int(last) if last else size - 1
     if start >= size:
-        raise RangeNotSatisfiable(f"range '{header}' starts at or after the end ({size} bytes)")
+        raise RangeNotSatisfiable(f"range '{header}' starts at or after the end ({size} bytes)", size)
     if end < start:
-        raise RangeNotSatisfiable(f"range '{header}' ends before it starts")
+        raise RangeNotSatisfiable(f"range '{header}' ends before it starts", size)
     return start, min(end, size - 1)
