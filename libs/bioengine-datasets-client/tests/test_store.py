@@ -1,15 +1,19 @@
-"""HttpZarrStore without a server: Range headers, read-only behaviour, equality, pickling.
-(Reads against a real server are in services/datasets-svc/tests.)"""
+"""HttpZarrStore without a dataset server: Range headers, read-only behaviour, equality,
+pickling, batch framing, and the fallback against a plain static-file HTTP server.
+(Reads against a real dataset server are in services/datasets-svc/tests.)"""
 
 import asyncio
+import json
 import pickle
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from zarr.abc.store import OffsetByteRequest, RangeByteRequest, SuffixByteRequest
 from zarr.core.buffer import default_buffer_prototype
 
 from bioengine_datasets_client import HttpZarrStore
-from bioengine_datasets_client._store import _range_header
+from bioengine_datasets_client._store import _range_header, _unframe
 
 
 @pytest.mark.parametrize(
@@ -62,3 +66,47 @@ def test_unreachable_server_raises_after_retries():
 
     with pytest.raises(OSError):
         asyncio.run(read())
+
+
+def test_a_server_without_batches_gets_one_request_per_key(tmp_path):
+    # Any static HTTP server (here aiohttp's) answers the batch POST with 405: the store
+    # falls back to GETs, for good, and reads the same bytes.
+    for name in range(6):
+        (tmp_path / f"k{name}").write_bytes(bytes([name]) * 1000)
+    seen = []
+
+    @web.middleware
+    async def record(request, handler):
+        seen.append(request.method)
+        return await handler(request)
+
+    app = web.Application(middlewares=[record])
+    app.router.add_static("/s", tmp_path)
+
+    async def read():
+        server = TestServer(app)
+        await server.start_server()
+        store = HttpZarrStore(str(server.make_url("/s")))
+        prototype = default_buffer_prototype()
+        try:
+            values = await asyncio.gather(*(store.get(f"k{n}", prototype) for n in range(6)))
+            ranged = await store.get("k3", prototype, RangeByteRequest(10, 20))
+            missing = await store.get("nope", prototype)
+            return store, [v.to_bytes() for v in values], ranged.to_bytes(), missing
+        finally:
+            for state in store._sessions.values():
+                await state.session.close()
+            await server.close()
+
+    store, values, ranged, missing = asyncio.run(read())
+    assert values == [bytes([n]) * 1000 for n in range(6)] and ranged == bytes([3]) * 10 and missing is None
+    assert "POST" in seen and store.batch is False
+
+
+def test_malformed_batch_answers_are_refused():
+    header = json.dumps([{"status": 200, "length": 5}]).encode()
+    framed = len(header).to_bytes(4, "big") + header
+    assert [bytes(view) for _, view in _unframe(framed + b"hello")] == [b"hello"]
+    for broken in (b"\x00", framed + b"hell", framed + b"hello!"):
+        with pytest.raises(ValueError, match="malformed batch answer"):
+            _unframe(broken)

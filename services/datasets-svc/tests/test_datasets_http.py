@@ -205,6 +205,114 @@ async def test_zarr_reads_equal_local_reads(http_url, tokens, data_dir):
     assert info.value.status == 403
 
 
+async def _batch(url, token, payload):
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url, json=payload, headers=headers) as response,
+    ):
+        return response.status, await response.read(), response.headers
+
+
+def _unframe(body):
+    size = int.from_bytes(body[:4], "big")
+    entries, offset, parts = json.loads(body[4 : 4 + size]), 4 + size, []
+    for entry in entries:
+        length = entry.get("length")
+        parts.append(
+            (entry["status"], body[offset : offset + length] if length is not None else entry["error"])
+        )
+        offset += length or 0
+    assert offset == len(body)
+    return parts
+
+
+async def test_batch_reads_many_keys_in_one_request(http_url, tokens, data_dir):
+    whole = (data_dir / "private" / "blob.bin").read_bytes()
+    shard = (data_dir / "private" / "sharded.zarr" / "c" / "1" / "0" / "0").read_bytes()
+    items = [
+        {"key": "blob.bin"},
+        {"key": "blob.bin", "range": "bytes=0-9"},
+        {"key": "blob.bin", "range": "bytes=1000-"},
+        {"key": "blob.bin", "range": "bytes=-24"},
+        {"key": "sharded.zarr/c/1/0/0", "range": "bytes=-100"},
+        {"key": "sharded.zarr/c/9/9/9"},
+        {"key": "blob.bin", "range": "bytes=5000-"},
+        {"key": "../../outside.txt"},
+        {"key": "escape"},
+        {"key": "sharded.zarr"},
+    ]
+    status, body, headers = await _batch(f"{http_url}/data/private", tokens["alice"], {"get": items})
+    assert status == 200 and headers["Content-Type"] == "application/x-bioengine-batch"
+    assert headers["Access-Control-Allow-Origin"] == "*"
+    parts = _unframe(body)
+    assert parts[:5] == [
+        (200, whole),
+        (206, whole[:10]),
+        (206, whole[1000:]),
+        (206, whole[-24:]),
+        (206, shard[-100:]),
+    ]
+    assert [status for status, _ in parts[5:]] == [404, 416, 403, 403, 404]
+    assert b"top secret" not in body and "leaves the dataset" in parts[7][1]
+    # Keys are relative to the URL's path, as in a zarr store.
+    status, body, _ = await _batch(
+        f"{http_url}/data/private/sharded.zarr", tokens["alice"], {"get": [{"key": "c/1/0/0"}]}
+    )
+    assert status == 200 and _unframe(body) == [(200, shard)]
+
+
+@pytest.mark.parametrize(
+    ("who", "payload", "expected"),
+    [
+        ("bob", {"get": [{"key": "blob.bin"}]}, 403),
+        ("anonymous", {"get": [{"key": "blob.bin"}]}, 401),
+        ("alice", {"get": []}, 400),
+        ("alice", {"keys": ["blob.bin"]}, 400),
+        ("alice", {"get": [{"key": ""}]}, 400),
+        ("alice", {"get": [{"key": "blob.bin", "range": 5}]}, 400),
+        ("alice", {"get": [{"key": "blob.bin"}] * 1025}, 400),
+    ],
+)
+async def test_batch_refusals(http_url, tokens, who, payload, expected):
+    status, body, _ = await _batch(f"{http_url}/data/private", tokens[who], payload)
+    assert status == expected and b"error" in body and bytes(range(16)) not in body
+
+
+async def test_batch_body_must_be_json(http_url, tokens):
+    headers = {"Authorization": f"Bearer {tokens['alice']}"}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{http_url}/data/private", data=b"not json", headers=headers) as response:
+            assert response.status == 400 and "not JSON" in (await response.json())["error"]
+        async with session.options(
+            f"{http_url}/data/private", headers={"Origin": "http://viewer"}
+        ) as response:
+            assert "POST" in response.headers["Access-Control-Allow-Methods"]
+
+
+async def test_the_store_batches_whole_reads(http_url, tokens, data_dir, datasets_process):
+    def posts():
+        logs = "".join(
+            p.read_text(errors="replace") for p in (datasets_process.workspace_dir / "logs").glob("*")
+        )
+        return logs.count("POST /data/private/v2.zarr 200")
+
+    before = posts()
+    volume = np.load(data_dir / "private" / "volume.npy")
+    store = HttpZarrStore(f"{http_url}/data/private/v2.zarr", token=tokens["alice"])
+    sequential = HttpZarrStore(f"{http_url}/data/private/v2.zarr", token=tokens["alice"], batch=False)
+    try:
+        np.testing.assert_array_equal(zarr.open_array(store, mode="r")[:], volume)
+        np.testing.assert_array_equal(zarr.open_array(sequential, mode="r")[:], volume)
+    finally:
+        store.close()
+        sequential.close()
+    deadline = time.monotonic() + 5  # the access log is written after the answer
+    while posts() == before:
+        assert time.monotonic() < deadline, "36 chunks read without a single batch request"
+        await asyncio.sleep(0.1)
+
+
 @pytest.mark.parametrize(
     "path",
     [
