@@ -1,12 +1,15 @@
 """Streaming a Zarr dataset over HTTP versus reading it locally. Prints; asserts nothing.
 
-    uv run python bench/datasets_stream.py [--planes 64] [--rounds 3] [--tiles 100]
+    uv run python bench/datasets_stream.py [--planes 64] [--rounds 3] [--tiles 100] [--concurrency 10,32]
 
 Writes a uint16 (planes, 2048, 2048) array with (1, 512, 512) chunks (512 MiB raw for 64
 planes), serves it with bioengine-datasets (real Hypha token check), then in the same run,
-interleaved round by round: whole-array reads through HttpZarrStore, through zarr's stock
-fsspec HTTP store against our server, and locally; then p50 latency of random aligned 512x512
-tiles the same three ways. Last line: `ratio: <HttpZarrStore/local MB/s> <HttpZarrStore/local tile p50>`.
+interleaved round by round: whole-array reads through HttpZarrStore (batched, the default),
+HttpZarrStore with batching off (one GET per chunk), zarr's stock fsspec HTTP store against
+our server, and locally, each at every zarr ``async.concurrency`` given (the same setting for
+every reader); then p50 latency of random aligned 512x512 tiles the same ways. The throughput
+ratio compares each reader at its own best concurrency (medians). Last line:
+`ratio: <HttpZarrStore/local MB/s> <HttpZarrStore/local tile p50>`.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import zarr
 
 from bioengine_common import EmbeddedHypha, connect, spawn, stop_process
@@ -36,12 +40,13 @@ def write_dataset(root: Path, planes: int) -> float:
         store=folder / "volume.zarr", shape=(planes, 2048, 2048), chunks=(1, 512, 512), dtype="uint16"
     )
     rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:2048, 0:2048]
-    for z in range(planes):  # microscopy-like: background, blobs, Poisson noise
-        plane = np.full((2048, 2048), 100.0)
+    offsets = np.arange(-60, 61)
+    blob = 2000 * np.exp(-(offsets[:, None] ** 2 + offsets[None, :] ** 2) / (2 * 15.0**2))
+    for z in range(planes):  # microscopy-like: background, blobs (sigma 15 px), Poisson noise
+        plane = np.full((2048 + 120, 2048 + 120), 100.0)
         for cy, cx in rng.integers(0, 2048, size=(60, 2)):
-            plane += 2000 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 15.0**2))
-        array[z] = rng.poisson(plane).astype("uint16")
+            plane[cy : cy + 121, cx : cx + 121] += blob
+        array[z] = rng.poisson(plane[60:-60, 60:-60]).astype("uint16")
     return planes * 2048 * 2048 * 2 / 1e6
 
 
@@ -75,7 +80,17 @@ def main() -> None:
     parser.add_argument("--planes", type=int, default=64, help="planes of 2048x2048 uint16 (64 = 512 MiB)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved whole-array rounds (median)")
     parser.add_argument("--tiles", type=int, default=100, help="random tiles per reader")
+    parser.add_argument(
+        "--concurrency",
+        default="10,32",
+        help="zarr async.concurrency values, comma-separated (10 is zarr's default)",
+    )
     args = parser.parse_args()
+    try:
+        levels = [int(level) for level in args.concurrency.split(",")]
+        assert levels and min(levels) >= 1
+    except (ValueError, AssertionError):
+        parser.error(f"--concurrency takes positive integers separated by commas, not {args.concurrency!r}")
 
     with tempfile.TemporaryDirectory(prefix="bioengine-bench-") as tmp:
         root = Path(tmp)
@@ -92,8 +107,10 @@ def main() -> None:
             token = hypha.mint("bench-user", "read")
             url = f"{http_url}/data/bench/volume.zarr"
             http_store = HttpZarrStore(url, token=token)
+            per_key_store = HttpZarrStore(url, token=token, batch=False)
             readers = {
                 "HttpZarrStore": zarr.open_array(http_store, mode="r"),
+                "  one GET/key": zarr.open_array(per_key_store, mode="r"),
                 "fsspec HTTP": zarr.open_array(
                     url,
                     mode="r",
@@ -104,12 +121,22 @@ def main() -> None:
             reference = readers["local"][0, :512, :512]
             for name, array in readers.items():  # warm-up and a correctness check
                 assert np.array_equal(array[0, :512, :512], reference), name
-            seconds: dict[str, list[float]] = {name: [] for name in readers}
+            seconds: dict[tuple[str, int], list[float]] = {(n, c): [] for n in readers for c in levels}
+            cpu: dict[tuple[str, int], list[tuple[float, float]]] = {key: [] for key in seconds}
+            me, server = psutil.Process(), psutil.Process(process.pid)
+
+            def used(p: psutil.Process) -> float:
+                times = p.cpu_times()
+                return times.user + times.system
+
             for _ in range(args.rounds):
-                for name, array in readers.items():
-                    t0 = time.perf_counter()
-                    array[:]
-                    seconds[name].append(time.perf_counter() - t0)
+                for level in levels:
+                    with zarr.config.set({"async.concurrency": level}):
+                        for name, array in readers.items():
+                            c0, s0, t0 = used(me), used(server), time.perf_counter()
+                            array[:]
+                            seconds[name, level].append(time.perf_counter() - t0)
+                            cpu[name, level].append((used(me) - c0, used(server) - s0))
             tiles: dict[str, list[float]] = {name: [] for name in readers}
             rng = random.Random(1)
             for _ in range(args.tiles):
@@ -119,18 +146,42 @@ def main() -> None:
                     array[z, y : y + 512, x : x + 512]
                     tiles[name].append((time.perf_counter() - t0) * 1000)
             http_store.close()
+            per_key_store.close()
         finally:
             stop_process(process)
             hypha.stop()
 
-    print(f"{'reader':<15}{'whole-array MB/s (median)':>27}{'best':>8}{'tile p50 ms':>13}{'tile p95 ms':>13}")
+    print(
+        f"\nwhole-array read, MB/s (median of {args.rounds}; best round in brackets), by zarr async.concurrency"
+    )
+    print(f"{'reader':<15}" + "".join(f"{level:>16}" for level in levels))
     for name in readers:
-        rates = [raw_mb / s for s in seconds[name]]
-        p95 = sorted(tiles[name])[int(0.95 * (len(tiles[name]) - 1))]
-        print(
-            f"{name:<15}{statistics.median(rates):>27.0f}{max(rates):>8.0f}{statistics.median(tiles[name]):>13.2f}{p95:>13.2f}"
+        cells = []
+        for level in levels:
+            rates = [raw_mb / s for s in seconds[name, level]]
+            cells.append(f"{statistics.median(rates):>9.0f} [{max(rates):>4.0f}]")
+        print(f"{name:<15}" + "".join(cells))
+    print("CPU seconds per read, reader process + dataset server (medians)")
+    for name in readers:
+        cells = [
+            f"{statistics.median(c for c, _ in cpu[name, level]):>8.2f} +{statistics.median(s for _, s in cpu[name, level]):>5.2f}"
+            for level in levels
+        ]
+        print(f"{name:<15}" + "".join(f"{cell:>16}" for cell in cells))
+    for level in levels:
+        ratio = statistics.median(seconds["local", level]) / statistics.median(
+            seconds["HttpZarrStore", level]
         )
-    throughput = statistics.median(seconds["local"]) / statistics.median(seconds["HttpZarrStore"])
+        print(f"HttpZarrStore/local at concurrency {level}: {ratio:.2f}")
+    print(f"\n{'reader':<15}{'tile p50 ms':>13}{'tile p95 ms':>13}")
+    for name in readers:
+        p95 = sorted(tiles[name])[int(0.95 * (len(tiles[name]) - 1))]
+        print(f"{name:<15}{statistics.median(tiles[name]):>13.2f}{p95:>13.2f}")
+
+    def best(name: str) -> float:
+        return min(statistics.median(seconds[name, level]) for level in levels)
+
+    throughput = best("local") / best("HttpZarrStore")
     tile = statistics.median(tiles["HttpZarrStore"]) / statistics.median(tiles["local"])
     print(f"ratio: {throughput:.2f} {tile:.2f}")
 

@@ -250,13 +250,13 @@ class HttpZarrStore(Store):
                 state.sending += 1
                 try:
                     await self._send(wanted)
-                except BaseException as exc:
+                except Exception as exc:  # e.g. the server unreachable after retries: every key fails
                     for w in wanted:
-                        _settle(
-                            w.future, error=exc if isinstance(exc, Exception) else asyncio.CancelledError()
-                        )
-                    if not isinstance(exc, Exception):
-                        raise
+                        _settle(w.future, error=exc)
+                except BaseException:  # cancelled (the loop is closing): so are the reads waiting on it
+                    for w in [*wanted, *state.pending]:
+                        w.future.cancel()
+                    raise
                 finally:
                     state.sending -= 1
         finally:
