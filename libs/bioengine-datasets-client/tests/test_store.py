@@ -110,3 +110,78 @@ def test_malformed_batch_answers_are_refused():
     for broken in (b"\x00", framed + b"hell", framed + b"hello!"):
         with pytest.raises(ValueError, match="malformed batch answer"):
             _unframe(broken)
+
+
+def _batch_server(files, *, chunked=False, peers=None, **runner_kwargs):
+    """A stand-in for the dataset server's batch endpoint, answering from ``files``."""
+
+    async def batch(request):
+        if peers is not None:
+            peers.add(request.transport.get_extra_info("peername"))
+        entries, bodies = [], []
+        for item in (await request.json())["get"]:
+            data = files.get(item["key"])
+            if data is None:
+                entries.append({"status": 404, "error": "missing"})
+            else:
+                entries.append({"status": 200, "length": len(data)})
+                bodies.append(data)
+        header = json.dumps(entries).encode()
+        body = len(header).to_bytes(4, "big") + header + b"".join(bodies)
+        if not chunked:
+            return web.Response(body=body)
+        response = web.StreamResponse()
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        await response.write(body)
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/s", batch)
+    return TestServer(app, **runner_kwargs)
+
+
+def _read_rounds(server, keys, rounds=2, pause=0.0, **store_kwargs):
+    async def main():
+        await server.start_server()
+        store = HttpZarrStore(str(server.make_url("/s")), token="t", **store_kwargs)
+        prototype = default_buffer_prototype()
+        results = []
+        try:
+            for _ in range(rounds):
+                values = await asyncio.gather(*(store.get(key, prototype) for key in keys))
+                results.append([None if v is None else v.to_bytes() for v in values])
+                await asyncio.sleep(pause)
+            return store, results
+        finally:
+            for state in store._sessions.values():
+                if state.wire is not None:
+                    state.wire.close()
+                await state.session.close()
+            await server.close()
+
+    return asyncio.run(main())
+
+
+FILES = {f"c/{n}": bytes([n]) * (3000 + n) for n in range(8)}
+KEYS = [*FILES, "c/missing"]
+EXPECTED = [*FILES.values(), None]
+
+
+def test_batch_answers_arrive_on_reused_raw_connections():
+    peers = set()
+    store, results = _read_rounds(_batch_server(FILES, peers=peers), KEYS, rounds=3)
+    assert results == [EXPECTED] * 3
+    assert store._wire and store.batch and 1 <= len(peers) <= store.pipelines
+
+
+def test_a_chunked_answer_sends_batches_back_to_aiohttp():
+    # e.g. a proxy that re-chunks: the raw connection cannot read it, aiohttp can.
+    store, results = _read_rounds(_batch_server(FILES, chunked=True), KEYS)
+    assert results == [EXPECTED] * 2 and not store._wire and store.batch
+
+
+def test_a_connection_closed_while_idle_is_replaced():
+    store, results = _read_rounds(_batch_server(FILES, keepalive_timeout=0.05), KEYS, rounds=3, pause=0.3)
+    assert results == [EXPECTED] * 3 and store._wire

@@ -27,6 +27,8 @@ import aiohttp
 from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, Store, SuffixByteRequest
 from zarr.core.buffer import Buffer, BufferPrototype
 
+from ._wire import WirePool, WireUnsupported
+
 __all__ = ["DatasetAccessError", "HttpZarrStore"]
 
 _RETRY_STATUS = {429, 500, 502, 503, 504}
@@ -76,6 +78,7 @@ class _LoopState:
     draining: int = 0  # drain tasks alive
     sending: int = 0  # drain tasks with a request in flight
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    wire: WirePool | None = None  # raw connections for batch answers (see _wire)
 
 
 def _settle(
@@ -89,13 +92,18 @@ def _settle(
         future.set_result(result)
 
 
-def _unframe(body: bytes) -> list[tuple[dict[str, Any], memoryview | None]]:
+def _text(body: bytes | memoryview) -> str:
+    return bytes(body[:500]).decode(errors="replace")
+
+
+def _unframe(body: bytes | memoryview) -> list[tuple[dict[str, Any], memoryview | None]]:
     """Split a batch answer: 4-byte length, JSON list of entries, then the bodies in order."""
-    if len(body) < 4:
+    view = memoryview(body)
+    if len(view) < 4:
         raise ValueError("malformed batch answer: shorter than its header")
-    size = int.from_bytes(body[:4], "big")
-    entries = json.loads(body[4 : 4 + size])
-    view, offset = memoryview(body), 4 + size
+    size = int.from_bytes(view[:4], "big")
+    entries = json.loads(bytes(view[4 : 4 + size]))
+    offset = 4 + size
     parts: list[tuple[dict[str, Any], memoryview | None]] = []
     for entry in entries:
         if "length" in entry:
@@ -144,6 +152,7 @@ class HttpZarrStore(Store):
         self.batch = batch
         self.pipelines = pipelines
         self.max_batch = max_batch
+        self._wire = True  # batch answers on raw connections, until a server's answer says no
         self._sessions: dict[asyncio.AbstractEventLoop, _LoopState] = {}
         self._lock = threading.Lock()
 
@@ -186,40 +195,50 @@ class HttpZarrStore(Store):
     def _url(self, key: str) -> str:
         return f"{self.base_url}/{quote(key)}" if key else self.base_url
 
+    async def _once(
+        self, state: _LoopState, url: str, headers: dict[str, str] | None, batch: list[dict[str, Any]] | None
+    ) -> tuple[int, bytes | memoryview]:
+        if batch is not None and self._wire:
+            try:
+                if state.wire is None:
+                    state.wire = WirePool(self.base_url, self.token)
+                return await state.wire.post({"get": batch}, self.timeout)
+            except WireUnsupported:
+                self._wire = False  # e.g. a proxy that re-chunks answers: aiohttp from now on
+        if batch is None:
+            request = state.session.get(url, headers=headers)
+        else:
+            request = state.session.post(url, json={"get": batch})
+        async with request as response:
+            return response.status, await response.read()
+
     async def _fetch(
         self, url: str, headers: dict[str, str] | None = None, batch: list[dict[str, Any]] | None = None
-    ) -> tuple[int, bytes]:
+    ) -> tuple[int, bytes | memoryview]:
         """Status and body of a GET (or, with ``batch``, a batch POST), retrying transient errors."""
         state = self._state()
         delay = 0.2
         for attempt in range(self.retries + 1):
             try:
                 async with state.limit:
-                    if batch is None:
-                        request = state.session.get(url, headers=headers)
-                    else:
-                        request = state.session.post(url, json={"get": batch})
-                    async with request as response:
-                        if response.status in _RETRY_STATUS and attempt < self.retries:
-                            raise aiohttp.ClientResponseError(
-                                response.request_info, (), status=response.status
-                            )
-                        return response.status, await response.read()
-            except (TimeoutError, aiohttp.ClientConnectionError, aiohttp.ClientResponseError):
+                    status, body = await self._once(state, url, headers, batch)
+                if status not in _RETRY_STATUS or attempt == self.retries:
+                    return status, body
+            except (TimeoutError, aiohttp.ClientError, OSError):
                 if attempt == self.retries:
                     raise
-                await asyncio.sleep(delay)
-                delay *= 2
+            await asyncio.sleep(delay)
+            delay *= 2
         raise AssertionError("unreachable")
 
-    async def _request(self, url: str, headers: dict[str, str] | None = None) -> bytes | None:
+    async def _request(self, url: str, headers: dict[str, str] | None = None) -> bytes | memoryview | None:
         status, body = await self._fetch(url, headers)
         if status == 404:
             return None
         if status == 416:
             return b""
         if status >= 400:
-            raise DatasetAccessError(status, url.split("?")[0], body[:500].decode(errors="replace"))
+            raise DatasetAccessError(status, url.split("?")[0], _text(body))
         return body
 
     async def get(
@@ -277,7 +296,7 @@ class HttpZarrStore(Store):
         items = [{"key": w.key, "range": _range_spec(w.byte_range)} for w in wanted]
         status, body = await self._fetch(self.base_url, batch=items)
         if status in (401, 403):
-            error = DatasetAccessError(status, self.base_url, body[:500].decode(errors="replace"))
+            error = DatasetAccessError(status, self.base_url, _text(body))
             for w in wanted:
                 _settle(w.future, error=error)
             return
@@ -320,7 +339,7 @@ class HttpZarrStore(Store):
         data = await self._request(self._url(prefix.rstrip("/")) + "?list=1")
         if data is None:
             return []
-        return list(json.loads(data)["files"])
+        return list(json.loads(bytes(data))["files"])
 
     async def list(self) -> AsyncIterator[str]:
         for key in await self._listing(""):
@@ -344,7 +363,14 @@ class HttpZarrStore(Store):
         super().close()
         for loop, state in list(self._sessions.items()):
             session = state.session
-            if not session.closed and not loop.is_closed():
+            if loop.is_closed():
+                continue
+            if state.wire is not None:
+                if loop.is_running():
+                    loop.call_soon_threadsafe(state.wire.close)
+                else:
+                    state.wire.close()
+            if not session.closed:
                 if loop.is_running():
                     asyncio.run_coroutine_threadsafe(session.close(), loop)
                 else:

@@ -1,0 +1,181 @@
+"""Batch POSTs on raw keep-alive HTTP/1.1 connections, answers received in place.
+
+A whole-array read moves hundreds of MB through batch answers. aiohttp hands a body over as
+bytes objects that its parser cut out of the socket reads and then joins: two copies of every
+byte on the event loop thread that zarr's reads also run on. Here the socket reads go straight
+into one buffer per answer (``asyncio.BufferedProtocol``), which zarr then uses as it is.
+
+Only what the batch endpoint needs: one request at a time per connection, answers framed by
+``Content-Length``. Anything else (a proxy that re-chunks, an unexpected reply) raises
+``WireUnsupported`` and the store goes back to aiohttp for good.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+
+__all__ = ["WireConnection", "WirePool", "WireUnsupported"]
+
+_HEAD_LIMIT = 64 << 10
+
+
+class WireUnsupported(Exception):
+    """The server's answer is not one this minimal client reads (e.g. chunked)."""
+
+
+class WireConnection(asyncio.BufferedProtocol):
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self._scratch = bytearray(_HEAD_LIMIT)
+        self._head = bytearray()
+        self._body: np.ndarray[Any, np.dtype[np.uint8]] | None = None
+        self._view: memoryview | None = None
+        self._filled = 0
+        self._status = 0
+        self._keep_alive = True
+        self._waiter: asyncio.Future[tuple[int, memoryview]] | None = None
+
+    # asyncio.BufferedProtocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._fail(ConnectionResetError(f"connection closed by the server ({exc or 'EOF'})"))
+
+    def eof_received(self) -> bool:
+        return False  # close our side too
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self._view is not None and self._filled < len(self._view):
+            return self._view[self._filled :]
+        return memoryview(self._scratch)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        try:
+            if self._view is not None and self._filled < len(self._view):
+                self._filled += nbytes
+            elif self._waiter is None or self._waiter.done() or self._view is not None:
+                raise WireUnsupported("bytes from the server with no request waiting")
+            else:
+                self._head += self._scratch[:nbytes]
+                self._parse_head()
+            if self._view is not None and self._filled == len(self._view):
+                self._finish()
+        except Exception as exc:
+            self._fail(exc)
+            self.close()
+
+    # ours
+    def _parse_head(self) -> None:
+        end = self._head.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self._head) > _HEAD_LIMIT:
+                raise WireUnsupported("answer headers larger than 64 KiB")
+            return
+        lines = bytes(self._head[:end]).decode("latin-1").split("\r\n")
+        parts = lines[0].split(" ", 2)
+        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+            raise WireUnsupported(f"not an HTTP/1.x status line: {lines[0][:80]!r}")
+        self._status = int(parts[1])
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        if "transfer-encoding" in headers or "content-length" not in headers:
+            raise WireUnsupported("answer not framed by Content-Length")
+        self._keep_alive = parts[0] == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
+        length = int(headers["content-length"])
+        rest = self._head[end + 4 :]
+        if len(rest) > length:
+            raise WireUnsupported("more bytes than Content-Length")
+        self._body = np.empty(length, dtype=np.uint8)  # not zeroed: every byte is written below
+        self._view = self._body.data
+        self._view[: len(rest)] = rest
+        self._filled = len(rest)
+        self._head = bytearray()
+
+    def _finish(self) -> None:
+        assert self._view is not None and self._waiter is not None
+        if not self._waiter.done():
+            self._waiter.set_result((self._status, self._view))
+        self._body = self._view = None
+        if not self._keep_alive:
+            self.close()
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_exception(exc)
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    async def post(self, request: bytes) -> tuple[int, memoryview]:
+        """Send one request; the status and the body, in a buffer of its own."""
+        assert self.transport is not None and not self.closed
+        self._waiter = asyncio.get_running_loop().create_future()
+        self._head, self._body, self._view, self._filled = bytearray(), None, None, 0
+        self.transport.write(request)
+        return await self._waiter
+
+
+class WirePool:
+    """Idle keep-alive connections to one server, for one event loop."""
+
+    def __init__(self, url: str, token: str | None):
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise WireUnsupported(f"not an http(s) URL: {url}")
+        self.host = parts.hostname
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.ssl = ssl.create_default_context() if parts.scheme == "https" else None
+        self.path = parts.path or "/"
+        auth = f"Authorization: Bearer {token}\r\n" if token else ""
+        self._head = (
+            f"POST {self.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n{auth}Content-Type: application/json\r\n"
+        )
+        self._idle: list[WireConnection] = []
+
+    async def post(self, payload: Any, timeout: float) -> tuple[int, memoryview]:
+        body = json.dumps(payload).encode()
+        request = f"{self._head}Content-Length: {len(body)}\r\n\r\n".encode() + body
+        while self._idle:
+            connection = self._idle.pop()
+            if connection.closed:
+                continue
+            try:
+                return await self._exchange(connection, request, timeout)
+            except ConnectionError:
+                continue  # the server closed it while idle; a read is safe to send again
+        loop = asyncio.get_running_loop()
+        _, connection = await asyncio.wait_for(
+            loop.create_connection(WireConnection, self.host, self.port, ssl=self.ssl), timeout
+        )
+        return await self._exchange(connection, request, timeout)
+
+    async def _exchange(
+        self, connection: WireConnection, request: bytes, timeout: float
+    ) -> tuple[int, memoryview]:
+        try:
+            answer = await asyncio.wait_for(connection.post(request), timeout)
+        except BaseException:
+            connection.close()  # its state is unknown: never reuse it
+            raise
+        if not connection.closed:
+            self._idle.append(connection)
+        return answer
+
+    def close(self) -> None:
+        for connection in self._idle:
+            connection.close()
+        self._idle.clear()
