@@ -14,6 +14,7 @@ from zarr.core.buffer import default_buffer_prototype
 
 from bioengine_datasets_client import HttpZarrStore
 from bioengine_datasets_client._store import _range_header, _unframe
+from bioengine_datasets_client._wire import BufferPool
 
 
 @pytest.mark.parametrize(
@@ -185,3 +186,26 @@ def test_a_chunked_answer_sends_batches_back_to_aiohttp():
 def test_a_connection_closed_while_idle_is_replaced():
     store, results = _read_rounds(_batch_server(FILES, keepalive_timeout=0.05), KEYS, rounds=3, pause=0.3)
     assert results == [EXPECTED] * 3 and store._wire
+
+
+def _address(array):
+    return array.__array_interface__["data"][0]
+
+
+def test_receive_buffers_are_reused_only_once_every_chunk_is_let_go():
+    pool = BufferPool(keep_bytes=1 << 20)
+    first = pool.take(100_000)
+    address = _address(first)
+    chunk = first.data[10:20]  # what zarr holds: a slice of the answer
+    del first
+    second = pool.take(100_000)
+    assert _address(second) != address  # the chunk still reads that memory
+    reused = _address(second)
+    del second
+    assert _address(pool.take(100_000)) == reused  # nothing holds it: back in use
+    del chunk
+    third = pool.take(90_000)  # same size class (128 KiB): the first buffer, now free
+    assert _address(third) == address and len(third) == 90_000
+    big = pool.take(2 << 20)  # over keep_bytes: never pooled
+    del big
+    assert all(size <= 1 << 20 for size in pool._free) and pool._kept <= 1 << 20

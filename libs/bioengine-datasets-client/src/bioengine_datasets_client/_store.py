@@ -7,9 +7,10 @@ message, so a permission problem never looks like an empty array.
 
 Reads coalesce adaptively: a ``get`` goes out at once while fewer than ``pipelines`` requests
 are in flight; the ones that arrive meanwhile wait and leave together as one batch request
-(``POST`` to the store URL, answered by one file-system pass on the server). A lone read (one
-tile) is a plain ``GET``; a whole-array read pays the per-request cost of HTTP once per batch
-instead of once per chunk. A server without the batch endpoint gets plain ``GET``s.
+(``POST`` to the store URL, answered by one file-system pass and ``sendfile`` on the server,
+received in place on raw connections, see ``_wire``). A lone read (one tile) is a plain
+``GET``; a whole-array read pays the per-request cost of HTTP once per batch instead of once
+per chunk. A server without the batch endpoint gets plain ``GET``s.
 """
 
 from __future__ import annotations
