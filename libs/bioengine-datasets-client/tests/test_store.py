@@ -47,6 +47,13 @@ def test_the_store_is_read_only_and_keeps_no_token_in_urls():
         store.with_read_only(False)
 
 
+def test_bad_settings_are_refused():
+    with pytest.raises(ValueError, match="control characters"):
+        HttpZarrStore("http://h/data/x", token="abc\r\nX-Injected: 1")
+    with pytest.raises(ValueError, match="at least 1"):
+        HttpZarrStore("http://h/data/x", pipelines=0)
+
+
 def test_equality_and_pickling():
     store = HttpZarrStore("http://h/data/x", token="t")
     assert store == HttpZarrStore("http://h/data/x", token="t")

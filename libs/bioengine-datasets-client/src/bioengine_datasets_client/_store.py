@@ -145,6 +145,8 @@ class HttpZarrStore(Store):
         super().__init__(read_only=True)
         if pipelines < 1 or max_batch < 1 or concurrency < 1:
             raise ValueError("concurrency, pipelines and max_batch must be at least 1")
+        if token is not None and any(ord(c) < 32 or ord(c) == 127 for c in token):
+            raise ValueError("the token holds control characters (a line break copied with it?)")
         self.base_url = base_url.rstrip("/")
         self.token = token
         self.concurrency = concurrency

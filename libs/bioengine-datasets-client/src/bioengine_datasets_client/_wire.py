@@ -18,7 +18,7 @@ import ssl
 import threading
 import weakref
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import numpy as np
 
@@ -131,7 +131,7 @@ class WireConnection(asyncio.BufferedProtocol):
         for line in lines[1:]:
             name, _, value = line.partition(":")
             headers[name.strip().lower()] = value.strip()
-        if "transfer-encoding" in headers or "content-length" not in headers:
+        if "transfer-encoding" in headers or not headers.get("content-length", "").isdigit():
             raise WireUnsupported("answer not framed by Content-Length")
         self._keep_alive = parts[0] == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
         length = int(headers["content-length"])
@@ -180,7 +180,9 @@ class WirePool:
         self.host = parts.hostname
         self.port = parts.port or (443 if parts.scheme == "https" else 80)
         self.ssl = ssl.create_default_context() if parts.scheme == "https" else None
-        self.path = parts.path or "/"
+        self.path = quote(parts.path or "/", safe="/%:@!$&'()*+,;=-._~") + (
+            f"?{parts.query}" if parts.query else ""
+        )
         auth = f"Authorization: Bearer {token}\r\n" if token else ""
         self._head = (
             f"POST {self.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n{auth}Content-Type: application/json\r\n"
