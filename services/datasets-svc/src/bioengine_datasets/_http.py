@@ -189,6 +189,8 @@ def _file_reply(
             return _Reply(status, headers, handle.read(length))
     except IsADirectoryError:
         raise NotFound(f"'{relative or '/'}' is a directory (add ?list=1 for its files)") from None
+    except PermissionError:
+        raise PermissionDenied(f"'{relative}' is not readable by the dataset server") from None
 
 
 def _headers(target: str, etag: str) -> dict[str, str]:
@@ -250,6 +252,8 @@ def _open_slice(paths: DatasetPaths, relative: str, range_header: str | None) ->
         handle = open(target, "rb")  # noqa: SIM115 - closed by the caller once sent
     except IsADirectoryError:
         raise NotFound(f"'{relative}' is a directory") from None
+    except PermissionError:
+        raise PermissionDenied(f"'{relative}' is not readable by the dataset server") from None
     try:
         size = os.fstat(handle.fileno()).st_size
         span = parse_range(range_header, size)
