@@ -7,6 +7,7 @@ import json
 import pickle
 
 import pytest
+import uvloop
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from zarr.abc.store import OffsetByteRequest, RangeByteRequest, SuffixByteRequest
@@ -150,7 +151,7 @@ def _batch_server(files, *, chunked=False, peers=None, **runner_kwargs):
     return TestServer(app, **runner_kwargs)
 
 
-def _read_rounds(server, keys, rounds=2, pause=0.0, **store_kwargs):
+def _read_rounds(server, keys, rounds=2, pause=0.0, loop="asyncio", **store_kwargs):
     async def main():
         await server.start_server()
         store = HttpZarrStore(str(server.make_url("/s")), token="t", **store_kwargs)
@@ -169,7 +170,8 @@ def _read_rounds(server, keys, rounds=2, pause=0.0, **store_kwargs):
                 await state.session.close()
             await server.close()
 
-    return asyncio.run(main())
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop if loop == "uvloop" else None) as runner:
+        return runner.run(main())
 
 
 FILES = {f"c/{n}": bytes([n]) * (3000 + n) for n in range(8)}
@@ -177,16 +179,18 @@ KEYS = [*FILES, "c/missing"]
 EXPECTED = [*FILES.values(), None]
 
 
-def test_batch_answers_arrive_on_reused_raw_connections():
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])  # Ray Serve replicas run on uvloop
+def test_batch_answers_arrive_on_reused_raw_connections(loop):
     peers = set()
-    store, results = _read_rounds(_batch_server(FILES, peers=peers), KEYS, rounds=3)
+    store, results = _read_rounds(_batch_server(FILES, peers=peers), KEYS, rounds=3, loop=loop)
     assert results == [EXPECTED] * 3
     assert store._wire and store.batch and 1 <= len(peers) <= store.pipelines
 
 
-def test_a_chunked_answer_sends_batches_back_to_aiohttp():
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_chunked_answer_sends_batches_back_to_aiohttp(loop):
     # e.g. a proxy that re-chunks: the raw connection cannot read it, aiohttp can.
-    store, results = _read_rounds(_batch_server(FILES, chunked=True), KEYS)
+    store, results = _read_rounds(_batch_server(FILES, chunked=True), KEYS, loop=loop)
     assert results == [EXPECTED] * 2 and not store._wire and store.batch
 
 

@@ -17,7 +17,7 @@ import json
 import ssl
 import threading
 import weakref
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote, urlsplit
 
 import numpy as np
@@ -85,8 +85,7 @@ class WireConnection(asyncio.BufferedProtocol):
 
     # asyncio.BufferedProtocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not an asyncio.Transport
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
