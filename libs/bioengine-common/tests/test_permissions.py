@@ -37,7 +37,7 @@ def test_check_permissions_rules(authorized, allowed):
     else:
         with pytest.raises(PermissionDenied) as info:
             check_permissions(ALICE, authorized, "the thing")
-        assert "alice@example.org" in str(info.value)
+        assert "alice-id" in str(info.value)
         assert "the thing" in str(info.value)
         assert isinstance(info.value, PermissionError)
 
@@ -75,41 +75,70 @@ def test_create_context():
     assert anonymous["id"] == "anonymous" and anonymous["is_anonymous"] is True
 
 
-def _from(sender, user_id="bioengine-gateway", anonymous=False):
+SERVICES = frozenset({"bioengine-services"})
+
+
+def _from(sender, user_id="bioengine-services", anonymous=False):
     return {"from": sender, "user": {"id": user_id, "is_anonymous": anonymous}}
 
 
-def test_forwarded_caller_accepted_from_the_shared_workspace():
+def test_forwarded_caller_accepted_from_the_services_own_user():
     caller = {"id": "alice-id", "email": "alice@example.org", "is_anonymous": False, "extra": "dropped"}
-    resolved = resolve_context(_from("bioengine/gateway-1"), caller, "bioengine")
+    resolved = resolve_context(_from("bioengine/gateway-1"), caller, "bioengine", SERVICES)
     assert resolved["user"] == {"id": "alice-id", "email": "alice@example.org", "is_anonymous": False}
-    assert resolved["forwarded_by"] == "bioengine-gateway"
+    assert resolved["forwarded_by"] == "bioengine-services"
     assert check_permissions(resolved, ["alice-id"], "x")
 
 
 def test_no_forwarded_caller_keeps_the_direct_user():
-    resolved = resolve_context(_from("other-ws/client"), None, "bioengine")
-    assert resolved["user"]["id"] == "bioengine-gateway"
+    resolved = resolve_context(_from("other-ws/client", "mallory"), None, "bioengine", SERVICES)
+    assert resolved["user"]["id"] == "mallory"
+
+
+def test_trusted_callers_setting_extends_the_trust():
+    context = _from("bioengine/gateway-1", "gateway-user")
+    with pytest.raises(PermissionDenied):
+        resolve_context(context, {"id": "admin"}, "bioengine", SERVICES)
+    trusted = SERVICES | {"gateway-user"}
+    assert resolve_context(context, {"id": "admin"}, "bioengine", trusted)["user"]["id"] == "admin"
 
 
 @pytest.mark.parametrize(
     "context",
     [
-        _from("ws-user-mallory/client-1", "mallory"),  # another workspace
-        _from("bioengine-evil/client", "mallory"),  # prefix of the name is not enough
+        _from("bioengine/notebook-1", "bioengine-admin"),  # the admin's own notebook
+        _from("bioengine/reader", "read-token-user"),  # any member of the workspace
+        _from("bioengine/app-proxy", "wise-citron-19438076"),  # an app's generated token
+        _from("ws-user-bioengine-services/x"),  # the trusted user, from another workspace
+        _from("bioengine-evil/client"),  # prefix of the workspace name is not enough
         _from("", "mallory"),  # no sender
         _from("bioengine/anon", "anonymouz-x", anonymous=True),  # anonymous in the workspace
+        _from("bioengine/anon", "bioengine-services", anonymous=True),  # anonymous flag wins
     ],
 )
-def test_forwarded_caller_refused_from_outside(context):
-    with pytest.raises(PermissionDenied, match="only from clients of workspace 'bioengine'"):
-        resolve_context(context, {"id": "admin"}, "bioengine")
+def test_forwarded_caller_refused_from_anyone_else(context):
+    with pytest.raises(PermissionDenied, match="may not pass a caller on") as info:
+        resolve_context(context, {"id": "admin"}, "bioengine", SERVICES)
+    # The refusal names the sender so it can be found in the logs.
+    assert f"'{context['from'] or 'unknown'}'" in str(info.value)
+
+
+def test_refusal_comes_before_looking_at_the_caller():
+    # A malformed caller from an untrusted sender is refused as untrusted, not as malformed.
+    with pytest.raises(PermissionDenied, match="may not pass a caller on"):
+        resolve_context(_from("bioengine/x", "mallory"), "admin", "bioengine", SERVICES)
+
+
+def test_denial_names_the_user_by_id_not_email():
+    with pytest.raises(PermissionDenied) as info:
+        check_permissions(ALICE, ["bob-id"], "dataset 'x'")
+    assert "alice-id" in str(info.value) and "alice@example.org" not in str(info.value)
 
 
 @pytest.mark.parametrize("caller", ["admin", ["admin"], {}, {"id": ""}])
 def test_malformed_forwarded_caller_refused(caller):
     with pytest.raises(PermissionDenied):
-        resolve_context(_from("bioengine/gateway-1"), caller, "bioengine")
+        resolve_context(_from("bioengine/gateway-1"), caller, "bioengine", SERVICES)
 
 
 def test_forwarded_caller_carries_user_and_trace_context():

@@ -6,10 +6,11 @@ telemetry and the local stack's infrastructure. Test fixtures live in
 """
 
 from ._embedded import EmbeddedHypha, find_hypha_project
-from ._hypha import HyphaConnection, connect
+from ._hypha import HyphaConnection, connect, trusted_service_id
 from ._lifecycle import EXIT_CONNECTION_LOST, EXIT_FAILURE, EXIT_WORKER_STOP, BioEngineService, CallerField
 from ._logging import create_logger, mask_secrets
 from ._permissions import (
+    SERVICES_USER,
     check_permissions,
     create_context,
     forwarded_caller,
@@ -49,6 +50,7 @@ __all__ = [
     "EXIT_CONNECTION_LOST",
     "EXIT_FAILURE",
     "EXIT_WORKER_STOP",
+    "SERVICES_USER",
     "BioEngineError",
     "BioEngineService",
     "CallerField",
@@ -91,5 +93,6 @@ __all__ = [
     "stop_process",
     "token_claims",
     "traced",
+    "trusted_service_id",
     "wait_for_port",
 ]

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from hypha_rpc import connect_to_server
@@ -14,7 +15,7 @@ from hypha_rpc import connect_to_server
 from ._settings import ServiceSettings
 from .errors import ConnectionLost, ServiceUnavailable
 
-__all__ = ["HyphaConnection", "connect"]
+__all__ = ["HyphaConnection", "connect", "trusted_service_id"]
 
 
 async def connect(
@@ -43,6 +44,29 @@ async def connect(
         raise ServiceUnavailable(f"Hypha server {server_url} refused the connection: {exc}") from exc
     except OSError as exc:
         raise ServiceUnavailable(f"Cannot reach the Hypha server at {server_url}: {exc}") from exc
+
+
+def _registered_by(info: Mapping[str, Any]) -> str | None:
+    return ((info.get("config") or {}).get("created_by") or {}).get("id")
+
+
+async def trusted_service_id(
+    server: Any, workspace: str, service_id: str, trusted_users: Collection[str]
+) -> str:
+    """The full id of one replica of ``service_id`` in ``workspace`` registered by a user in
+    ``trusted_users``; :class:`ServiceUnavailable` naming the other registrants if none is."""
+    listed = await server.list_services({"workspace": workspace, "service_id": service_id})
+    same_id = [i for i in listed if str(i.get("id", "")).rsplit(":", 1)[-1].split("@", 1)[0] == service_id]
+    trusted = [i for i in same_id if _registered_by(i) in trusted_users]
+    if trusted:
+        return str(random.choice(trusted)["id"])
+    if same_id:
+        strangers = ", ".join(sorted({str(_registered_by(i)) for i in same_id}))
+        raise ServiceUnavailable(
+            f"{service_id} is registered in '{workspace}' only by users this worker does not "
+            f"trust ({strangers}); not calling it"
+        )
+    raise ServiceUnavailable(f"{service_id} not found: no client of '{workspace}' registers it")
 
 
 class HyphaConnection:
@@ -88,9 +112,19 @@ class HyphaConnection:
         self.logger.info("Registered service %s", info["id"])
         return str(info["id"])
 
-    async def get_service(self, service_id: str) -> Any:
-        """A proxy to another service of the workspace; any one replica if several run."""
-        return await self.server.get_service(service_id, {"mode": "random"})
+    async def get_service(self, service_id: str, trusted_users: Collection[str] | None = None) -> Any:
+        """A proxy to another service of the workspace; any one replica if several run.
+
+        With ``trusted_users``, only a service registered by one of those Hypha users is chosen
+        (the server stamps the registering user into ``config.created_by``): any member of the
+        workspace with write access could register a service under the same id to intercept
+        the calls meant for ours.
+        """
+        if trusted_users is None:
+            return await self.server.get_service(service_id, {"mode": "random"})
+        return await self.server.get_service(
+            await trusted_service_id(self.server, self.workspace, service_id, trusted_users)
+        )
 
     def _closed(self) -> bool:
         # hypha-rpc sets this private flag when it stops reconnecting; there is no event for it.

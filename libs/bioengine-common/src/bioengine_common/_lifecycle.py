@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib.metadata
 import logging
 import os
@@ -27,7 +28,7 @@ from ._logging import create_logger
 from ._permissions import check_permissions, is_authorized, resolve_context
 from ._settings import ServiceSettings, load_settings
 from ._telemetry import setup_telemetry, traced
-from .errors import ConnectionLost, InvalidRequest, ServiceUnavailable
+from .errors import ConnectionLost, InvalidRequest, PermissionDenied, ServiceUnavailable
 
 __all__ = ["EXIT_CONNECTION_LOST", "EXIT_FAILURE", "EXIT_WORKER_STOP", "BioEngineService", "CallerField"]
 
@@ -39,7 +40,8 @@ EXIT_WORKER_STOP = 10
 CallerField = Field(
     None,
     description="Internal: the original caller, passed on by the gateway. Accepted only from "
-    "clients of the worker's workspace.",
+    "the worker's own services (the user this service runs as, or --trusted-callers); "
+    "refused from anyone else.",
 )
 
 
@@ -81,6 +83,9 @@ class BioEngineService:
         self.started_at: float | None = None
         self.ready = False
         self.admin_users: list[str] = list(settings.admin_users)
+        #: Hypha users whose clients may pass ``caller=``: --trusted-callers, plus the user of
+        #: this service's own token once connected.
+        self.trusted_callers: set[str] = set(settings.trusted_callers)
         self._stop: asyncio.Event | None = None
         self._exit_code = 0
 
@@ -105,8 +110,26 @@ class BioEngineService:
 
     # ---- helpers for RPC methods --------------------------------------------------------------
     def caller_context(self, context: Any, caller: Any) -> dict[str, Any]:
-        """The context to authorize against (the forwarded caller when it may be trusted)."""
-        return resolve_context(context, caller, self.settings.workspace)
+        """The context to authorize against (the forwarded caller when it may be trusted).
+
+        A ``caller`` from anyone but the worker's own services is refused and the attempt
+        logged (sender and user only: the log formatter escapes them).
+        """
+        try:
+            return resolve_context(context, caller, self.settings.workspace, self.trusted_callers)
+        except PermissionDenied:
+            if caller is not None:
+                user = (context or {}).get("user") if isinstance(context, dict) else None
+                self.logger.warning(
+                    "Refused a forwarded caller from '%s' (user '%s')",
+                    (context or {}).get("from") if isinstance(context, dict) else None,
+                    user.get("id") if isinstance(user, dict) else None,
+                )
+            raise
+
+    async def get_internal_service(self, service_id: str) -> Any:
+        """A proxy to another service of this worker, registered by a user it trusts."""
+        return await self.hypha.get_service(service_id, self.trusted_callers)
 
     def require_admin(self, context: Any, caller: Any, action: str) -> dict[str, Any]:
         """Raise PermissionDenied unless the (forwarded) caller is an admin; return the context."""
@@ -166,15 +189,28 @@ class BioEngineService:
             return []
         return await asyncio.to_thread(_read_tail, path, int(tail))
 
+    def _guarded(self, method: Callable[..., Any]) -> Callable[..., Any]:
+        """``method`` refusing an untrusted ``caller=`` before anything else runs (the method's
+        own :meth:`caller_context` call then resolves it), so no method can forget the check."""
+
+        @functools.wraps(method)
+        async def guarded(*args: Any, **kwargs: Any) -> Any:
+            if kwargs.get("caller") is not None:
+                self.caller_context(kwargs.get("context"), kwargs["caller"])
+            return await method(*args, **kwargs)
+
+        return guarded
+
     def rpc_methods(self) -> dict[str, Callable[..., Any]]:
-        """Every ``@schema_method`` of this object, each wrapped in a tracing span."""
+        """Every ``@schema_method`` of this object, each wrapped in a tracing span and in the
+        check that only the worker's own services pass a caller on."""
         methods = {}
         for attr in dir(type(self)):
             if attr.startswith("_"):
                 continue
             function = getattr(type(self), attr, None)
             if callable(function) and hasattr(function, "__schema__"):
-                methods[attr] = traced(getattr(self, attr), f"{self.service_id}.{attr}")
+                methods[attr] = self._guarded(traced(getattr(self, attr), f"{self.service_id}.{attr}"))
         return methods
 
     # ---- lifecycle ---------------------------------------------------------------------------------
@@ -202,6 +238,8 @@ class BioEngineService:
             for identity in (self.hypha.user.get("id"), self.hypha.user.get("email")):
                 if identity and identity not in self.admin_users:
                     self.admin_users.append(identity)
+            if self.hypha.user.get("id") and not self.hypha.user.get("is_anonymous"):
+                self.trusted_callers.add(str(self.hypha.user["id"]))
             self.started_at = time.time()
             await self.start()
             self.ready = True

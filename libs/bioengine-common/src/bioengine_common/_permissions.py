@@ -7,14 +7,17 @@ Rules of ``authorized_users`` (compatible with the public BioEngine worker):
 - an empty list or ``None`` admits nobody; a single string counts as a one-element list.
 
 Caller forwarding: the gateway calls internal services with its own identity, so it passes
-the original caller along as ``caller=`` (see :func:`forwarded_caller`). An internal service
-trusts that value only when the call comes from a client of the shared workspace
-(:func:`resolve_context`); from anyone else it is refused.
+the original caller along as ``caller=`` (see :func:`forwarded_caller`). Membership of the
+workspace is not trust: any read token, any app's token and any member's notebook is a client
+of it. An internal service therefore honours ``caller=`` only when the direct caller's Hypha
+user (stamped into ``context`` by the Hypha server, so it cannot be forged) is one it trusts:
+the user its own token belongs to, plus any listed with ``--trusted-callers``
+(:func:`resolve_context`). Everyone else who passes ``caller=`` is refused.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 from opentelemetry import propagate
@@ -22,6 +25,7 @@ from opentelemetry import propagate
 from .errors import PermissionDenied
 
 __all__ = [
+    "SERVICES_USER",
     "check_permissions",
     "create_context",
     "forwarded_caller",
@@ -31,6 +35,10 @@ __all__ = [
 ]
 
 _USER_FIELDS = ("id", "email", "is_anonymous", "roles")
+
+#: The Hypha user the services of a local (embedded-server) stack run as; it is the one
+#: principal they trust to pass a caller on, and it is not the printed admin token's user.
+SERVICES_USER = "bioengine-services"
 
 
 def _user_of(context: Any) -> Mapping[str, Any]:
@@ -73,13 +81,13 @@ def check_permissions(
 ) -> Mapping[str, Any]:
     """Raise :class:`PermissionDenied` unless the context's user passes ``authorized_users``.
 
-    Returns the user on success. The message names the user and the resource, not the list
-    of authorized users (that list may hold other people's emails).
+    Returns the user on success. The message names the user by id and the resource, neither
+    the list of authorized users (it may hold other people's emails) nor the caller's email.
     """
     user = _user_of(context)
     if is_authorized(user, authorized_users):
         return user
-    who = user.get("email") or user.get("id")
+    who = user.get("id") or "unknown"
     if not _as_list(authorized_users):
         raise PermissionDenied(f"User '{who}' may not access {resource_name}: nobody is authorized")
     raise PermissionDenied(f"User '{who}' is not authorized to access {resource_name}")
@@ -107,27 +115,30 @@ def forwarded_caller(context: Any) -> dict[str, Any]:
     return payload
 
 
-def resolve_context(context: Any, caller: Any, workspace: str) -> dict[str, Any]:
+def resolve_context(
+    context: Any, caller: Any, workspace: str, trusted_users: Collection[str]
+) -> dict[str, Any]:
     """The context an internal service should authorize against.
 
-    Without ``caller`` it is ``context`` itself. With one, the direct caller must be a client
-    of ``workspace`` (``context["from"]`` is ``<workspace>/<client id>``, stamped by the Hypha
-    server and so trustworthy) and not anonymous; then the forwarded user replaces the direct
-    one and the direct one is kept as ``forwarded_by``.
+    Without ``caller`` it is ``context`` itself. With one, the direct caller must be a user in
+    ``trusted_users`` (``context["user"]["id"]``, set by the Hypha server from the caller's
+    token), not anonymous, and a client of ``workspace`` (``context["from"]``, also set by the
+    server); then the forwarded user replaces the direct one, which is kept as
+    ``forwarded_by``. Anyone else passing ``caller`` gets :class:`PermissionDenied` naming them.
     """
     direct = _user_of(context)
     if caller is None:
         return dict(context)
-    sender = str(context.get("from") or "")
-    sender_workspace = sender.split("/", 1)[0]
-    if sender_workspace != workspace or is_anonymous(direct):
+    sender = str(context.get("from") or "unknown")
+    user_id = str(direct.get("id") or "")
+    if is_anonymous(direct) or user_id not in trusted_users or sender.split("/", 1)[0] != workspace:
         raise PermissionDenied(
-            f"A forwarded caller is accepted only from clients of workspace '{workspace}'; "
-            f"this call came from '{sender or 'unknown'}'"
+            f"'{sender}' (user '{user_id or 'unknown'}') may not pass a caller on: only this "
+            "worker's own services may (see --trusted-callers)"
         )
     if not isinstance(caller, Mapping):
         raise PermissionDenied("The forwarded caller must be a mapping with an 'id'")
     user = {k: caller.get(k) for k in _USER_FIELDS if k in caller}
     if not user.get("id") and not user.get("email"):
         raise PermissionDenied("The forwarded caller has neither an id nor an email")
-    return {**context, "user": user, "forwarded_by": direct.get("id")}
+    return {**context, "user": user, "forwarded_by": user_id}

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from .errors import ConfigurationError
 
@@ -55,6 +55,12 @@ class ServiceSettings(BaseModel):
         description="User ids or emails with admin rights ('*' = everyone), in addition to "
         "the owner of the token.",
     )
+    trusted_callers: list[str] = Field(
+        default_factory=list,
+        description="Hypha user ids, besides the owner of this service's own token, whose clients "
+        "may pass a caller on (`caller=`); only for deployments whose services run as different "
+        "users. Never a person's user: whoever is listed can act as anyone.",
+    )
     telemetry_exporter: Literal["none", "console", "otlp"] = Field(
         "none", description="Where OpenTelemetry spans go: nowhere, stderr, or OTLP over HTTP."
     )
@@ -64,6 +70,17 @@ class ServiceSettings(BaseModel):
         description="Seconds without a working Hypha connection before the process exits "
         "non-zero so that its supervisor restarts it.",
     )
+
+    @field_validator("trusted_callers")
+    @classmethod
+    def _no_wildcard_trust(cls, value: list[str]) -> list[str]:
+        for user in value:
+            if user == "*" or not user.strip() or user.startswith("anonymouz-"):
+                raise ValueError(
+                    f"'{user}' cannot be trusted to pass callers on: list the Hypha user ids "
+                    "the worker's services run as"
+                )
+        return value
 
     def resolved_log_file(self, service_name: str) -> Path | None:
         if self.log_file == "off":

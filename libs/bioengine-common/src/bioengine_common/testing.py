@@ -6,7 +6,8 @@ Fixtures:
 
 - ``hypha_server`` (session): a real Hypha server on a free loopback port with the shared
   workspace created at start-up; ``hypha_server.mint(...)`` makes tokens for it.
-- ``service_tokens`` (session): one read_write token per service name.
+- ``service_tokens`` (session): a token per service name, all for the services' own user
+  (``SERVICES_USER``, the one user they trust to pass callers on), as the launcher mints them.
 - ``hypha_server_factory``: private servers for tests that stop or restart them.
 - ``start_service``: start a service module as a subprocess against a server; stopped at the
   end of the test.
@@ -38,6 +39,7 @@ import pytest
 
 from ._embedded import EmbeddedHypha
 from ._hypha import connect
+from ._permissions import SERVICES_USER
 from ._processes import spawn, stop_process
 from ._ray_head import HeadOptions, HeadState, LocalHead, ray_environment, short_temp_dir
 
@@ -152,7 +154,7 @@ def hypha_server_factory(tmp_path: Path) -> Iterator[Callable[..., EmbeddedHypha
 @pytest.fixture(scope="session")
 def service_tokens(hypha_server: EmbeddedHypha) -> dict[str, str]:
     return {
-        name: hypha_server.mint(f"bioengine-{name}", SERVICE_PERMISSIONS.get(name, "read_write"))
+        name: hypha_server.mint(SERVICES_USER, SERVICE_PERMISSIONS.get(name, "read_write"))
         for name in SERVICE_MODULES
     }
 
@@ -175,8 +177,7 @@ def launch_service(
         argv += ["--admin-users", *admin_users]
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("BIOENGINE_")},
-        "BIOENGINE_TOKEN": token
-        or server.mint(f"bioengine-{name}", SERVICE_PERMISSIONS.get(name, "read_write")),
+        "BIOENGINE_TOKEN": token or server.mint(SERVICES_USER, SERVICE_PERMISSIONS.get(name, "read_write")),
     }
     return ServiceProcess(name, [*argv, *extra_args], env, workspace_dir).start()
 

@@ -25,6 +25,7 @@ import psutil
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from bioengine_common import (
+    SERVICES_USER,
     EmbeddedHypha,
     ServiceUnavailable,
     connect,
@@ -233,8 +234,10 @@ class Launcher:
 
     def _service_token(self, name: str) -> str:
         if self.hypha is not None:
+            # All services run as one user of their own, not the admin token's: the services
+            # trust only it to pass a caller on, so the admin's notebook cannot forward callers.
             # apps-svc mints a token per app for the app's own Hypha service: that needs admin.
-            return self.hypha.mint(f"bioengine-{name}", "admin" if name == "apps" else "read_write")
+            return self.hypha.mint(SERVICES_USER, "admin" if name == "apps" else "read_write")
         assert self.settings.token is not None
         return self.settings.token.get_secret_value()
 

@@ -125,7 +125,7 @@ class AppsService(BioEngineService):
 
     # ---- the Ray connection ---------------------------------------------------------------------
     async def _connect_ray(self) -> None:
-        cluster = await self.hypha.get_service(self.settings.cluster_service_id)
+        cluster = await self.get_internal_service(self.settings.cluster_service_id)
         info = await asyncio.wait_for(cluster.get_connection_info(), 15)
         address = info["address"]
         await asyncio.wait_for(
@@ -317,7 +317,7 @@ class AppsService(BioEngineService):
 
     async def _check_fit(self, app_id: str, resources: dict[str, float], context: dict[str, Any]) -> None:
         try:
-            cluster = await self.hypha.get_service(self.settings.cluster_service_id)
+            cluster = await self.get_internal_service(self.settings.cluster_service_id)
             fit = await asyncio.wait_for(
                 cluster.check_resources(
                     num_cpus=resources.get("num_cpus", 0.0),

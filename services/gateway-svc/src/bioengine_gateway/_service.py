@@ -95,7 +95,7 @@ class GatewayService(BioEngineService):
     # ---- calling the internal services -------------------------------------------------------------
     async def _proxy(self, name: str) -> Any:
         if name not in self._proxies:
-            self._proxies[name] = await self.hypha.get_service(BACKENDS[name])
+            self._proxies[name] = await self.get_internal_service(BACKENDS[name])
         return self._proxies[name]
 
     async def call(
