@@ -3,19 +3,24 @@ pickling, batch framing, and the fallback against a plain static-file HTTP serve
 (Reads against a real dataset server are in services/datasets-svc/tests.)"""
 
 import asyncio
+import gc
 import json
 import pickle
+import threading
+import warnings
 
+import aiohttp
 import pytest
 import uvloop
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from zarr.abc.store import OffsetByteRequest, RangeByteRequest, SuffixByteRequest
 from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync as zarr_sync
 
-from bioengine_datasets_client import HttpZarrStore
-from bioengine_datasets_client._store import _range_header, _unframe
-from bioengine_datasets_client._wire import BufferPool
+from bioengine_datasets_client import DatasetAccessError, HttpZarrStore, open_dataset
+from bioengine_datasets_client._store import _range_header, _text, _unframe
+from bioengine_datasets_client._wire import BufferPool, WireConnection, WireUnsupported
 
 
 @pytest.mark.parametrize(
@@ -220,3 +225,184 @@ def test_receive_buffers_are_reused_only_once_every_chunk_is_let_go():
     big = pool.take(2 << 20)  # over keep_bytes: never pooled
     del big
     assert all(size <= 1 << 20 for size in pool._free) and pool._kept <= 1 << 20
+
+
+# ---- sessions are closed on every path ----------------------------------------------------------
+
+
+class _ServerThread:
+    """An aiohttp app on its own loop in a thread, for the synchronous open_dataset."""
+
+    def __init__(self, app):
+        self.loop = asyncio.new_event_loop()
+        self.runner = web.AppRunner(app)
+        ready = threading.Event()
+
+        def run():
+            asyncio.set_event_loop(self.loop)
+            self.loop.run_until_complete(self.runner.setup())
+            site = web.TCPSite(self.runner, "127.0.0.1", 0)
+            self.loop.run_until_complete(site.start())
+            self.url = f"http://127.0.0.1:{self.runner.addresses[0][1]}"
+            ready.set()
+            self.loop.run_forever()
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        ready.wait()
+
+    def stop(self):
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join()
+        self.loop.close()
+
+
+def _answering(status, body=b"", content_type="application/json"):
+    async def handler(request):
+        return web.Response(status=status, body=body, content_type=content_type)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    return app
+
+
+@pytest.fixture
+def sessions(monkeypatch):
+    """Every aiohttp session the store opens, to check that each one gets closed."""
+    opened = []
+    original = aiohttp.ClientSession.__init__
+
+    def recording_init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        opened.append(self)
+
+    monkeypatch.setattr(aiohttp.ClientSession, "__init__", recording_init)
+    return opened
+
+
+REFUSAL = json.dumps({"error": "dataset 'x' not found or not readable with this token"}).encode()
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_open_dataset_closes_its_session_when_refused(sessions, status):
+    server = _ServerThread(_answering(status, REFUSAL))
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ResourceWarning)
+            with pytest.raises(DatasetAccessError) as info:
+                open_dataset(server.url, "x", "image.zarr", token="t")
+            assert info.value.status == status
+            assert "not found or not readable with this token" in str(info.value)
+            del info
+            gc.collect()
+    finally:
+        server.stop()
+    assert sessions, "the store never opened a session"
+    assert all(session.closed for session in sessions), "open_dataset left a session open"
+    assert not [w for w in caught if "Unclosed client session" in str(w.message)]
+
+
+def test_open_dataset_closes_its_session_when_nothing_is_there(sessions):
+    server = _ServerThread(_answering(404, b"missing", "text/plain"))
+    try:
+        with pytest.raises(FileNotFoundError):
+            open_dataset(server.url, "x", "image.zarr")
+    finally:
+        server.stop()
+    assert sessions and all(session.closed for session in sessions)
+
+
+def test_open_dataset_closes_its_session_when_the_server_is_unreachable(sessions):
+    with pytest.raises(OSError):
+        open_dataset("http://127.0.0.1:9", "x", "image.zarr", retries=0)
+    assert sessions and all(session.closed for session in sessions)
+
+
+def test_async_with_closes_the_store(sessions):
+    app = _answering(200, b"chunk", "application/octet-stream")
+
+    async def main():
+        server = TestServer(app)
+        await server.start_server()
+        try:
+            async with HttpZarrStore(str(server.make_url("/s")), batch=False) as store:
+                value = await store.get("c/0", default_buffer_prototype())
+                assert sessions and not sessions[0].closed
+            return store, value.to_bytes()
+        finally:
+            await server.close()
+
+    store, value = asyncio.run(main())
+    assert value == b"chunk" and store._sessions == {} and not store._is_open
+    assert all(session.closed for session in sessions)
+
+
+def test_close_waits_for_sessions_on_zarrs_loop_thread(sessions):
+    # zarr's synchronous API runs the store on zarr's own loop thread; close() from here
+    # returns once that session is closed.
+    server = _ServerThread(_answering(200, b"chunk", "application/octet-stream"))
+    try:
+        with HttpZarrStore(f"{server.url}/s", batch=False) as store:
+            value = zarr_sync(store.get("c/0", default_buffer_prototype()))
+            assert value.to_bytes() == b"chunk" and not sessions[0].closed
+    finally:
+        server.stop()
+    assert sessions and all(session.closed for session in sessions) and store._sessions == {}
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (REFUSAL, "dataset 'x' not found or not readable with this token"),
+        (b"plain text refusal", "plain text refusal"),
+        (b'{"no": "error field"}', '{"no": "error field"}'),
+        (b"\xff\xfe", "\ufffd\ufffd"),
+    ],
+)
+def test_access_errors_carry_the_servers_message(body, message):
+    assert _text(body) == message
+
+
+# ---- raw connections: numbers are ASCII digits ---------------------------------------------------
+
+
+class _Transport:
+    def write(self, data):
+        pass
+
+    def close(self):
+        pass
+
+
+async def _answer(head: bytes):
+    connection = WireConnection(BufferPool())
+    connection.connection_made(_Transport())
+    waiter = asyncio.ensure_future(connection.post(b"POST / HTTP/1.1\r\n\r\n"))
+    await asyncio.sleep(0)
+    buffer = connection.get_buffer(-1)
+    buffer[: len(head)] = head
+    connection.buffer_updated(len(head))
+    status, body = await waiter
+    return status, bytes(body)
+
+
+def test_a_content_length_of_ascii_digits_frames_the_answer():
+    assert asyncio.run(_answer(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")) == (200, b"hello")
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        "HTTP/1.1 200 OK\r\nContent-Length: \u0665\r\n\r\nhello",  # Arabic-Indic five
+        "HTTP/1.1 200 OK\r\nContent-Length: \u00b2\r\n\r\nhi",  # superscript two: isdigit() is True
+        "HTTP/1.1 200 OK\r\nContent-Length: \uff15\r\n\r\nhello",  # fullwidth five
+        "HTTP/1.1 200 OK\r\nContent-Length: 0_5\r\n\r\nhello",
+        "HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\nhello",
+        "HTTP/1.1 200 OK\r\nContent-Length: " + "9" * 5000 + "\r\n\r\nhello",
+        "HTTP/1.1 \u0662\u0660\u0660 OK\r\nContent-Length: 5\r\n\r\nhello",
+    ],
+)
+def test_numbers_in_other_scripts_are_not_numbers(head):
+    with pytest.raises(WireUnsupported):
+        asyncio.run(_answer(head.encode("utf-8")))

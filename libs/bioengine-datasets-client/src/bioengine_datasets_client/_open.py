@@ -15,9 +15,17 @@ def open_dataset(
     """``zarr.open`` of ``<server_url>/data/<dataset_id>/<path>`` (an array or a group), read-only.
 
     Consolidated metadata is used when the store has it, so opening a group is one request.
+    If opening fails (``DatasetAccessError`` for a refused token or a dataset that does not
+    exist or may not be read, ``FileNotFoundError`` for a path without zarr metadata, network
+    errors), the store's HTTP sessions are closed before the error reaches the caller. On
+    success the caller owns them: ``result.store.close()`` when done.
     """
     base = f"{server_url.rstrip('/')}/data/{dataset_id}"
     if path:
         base += "/" + path.strip("/")
     store = HttpZarrStore(base, token=token, **store_options)
-    return zarr.open(store=store, mode="r")
+    try:
+        return zarr.open(store=store, mode="r")
+    except BaseException:
+        store.close()
+        raise

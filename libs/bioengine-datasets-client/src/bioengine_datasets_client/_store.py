@@ -3,7 +3,12 @@
 One aiohttp session per event loop (zarr runs its own loop in a thread), pooled connections,
 a concurrency limit, retries with backoff on transient errors (connection errors, 5xx, 429).
 A 404 is a missing key (zarr fills the chunk); any other 4xx is raised with the server's
-message, so a permission problem never looks like an empty array.
+message, so a permission problem never looks like an empty array. (The dataset server answers
+a dataset that does not exist exactly like one the token may not read: 401 without a token or
+with a rejected one, 403 with a valid one; never 404.)
+
+Close the store when done: ``store.close()``, ``with store:`` or ``async with store:``. Each
+closes the HTTP sessions the store opened on every event loop it was used on.
 
 Reads coalesce adaptively: a ``get`` goes out at once while fewer than ``pipelines`` requests
 are in flight; the ones that arrive meanwhile wait and leave together as one batch request
@@ -36,7 +41,10 @@ _RETRY_STATUS = {429, 500, 502, 503, 504}
 
 
 class DatasetAccessError(PermissionError):
-    """The server refused a request (401/403/4xx other than 404); carries its message."""
+    """The server refused a request (401/403/4xx other than 404); carries its message and
+    ``status``. For a whole dataset: 401 without a token or with one the Hypha server rejected,
+    403 when the dataset does not exist or this token may not read it (the server does not
+    say which, so that private dataset ids cannot be discovered)."""
 
     def __init__(self, status: int, url: str, message: str):
         super().__init__(f"{status} for {url}: {message}")
@@ -94,7 +102,20 @@ def _settle(
 
 
 def _text(body: bytes | memoryview) -> str:
-    return bytes(body[:500]).decode(errors="replace")
+    """The server's error message: the ``error`` of a JSON answer, else the start of the body."""
+    head = bytes(body[:2000])
+    try:
+        error = json.loads(head).get("error")
+    except (ValueError, AttributeError):
+        error = None
+    return error if isinstance(error, str) else head[:500].decode(errors="replace")
+
+
+async def _close_state(state: _LoopState) -> None:
+    """Close what one event loop's state holds (run it on that loop)."""
+    if state.wire is not None:
+        state.wire.close()
+    await state.session.close()
 
 
 def _unframe(body: bytes | memoryview) -> list[tuple[dict[str, Any], memoryview | None]]:
@@ -157,6 +178,7 @@ class HttpZarrStore(Store):
         self.max_batch = max_batch
         self._wire = True  # batch answers on raw connections, until a server's answer says no
         self._sessions: dict[asyncio.AbstractEventLoop, _LoopState] = {}
+        self._closing: set[asyncio.Task[None]] = set()
         self._lock = threading.Lock()
 
     def __eq__(self, other: object) -> bool:
@@ -170,7 +192,7 @@ class HttpZarrStore(Store):
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["_sessions"], state["_lock"] = {}, None
+        state["_sessions"], state["_closing"], state["_lock"] = {}, set(), None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -362,20 +384,41 @@ class HttpZarrStore(Store):
                 seen.add(first)
                 yield first
 
-    def close(self) -> None:
+    def _take_states(self) -> tuple[tuple[asyncio.AbstractEventLoop, _LoopState], ...]:
+        """Forget the per-loop states, handing back those whose loop can still close them."""
         super().close()
-        for loop, state in list(self._sessions.items()):
-            session = state.session
-            if loop.is_closed():
-                continue
-            if state.wire is not None:
-                if loop.is_running():
-                    loop.call_soon_threadsafe(state.wire.close)
-                else:
-                    state.wire.close()
-            if not session.closed:
-                if loop.is_running():
-                    asyncio.run_coroutine_threadsafe(session.close(), loop)
-                else:
-                    loop.run_until_complete(session.close())
-        self._sessions.clear()
+        with self._lock:
+            states = tuple(self._sessions.items())
+            self._sessions.clear()
+        return tuple((loop, state) for loop, state in states if not loop.is_closed())
+
+    def close(self) -> None:
+        """Close the HTTP sessions of every loop the store was used on, and wait for it, except
+        on the loop running in this very thread (that one cannot be waited for here: there,
+        use ``async with store:``, which waits)."""
+        try:
+            current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            current = None
+        for loop, state in self._take_states():
+            if loop is current:
+                task = loop.create_task(_close_state(state))
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
+            elif loop.is_running():  # e.g. zarr's own loop thread
+                asyncio.run_coroutine_threadsafe(_close_state(state), loop).result(self.timeout)
+            else:
+                loop.run_until_complete(_close_state(state))
+
+    async def __aenter__(self) -> HttpZarrStore:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        current = asyncio.get_running_loop()
+        for loop, state in self._take_states():
+            if loop is current:
+                await _close_state(state)
+            elif loop.is_running():
+                await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(_close_state(state), loop))
+            # a loop that is neither running nor closed cannot be driven from inside this one;
+            # its session is closed once that loop runs close() (or is garbage-collected)

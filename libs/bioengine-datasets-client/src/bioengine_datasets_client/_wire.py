@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import ssl
 import threading
 import weakref
@@ -25,6 +26,10 @@ import numpy as np
 __all__ = ["BufferPool", "WireConnection", "WirePool", "WireUnsupported"]
 
 _HEAD_LIMIT = 64 << 10
+#: Status codes and Content-Length are ASCII digits (RFC 9110); str.isdigit() and int() would
+#: also take other scripts' digits, superscripts and underscores. Up to 18 digits: no answer
+#: is larger, and int() never sees an absurd number.
+_DIGITS = re.compile(r"[0-9]{1,18}")
 
 
 class BufferPool:
@@ -123,14 +128,14 @@ class WireConnection(asyncio.BufferedProtocol):
             return
         lines = bytes(self._head[:end]).decode("latin-1").split("\r\n")
         parts = lines[0].split(" ", 2)
-        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not _DIGITS.fullmatch(parts[1]):
             raise WireUnsupported(f"not an HTTP/1.x status line: {lines[0][:80]!r}")
         self._status = int(parts[1])
         headers = {}
         for line in lines[1:]:
             name, _, value = line.partition(":")
             headers[name.strip().lower()] = value.strip()
-        if "transfer-encoding" in headers or not headers.get("content-length", "").isdigit():
+        if "transfer-encoding" in headers or not _DIGITS.fullmatch(headers.get("content-length", "")):
             raise WireUnsupported("answer not framed by Content-Length")
         self._keep_alive = parts[0] == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
         length = int(headers["content-length"])
