@@ -3,6 +3,7 @@
 import asyncio
 import json
 import os
+import re
 import time
 import urllib.parse
 
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 import zarr
 
-from bioengine_common import connect
+from bioengine_common import SERVICES_USER, connect
 from bioengine_common.testing import ADMIN_USER, launch_service, wait_for_service
 from bioengine_datasets_client import DatasetAccessError, HttpZarrStore, open_dataset
 
@@ -101,6 +102,7 @@ async def http_url(datasets):
     return (await datasets.get_status())["http_url"]
 
 
+NOT_READABLE = "dataset '{id}' not found or not readable with this token"
 EXPECTED_VISIBLE = {
     "admin": {"private", "open", "members"},
     "alice": {"private", "open", "members"},
@@ -151,9 +153,9 @@ async def test_access_matrix_over_rpc(hypha_server, datasets, tokens):
                     service.get_dataset_info(dataset_id="private"),
                     service.list_files(dataset_id="private"),
                 ):
-                    with pytest.raises(Exception, match="may not read dataset 'private'"):
+                    with pytest.raises(Exception, match=NOT_READABLE.format(id="private")):
                         await call
-            with pytest.raises(Exception, match="not found"):
+            with pytest.raises(Exception, match=NOT_READABLE.format(id="nope")):
                 await service.get_dataset_info(dataset_id="nope")
         finally:
             await client.disconnect()
@@ -376,3 +378,168 @@ async def test_hot_reload(http_url, tokens, data_dir, datasets):
     while "fresh" in await datasets.list_datasets():
         assert time.monotonic() < deadline
         await asyncio.sleep(0.2)
+
+
+# ---- private answers like missing ------------------------------------------------------------------
+
+# Same length as "private" and "members", so even Content-Length must match.
+MISSING = "missing"
+
+
+async def _answer(http_url, method, dataset, path, token=None, headers=None, body=None):
+    """Status, the headers that can tell answers apart (all but Date) and the body, with the
+    dataset id the caller gave replaced by <id>."""
+    headers = dict(headers or {})
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request(
+            method, f"{http_url}/{path.format(id=dataset)}", headers=headers, data=body
+        ) as response,
+    ):
+        raw = await response.read()
+        kept = sorted((k, v) for k, v in response.headers.items() if k.lower() != "date")
+        return response.status, kept, raw.replace(dataset.encode(), b"<id>")
+
+
+REQUESTS = [
+    ("GET", "data/{id}/blob.bin", None, None),
+    ("GET", "data/{id}/no-such-file", None, None),
+    ("GET", "data/{id}/blob.bin", {"Range": "bytes=0-9"}, None),
+    ("GET", "data/{id}/../{id}/blob.bin", None, None),
+    ("HEAD", "data/{id}/blob.bin", None, None),
+    ("GET", "data/{id}?list=1", None, None),
+    ("GET", "data/{id}/sharded.zarr?list=1", None, None),
+    ("GET", "datasets/{id}", None, None),
+    ("POST", "data/{id}", {"Content-Type": "application/json"}, b'{"get": [{"key": "blob.bin"}]}'),
+    ("POST", "data/{id}/sharded.zarr", {"Content-Type": "application/json"}, b"not json"),
+]
+
+
+@pytest.mark.parametrize(
+    ("who", "unreadable", "status"),
+    [
+        ("anonymous", ["private", "members", MISSING], 401),
+        ("bob", ["private", MISSING], 403),
+    ],
+)
+async def test_private_datasets_answer_like_missing_ones_over_http(http_url, tokens, who, unreadable, status):
+    for method, path, headers, body in REQUESTS:
+        answers = {
+            dataset: await _answer(http_url, method, dataset, path, tokens[who], headers, body)
+            for dataset in unreadable
+        }
+        first = answers[unreadable[0]]
+        assert all(answer == first for answer in answers.values()), (method, path, answers)
+        assert first[0] == status, (method, path, first)
+        if method != "HEAD":
+            expected = "without a token" if who == "anonymous" else "with this token"
+            assert json.loads(first[2]) == {"error": f"dataset '<id>' not found or not readable {expected}"}
+        assert b"bob" not in first[2] and b"example.org" not in first[2]
+        assert ("WWW-Authenticate" in dict(first[1])) == (status == 401)
+
+
+async def test_a_rejected_token_is_refused_before_any_dataset_is_looked_up(http_url):
+    answers = [
+        await _answer(http_url, "GET", dataset, "data/{id}/hello.txt", "not-a-token")
+        for dataset in ("open", "private", MISSING)
+    ]
+    assert answers[0][0] == 401 and answers[0] == answers[1] == answers[2]
+    assert b"rejected by the Hypha server" in answers[0][2]
+
+
+def _anonymous_caller():
+    return {"id": "anonymouz-visitor", "email": None, "is_anonymous": True}
+
+
+async def test_private_datasets_answer_like_missing_ones_over_rpc(hypha_server, datasets):
+    """A signed-in caller without access (bob, direct), and an anonymous one (forwarded by the
+    services' own user, as the gateway does): the same exception for a private id and a
+    missing one, apart from the id."""
+    bob = await connect(
+        hypha_server.url, workspace=hypha_server.workspace,
+        token=hypha_server.mint("bob", email="bob@example.org"),
+    )  # fmt: skip
+    services = await connect(
+        hypha_server.url, workspace=hypha_server.workspace, token=hypha_server.mint(SERVICES_USER)
+    )
+    try:
+        as_bob = await bob.get_service("datasets-http:bioengine-datasets")
+        as_services = await services.get_service("datasets-http:bioengine-datasets")
+        anonymous = {"caller": _anonymous_caller()}
+        callers = {
+            "bob": (as_bob, {}, ["private", MISSING], "with this token"),
+            "anonymous": (as_services, anonymous, ["private", "members", MISSING], "without a token"),
+        }
+        for who, (service, extra, unreadable, how) in callers.items():
+            for method, kwargs in (
+                ("get_dataset_info", {}),
+                ("list_files", {"dir_path": "sharded.zarr"}),
+                ("get_access_url", {"path": "v2.zarr"}),
+            ):
+                refusals = []
+                for dataset in unreadable:
+                    with pytest.raises(Exception) as info:
+                        await getattr(service, method)(dataset_id=dataset, **kwargs, **extra)
+                    refusals.append((type(info.value), str(info.value).replace(dataset, "<id>")))
+                assert all(refusal == refusals[0] for refusal in refusals), (who, method, refusals)
+                message = refusals[0][1]
+                assert f"dataset '<id>' not found or not readable {how}" in message, (who, method, message)
+                assert "bob" not in message and "example.org" not in message and "anonymouz" not in message
+            # What they may read still works, and the listing shows only that.
+            listed = await service.list_datasets(**extra)
+            assert set(listed) == EXPECTED_VISIBLE[who]
+    finally:
+        await bob.disconnect()
+        await services.disconnect()
+
+
+# ---- logs cannot be forged -------------------------------------------------------------------------
+
+FORGED = "2026-01-01 00:00:00 INFO forged"
+RECORD_START = re.compile(rb"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ")
+
+
+async def _raw_get(http_url, target):
+    """One request with the target exactly as given (no client normalising it), read to the
+    end: the server writes its access line before it closes the connection."""
+    host = urllib.parse.urlsplit(http_url)
+    reader, writer = await asyncio.open_connection(host.hostname, host.port)
+    writer.write(f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    response = await reader.read()
+    writer.close()
+    await writer.wait_closed()
+    return response
+
+
+async def test_request_paths_cannot_forge_log_lines(http_url, datasets_process):
+    probes = {
+        "probe-crlf": "/data/open/probe-crlf/a%0d%0a2026-01-01%2000:00:00%20INFO%20forged",
+        "probe-lf": "/data/open/probe-lf%0a2026-01-01%2000:00:00%20INFO%20forged",
+        "probe-nul": "/data/open/probe-nul%00.png",
+        "probe-esc": "/data/open/probe-esc%1b[31mred%1b[0m",
+        "probe-c1": "/data/open/probe-c1%c2%85%c2%9b31m",
+        "probe-ls": "/data/open/probe-ls%e2%80%a82026-01-01%2000:00:00%20INFO%20forged",
+        "probe-missing": "/data/probe-missing%0d%0a2026-01-01%2000:00:00%20INFO%20forged/x",
+    }
+    for target in probes.values():
+        response = await _raw_get(http_url, target)
+        assert response.split(b" ")[1][:1] == b"4", (target, response[:200])
+    log = (datasets_process.workspace_dir / "logs" / "datasets.log").read_bytes()
+    for forbidden in (b"\x00", b"\x1b", b"\r", "\u2028".encode(), "\x85".encode(), "\x9b".encode()):
+        assert forbidden not in log, forbidden
+    lines = log.split(b"\n")
+    for name in probes:
+        carrying = [line for line in lines if name.encode() in line]
+        assert len(carrying) == 1 and RECORD_START.match(carrying[0]), (name, carrying)
+        assert b"] GET /data/" in carrying[0]
+    assert not any(line.startswith(FORGED.encode()) for line in lines)
+    text = log.decode()
+    assert f"probe-crlf/a\\r\\n{FORGED} 40" in text
+    assert f"probe-ls\\u2028{FORGED} 40" in text
+    assert "probe-nul\\x00.png 40" in text and "probe-esc\\x1b[31mred\\x1b[0m 40" in text
+    assert "probe-c1\\x85\\x9b31m 40" in text
+    # The console copy of the log (stderr) is escaped alike.
+    console = (datasets_process.workspace_dir / "logs" / "datasets.console.log").read_bytes()
+    assert b"\x00" not in console and b"\x1b" not in console and b"probe-nul\\x00.png" in console

@@ -25,10 +25,41 @@ from bioengine_datasets._registry import DatasetRegistry, scan_data_dir
         (" bytes = 5-6 ", 100, (5, 6)),
         ("items=0-5", 100, None),  # other units are ignored
         ("bytes=0-1,5-6", 100, None),  # several ranges: the whole file, as the RFC allows
+        ("BYTES=0-9", 100, (0, 9)),  # the unit is case-insensitive
+        ("bytes=\t0\t-\t9\t", 100, (0, 9)),  # optional whitespace is SP or HTAB
+        ("bytes=0000000000000000000000000000000000000007-0009", 100, (7, 9)),
+        ("bytes=0-" + "9" * 5000, 100, (0, 99)),  # past int()'s digit limit: just past the end
+        ("bytes=-" + "9" * 5000, 100, (0, 99)),
+        ("b\u0443tes=0-5", 100, None),  # a unit that only looks like bytes: not ours, ignored
+        ("garbage", 100, None),
     ],
 )
 def test_range_forms(header, size, expected):
     assert parse_range(header, size) == expected
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "bytes=\u0661-\u0665",  # Arabic-Indic digits
+        "bytes=\u0661\u0660-",
+        "bytes=-\u0665",
+        "bytes=\uff10-\uff15",  # fullwidth digits
+        "bytes=\u00b9-\u00b2",  # superscripts (str.isdigit() says True)
+        "bytes=\u09e6-\u09eb",  # Bengali digits
+        "bytes=1_0-20",  # int() accepts underscores
+        "bytes=+1-20",
+        "bytes=0x10-20",
+        "bytes=\u00a00-5",  # no-break space is not optional whitespace
+        "bytes=0-5\u3000",
+        "bytes=0-5\x1c",  # str.strip() would drop it
+        "bytes=1-2-3",
+        "bytes=" + "9" * 5000 + "-",  # starts past any file
+    ],
+)
+def test_only_ascii_digits_make_a_range(header):
+    with pytest.raises(RangeNotSatisfiable):
+        parse_range(header, 100)
 
 
 @pytest.mark.parametrize(

@@ -10,11 +10,11 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from bioengine_common import connect, is_anonymous, is_authorized, token_claims
+from bioengine_common import PermissionDenied, connect, is_anonymous, is_authorized, token_claims
 
 from ._registry import Dataset
 
-__all__ = ["TokenValidator", "may_read"]
+__all__ = ["DatasetUnreadable", "TokenValidator", "may_read", "readable_dataset"]
 
 
 def may_read(user: Mapping[str, Any] | None, dataset: Dataset, admins: Sequence[str]) -> bool:
@@ -27,6 +27,32 @@ def may_read(user: Mapping[str, Any] | None, dataset: Dataset, admins: Sequence[
     if is_authorized(user, admins):
         return True
     return is_authorized(user, dataset.manifest.authorized_users)
+
+
+class DatasetUnreadable(PermissionDenied):
+    """The one answer for a dataset that does not exist and for one the caller may not read,
+    so that private ids cannot be discovered. The text depends only on the id the caller gave
+    and on whether the caller is anonymous (never on the dataset, never names the caller).
+    Over HTTP: 401 for anonymous callers, 403 for signed-in ones."""
+
+    def __init__(self, dataset_id: str, anonymous: bool):
+        self.anonymous = anonymous
+        how = "without a token" if anonymous else "with this token"
+        super().__init__(f"dataset '{dataset_id}' not found or not readable {how}")
+
+
+def readable_dataset(
+    datasets: Mapping[str, Dataset],
+    dataset_id: str,
+    user: Mapping[str, Any] | None,
+    admins: Sequence[str],
+) -> Dataset:
+    """The dataset ``dataset_id`` if ``user`` may read it; DatasetUnreadable otherwise, the
+    same whether it exists or not."""
+    dataset = datasets.get(dataset_id)
+    if dataset is None or not may_read(user, dataset, admins):
+        raise DatasetUnreadable(dataset_id, anonymous=not user or is_anonymous(user))
+    return dataset
 
 
 class TokenValidator:

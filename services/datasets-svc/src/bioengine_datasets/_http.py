@@ -2,7 +2,14 @@
 
 Tokens come from ``Authorization: Bearer`` (``?token=`` accepted for clients that cannot set
 headers). The access log writes method, path and status only: never a query string, never a
-header, so a token cannot reach a log.
+header, so a token cannot reach a log. It goes to the service's logger (``create_logger``),
+whose formatter escapes control characters, so a path like ``/data/x/a%0d%0a...`` cannot
+start a forged line; the server's own error log goes to the same logger.
+
+A dataset that does not exist and one the caller may not read get the same answer
+(``DatasetUnreadable``): 401 for an anonymous caller, 403 for a signed-in one, and the same
+JSON body apart from the id the caller gave, so private ids cannot be discovered. A token the
+Hypha server rejects gets its own 401, decided before any dataset is looked up.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from aiohttp.abc import AbstractAccessLogger
 
 from bioengine_common import InvalidRequest, NotFound, PermissionDenied
 
-from ._access import TokenValidator, may_read
+from ._access import DatasetUnreadable, TokenValidator, may_read, readable_dataset
 from ._paths import DatasetPaths
 from ._ranges import RangeNotSatisfiable, parse_range
 from ._registry import Dataset, DatasetRegistry
@@ -42,6 +49,8 @@ CORS_HEADERS = {
 
 
 class PathOnlyAccessLogger(AbstractAccessLogger):
+    """Method, decoded path, status and time, through the service's logger (which escapes)."""
+
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         self.logger.info("%s %s %s %.1fms", request.method, request.path, response.status, time * 1000)
 
@@ -61,9 +70,15 @@ async def _errors_and_cors(
         return web.Response(status=204, headers=CORS_HEADERS)
     try:
         response = await handler(request)
+    except TokenRejected as exc:
+        response = web.json_response({"error": str(exc)}, status=401, headers=_CHALLENGE_INVALID)
+    except DatasetUnreadable as exc:
+        if exc.anonymous:
+            response = web.json_response({"error": str(exc)}, status=401, headers=_CHALLENGE)
+        else:
+            response = web.json_response({"error": str(exc)}, status=403)
     except PermissionDenied as exc:
-        status = 401 if request.get("user") is None else 403
-        response = web.json_response({"error": str(exc)}, status=status)
+        response = web.json_response({"error": str(exc)}, status=403)
     except NotFound as exc:
         response = web.json_response({"error": str(exc)}, status=404)
     except InvalidRequest as exc:
@@ -80,30 +95,28 @@ async def _errors_and_cors(
     return response
 
 
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="bioengine-datasets"'}
+_CHALLENGE_INVALID = {"WWW-Authenticate": 'Bearer realm="bioengine-datasets", error="invalid_token"'}
+
+
+class TokenRejected(PermissionDenied):
+    """The Hypha server rejected the token: 401, whatever the request asked for."""
+
+
 async def _user(request: web.Request) -> dict[str, Any] | None:
     token = _token(request)
     if token is None:
         return None
     user = await request.app[VALIDATOR].user(token)
     if user is None:
-        raise PermissionDenied("the token was rejected by the Hypha server (invalid or expired)")
-    request["user"] = user
+        raise TokenRejected("the token was rejected by the Hypha server (invalid or expired)")
     return user
 
 
 async def _readable(request: web.Request, dataset_id: str) -> Dataset:
-    user = await _user(request)
-    dataset = request.app[REGISTRY].datasets.get(dataset_id)
+    user = await _user(request)  # a rejected token is refused here, before any lookup
     admins: list[str] = request.app[ADMINS]
-    if dataset is not None and may_read(user, dataset, admins):
-        return dataset
-    if user is None:  # the same answer whether it exists or not: no existence leak
-        raise PermissionDenied(f"dataset '{dataset_id}' needs a token with read access")
-    if dataset is None:
-        raise NotFound(f"dataset '{dataset_id}' not found")
-    raise PermissionDenied(
-        f"user '{user.get('email') or user.get('id')}' may not read dataset '{dataset_id}'"
-    )
+    return readable_dataset(request.app[REGISTRY].datasets, dataset_id, user, admins)
 
 
 async def health(request: web.Request) -> web.Response:

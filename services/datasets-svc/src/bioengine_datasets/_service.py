@@ -11,9 +11,9 @@ from aiohttp import web
 from hypha_rpc.utils.schema import schema_method
 from pydantic import Field
 
-from bioengine_common import BioEngineService, InvalidRequest, NotFound, PermissionDenied, ServiceSettings
+from bioengine_common import BioEngineService, InvalidRequest, ServiceSettings
 
-from ._access import TokenValidator, may_read
+from ._access import TokenValidator, may_read, readable_dataset
 from ._http import PathOnlyAccessLogger, build_app
 from ._paths import resolve_inside
 from ._registry import Dataset, DatasetRegistry
@@ -69,7 +69,11 @@ class DatasetsService(BioEngineService):
         self.data_dir.mkdir(parents=True, exist_ok=True)
         await self._rescan()
         app = build_app(self.registry, self.validator, self.admin_users)
-        self._runner = web.AppRunner(app, access_log=self.logger, access_log_class=PathOnlyAccessLogger)
+        # Access log and the server's own error log both through this service's logger, whose
+        # formatter escapes what comes from requests.
+        self._runner = web.AppRunner(
+            app, access_log=self.logger, access_log_class=PathOnlyAccessLogger, logger=self.logger
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.http_host, self.settings.http_port)
         await site.start()
@@ -100,15 +104,9 @@ class DatasetsService(BioEngineService):
 
     # ---- RPC ---------------------------------------------------------------------------------------
     def _dataset(self, dataset_id: str, context: Any, caller: Any) -> Dataset:
+        """The dataset, or DatasetUnreadable: the same for a missing one and a private one."""
         user = self.caller_context(context, caller)["user"]
-        dataset = self.registry.datasets.get(dataset_id)
-        if dataset is None:
-            raise NotFound(f"dataset '{dataset_id}' not found")
-        if not may_read(user, dataset, self.admin_users):
-            raise PermissionDenied(
-                f"user '{user.get('email') or user.get('id')}' may not read dataset '{dataset_id}'"
-            )
-        return dataset
+        return readable_dataset(self.registry.datasets, dataset_id, user, self.admin_users)
 
     @schema_method
     async def list_datasets(self, caller: dict | None = None, context: dict | None = None) -> dict:
