@@ -76,7 +76,9 @@ async def run(connection: dict, rounds: int, calls: int, block: int) -> tuple[di
             await asyncio.sleep(0.5)
         cluster = await server.get_service("bioengine-cluster", {"mode": "random"})
         info = await cluster.get_connection_info()
-        await asyncio.to_thread(connect_driver, info["address"], 60.0, info["namespace"])
+        await asyncio.to_thread(
+            connect_driver, info["address"], 60.0, info["namespace"], info.get("token_file")
+        )
         artifact_id = await worker.upload_app(files=read_app_folder(DEMO))
 
         deploy: dict[str, list[float]] = {"deploy_app -> RUNNING": [], "raw serve.run": []}

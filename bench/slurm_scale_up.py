@@ -85,7 +85,9 @@ async def run(rounds: int, base: Path) -> dict[str, list[float]]:
         cluster = await client.get_service("bioengine-cluster")
         await _until(lambda: _ready(cluster), 120, "the slurm-mode head")
         info = await cluster.get_connection_info()
-        await asyncio.to_thread(connect_driver, info["address"], 60.0, info["namespace"])
+        await asyncio.to_thread(
+            connect_driver, info["address"], 60.0, info["namespace"], info.get("token_file")
+        )
         script = await cluster.render_job_script()
         tag = (await cluster.get_status())["ray_cluster"]["slurm"]["tag"]
         bare_script = script.replace(tag, "benchbare")

@@ -6,6 +6,12 @@ the ``ray`` command of this environment and imports Ray only for its version.
 Never ``ray stop``: it kills every Ray cluster on the machine. The head outlives a restart of
 bioengine-cluster: its PID and ports are kept in ``<temp dir>/bioengine-head.json`` and a new
 service process adopts a head that is still running.
+
+Token authentication (Ray >= 2.60): a head given a token file runs with ``RAY_AUTH_MODE=token``
+and ``RAY_AUTH_TOKEN_PATH=<file>``; only the *path* is ever passed on (environment of the head,
+drivers, SLURM jobs), never the token itself. The head's environment carries no secrets of the
+service that starts it (:func:`scrub_environment`): every Ray worker process inherits it, and
+app code runs in those.
 """
 
 from __future__ import annotations
@@ -16,12 +22,15 @@ import json
 import logging
 import os
 import random
+import secrets
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +44,15 @@ __all__ = [
     "HeadState",
     "LocalHead",
     "RayPorts",
+    "check_token_file",
     "choose_ports",
     "connect_driver",
     "disconnect_driver",
+    "ensure_token_file",
     "ray_environment",
+    "scrub_environment",
     "short_temp_dir",
+    "token_fingerprint",
 ]
 
 #: Unix socket paths under the temp dir must stay below 108 bytes; Ray adds up to ~70.
@@ -47,17 +60,102 @@ MAX_TEMP_DIR_LENGTH = 36
 WORKER_PORT_COUNT = 1000
 
 
-def ray_environment(drain_timeout_s: float = 1.0) -> dict[str, str]:
-    """Variables every Ray process of ours gets (the head, drivers, run_code tasks)."""
-    return {
+def ray_environment(drain_timeout_s: float = 1.0, token_file: str | Path | None = None) -> dict[str, str]:
+    """Variables every Ray process of ours gets (the head, drivers, run_code tasks).
+
+    With ``token_file``: token authentication, the token read from that file by Ray itself (only
+    the path is in the environment). Without: authentication explicitly disabled.
+    """
+    env = {
         "RAY_USAGE_STATS_ENABLED": "0",
         # Explicit, or one stray `ray.init()` on the machine flips later heads to token auth.
-        "RAY_AUTH_MODE": "disabled",
+        "RAY_AUTH_MODE": "token" if token_file else "disabled",
         "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": f"{drain_timeout_s:g}",
         # Under `uv run` (any ancestor), Ray would otherwise ship the current directory to every
         # job and start its workers with `uv run`: slow, and not what the cluster should run.
         "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
     }
+    if token_file:
+        env["RAY_AUTH_TOKEN_PATH"] = str(token_file)
+    return env
+
+
+#: Never inherited by a Ray head or a SLURM worker job (and so by app code and run_code tasks).
+_SECRET_PREFIXES = ("BIOENGINE_", "HYPHA_")
+_SECRET_WORDS = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "API_KEY", "APIKEY", "CREDENTIAL")
+#: Names with a secret word that only point at something (Ray reads the token from this path).
+_KEPT = {"RAY_AUTH_TOKEN_PATH"}
+
+
+def scrub_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` without anything a Ray worker must not inherit: every ``BIOENGINE_*`` and
+    ``HYPHA_*`` variable (the services' Hypha tokens), ``RAY_AUTH_TOKEN`` (a token value) and any
+    variable whose name says token, secret, password, API key or credential."""
+    kept = {}
+    for name, value in env.items():
+        upper = name.upper()
+        if upper not in _KEPT and (
+            upper.startswith(_SECRET_PREFIXES) or any(word in upper for word in _SECRET_WORDS)
+        ):
+            continue
+        kept[name] = value
+    return kept
+
+
+def check_token_file(path: str | Path) -> Path:
+    """``path`` if it is a usable Ray token file: a non-empty regular file of this user that no
+    other user may read or write. Errors name the file and the fix, never its content."""
+    path = Path(path).expanduser()
+    if not path.is_absolute():
+        raise ConfigurationError(f"the Ray token file must be an absolute path, got '{path}'")
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise ConfigurationError(f"the Ray token file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigurationError(f"the Ray token file {path} cannot be read: {exc.strerror}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise ConfigurationError(f"the Ray token file {path} is not a regular file")
+    if info.st_mode & 0o077:
+        raise ConfigurationError(
+            f"the Ray token file {path} is accessible to other users (mode "
+            f"{stat.S_IMODE(info.st_mode):04o}); allow only its owner: chmod 600 {path}"
+        )
+    if info.st_uid != os.getuid():
+        raise ConfigurationError(
+            f"the Ray token file {path} belongs to uid {info.st_uid}, not to this user ({os.getuid()})"
+        )
+    try:
+        token = path.read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigurationError(f"the Ray token file {path} cannot be read: {exc}") from None
+    if not token:
+        raise ConfigurationError(f"the Ray token file {path} is empty")
+    if not token.isascii() or not token.isprintable() or any(ch.isspace() for ch in token):
+        raise ConfigurationError(
+            f"the Ray token file {path} must hold one token of printable ASCII characters"
+        )
+    return path
+
+
+def ensure_token_file(path: str | Path) -> Path:
+    """The token file at ``path``, created with a new random token (mode 0600, parent 0700 when
+    created here) if missing; an existing one is kept (an adopted head still matches it)."""
+    path = Path(path).expanduser().resolve()
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return check_token_file(path)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secrets.token_hex(32))  # 256 bits, Ray's own format
+    return check_token_file(path)
+
+
+def token_fingerprint(path: str | Path) -> str:
+    """A short digest of the token in ``path``: tells two tokens apart without revealing one."""
+    digest = hashlib.sha256(Path(path).read_text().strip().encode()).hexdigest()
+    return digest[:16]
 
 
 def short_temp_dir(preferred: Path) -> Path:
@@ -149,6 +247,11 @@ class HeadState(BaseModel):
     ports: RayPorts
     started_at: float
     ray_version: str
+    #: "token" or "disabled" (files of older versions have none: they ran disabled).
+    auth_mode: str = "disabled"
+    #: The token file the head reads (a path), and a digest telling a changed token apart.
+    token_file: str | None = None
+    token_fingerprint: str | None = None
 
     @property
     def address(self) -> str:
@@ -166,10 +269,19 @@ def _accepts(host: str, port: int, timeout: float = 0.5) -> bool:
 class LocalHead:
     """Start, adopt, watch and stop one ``ray start --head --block`` process."""
 
-    def __init__(self, temp_dir: Path, options: HeadOptions, logger: logging.Logger):
+    def __init__(
+        self,
+        temp_dir: Path,
+        options: HeadOptions,
+        logger: logging.Logger,
+        token_file: Path | None = None,
+    ):
+        """``token_file``: run the head with token authentication, reading the token from this
+        file (see :func:`ensure_token_file`); None: authentication disabled (test fixtures)."""
         self.temp_dir = temp_dir
         self.options = options
         self.logger = logger
+        self.token_file = check_token_file(token_file) if token_file else None
         self.state: HeadState | None = None
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -203,6 +315,23 @@ class LocalHead:
         except psutil.Error:
             running = False
         if not running or not _accepts("127.0.0.1", state.ports.gcs):
+            return False
+        wanted = (
+            ("token", str(self.token_file), token_fingerprint(self.token_file))
+            if self.token_file
+            else ("disabled", None, None)
+        )
+        if (state.auth_mode, state.token_file, state.token_fingerprint) != wanted:
+            # Never keep serving a head whose authentication differs from what is asked for
+            # (e.g. one started without a token by an older version, or a replaced token file).
+            self.logger.warning(
+                "Stopping the running Ray head (pid %s, authentication %s): this service runs "
+                "heads with authentication %s%s",
+                state.pid, state.auth_mode, wanted[0],
+                " and a different token file or token" if state.auth_mode == wanted[0] else "",
+            )  # fmt: skip
+            self.state = state
+            self.stop()
             return False
         self.state = state
         self.logger.info("Adopted the running Ray head (pid %s, GCS %s)", state.pid, state.address)
@@ -250,8 +379,9 @@ class LocalHead:
         if self.options.object_store_bytes is not None:
             argv.append(f"--object-store-memory={self.options.object_store_bytes}")
         env = {
-            **os.environ,
-            **ray_environment(),
+            # Every Ray worker (app replicas, run_code tasks) inherits the raylet's environment.
+            **scrub_environment(os.environ),
+            **ray_environment(token_file=self.token_file),
             # These two metrics ports move only by environment variable (fixed defaults otherwise).
             "AUTOSCALER_METRIC_PORT": str(ports.autoscaler_metrics),
             "DASHBOARD_METRIC_PORT": str(ports.dashboard_metrics),
@@ -280,9 +410,16 @@ class LocalHead:
         self.state = HeadState(
             pid=self._process.pid, temp_dir=str(self.temp_dir), node_ip=node_ip, ports=ports,
             started_at=time.time(), ray_version=ray_version,
+            auth_mode="token" if self.token_file else "disabled",
+            token_file=str(self.token_file) if self.token_file else None,
+            token_fingerprint=token_fingerprint(self.token_file) if self.token_file else None,
         )  # fmt: skip
         self.state_file.write_text(self.state.model_dump_json(indent=2))
-        self.logger.info("Ray head started in %.1f s at %s", time.monotonic() - started, self.state.address)
+        self.logger.info(
+            "Ray head started in %.1f s at %s (authentication: %s)",
+            time.monotonic() - started, self.state.address,
+            f"token from {self.token_file}" if self.token_file else "disabled",
+        )  # fmt: skip
         return self.state
 
     def _leftovers(self) -> list[psutil.Process]:
@@ -328,14 +465,48 @@ class LocalHead:
         self._process = None
 
     def describe(self) -> dict[str, Any]:
-        return json.loads(self.state.model_dump_json()) if self.state else {}
+        return json.loads(self.state.model_dump_json(exclude={"token_fingerprint"})) if self.state else {}
 
 
-def connect_driver(address: str, timeout: float, namespace: str = "bioengine") -> dict[str, Any]:
-    """``ray.init`` to ``address`` (blocking); errors name both versions."""
+def _apply_ray_environment(env: Mapping[str, str]) -> None:
+    """Put ``env`` in this process and make an already imported Ray see it: Ray caches its
+    config (the authentication mode) and the token it loaded."""
+    changed = any(os.environ.get(name) != value for name, value in env.items())
+    if "RAY_AUTH_TOKEN_PATH" not in env:
+        changed |= os.environ.pop("RAY_AUTH_TOKEN_PATH", None) is not None
+    # A token value in the environment would win over the file.
+    changed |= os.environ.pop("RAY_AUTH_TOKEN", None) is not None
+    os.environ.update(env)
+    if changed and "ray" in sys.modules:
+        with contextlib.suppress(Exception):  # private API; a fresh process needs none of this
+            from ray._raylet import AuthenticationTokenLoader, Config  # type: ignore[attr-defined]
+
+            Config.initialize("")
+            AuthenticationTokenLoader.instance().reset_cache()
+
+
+def connect_driver(
+    address: str,
+    timeout: float,
+    namespace: str = "bioengine",
+    token_file: str | Path | None = None,
+) -> dict[str, Any]:
+    """``ray.init`` to ``address`` (blocking); errors name both versions.
+
+    ``token_file``: the cluster runs with token authentication; Ray reads the token from this
+    file. Ray Client (``ray://``) addresses cannot be combined with it: Ray 2.60's Ray Client
+    does not work under token authentication.
+    """
+    if token_file and address.startswith("ray://"):
+        raise ConfigurationError(
+            f"a Ray token file cannot be used with the Ray Client address {address}: Ray Client "
+            "does not work under token authentication; give the cluster's GCS address "
+            "(host:port) instead"
+        )
+    path = check_token_file(token_file) if token_file else None
     import ray
 
-    os.environ.update(ray_environment())
+    _apply_ray_environment(ray_environment(token_file=path))
     started = time.monotonic()
     try:
         context = ray.init(
@@ -349,12 +520,18 @@ def connect_driver(address: str, timeout: float, namespace: str = "bioengine") -
             raise ConfigurationError(
                 f"the cluster at {address} runs other versions than this worker ({ours}): {message}"
             ) from exc
+        auth = (
+            f" (authenticating with the token in {path}: is it the cluster's token?)"
+            if path
+            else " (without a Ray token: a cluster with token authentication refuses this driver; "
+            "give its token file)"
+        )
         if time.monotonic() - started > timeout:
             raise ServiceUnavailable(
-                f"connecting to {address} took over {timeout:.0f} s and failed ({message}); "
+                f"connecting to {address} took over {timeout:.0f} s and failed ({message}){auth}; "
                 f"with Ray Client a Ray version mismatch looks like this — this worker runs {ours}"
             ) from exc
-        raise ServiceUnavailable(f"cannot connect to the Ray cluster at {address}: {message}") from exc
+        raise ServiceUnavailable(f"cannot connect to the Ray cluster at {address}: {message}{auth}") from exc
     return dict(context.address_info) if hasattr(context, "address_info") else {}
 
 

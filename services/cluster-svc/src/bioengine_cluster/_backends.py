@@ -13,7 +13,15 @@ import socket
 from pathlib import Path
 from typing import Any, ClassVar
 
-from bioengine_common import ConfigurationError, HeadOptions, LocalHead, ServiceUnavailable
+from bioengine_common import (
+    ConfigurationError,
+    HeadOptions,
+    LocalHead,
+    ServiceUnavailable,
+    check_token_file,
+    connect_driver,
+    ensure_token_file,
+)
 
 __all__ = ["NAMESPACE", "ClusterBackend", "ExternalBackend", "LocalHeadBackend"]
 
@@ -26,6 +34,16 @@ class ClusterBackend(abc.ABC):
     starts_ray: ClassVar[bool]
     #: Whether the cluster can add nodes on demand (slurm, in the autoscaling step).
     can_scale_up: ClassVar[bool] = False
+    #: The cluster's Ray token file (token authentication), None without one.
+    token_file: Path | None = None
+
+    @property
+    def auth_mode(self) -> str:
+        return "token" if self.token_file else "disabled"
+
+    def connect(self, timeout: float) -> None:
+        """Become a Ray driver of the cluster (blocking), with its token if it has one."""
+        connect_driver(self.driver_address, timeout, NAMESPACE, token_file=self.token_file)
 
     @abc.abstractmethod
     def start(self) -> None:
@@ -64,9 +82,18 @@ class ClusterBackend(abc.ABC):
 class LocalHeadBackend(ClusterBackend):
     starts_ray = True
 
-    def __init__(self, mode: str, temp_dir: Path, options: HeadOptions, logger: logging.Logger):
+    def __init__(
+        self,
+        mode: str,
+        temp_dir: Path,
+        options: HeadOptions,
+        logger: logging.Logger,
+        token_file: Path | None = None,
+    ):
         self.mode = mode  # type: ignore[misc]
-        self.head = LocalHead(temp_dir, options, logger)
+        # Created once and reused: a head adopted after a restart still has the same token.
+        self.token_file = ensure_token_file(token_file) if token_file else None
+        self.head = LocalHead(temp_dir, options, logger, token_file=self.token_file)
 
     def start(self) -> None:
         if not self.head.adopt():
@@ -104,8 +131,9 @@ class ExternalBackend(ClusterBackend):
     mode = "external-cluster"
     starts_ray = False
 
-    def __init__(self, address: str):
+    def __init__(self, address: str, token_file: Path | None = None):
         self.address = address
+        self.token_file = token_file
 
     def _host_port(self) -> tuple[str, int]:
         if not self.address:
@@ -122,6 +150,14 @@ class ExternalBackend(ClusterBackend):
 
     def start(self) -> None:
         host, port = self._host_port()
+        if self.token_file is not None:
+            if self.address.startswith("ray://"):
+                raise ConfigurationError(
+                    f"--ray-token-file cannot be used with the Ray Client address {self.address}: "
+                    "Ray Client does not work under token authentication (Ray 2.60); give the "
+                    "cluster's GCS address host:port as --head-address"
+                )
+            check_token_file(self.token_file)
         try:
             with socket.create_connection((host, port), timeout=3):
                 pass

@@ -41,6 +41,13 @@ class ClusterSettings(ServiceSettings):
         description="Ray's temp dir (sessions, logs, sockets); default <workspace-dir>/ray, or a short "
         "path under /tmp derived from it when that is too long for Ray's socket paths.",
     )
+    ray_token_file: Path | None = Field(
+        None,
+        description="The Ray cluster's token file (token authentication; only its path is ever passed "
+        "on). single-machine and slurm: default <workspace-dir>/ray/auth_token, created once with a "
+        "random token, mode 0600, and reused. external-cluster: the token file of that cluster "
+        "(unset: connect without a token); cannot be used with a ray:// address.",
+    )
     dashboard: bool = Field(False, description="Run the Ray dashboard (about 1 GB more memory).")
     status_interval: float = Field(5.0, gt=0, description="Seconds between cluster samples.")
     status_history: int = Field(100, ge=1, description="Number of cluster samples kept.")
@@ -97,6 +104,14 @@ class ClusterSettings(ServiceSettings):
         "from the workspace dir, so a restarted service finds its jobs again.",
     )
     slurm_poll_interval: float = Field(5.0, gt=0, description="slurm: seconds between scaling rounds.")
+
+    def resolved_ray_token_file(self) -> Path | None:
+        """The token file: --ray-token-file, or for a head started here the default path."""
+        if self.ray_token_file is not None:
+            return self.ray_token_file.expanduser().resolve()
+        if self.mode == "external-cluster":
+            return None
+        return (self.workspace_dir.expanduser() / "ray" / "auth_token").resolve()
 
     def resolved_slurm_tag(self) -> str:
         """The jobs' tag: --slurm-tag, or a stable digest of the workspace dir."""

@@ -16,6 +16,10 @@ Conventions (checked against SLURM 22.05 from Debian, see ``infra/slurm/setup-sl
   the cluster status reads) and the node labels ``bioengine-tag`` / ``bioengine-slurm-job-id``.
 - ``scancel`` sends SIGTERM to ``ray start --block`` (the script ``exec``s it), which drains the node
   (``RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S``) before SLURM's ``KillWait`` ends in SIGKILL.
+- No secret reaches a job: ``sbatch`` exports its own environment by default (``--export=ALL``),
+  so :class:`SlurmCommands` runs it with a scrubbed one (no ``BIOENGINE_*``/``HYPHA_*``, no
+  token variables), and the script unsets those names once more. The Ray token goes by path
+  only (``RAY_AUTH_TOKEN_PATH``): never in the script, ``squeue`` or ``scontrol`` output.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from bioengine_common import scrub_environment
 
 from ._status import PendingDemand
 
@@ -174,6 +180,11 @@ class SlurmSettings(JobSpec):
     )
     apptainer_executable: str = Field("apptainer", description="apptainer or singularity.")
     head_address: str | None = Field(None, description="The Ray head's GCS address, host:port.")
+    ray_token_file: str | None = Field(
+        None,
+        description="The cluster's Ray token file (token authentication), as the job sees it: only "
+        "this path is in the script (RAY_AUTH_TOKEN_PATH); None: authentication disabled.",
+    )
     ray_temp_dir: str | None = Field(None, description="--temp-dir of the worker's Ray (node-local).")
     ray_executable: str = Field("ray", description="The `ray` command in the job (or the image).")
     worker_command: str | None = Field(
@@ -262,6 +273,7 @@ class SlurmSettings(JobSpec):
     @field_validator(
         "apptainer_image",
         "head_address",
+        "ray_token_file",
         "ray_temp_dir",
         "ray_executable",
         "apptainer_executable",
@@ -379,10 +391,30 @@ def render_job_script(
         "    exit 1",
         "fi",
         'echo "bioengine worker job ${SLURM_JOB_ID} on $(hostname) at $(date -Is)"',
+        # No service secret reaches Ray (and so app code), whatever the site's export rules.
+        "unset RAY_AUTH_TOKEN",
+        'for name in $(compgen -e); do case "$name" in BIOENGINE_*|HYPHA_*) unset "$name";; esac; done',
         'export RAY_CLOUD_INSTANCE_ID="${SLURM_JOB_ID}"',
         f"export BIOENGINE_SLURM_TAG={_q(tag)}",
         "export RAY_USAGE_STATS_ENABLED=0",
     ]
+    if settings.ray_token_file:
+        token = _q(settings.ray_token_file)
+        lines += [
+            "export RAY_AUTH_MODE=token",
+            f"export RAY_AUTH_TOKEN_PATH={token}",
+            f"if [ ! -r {token} ]; then",
+            "    echo "
+            + _q(
+                f"the Ray token file {settings.ray_token_file} is not readable on this node: it "
+                "must be on a filesystem the compute nodes share"
+            )
+            + ' "($(hostname))" >&2',
+            "    exit 1",
+            "fi",
+        ]
+    else:
+        lines.append("export RAY_AUTH_MODE=disabled")
     if settings.prologue.strip():
         lines += ["", "# --- prologue ---", settings.prologue.rstrip("\n"), "# --- end of prologue ---"]
 
@@ -416,6 +448,9 @@ def render_job_script(
             wrapper.append("--nv")
         for bind in settings.apptainer_binds:
             wrapper += ["--bind", _q(bind)]
+        if settings.ray_token_file:
+            # Read-only at the same path, so RAY_AUTH_TOKEN_PATH holds inside the image too.
+            wrapper += ["--bind", _q(f"{settings.ray_token_file}:{settings.ray_token_file}:ro")]
         wrapper += [_q(arg) for arg in settings.apptainer_args]
         wrapper.append(_q(settings.apptainer_image))
         run = " ".join(wrapper) + " " + run
@@ -1101,7 +1136,8 @@ class SlurmCommands:
                 stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
-                env=self._env,
+                # sbatch hands its environment to the job (--export=ALL by default): no secrets.
+                env=scrub_environment(self._env if self._env is not None else os.environ),
             )
         except FileNotFoundError:
             raise SlurmCommandError(args, f"{args[0]} not found: is this a SLURM login node?") from None
