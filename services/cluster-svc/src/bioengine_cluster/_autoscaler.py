@@ -95,9 +95,12 @@ def _age(since: float | None, now: float) -> float | None:
 class SlurmAutoscaler:
     """The scaling state of one BioEngine worker in slurm mode."""
 
-    def __init__(self, settings: ClusterSettings, logger: logging.Logger):
+    def __init__(self, settings: ClusterSettings, logger: logging.Logger, token_file: Path | None = None):
+        """``token_file``: the head's Ray token file (its path goes in the job script), None when
+        the head runs without token authentication."""
         self.cluster_settings = settings
         self.logger = logger
+        self.token_file = token_file
         self.tag = settings.resolved_slurm_tag()
         self.commands = SlurmCommands(self.tag)
         self.backoff = BackoffState()
@@ -133,8 +136,12 @@ class SlurmAutoscaler:
 
     def slurm_settings(self, head_address: str | None = None) -> SlurmSettings:
         s = self.cluster_settings
+        token_file = self.token_file
+        # The script sets RAY_AUTH_MODE / RAY_AUTH_TOKEN_PATH itself (from ray_token_file).
         exports = "\n".join(
-            f"export {name}={shlex.quote(value)}" for name, value in sorted(ray_environment().items())
+            f"export {name}={shlex.quote(value)}"
+            for name, value in sorted(ray_environment().items())
+            if not name.startswith("RAY_AUTH_")
         )
         prologue = exports + ("\n" + s.slurm_prologue if s.slurm_prologue.strip() else "")
         return SlurmSettings(
@@ -151,6 +158,7 @@ class SlurmAutoscaler:
             apptainer_image=s.slurm_image,
             apptainer_binds=list(s.slurm_binds),
             head_address=head_address,
+            ray_token_file=str(token_file) if token_file else None,
             ray_executable=self.ray_executable(),
             work_dir=str(self.work_dir),
             log_dir=str(self.log_dir),
