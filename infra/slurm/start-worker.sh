@@ -29,6 +29,10 @@
 # The token comes from the environment variable BIOENGINE_TOKEN (never from the command line,
 # where `ps` would show it) and is handed to the container through APPTAINERENV_BIOENGINE_TOKEN.
 #
+# The Ray cluster runs behind its own token, <workspace-dir>/ray/auth_token (mode 0600, created by
+# the cluster service; --ray-token-file to choose another file): the Ray workers in SLURM jobs
+# read it by path from the shared workspace dir, never from their environment or job script.
+#
 # Needs a container glibc at least as new as the host's (the host's SLURM binaries run inside).
 set -euo pipefail
 
@@ -221,7 +225,8 @@ if [ -z "${BIOENGINE_TOKEN:-}" ]; then
     echo "start-worker: BIOENGINE_TOKEN is not set: without --server-url the worker starts its own" \
         "Hypha server on loopback" >&2
 fi
-for name in BIOENGINE_TOKEN USER LOGNAME SLURM_CONF RAY_AUTH_MODE RAY_AUTH_TOKEN_PATH; do
+# (RAY_AUTH_MODE / RAY_AUTH_TOKEN_PATH are not handed over: the cluster service sets them itself.)
+for name in BIOENGINE_TOKEN USER LOGNAME SLURM_CONF; do
     pass_env "$name"
 done
 export APPTAINERENV_PREPEND_PATH=/usr/local/bin SINGULARITYENV_PREPEND_PATH=/usr/local/bin

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import subprocess
 import time
@@ -110,8 +111,11 @@ def analyze():
 
 
 async def test_demand_submits_a_worker_that_runs_the_task_then_idles_out(
-    slurm, cleanup_tags, hypha_server, start_service, admin_client, tmp_path
+    slurm, cleanup_tags, hypha_server, start_service, admin_client, tmp_path, monkeypatch
 ):
+    # The service holds Hypha tokens in its environment (BIOENGINE_TOKEN, and HYPHA_TOKEN here):
+    # none may reach the SLURM job (sbatch exports its whole environment by default).
+    monkeypatch.setenv("HYPHA_TOKEN", "hypha-token-value-of-the-service")
     tags, dirs = cleanup_tags
     tag = _tag()
     tags.append(tag)
@@ -150,6 +154,21 @@ async def test_demand_submits_a_worker_that_runs_the_task_then_idles_out(
     assert submits and submits[0]["inputs"]["observed"]["demand"]
     print(f"demand -> task returned from a new SLURM worker in {elapsed:.1f} s")
 
+    # The job's Ray worker runs behind the head's token, read from the file; the task sees the
+    # path, no token value and no Hypha token. Neither the script nor scontrol shows the token.
+    token_file = (tmp_path / "w1" / "ray" / "auth_token").resolve()
+    token = token_file.read_text().strip()
+    on_job = await proxy.run_code(code=ENVIRONMENT, remote_options={"num_cpus": 1}, timeout=60)
+    task_env = on_job["result"]
+    assert "error" not in on_job and task_env.get("SLURM_JOB_ID"), "ran on the head, not in a job"
+    assert task_env["RAY_AUTH_MODE"] == "token" and task_env["RAY_AUTH_TOKEN_PATH"] == str(token_file)
+    assert not [k for k in task_env if k.startswith("HYPHA_") or k in ("BIOENGINE_TOKEN", "RAY_AUTH_TOKEN")]
+    assert not [k for k, v in task_env.items() if token in v or "hypha-token-value" in v]
+    assert token not in script and token not in json.dumps(await proxy.get_status())
+    for command in (["scontrol", "show", "job", task_env["SLURM_JOB_ID"]], ["squeue", "--format=%all"]):
+        shown = await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True, check=True)
+        assert shown.stdout.strip() and token not in shown.stdout and "hypha-token-value" not in shown.stdout
+
     # (b) demand is over: after the 10 s idle timeout the worker is cancelled and leaves Ray.
     idle_start = time.monotonic()
     status = await _wait(
@@ -165,6 +184,14 @@ async def test_demand_submits_a_worker_that_runs_the_task_then_idles_out(
     job = next(j for j in _slurm(status)["jobs"] if j["job_id"] == job["job_id"])
     assert job["cancelled_by_us"] and job["reason"].startswith("idle:"), job
     await _queue_empty(SlurmCommands(tag))
+
+
+ENVIRONMENT = """
+import os
+
+def analyze():
+    return dict(os.environ)
+"""
 
 
 async def test_stuck_job_is_given_up_and_shutdown_cancels_only_own_jobs(
@@ -236,15 +263,18 @@ def test_flags_map_onto_the_job_settings(tmp_path):
         slurm_binds=["/data:/data"],
         slurm_max_workers=3,
     )
-    scaler = SlurmAutoscaler(settings, logging.getLogger("test"))
+    token_file = (tmp_path / "ws" / "ray" / "auth_token").resolve()
+    scaler = SlurmAutoscaler(settings, logging.getLogger("test"), token_file)
     script = scaler.render("10.1.2.3:6379")
     assert "#SBATCH --cpus-per-task=4" in script and "#SBATCH --gres=gpu:1" in script
     assert "#SBATCH --partition=gpu" in script and "#SBATCH --qos=short" in script
     assert "module load cuda" in script and "export RAY_ENABLE_UV_RUN_RUNTIME_ENV=0" in script
     assert (
-        "exec apptainer exec --nv --bind /data:/data /images/ray.sif ray start --address=10.1.2.3:6379"
-        in script
+        f"exec apptainer exec --nv --bind /data:/data --bind {token_file}:{token_file}:ro "
+        "/images/ray.sif ray start --address=10.1.2.3:6379" in script
     )
+    # the head's token file, by path only
+    assert f"export RAY_AUTH_TOKEN_PATH={token_file}" in script and "export RAY_AUTH_MODE=token" in script
     assert f"--chdir={tmp_path / 'ws' / 'slurm'}" in script
     assert scaler.scale_up_node() == {"CPU": 4.0, "GPU": 1.0, "memory": float(int(8 * 1024**3 * 0.6))}
 

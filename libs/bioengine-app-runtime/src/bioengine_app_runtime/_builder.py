@@ -114,6 +114,7 @@ def _prepared(deployment: Any, class_name: str, spec: AppSpec) -> Any:
         HYPHA_ARTIFACT_ID=spec.artifact_id,
         BIOENGINE_APPLICATION_ID=spec.application_id,
         BIOENGINE_DATASETS_SERVICE_ID=spec.datasets_service_id,
+        BIOENGINE_SERVICES_USERS=",".join(spec.services_users),
     )
     runtime_env["env_vars"] = env_vars
     runtime_env.setdefault("working_dir", f"local://{spec.code_dir}")

@@ -14,6 +14,8 @@ import contextlib
 import os
 from typing import Any
 
+from bioengine_common import trusted_service_id
+
 from . import _kv
 
 __all__ = ["AppDatasets", "DatasetsUnavailable"]
@@ -29,6 +31,9 @@ class AppDatasets:
         self.hypha_url = os.environ.get("HYPHA_SERVER_URL", "")
         self.workspace = os.environ.get("HYPHA_WORKSPACE", "")
         self.service_id = os.environ.get("BIOENGINE_DATASETS_SERVICE_ID", "bioengine-datasets")
+        #: Only a datasets service registered by these users is asked for the server's URL: the
+        #: app's HYPHA_TOKEN goes to that URL, so a look-alike service must not supply it.
+        self.services_users = [u for u in os.environ.get("BIOENGINE_SERVICES_USERS", "").split(",") if u]
         self._url: str | None = None
 
     @property
@@ -54,7 +59,13 @@ class AppDatasets:
                 ),
                 10,
             )
-            service = await asyncio.wait_for(server.get_service(self.service_id, {"mode": "random"}), 10)
+            if self.services_users:
+                full_id = await trusted_service_id(
+                    server, self.workspace, self.service_id, self.services_users
+                )
+            else:
+                full_id = self.service_id
+            service = await asyncio.wait_for(server.get_service(full_id, {"mode": "random"}), 10)
             status = await asyncio.wait_for(service.get_status(), 10)
         except Exception as exc:
             raise DatasetsUnavailable(

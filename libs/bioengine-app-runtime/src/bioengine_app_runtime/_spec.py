@@ -64,6 +64,11 @@ class AppSpec(BaseModel):
     server_url: str
     workspace: str
     datasets_service_id: str = "bioengine-datasets"
+    services_users: list[str] = Field(
+        default_factory=list,
+        description="Hypha users the worker's services run as: the app looks up the datasets "
+        "service only among the services they registered.",
+    )
     #: Bumped by apps-svc to force a rebuild of an otherwise unchanged app (auto_redeploy).
     redeploy: int = 0
     #: Bumped when secret values change, so replicas restart and read them.

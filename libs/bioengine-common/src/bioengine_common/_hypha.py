@@ -53,10 +53,12 @@ def _registered_by(info: Mapping[str, Any]) -> str | None:
 async def trusted_service_id(
     server: Any, workspace: str, service_id: str, trusted_users: Collection[str]
 ) -> str:
-    """The full id of one replica of ``service_id`` in ``workspace`` registered by a user in
-    ``trusted_users``; :class:`ServiceUnavailable` naming the other registrants if none is."""
-    listed = await server.list_services({"workspace": workspace, "service_id": service_id})
-    same_id = [i for i in listed if str(i.get("id", "")).rsplit(":", 1)[-1].split("@", 1)[0] == service_id]
+    """The full id of one replica of ``service_id`` (``name`` or ``client:name``) in ``workspace``
+    registered by a user in ``trusted_users``; :class:`ServiceUnavailable` naming the other
+    registrants if none is."""
+    client, _, name = service_id.rpartition(":")
+    listed = await server.list_services({"workspace": workspace, "service_id": name})
+    same_id = [info for info in listed if _matches(str(info.get("id", "")), client, name)]
     trusted = [i for i in same_id if _registered_by(i) in trusted_users]
     if trusted:
         return str(random.choice(trusted)["id"])
@@ -67,6 +69,12 @@ async def trusted_service_id(
             f"trust ({strangers}); not calling it"
         )
     raise ServiceUnavailable(f"{service_id} not found: no client of '{workspace}' registers it")
+
+
+def _matches(full_id: str, client: str, name: str) -> bool:
+    """Whether ``workspace/client_id:name@app`` is service ``name`` (of ``client`` if given)."""
+    full_client, _, full_name = full_id.split("/", 1)[-1].partition(":")
+    return full_name.split("@", 1)[0] == name and (not client or full_client == client)
 
 
 class HyphaConnection:

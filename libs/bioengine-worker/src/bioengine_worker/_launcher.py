@@ -43,6 +43,7 @@ LOCAL_ADMIN = "bioengine-admin"
 #: Launcher flags handed on to bioengine-cluster when set.
 CLUSTER_FLAGS = (
     "head_address",
+    "ray_token_file",
     "head_num_cpus",
     "head_num_gpus",
     "head_memory_in_gb",
@@ -113,6 +114,12 @@ class WorkerSettings(BaseModel):
         None,
         description="external-cluster: the Ray cluster to join (host:port or ray://host:port); "
         "other modes: the IP the Ray head advertises.",
+    )
+    ray_token_file: Path | None = Field(
+        None,
+        description="The Ray cluster's token file (handed on to bioengine-cluster); default for a head "
+        "started here: <workspace-dir>/ray/auth_token (created, mode 0600); external-cluster: that "
+        "cluster's token file.",
     )
     head_num_cpus: float | None = Field(
         None, ge=0, description="CPUs of the Ray head (default: all; 0 in slurm mode)."

@@ -106,7 +106,6 @@ class AppsService(BioEngineService):
         self.connected = False
         self.ray_error: str | None = "not connected yet"
         self.ray_address: str | None = None
-        self.token_warning: str | None = None
         self.decisions: collections.deque[dict[str, Any]] = collections.deque(maxlen=50)
         self._lock = asyncio.Lock()
         self._retry_at = 0.0
@@ -129,7 +128,11 @@ class AppsService(BioEngineService):
         info = await asyncio.wait_for(cluster.get_connection_info(), 15)
         address = info["address"]
         await asyncio.wait_for(
-            asyncio.to_thread(connect_driver, address, 60.0, info.get("namespace") or "bioengine"), 90
+            # With the cluster's token file (a path on a filesystem shared with bioengine-cluster).
+            asyncio.to_thread(
+                connect_driver, address, 60.0, info.get("namespace") or "bioengine", info.get("token_file")
+            ),
+            90,
         )
         # Ray's driver replaces our SIGTERM handling.
         self.install_signal_handlers()
@@ -350,17 +353,14 @@ class AppsService(BioEngineService):
                     "expires_in": int(lifetime),
                 }
             )
-            self.token_warning = None
-            return {"proxy_token": str(token), "proxy_token_expires": expires}
         except Exception as exc:
-            # Only workspace admins may generate tokens; the apps then share this service's token.
-            self.token_warning = (
-                f"apps use apps-svc's own token (cannot generate app tokens: {error_summary(exc)})"
-            )
-            own = self.settings.token_value()
-            if not own:
-                raise ServiceUnavailable(self.token_warning) from exc
-            return {"proxy_token": own, "proxy_token_expires": expires}
+            # Never fall back to this service's own token: an app holding it would be trusted
+            # to speak for any caller. Only workspace admins may generate tokens.
+            raise ServiceUnavailable(
+                "cannot generate a token for the app's Hypha service (apps-svc's token needs admin "
+                f"permission on workspace '{self.settings.workspace}'): {error_summary(exc)}"
+            ) from exc
+        return {"proxy_token": str(token), "proxy_token_expires": expires}
 
     # ---- artifacts ----------------------------------------------------------------------------------
     @schema_method
@@ -385,6 +385,8 @@ class AppsService(BioEngineService):
         resolved = self.caller_context(context, caller)
         if (workspace is None) != (hypha_token is None):
             raise InvalidRequest("give both workspace and hypha_token, or neither")
+        if workspace is None:
+            self.require_admin(context, caller, "upload_app")
         try:
             decoded = decode_files(files)
             load_manifest(decoded)
@@ -392,7 +394,6 @@ class AppsService(BioEngineService):
             raise InvalidRequest(str(exc)) from exc
         uploader = (resolved.get("user") or {}).get("id")
         if workspace is None:
-            self.require_admin(context, caller, "upload_app")
             return await self.artifacts.upload(decoded, uploader)
         other = await connect(self.settings.server_url, workspace=workspace, token=hypha_token)
         try:
@@ -553,6 +554,7 @@ class AppsService(BioEngineService):
                 server_url=self.settings.server_url,
                 workspace=self.settings.workspace,
                 datasets_service_id=self.settings.datasets_service_id,
+                services_users=sorted(self.trusted_callers),
                 secrets_revision=revision,
                 redeploy=int(previous.spec.get("redeploy", 0)) if previous else 0,
             )
@@ -830,6 +832,5 @@ class AppsService(BioEngineService):
             "ray_address": self.ray_address,
             "ray_error": self.ray_error,
             "apps": sorted(self.records),
-            "token_warning": self.token_warning,
             "recent_decisions": list(self.decisions)[-10:],
         }

@@ -21,7 +21,6 @@ from bioengine_common import (
     HeadOptions,
     InvalidRequest,
     ServiceUnavailable,
-    connect_driver,
     disconnect_driver,
     error_summary,
     ray_environment,
@@ -55,7 +54,7 @@ RUN_CODE_OPTIONS = {
 
 def make_backend(settings: ClusterSettings, logger: Any) -> ClusterBackend:
     if settings.mode == "external-cluster":
-        return ExternalBackend(settings.head_address or "")
+        return ExternalBackend(settings.head_address or "", settings.resolved_ray_token_file())
     slurm = settings.mode == "slurm"
     options = HeadOptions(
         num_cpus=settings.head_num_cpus if settings.head_num_cpus is not None else (0 if slurm else None),
@@ -68,7 +67,7 @@ def make_backend(settings: ClusterSettings, logger: Any) -> ClusterBackend:
         dashboard=settings.dashboard,
     )
     temp_dir = short_temp_dir(settings.ray_temp_dir or settings.workspace_dir / "ray")
-    return LocalHeadBackend(settings.mode, temp_dir, options, logger)
+    return LocalHeadBackend(settings.mode, temp_dir, options, logger, settings.resolved_ray_token_file())
 
 
 def _sample_blocking(gcs_address: str | None) -> ClusterSample:
@@ -102,9 +101,9 @@ class ClusterService(BioEngineService):
 
     def __init__(self, settings: ClusterSettings):
         super().__init__(settings)
-        # Before anything imports Ray: it reads some of these once, at import.
-        os.environ.update(ray_environment())
         self.backend = make_backend(settings, self.logger)
+        # Before anything imports Ray: it reads some of these once, at import.
+        os.environ.update(ray_environment(token_file=self.backend.token_file))
         self.history: collections.deque[ClusterSample] = collections.deque(maxlen=settings.status_history)
         self.connected = False
         self.cluster_error: str | None = "not started yet"
@@ -112,7 +111,11 @@ class ClusterService(BioEngineService):
         self._failures = 0
         self._last_sample = 0.0
         self._first_bring_up: asyncio.Task[None] | None = None
-        self.autoscaler = SlurmAutoscaler(settings, self.logger) if settings.mode == "slurm" else None
+        self.autoscaler = (
+            SlurmAutoscaler(settings, self.logger, self.backend.token_file)
+            if settings.mode == "slurm"
+            else None
+        )
         self._scaling: asyncio.Task[None] | None = None
 
     # ---- the cluster's life ---------------------------------------------------------------------
@@ -121,9 +124,7 @@ class ClusterService(BioEngineService):
         await asyncio.to_thread(self.backend.start)
         timeout = self.settings.connect_timeout
         try:
-            await asyncio.wait_for(
-                asyncio.to_thread(connect_driver, self.backend.driver_address, timeout), timeout + 5
-            )
+            await asyncio.wait_for(asyncio.to_thread(self.backend.connect, timeout), timeout + 5)
         except TimeoutError as exc:
             raise ServiceUnavailable(
                 f"no Ray driver connection to {self.backend.driver_address} within {timeout:.0f} s"
@@ -240,6 +241,7 @@ class ClusterService(BioEngineService):
             "start_time": self.backend.start_time or "N/A",
             "mode": self.settings.mode,
             "ray_version": ray.__version__,
+            "auth_mode": self.backend.auth_mode,
             "ready": self.connected and latest is not None,
             "error": self.cluster_error,
             "sampled_at": latest.sampled_at if latest else None,
@@ -269,8 +271,9 @@ class ClusterService(BioEngineService):
 
     @schema_method
     async def get_connection_info(self, caller: dict | None = None, context: dict | None = None) -> dict:
-        """What another service needs to become a Ray driver of this cluster."""
-        self.caller_context(context, caller)
+        """What another service needs to become a Ray driver of this cluster (admin only: the
+        worker's own services are admins)."""
+        self.require_admin(context, caller, "get_connection_info")
         if not self.connected:
             raise ServiceUnavailable(f"the Ray cluster is not ready: {self.cluster_error}")
         import ray
@@ -283,7 +286,10 @@ class ClusterService(BioEngineService):
             "mode": self.settings.mode,
             "ray_version": ray.__version__,
             "python_version": sys.version.split()[0],
-            "environment": ray_environment(),
+            # The token file's path only: a driver reads the token from it (same host or a
+            # shared filesystem), so the token itself never travels.
+            "environment": ray_environment(token_file=self.backend.token_file),
+            "token_file": str(self.backend.token_file) if self.backend.token_file else None,
             "serve_http_port": ports.get("serve_http"),
             "dashboard_url": f"http://127.0.0.1:{ports['dashboard']}"
             if self.settings.dashboard and ports
@@ -301,8 +307,8 @@ class ClusterService(BioEngineService):
         caller: dict | None = None,
         context: dict | None = None,
     ) -> dict:
-        """Whether a request fits now on a node, fits after a scale-up, or cannot fit — with the reason."""
-        self.caller_context(context, caller)
+        """Whether a request fits now on a node, fits after a scale-up, or cannot fit — with the reason (admin only)."""
+        self.require_admin(context, caller, "check_resources")
         if not self.history:
             raise ServiceUnavailable(f"no cluster sample yet: {self.cluster_error}")
         request = ResourceRequest(
