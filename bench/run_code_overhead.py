@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import statistics
 import tempfile
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 
 from _stats import print_latency_table  # bench/_stats.py
 
-from bioengine_common import connect, ray_environment
+from bioengine_common import connect, connect_driver
 from bioengine_worker import WorkerProcess
 
 
@@ -47,15 +46,9 @@ async def run(workspace_dir: Path, calls: int, block: int) -> None:
         ready_after = await wait_cluster_ready(gateway, started)
         info = await (await server.get_service("bioengine-cluster", {"mode": "random"})).get_connection_info()
 
-        os.environ.update(ray_environment())
+        # A driver of the worker's cluster needs its token file (token authentication).
+        connect_driver(info["address"], 60.0, info["namespace"], info.get("token_file"))
         import ray
-
-        ray.init(
-            address=info["address"],
-            namespace=info["namespace"],
-            logging_level=logging.ERROR,
-            log_to_driver=False,
-        )
 
         @ray.remote
         def analyze() -> int:
