@@ -120,16 +120,11 @@ class HyphaConnection:
         self.logger.info("Registered service %s", info["id"])
         return str(info["id"])
 
-    async def get_service(self, service_id: str, trusted_users: Collection[str] | None = None) -> Any:
-        """A proxy to another service of the workspace; any one replica if several run.
-
-        With ``trusted_users``, only a service registered by one of those Hypha users is chosen
-        (the server stamps the registering user into ``config.created_by``): any member of the
-        workspace with write access could register a service under the same id to intercept
-        the calls meant for ours.
-        """
-        if trusted_users is None:
-            return await self.server.get_service(service_id, {"mode": "random"})
+    async def get_service(self, service_id: str, trusted_users: Collection[str]) -> Any:
+        """A proxy to another service of the workspace (any one replica if several run),
+        registered by one of ``trusted_users``: the server stamps the registering user into
+        ``config.created_by``, and any member with write access could register a service under
+        the same id to intercept the calls meant for ours."""
         return await self.server.get_service(
             await trusted_service_id(self.server, self.workspace, service_id, trusted_users)
         )

@@ -17,7 +17,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from hypha_rpc.utils.schema import schema_method
@@ -119,11 +119,11 @@ class BioEngineService:
             return resolve_context(context, caller, self.settings.workspace, self.trusted_callers)
         except PermissionDenied:
             if caller is not None:
-                user = (context or {}).get("user") if isinstance(context, dict) else None
+                sender: Mapping[str, Any] = context if isinstance(context, Mapping) else {}
+                user = sender.get("user")
+                user = user if isinstance(user, Mapping) else {}
                 self.logger.warning(
-                    "Refused a forwarded caller from '%s' (user '%s')",
-                    (context or {}).get("from") if isinstance(context, dict) else None,
-                    user.get("id") if isinstance(user, dict) else None,
+                    "Refused a forwarded caller from '%s' (user '%s')", sender.get("from"), user.get("id")
                 )
             raise
 
