@@ -36,7 +36,7 @@ async def connect(
     if client_id:
         config["client_id"] = client_id
     try:
-        return await asyncio.wait_for(connect_to_server(config), timeout)
+        server = await asyncio.wait_for(connect_to_server(config), timeout)
     except TimeoutError as exc:
         raise ServiceUnavailable(f"Hypha server {server_url} did not answer within {timeout:.0f} s") from exc
     except ConnectionAbortedError as exc:
@@ -44,6 +44,23 @@ async def connect(
         raise ServiceUnavailable(f"Hypha server {server_url} refused the connection: {exc}") from exc
     except OSError as exc:
         raise ServiceUnavailable(f"Cannot reach the Hypha server at {server_url}: {exc}") from exc
+    _retarget_on_every_reconnect(server)
+    return server
+
+
+def _retarget_on_every_reconnect(server: Any) -> None:
+    """Make the workspace-manager proxy follow the server across its first restart too.
+
+    A restarted server has a new manager id. hypha-rpc (0.21.47) retargets the proxy returned
+    by ``connect_to_server`` on each ``manager_refreshed`` event but skips the first one as "the
+    initial connection"; that event fires before the proxy subscribes, so the skipped one is
+    the first reconnect, after which every call (``echo``, ``get_service``, ``generate_token``)
+    times out against the old manager. One event fired now uses up the skip; where the skip is
+    already used up it retargets to the current manager, which changes nothing.
+    """
+    fire = getattr(getattr(server, "rpc", None), "_fire", None)
+    if callable(fire):
+        fire("manager_refreshed", {"manager": None})
 
 
 def _registered_by(info: Mapping[str, Any]) -> str | None:
