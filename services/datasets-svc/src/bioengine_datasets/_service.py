@@ -14,6 +14,7 @@ from pydantic import Field
 from bioengine_common import BioEngineService, InvalidRequest, ServiceSettings
 
 from ._access import TokenValidator, may_read, readable_dataset
+from ._endpoint import Endpoint, open_http_socket
 from ._http import PathOnlyAccessLogger, build_app
 from ._paths import resolve_inside
 from ._registry import Dataset, DatasetRegistry
@@ -26,7 +27,15 @@ class DatasetsSettings(ServiceSettings):
     http_host: str = Field(
         "127.0.0.1", description="Address the HTTP server binds (0.0.0.0 for cluster nodes)."
     )
-    http_port: int = Field(0, ge=0, le=65535, description="Port of the HTTP server; 0 picks a free one.")
+    http_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="Port of the HTTP server; 0 picks a free one on the first start and keeps it "
+        "across restarts (remembered under <workspace-dir>/state/datasets/, per --client-id, or per "
+        "replica slot without one); a remembered port taken by another process is replaced by a new "
+        "one, with a warning in the log.",
+    )
     public_url: str | None = Field(
         None, description="URL clients use to reach the HTTP server; default http://<http-host>:<port>."
     )
@@ -46,6 +55,7 @@ class DatasetsService(BioEngineService):
         self.registry = DatasetRegistry(self.data_dir)
         self.validator = TokenValidator(settings.server_url)
         self._runner: web.AppRunner | None = None
+        self.endpoint: Endpoint | None = None
         self.http_url: str | None = None
 
     @property
@@ -75,14 +85,22 @@ class DatasetsService(BioEngineService):
             app, access_log=self.logger, access_log_class=PathOnlyAccessLogger, logger=self.logger
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.settings.http_host, self.settings.http_port)
+        settings = self.settings
+        self.endpoint = await asyncio.to_thread(
+            open_http_socket, settings.http_host, settings.http_port, settings.workspace_dir,
+            settings.client_id, self.logger,
+        )  # fmt: skip
+        site = web.SockSite(self._runner, self.endpoint.sock)
         await site.start()
-        port = self._runner.addresses[0][1]
-        host = "127.0.0.1" if self.settings.http_host in ("0.0.0.0", "") else self.settings.http_host
-        self.http_url = (self.settings.public_url or f"http://{host}:{port}").rstrip("/")
+        port = self.endpoint.port
+        host = "127.0.0.1" if settings.http_host in ("0.0.0.0", "", "::") else settings.http_host
+        if ":" in host:
+            host = f"[{host}]"
+        self.http_url = (settings.public_url or f"http://{host}:{port}").rstrip("/")
         self.logger.info(
-            "Serving %d datasets from %s at %s", len(self.registry.datasets), self.data_dir, self.http_url
-        )
+            "Serving %d datasets from %s at %s (%s)",
+            len(self.registry.datasets), self.data_dir, self.http_url, self.endpoint.describe(),
+        )  # fmt: skip
 
     async def monitor(self) -> None:
         while True:
@@ -92,12 +110,17 @@ class DatasetsService(BioEngineService):
     async def cleanup(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+        if self.endpoint is not None:
+            self.endpoint.sock.close()
+            if self.endpoint.slot is not None:
+                self.endpoint.slot.release()
 
     def status_details(self) -> dict[str, Any]:
         return {
             "data_dir": str(self.data_dir),
             "data_dir_exists": self.data_dir.is_dir(),
             "http_url": self.http_url,
+            "http_port": self.endpoint.status() if self.endpoint else None,
             "datasets": len(self.registry.datasets),
             "skipped": dict(self.registry.problems),
         }
