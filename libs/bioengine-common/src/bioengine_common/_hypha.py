@@ -7,13 +7,14 @@ import logging
 import random
 import secrets
 import time
+import urllib.request
 from collections.abc import Collection, Mapping
 from typing import Any
 
 from hypha_rpc import connect_to_server
 
 from ._settings import ServiceSettings
-from .errors import ConnectionLost, ServiceUnavailable
+from .errors import ConnectionLost, ServiceUnavailable, error_summary
 
 __all__ = ["HyphaConnection", "connect", "trusted_service_id"]
 
@@ -97,11 +98,17 @@ def _matches(full_id: str, client: str, name: str) -> bool:
 class HyphaConnection:
     """A service process's link to Hypha.
 
-    hypha-rpc reconnects and re-registers every service by itself after a server restart.
-    Two cases it does not handle are caught by :meth:`watch`: the client giving up (the server
-    refused the reconnect) and a server that stays away; both end in :class:`ConnectionLost`,
-    so the process exits non-zero and its supervisor starts it afresh.
+    hypha-rpc reconnects and re-registers every service by itself after a server outage, but
+    its retry delays double up to 60 s, so a server back after a long outage could wait a
+    minute for its clients. :meth:`watch` probes the connection, keeps :meth:`status` true to
+    it, and once the server answers its readiness check again while hypha-rpc is only waiting
+    for its next try, reconnects at once. Losing Hypha never stops the process by itself:
+    only hypha-rpc giving up (the server refused the reconnect) or an outage longer than a
+    positive ``reconnect_timeout`` end in :class:`ConnectionLost`.
     """
+
+    #: How often a lost connection is reported again while it stays lost.
+    REPORT_EVERY = 30.0
 
     def __init__(self, settings: ServiceSettings, service_name: str, logger: logging.Logger):
         self.settings = settings
@@ -109,6 +116,12 @@ class HyphaConnection:
         self.client_id = settings.client_id or f"{service_name}-{secrets.token_hex(4)}"
         self.server: Any = None
         self.user: dict[str, Any] = {}
+        self.connected = False
+        #: When the current outage began (wall clock), or ``None`` while connected.
+        self.down_since: float | None = None
+        self.last_error: str | None = None
+        #: Outages this process has come back from.
+        self.reconnects = 0
 
     @property
     def workspace(self) -> str:
@@ -121,6 +134,7 @@ class HyphaConnection:
             token=self.settings.token_value(),
             client_id=self.client_id,
         )
+        self.connected, self.down_since, self.last_error = True, None, None
         user = self.server.config.get("user") or {}
         self.user = {k: user.get(k) for k in ("id", "email", "is_anonymous")}
         self.logger.info(
@@ -146,29 +160,107 @@ class HyphaConnection:
             await trusted_service_id(self.server, self.workspace, service_id, trusted_users)
         )
 
-    def _closed(self) -> bool:
-        # hypha-rpc sets this private flag when it stops reconnecting; there is no event for it.
-        connection = getattr(getattr(self.server, "rpc", None), "_connection", None)
-        return bool(getattr(connection, "_closed", False))
+    def status(self) -> dict[str, Any]:
+        """The connection as :meth:`watch` last saw it, for ``get_status``."""
+        return {
+            "server_url": self.settings.server_url,
+            "connected": self.connected,
+            "down_since": self.down_since,
+            "last_error": self.last_error,
+            "reconnects": self.reconnects,
+        }
 
-    async def watch(self, interval: float = 2.0) -> None:
-        """Return never; raise :class:`ConnectionLost` once the connection is gone for good."""
+    # hypha-rpc keeps no public record of its connection state; these read its websocket
+    # connection object (hypha-rpc is pinned, and tests restart a real server under it).
+    def _connection(self) -> Any:
+        return getattr(getattr(self.server, "rpc", None), "_connection", None)
+
+    def _closed(self) -> bool:
+        # Set when hypha-rpc stops reconnecting (the server refused it); there is no event.
+        return bool(getattr(self._connection(), "_closed", False))
+
+    def _socket_open(self) -> bool:
+        websocket = getattr(self._connection(), "_websocket", None)
+        return websocket is not None and getattr(getattr(websocket, "state", None), "name", "") == "OPEN"
+
+    async def _server_ready(self) -> bool:
+        base = self.settings.server_url.rstrip("/")
+        base = "http" + base[2:] if base.startswith("ws") else base
+        url = f"{base}/health/readiness"
+
+        def probe() -> bool:
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    return bool(response.status == 200)
+            except (OSError, ValueError):
+                return False
+
+        return await asyncio.to_thread(probe)
+
+    async def _reconnect_now(self) -> bool:
+        """Reconnect at once if hypha-rpc is only sleeping between tries; whether it did.
+
+        hypha-rpc's own retry loop ends when its sleep is cancelled; from then on this watch
+        is the retry loop (one try per probe while the server says it is ready). Opening the
+        connection re-registers every service, as hypha-rpc's own reconnect does.
+        """
+        connection = self._connection()
+        if connection is None or self._closed() or self._socket_open():
+            return False
+        tasks = [t for t in getattr(connection, "_reconnect_tasks", ()) if not t.done()]
+        sleeping = [t for t in tasks if getattr(t.get_coro(), "__name__", "") == "sleep"]
+        if tasks and not sleeping:
+            return False  # hypha-rpc is trying right now
+        if not await self._server_ready():
+            return False
+        for task in sleeping:
+            task.cancel()
+        await asyncio.sleep(0)
+        if self._socket_open():
+            return True
+        await asyncio.wait_for(connection.open(), timeout=30)
+        return True
+
+    async def watch(self, interval: float = 2.0, down_interval: float = 1.0) -> None:
+        """Return never; keep :attr:`connected` true to the connection, hurry reconnects, and
+        raise :class:`ConnectionLost` once the connection is gone for good."""
         last_ok = time.monotonic()
+        last_report = 0.0
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(interval if self.connected else down_interval)
             if self._closed():
+                self.connected = False
                 raise ConnectionLost("hypha-rpc gave up reconnecting to the Hypha server")
             try:
-                await asyncio.wait_for(self.server.echo("ping"), timeout=max(interval, 5.0))
-                last_ok = time.monotonic()
+                if not self.connected:
+                    await self._reconnect_now()
+                await asyncio.wait_for(self.server.echo("ping"), timeout=5.0)
             except Exception as exc:  # any failure counts; only its duration matters
-                down_for = time.monotonic() - last_ok
-                self.logger.warning("Hypha unreachable for %.0f s: %s", down_for, exc)
-                if down_for > self.settings.reconnect_timeout:
+                now = time.monotonic()
+                if self.connected:
+                    self.connected, self.down_since = False, time.time()
+                    self.logger.warning("Hypha connection lost: %s", error_summary(exc))
+                    last_report = now
+                elif now - last_report >= self.REPORT_EVERY:
+                    self.logger.warning(
+                        "Hypha unreachable for %.0f s, still trying: %s", now - last_ok, error_summary(exc)
+                    )
+                    last_report = now
+                self.last_error = error_summary(exc)
+                limit = self.settings.reconnect_timeout
+                if limit and now - last_ok > limit:
                     raise ConnectionLost(
-                        f"no working Hypha connection for {down_for:.0f} s "
-                        f"(limit {self.settings.reconnect_timeout:.0f} s)"
+                        f"no working Hypha connection for {now - last_ok:.0f} s (limit {limit:.0f} s)"
                     ) from exc
+                continue
+            if not self.connected:
+                self.reconnects += 1
+                self.logger.info(
+                    "Hypha connection back after %.0f s; services registered again",
+                    time.monotonic() - last_ok,
+                )
+            self.connected, self.down_since, self.last_error = True, None, None
+            last_ok = time.monotonic()
 
     async def disconnect(self) -> None:
         if self.server is not None:

@@ -2,7 +2,9 @@
 
 A subclass sets the class attributes, adds ``@schema_method`` RPC methods, and overrides the
 hooks it needs. :meth:`BioEngineService.main` parses settings and runs it until SIGTERM or
-SIGINT (exit 0), a fatal error (exit 1) or the loss of the Hypha connection (exit 3).
+SIGINT (exit 0), a fatal error (exit 1) or the loss of the Hypha connection for good (exit 3).
+After exit 3 :attr:`BioEngineService.leaving_for_successor` is true during :meth:`cleanup`: what
+users deployed (the Ray head, apps, SLURM jobs) is left running for the restarted process to adopt.
 """
 
 from __future__ import annotations
@@ -88,6 +90,9 @@ class BioEngineService:
         self.trusted_callers: set[str] = set(settings.trusted_callers)
         self._stop: asyncio.Event | None = None
         self._exit_code = 0
+        #: True while cleaning up after the Hypha connection was lost for good: the process is
+        #: restarted by its supervisor, so :meth:`cleanup` leaves running what users deployed.
+        self.leaving_for_successor = False
 
     # ---- hooks for subclasses -------------------------------------------------------------
     async def initialize(self) -> None:
@@ -98,7 +103,8 @@ class BioEngineService:
         await asyncio.Event().wait()
 
     async def cleanup(self) -> None:
-        """Release what :meth:`initialize` acquired; runs on every exit path."""
+        """Release what :meth:`initialize` acquired; runs on every exit path. Losing Hypha is
+        never a reason to stop what users deployed: see :attr:`leaving_for_successor`."""
 
     def status_details(self) -> dict[str, Any]:
         """Service-specific fields merged into :meth:`get_status`."""
@@ -170,6 +176,7 @@ class BioEngineService:
             "start_time": self.started_at,
             "uptime": now - self.started_at if self.started_at else 0.0,
             "ready": self.is_ready(),
+            "hypha": self.hypha.status(),
             **self.status_details(),
         }
 
@@ -254,7 +261,13 @@ class BioEngineService:
                     raise task.exception()  # type: ignore[misc]
             self.logger.info("Stopping %s", self.service_id)
             code = self._exit_code
-        except (ConnectionLost, ServiceUnavailable) as exc:
+        except ConnectionLost as exc:
+            self.logger.error(
+                "%s: %s; exiting for the supervisor to restart this service", type(exc).__name__, exc
+            )
+            self.leaving_for_successor = True
+            code = EXIT_CONNECTION_LOST
+        except ServiceUnavailable as exc:
             self.logger.error("%s: %s", type(exc).__name__, exc)
             code = EXIT_CONNECTION_LOST
         except Exception:

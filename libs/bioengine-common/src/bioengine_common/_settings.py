@@ -65,10 +65,12 @@ class ServiceSettings(BaseModel):
         "none", description="Where OpenTelemetry spans go: nowhere, stderr, or OTLP over HTTP."
     )
     reconnect_timeout: float = Field(
-        120.0,
-        gt=0,
-        description="Seconds without a working Hypha connection before the process exits "
-        "non-zero so that its supervisor restarts it.",
+        0.0,
+        ge=0,
+        description="Seconds without a working Hypha connection before the process exits with "
+        "code 3 for its supervisor to restart it; 0 (the default) keeps reconnecting however "
+        "long the server is away. Either way the Ray head, apps, SLURM jobs and datasets keep "
+        "running and a restarted service adopts them.",
     )
 
     @field_validator("trusted_callers")

@@ -171,7 +171,7 @@ def launch_service(
     module, _ = SERVICE_MODULES[name]
     argv = [
         sys.executable, "-m", module, "--server-url", server.url, "--workspace", server.workspace,
-        "--workspace-dir", str(workspace_dir), "--reconnect-timeout", "60",
+        "--workspace-dir", str(workspace_dir),
     ]  # fmt: skip
     if admin_users:
         argv += ["--admin-users", *admin_users]

@@ -212,6 +212,14 @@ class ClusterService(BioEngineService):
             self._scaling.cancel()
             with contextlib.suppress(BaseException):
                 await self._scaling
+        if self.leaving_for_successor:
+            # Hypha is gone, not the cluster: the restarted service adopts the head, its SLURM
+            # jobs and every app on it.
+            if self.connected:
+                await asyncio.to_thread(disconnect_driver)
+                self.connected = False
+            self.logger.info("Leaving the Ray head and its workers running for the restarted service")
+            return
         if self.autoscaler is not None:
             # Only this worker's jobs (by tag); before the head goes, so workers drain cleanly.
             try:

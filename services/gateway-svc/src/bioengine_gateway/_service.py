@@ -162,6 +162,7 @@ class GatewayService(BioEngineService):
             "worker_mode": cluster.get("mode"),
             "workspace": self.settings.workspace,
             "client_id": self.hypha.client_id,
+            "hypha": self.hypha.status(),
             "ray_version": (cluster.get("ray_cluster") or {}).get("ray_version"),
             "ray_cluster": cluster.get("ray_cluster"),
             "services": {name: _without_ray_cluster(entry) for name, entry in self._services.items()},
