@@ -69,7 +69,7 @@ def test_equality_and_pickling():
 
 
 def test_unreachable_server_raises_after_retries():
-    store = HttpZarrStore("http://127.0.0.1:9/data/x", retries=1)
+    store = HttpZarrStore("http://127.0.0.1:9/data/x", retry_for=0.2)
 
     async def read():
         try:
@@ -315,7 +315,7 @@ def test_open_dataset_closes_its_session_when_nothing_is_there(sessions):
 
 def test_open_dataset_closes_its_session_when_the_server_is_unreachable(sessions):
     with pytest.raises(OSError):
-        open_dataset("http://127.0.0.1:9", "x", "image.zarr", retries=0)
+        open_dataset("http://127.0.0.1:9", "x", "image.zarr", retry_for=0)
     assert sessions and all(session.closed for session in sessions)
 
 

@@ -5,6 +5,6 @@
 """
 
 from ._open import open_dataset
-from ._store import DatasetAccessError, HttpZarrStore
+from ._store import RETRY_FOR, DatasetAccessError, DatasetUnavailableError, HttpZarrStore
 
-__all__ = ["DatasetAccessError", "HttpZarrStore", "open_dataset"]
+__all__ = ["RETRY_FOR", "DatasetAccessError", "DatasetUnavailableError", "HttpZarrStore", "open_dataset"]

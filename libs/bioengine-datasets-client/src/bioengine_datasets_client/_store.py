@@ -1,8 +1,11 @@
 """``HttpZarrStore``: a read-only zarr v3 store over a BioEngine dataset server.
 
 One aiohttp session per event loop (zarr runs its own loop in a thread), pooled connections,
-a concurrency limit, retries with backoff on transient errors (connection errors, 5xx, 429).
-A 404 is a missing key (zarr fills the chunk); any other 4xx is raised with the server's
+a concurrency limit. A refused, reset or dropped connection and a 5xx answer are retried for
+``retry_for`` seconds (15 by default) with growing pauses, so an open array keeps working while
+the dataset server restarts (it comes back on the same URL); after that the read fails with
+``DatasetUnavailableError``, naming the URL and how long it tried. Answers 4xx are never retried,
+nor timeouts (the request already waited ``timeout``). A 404 is a missing key (zarr fills the chunk); any other 4xx is raised with the server's
 message, so a permission problem never looks like an empty array. (The dataset server answers
 a dataset that does not exist exactly like one the token may not read: 401 without a token or
 with a rejected one, 403 with a valid one; never 404.)
@@ -22,7 +25,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import ssl
 import threading
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
@@ -35,9 +41,19 @@ from zarr.core.buffer import Buffer, BufferPrototype
 
 from ._wire import WirePool, WireUnsupported
 
-__all__ = ["DatasetAccessError", "HttpZarrStore"]
+__all__ = ["RETRY_FOR", "DatasetAccessError", "DatasetUnavailableError", "HttpZarrStore"]
 
-_RETRY_STATUS = {429, 500, 502, 503, 504}
+logger = logging.getLogger("bioengine_datasets_client")
+
+#: Default of ``HttpZarrStore(retry_for=...)``: seconds a failing request is retried. A restart
+#: of datasets-svc under its supervisor took 5 to 8 s here (1 s restart delay, then Python
+#: imports) before its HTTP port answered again.
+RETRY_FOR = 15.0
+_FIRST_PAUSE = 0.1  # then doubling...
+_MAX_PAUSE = 1.0  # ... up to this, so a server that is back is noticed within a second
+#: Answers that mean "not now" (a proxy in front of a restarting server, or the server out of
+#: file descriptors). Never a 4xx: the server has answered about this request.
+_RETRY_STATUS = {500, 502, 503, 504}
 
 
 class DatasetAccessError(PermissionError):
@@ -49,6 +65,30 @@ class DatasetAccessError(PermissionError):
     def __init__(self, status: int, url: str, message: str):
         super().__init__(f"{status} for {url}: {message}")
         self.status = status
+
+
+class DatasetUnavailableError(ConnectionError):
+    """The dataset server stayed unreachable (or kept answering 5xx) for the whole retry window
+    (``retry_for`` seconds after the first failure). ``url``, ``attempts``, ``seconds`` (from
+    the first attempt to the last failure) and ``status`` (the last 5xx, or None for a
+    connection error) say what happened."""
+
+    def __init__(
+        self, url: str, problem: str, attempts: int, seconds: float, retry_for: float, status: int | None
+    ):
+        super().__init__(
+            f"{url}: {problem}; tried {attempts} time{'s' if attempts != 1 else ''} over {seconds:.1f} s "
+            f"(retry_for={retry_for:g} s)"
+        )
+        self.url, self.attempts, self.seconds, self.status = url, attempts, seconds, status
+
+
+def _transient(exc: BaseException) -> bool:
+    """A failure worth another try: the connection was refused, reset or dropped before the
+    whole answer arrived (a server restarting). Not a timeout, not a TLS or certificate error."""
+    if isinstance(exc, (TimeoutError, ssl.SSLError, aiohttp.ClientSSLError)):
+        return False
+    return isinstance(exc, (OSError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError))
 
 
 def _range_header(byte_range: ByteRequest | None) -> dict[str, str]:
@@ -143,7 +183,10 @@ class HttpZarrStore(Store):
 
     ``token`` goes in the ``Authorization`` header, never in the URL. ``batch=False`` turns
     coalescing off (one ``GET`` per key); ``pipelines`` is how many requests run before reads
-    start to queue, ``max_batch`` the most keys in one batch.
+    start to queue, ``max_batch`` the most keys in one batch. ``retry_for``: seconds a request
+    that failed on a refused, reset or dropped connection or a 5xx answer is tried again
+    (pauses from 0.1 s doubling to 1 s; 0: never), then ``DatasetUnavailableError``. ``timeout``:
+    seconds one attempt may take (a timeout is not retried).
     """
 
     supports_writes = False
@@ -157,7 +200,7 @@ class HttpZarrStore(Store):
         *,
         token: str | None = None,
         concurrency: int = 32,
-        retries: int = 4,
+        retry_for: float = RETRY_FOR,
         timeout: float = 60.0,
         batch: bool = True,
         pipelines: int = 2,
@@ -166,12 +209,15 @@ class HttpZarrStore(Store):
         super().__init__(read_only=True)
         if pipelines < 1 or max_batch < 1 or concurrency < 1:
             raise ValueError("concurrency, pipelines and max_batch must be at least 1")
+        if not 0 <= retry_for < float("inf"):
+            raise ValueError(f"retry_for must be a finite number of seconds >= 0, not {retry_for!r}")
         if token is not None and any(ord(c) < 32 or ord(c) == 127 for c in token):
             raise ValueError("the token holds control characters (a line break copied with it?)")
         self.base_url = base_url.rstrip("/")
         self.token = token
         self.concurrency = concurrency
-        self.retries = retries
+        self.retry_for = float(retry_for)
+        self._warned_at = float("-inf")  # last "not reachable" warning, so an outage logs once
         self.timeout = timeout
         self.batch = batch
         self.pipelines = pipelines
@@ -221,7 +267,12 @@ class HttpZarrStore(Store):
         return f"{self.base_url}/{quote(key)}" if key else self.base_url
 
     async def _once(
-        self, state: _LoopState, url: str, headers: dict[str, str] | None, batch: list[dict[str, Any]] | None
+        self,
+        state: _LoopState,
+        method: str,
+        url: str,
+        headers: dict[str, str] | None,
+        batch: list[dict[str, Any]] | None,
     ) -> tuple[int, bytes | memoryview]:
         if batch is not None and self._wire:
             try:
@@ -231,30 +282,64 @@ class HttpZarrStore(Store):
             except WireUnsupported:
                 self._wire = False  # e.g. a proxy that re-chunks answers: aiohttp from now on
         if batch is None:
-            request = state.session.get(url, headers=headers)
+            request = state.session.request(method, url, headers=headers)
         else:
             request = state.session.post(url, json={"get": batch})
         async with request as response:
             return response.status, await response.read()
 
     async def _fetch(
-        self, url: str, headers: dict[str, str] | None = None, batch: list[dict[str, Any]] | None = None
+        self,
+        url: str,
+        headers: dict[str, str] | None = None,
+        batch: list[dict[str, Any]] | None = None,
+        method: str = "GET",
     ) -> tuple[int, bytes | memoryview]:
-        """Status and body of a GET (or, with ``batch``, a batch POST), retrying transient errors."""
+        """Status and body of one request (with ``batch``, a batch POST). The one place that
+        retries: a transient failure (see ``_transient``) or a 5xx answer is tried again with
+        growing pauses until ``retry_for`` seconds have passed since the first failure; then
+        ``DatasetUnavailableError``. Any other answer, 4xx included, is returned at once."""
         state = self._state()
-        delay = 0.2
-        for attempt in range(self.retries + 1):
+        method = "POST" if batch is not None else method
+        started = time.monotonic()
+        first_failure: float | None = None
+        pause = _FIRST_PAUSE
+        attempts = 0
+        while True:
+            attempts += 1
+            error: BaseException | None = None
+            status: int | None = None
             try:
                 async with state.limit:
-                    status, body = await self._once(state, url, headers, batch)
-                if status not in _RETRY_STATUS or attempt == self.retries:
-                    return status, body
-            except (TimeoutError, aiohttp.ClientError, OSError):
-                if attempt == self.retries:
+                    status, body = await self._once(state, method, url, headers, batch)
+            except Exception as exc:
+                if not _transient(exc):
                     raise
-            await asyncio.sleep(delay)
-            delay *= 2
-        raise AssertionError("unreachable")
+                error, problem = exc, f"{type(exc).__name__}: {exc}"
+            else:
+                if status not in _RETRY_STATUS:
+                    if first_failure is not None:
+                        logger.info(
+                            "%s %s answered after %d attempts over %.1f s",
+                            method, url, attempts, time.monotonic() - started,
+                        )  # fmt: skip
+                    return status, body
+                problem = f"HTTP {status}: {_text(body)}"
+            now = time.monotonic()
+            if first_failure is None:
+                first_failure = now
+                if self.retry_for > 0 and now - self._warned_at > self.retry_for:
+                    self._warned_at = now
+                    logger.warning(
+                        "%s %s failed (%s); retrying for up to %g s", method, url, problem, self.retry_for
+                    )
+            remaining = first_failure + self.retry_for - now
+            if remaining <= 0:
+                raise DatasetUnavailableError(
+                    f"{method} {url}", problem, attempts, now - started, self.retry_for, status
+                ) from error
+            await asyncio.sleep(min(pause, remaining))
+            pause = min(pause * 2, _MAX_PAUSE)
 
     async def _request(self, url: str, headers: dict[str, str] | None = None) -> bytes | memoryview | None:
         status, body = await self._fetch(url, headers)
@@ -294,7 +379,7 @@ class HttpZarrStore(Store):
                 state.sending += 1
                 try:
                     await self._send(wanted)
-                except Exception as exc:  # e.g. the server unreachable after retries: every key fails
+                except Exception as exc:  # e.g. DatasetUnavailableError: every key fails
                     for w in wanted:
                         _settle(w.future, error=exc)
                 except BaseException:  # cancelled (the loop is closing): so are the reads waiting on it
@@ -347,11 +432,10 @@ class HttpZarrStore(Store):
         return list(await asyncio.gather(*(self.get(key, prototype, rng) for key, rng in key_ranges)))
 
     async def exists(self, key: str) -> bool:
-        state = self._state()
-        async with state.limit, state.session.head(self._url(key)) as response:
-            if response.status >= 400 and response.status != 404:
-                raise DatasetAccessError(response.status, self._url(key), response.reason or "")
-            return response.status < 400
+        status, body = await self._fetch(self._url(key), method="HEAD")
+        if status >= 400 and status != 404:
+            raise DatasetAccessError(status, self._url(key), _text(body) or f"HTTP {status}")
+        return status < 400
 
     async def set(self, key: str, value: Buffer) -> None:
         raise PermissionError("HttpZarrStore is read-only")
