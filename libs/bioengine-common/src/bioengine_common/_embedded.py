@@ -2,14 +2,22 @@
 
 Both run from the uv project ``infra/hypha-server`` (its own environment and lock, because
 hypha pins an old FastAPI that Ray cannot live with). The JWT secret is kept in the state
-directory so that tokens stay valid across server restarts.
+directory so that tokens stay valid across server restarts; SeaweedFS's ports are kept there
+too, so a restarted store is found again at the URL the server was given.
+
+Each part can be started without waiting (``spawn_server``/``spawn_store`` plus
+``server_ready``/``store_ready``) so that a supervisor can restart one while it keeps watching the
+rest; ``start``/``start_server`` are the blocking forms.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -18,11 +26,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
-from ._processes import free_port, spawn, stop_process, wait_for_port
+from ._processes import free_port, spawn, stop_process
 from ._tokens import mint_token
 from .errors import ConfigurationError, ServiceUnavailable
 
-__all__ = ["EmbeddedHypha", "find_hypha_project"]
+__all__ = ["EmbeddedHypha", "find_hypha_project", "port_free"]
 
 HYPHA_PROJECT_ENV = "BIOENGINE_HYPHA_PROJECT"
 _PROJECT_REL = Path("infra") / "hypha-server"
@@ -43,6 +51,27 @@ def find_hypha_project() -> Path:
         "No embedded Hypha server environment found (infra/hypha-server of the BioEngine "
         f"repository). Set {HYPHA_PROJECT_ENV}, or pass --server-url to use an existing server."
     )
+
+
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    """True when a server could listen on ``host:port`` now.
+
+    The bind test uses SO_REUSEADDR, as the servers themselves do (uvicorn, SeaweedFS): a port
+    held only by connections in TIME_WAIT, left by a server that just stopped, counts as free.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+#: SeaweedFS's listening ports, in the order of ``_STORE_PORT_NAMES``; the S3 one is the 7th.
+_STORE_PORT_NAMES = (
+    "master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "s3", "s3_grpc",
+)  # fmt: skip
 
 
 def _uv() -> str:
@@ -73,13 +102,26 @@ class EmbeddedHypha:
         self.log = log
         self.root_token = secrets.token_hex(32)
         self.jwt_secret = self._load_secret()
-        self.s3_port: int | None = None
+        self._store_ports: dict[str, int] | None = None
+        self._store_volumes = 0
         self._server: subprocess.Popen[bytes] | None = None
         self._store: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def s3_port(self) -> int | None:
+        return self._store_ports["s3"] if self._store_ports else None
+
+    @property
+    def server_process(self) -> subprocess.Popen[bytes] | None:
+        return self._server
+
+    @property
+    def store_process(self) -> subprocess.Popen[bytes] | None:
+        return self._store
 
     @property
     def python(self) -> Path:
@@ -127,42 +169,98 @@ class EmbeddedHypha:
             self._start_store(timeout)
         self.start_server(timeout)
 
-    def _start_store(self, timeout: float) -> None:
+    @property
+    def _store_ports_file(self) -> Path:
+        return self.state_dir / "seaweedfs" / "ports.json"
+
+    def _choose_store_ports(self) -> dict[str, int]:
+        """The ports of the last run when all are free again, else new ones (remembered)."""
+        with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+            saved = json.loads(self._store_ports_file.read_text())
+            ports = {name: int(saved[name]) for name in _STORE_PORT_NAMES}
+            if all(port_free(port) for port in ports.values()):
+                return ports
+        ports = {}
+        while len(set(ports.values())) < len(_STORE_PORT_NAMES):
+            ports = {name: free_port() for name in _STORE_PORT_NAMES}
+        self._store_ports_file.parent.mkdir(parents=True, exist_ok=True)
+        self._store_ports_file.write_text(json.dumps(ports, indent=2))
+        return ports
+
+    def spawn_store(self) -> subprocess.Popen[bytes]:
+        """Start SeaweedFS without waiting; a restart uses the same ports and data directory."""
         data = self.state_dir / "seaweedfs"
         data.mkdir(parents=True, exist_ok=True)
-        ports = [free_port() for _ in range(8)]
-        self.s3_port = ports[6]
+        if self._store_ports is None:
+            self._store_ports = self._choose_store_ports()
+        ports = self._store_ports
         argv = [
             str(self.python.parent / "weed"),
             "server",
             f"-dir={data}",
             "-ip=127.0.0.1",
             "-ip.bind=127.0.0.1",
-            f"-master.port={ports[0]}",
-            f"-master.port.grpc={ports[1]}",
-            f"-volume.port={ports[2]}",
-            f"-volume.port.grpc={ports[3]}",
-            f"-filer.port={ports[4]}",
-            f"-filer.port.grpc={ports[5]}",
+            f"-master.port={ports['master']}",
+            f"-master.port.grpc={ports['master_grpc']}",
+            f"-volume.port={ports['volume']}",
+            f"-volume.port.grpc={ports['volume_grpc']}",
+            f"-filer.port={ports['filer']}",
+            f"-filer.port.grpc={ports['filer_grpc']}",
             "-s3",
-            f"-s3.port={ports[6]}",
-            f"-s3.port.grpc={ports[7]}",
+            f"-s3.port={ports['s3']}",
+            f"-s3.port.grpc={ports['s3_grpc']}",
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
             "-master.telemetry=false",
             "-master.volumeSizeLimitMB=256",
             "-volume.max=0",
         ]
+        self._store_volumes = len(list(data.glob("*.dat")))
         self._store = spawn(argv, log_path=self.state_dir / "logs" / "seaweedfs.log", cwd=data)
-        try:
-            wait_for_port("127.0.0.1", self.s3_port, timeout, self._store)
-        except (RuntimeError, TimeoutError) as exc:
-            raise ServiceUnavailable(
-                f"SeaweedFS did not start: {exc} (see {self.state_dir}/logs/seaweedfs.log)"
-            ) from exc
+        return self._store
 
-    def start_server(self, timeout: float = 90.0) -> None:
-        """Start (or start again, on the same port) the Hypha server and wait until ready."""
+    def store_ready(self) -> bool:
+        """True when S3 answers and the volumes on disk are served again.
+
+        SeaweedFS opens its S3 port before the volume server has reported its volumes to the
+        master; reading an object in that window fails with 500. So wait until the master's
+        topology holds as many volumes as there are volume files in the data directory.
+        """
+        if self.s3_port is None or self._store_ports is None:
+            return False
+        try:
+            socket.create_connection(("127.0.0.1", self.s3_port), 0.5).close()
+            url = f"http://127.0.0.1:{self._store_ports['master']}/dir/status"
+            with urllib.request.urlopen(url, timeout=1) as response:
+                topology = json.loads(response.read())["Topology"]
+        except (OSError, ValueError, KeyError):
+            return False
+        nodes = [
+            node
+            for center in topology.get("DataCenters") or []
+            for rack in center.get("Racks") or []
+            for node in rack.get("DataNodes") or []
+        ]
+        served = sum(int(node.get("Volumes") or 0) for node in nodes)
+        return bool(nodes) and served >= self._store_volumes
+
+    def _start_store(self, timeout: float) -> None:
+        store = self.spawn_store()
+        deadline = time.monotonic() + timeout
+        while not self.store_ready():
+            if store.poll() is not None:
+                raise ServiceUnavailable(
+                    f"SeaweedFS exited with code {store.returncode} during start-up "
+                    f"(see {self.state_dir}/logs/seaweedfs.log)"
+                )
+            if time.monotonic() > deadline:
+                raise ServiceUnavailable(
+                    f"SeaweedFS not ready within {timeout:.0f} s (see {self.state_dir}/logs/seaweedfs.log)"
+                )
+            time.sleep(0.25)
+
+    def spawn_server(self) -> subprocess.Popen[bytes]:
+        """Start the Hypha server without waiting: same port, secret, database and store."""
         env = {
             **os.environ,
             "HYPHA_JWT_SECRET": self.jwt_secret,
@@ -196,19 +294,28 @@ class EmbeddedHypha:
                 f"--database-uri=sqlite+aiosqlite:///{self.state_dir / 'hypha' / 'hypha.db'}",
             ]
         self._server = spawn(argv, env=env, log_path=self.state_dir / "logs" / "hypha-server.log")
+        return self._server
+
+    def server_ready(self) -> bool:
+        """True when the server answers its readiness probe."""
+        try:
+            with urllib.request.urlopen(f"{self.url}/health/readiness", timeout=1) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    def start_server(self, timeout: float = 90.0) -> None:
+        """Start (or start again, on the same port) the Hypha server and wait until ready."""
+        server = self.spawn_server()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self._server.poll() is not None:
+            if server.poll() is not None:
                 raise ServiceUnavailable(
-                    f"Hypha server exited with code {self._server.returncode} during start-up "
+                    f"Hypha server exited with code {server.returncode} during start-up "
                     f"(see {self.state_dir}/logs/hypha-server.log)"
                 )
-            try:
-                with urllib.request.urlopen(f"{self.url}/health/readiness", timeout=1) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                pass
+            if self.server_ready():
+                return
             time.sleep(0.25)
         raise ServiceUnavailable(f"Hypha server not ready within {timeout:.0f} s")
 

@@ -2,7 +2,8 @@
 
 Without ``--server-url`` it starts an embedded Hypha server (plus a SeaweedFS S3 store) on
 loopback, mints a token per service, starts the four services as separate processes,
-restarts any that crash, prints how to reach the worker, and stops everything on Ctrl-C.
+restarts any that crash (the server and the store too, on the same ports with the same state),
+prints how to reach the worker, and stops everything on Ctrl-C.
 With ``--server-url``, ``--workspace`` and ``--token`` it uses that server instead.
 """
 
@@ -14,7 +15,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -33,8 +33,9 @@ from bioengine_common import (
     load_settings,
     token_claims,
 )
+from bioengine_common._embedded import port_free
 
-from ._supervisor import ManagedProcess, Supervisor
+from ._supervisor import Dependency, ManagedProcess, Supervisor
 
 CONNECTION_FILE = "worker.json"
 _PER_PROCESS_VARIABLES = {"BIOENGINE_CLIENT_ID", "BIOENGINE_LOG_FILE", "BIOENGINE_TOKEN"}
@@ -104,7 +105,8 @@ class WorkerSettings(BaseModel):
         9527,
         ge=0,
         le=65535,
-        description="Port of the embedded Hypha server (0: any free port; a taken port falls back to a free one).",
+        description="Port of the embedded Hypha server (0: any free port; a port another program "
+        "listens on falls back to a free one, one held only by closing connections does not).",
     )
     s3: bool = Field(True, description="Start the SeaweedFS S3 store so the artifact manager works.")
     admin_token_hours: float = Field(
@@ -172,15 +174,6 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def _write_private(path: Path, content: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
@@ -224,7 +217,7 @@ class Launcher:
     # ---- set-up ---------------------------------------------------------------------------------
     def _start_embedded(self) -> None:
         port = self.settings.hypha_port
-        if port and not _port_free(port):
+        if port and not port_free(port):
             new_port = free_port()
             _say(f"Port {port} is taken; the embedded Hypha server uses {new_port} instead")
             port = new_port
@@ -238,6 +231,26 @@ class Launcher:
             LOCAL_ADMIN, "admin", expires_in=self.settings.admin_token_hours * 3600
         )
         self.admin_users.append(LOCAL_ADMIN)
+
+    def _dependencies(self) -> list[Dependency]:
+        """The embedded server and its store, restarted like the services when they die."""
+        hypha = self.hypha
+        if hypha is None:
+            return []
+        logs = self.dir / "logs"
+        dependencies = []
+        if self.settings.s3:
+            store = Dependency(
+                "seaweedfs", hypha.spawn_store, hypha.store_ready, log_hint=str(logs / "seaweedfs.log")
+            )
+            store.adopt(hypha.store_process)
+            dependencies.append(store)
+        server = Dependency(
+            "hypha server", hypha.spawn_server, hypha.server_ready, log_hint=str(logs / "hypha-server.log")
+        )
+        server.adopt(hypha.server_process)
+        dependencies.append(server)
+        return dependencies
 
     def _service_token(self, name: str) -> str:
         if self.hypha is not None:
@@ -394,7 +407,7 @@ class Launcher:
                     raise SystemExit("error: --server-url needs --token (or BIOENGINE_TOKEN)")
             else:
                 self._start_embedded()
-            self.supervisor = Supervisor(self._processes(), log=_say)
+            self.supervisor = Supervisor(self._processes(), log=_say, dependencies=self._dependencies())
             _say("Starting services: " + ", ".join(name for name, _ in SERVICES))
             self.supervisor.start_all()
             asyncio.run(self._supervise(started))

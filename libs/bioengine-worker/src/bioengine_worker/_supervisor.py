@@ -1,4 +1,10 @@
-"""Keeps the service processes running: start, restart with backoff, stop in order."""
+"""Keeps the worker's processes running: start, restart with backoff, stop in order.
+
+Two kinds of child: the services (``ManagedProcess``) and the infrastructure they depend on, the
+embedded Hypha server and SeaweedFS (``Dependency``). A dependency is restarted at once the first
+time it dies, then with growing delays while it keeps failing; it counts as back only when its
+readiness probe passes, and services that exit meanwhile wait for it before they restart.
+"""
 
 from __future__ import annotations
 
@@ -46,11 +52,11 @@ class ManagedProcess:
         self.started_at = time.monotonic()
         self.restart_at = None
 
-    def check(self, log: Callable[[str], None]) -> None:
-        """Notice an exit and schedule (or perform) the restart."""
+    def check(self, log: Callable[[str], None], may_start: bool = True) -> None:
+        """Notice an exit and schedule (or perform, when ``may_start``) the restart."""
         now = time.monotonic()
         if self.restart_at is not None:
-            if now >= self.restart_at:
+            if now >= self.restart_at and may_start:
                 self.restarts += 1
                 log(f"Restarting {self.name} (restart #{self.restarts})")
                 self.start()
@@ -78,9 +84,132 @@ class ManagedProcess:
         stop_process(self.process, timeout=timeout)
 
 
+@dataclass
+class Backoff:
+    """Delays between restarts of a dependency: pure, so the policy is tested on its own.
+
+    The first failure after a stable run (or the first ever) restarts at once; each further
+    consecutive failure waits ``initial`` seconds, doubled each time up to ``maximum``. A run that
+    lasted ``stable_after`` seconds starts the count again.
+    """
+
+    initial: float = 1.0
+    maximum: float = 30.0
+    stable_after: float = STABLE_AFTER_S
+    failures: int = 0
+
+    def next_delay(self, ran_for: float) -> float:
+        """Record a failure after a run of ``ran_for`` seconds; the delay before the next start."""
+        if ran_for >= self.stable_after:
+            self.failures = 0
+        self.failures += 1
+        if self.failures == 1:
+            return 0.0
+        return float(min(self.initial * 2 ** (self.failures - 2), self.maximum))
+
+
+@dataclass
+class Dependency:
+    """A piece of infrastructure the services need (the Hypha server, the S3 store).
+
+    ``spawn`` starts it without waiting and returns the process; ``ready`` is its readiness
+    probe (cheap, called every round while it starts). Prints one line when it exits, one per
+    failed start and one when it is back.
+    """
+
+    name: str
+    spawn: Callable[[], subprocess.Popen[bytes]]
+    ready: Callable[[], bool]
+    log_hint: str = ""
+    start_timeout: float = 120.0
+    backoff: Backoff = field(default_factory=Backoff)
+    process: subprocess.Popen[bytes] | None = None
+    state: str = "stopped"  # running | waiting (restart due at restart_at) | starting | stopped
+    attempt: int = 0
+    started_at: float = 0.0
+    down_since: float | None = None
+    restart_at: float = 0.0
+    restarts: int = 0
+
+    @property
+    def up(self) -> bool:
+        return self.state == "running"
+
+    def adopt(self, process: subprocess.Popen[bytes] | None) -> None:
+        """Watch a process started (and waited for) elsewhere, e.g. at the worker's start."""
+        self.process = process
+        self.state = "running"
+        self.started_at = time.monotonic()
+
+    def _schedule(self, now: float, ran_for: float) -> float:
+        delay = self.backoff.next_delay(ran_for)
+        self.restart_at = now + delay
+        self.state = "waiting"
+        return delay
+
+    def check(self, log: Callable[[str], None], may_start: bool = True) -> None:
+        """Notice an exit, a start that failed or succeeded; start again when due and
+        ``may_start`` (what this one depends on is up)."""
+        now = time.monotonic()
+        hint = f" (see {self.log_hint})" if self.log_hint else ""
+        if self.state == "running":
+            if self.process is None or self.process.poll() is None:
+                return
+            code = self.process.returncode
+            self.down_since = now
+            delay = self._schedule(now, now - self.started_at)
+            self.attempt = self.backoff.failures
+            log(
+                f"{self.name} exited with code {code}; restarting "
+                + (f"in {delay:g} s " if delay else "")
+                + f"(attempt {self.attempt}){hint}"
+            )
+        if self.state == "starting":
+            assert self.process is not None
+            exited = self.process.poll() is not None
+            if not exited and self.ready():
+                self.state = "running"
+                self.restarts += 1
+                down = now - (self.down_since or now)
+                log(f"{self.name} back after {down:.1f} s")
+                self.down_since = None
+                self.attempt = 0
+                return
+            if not exited and now - self.started_at < self.start_timeout:
+                return
+            reason = (
+                f"exited with code {self.process.returncode}"
+                if exited
+                else f"not ready within {self.start_timeout:.0f} s"
+            )
+            stop_process(self.process, timeout=5)
+            delay = self._schedule(now, 0.0)  # a failed start never counts as a stable run
+            self.attempt = self.backoff.failures
+            log(
+                f"{self.name} failed to start ({reason}); retrying in {delay:g} s "
+                f"(attempt {self.attempt}){hint}"
+            )
+        if self.state == "waiting" and now >= self.restart_at and may_start:
+            self.process = self.spawn()
+            self.started_at = time.monotonic()
+            self.state = "starting"
+
+    def stop(self) -> None:
+        """Stop watching (the owner stops the process itself)."""
+        self.state = "stopped"
+
+
 class Supervisor:
-    def __init__(self, processes: Sequence[ManagedProcess], log: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        processes: Sequence[ManagedProcess],
+        log: Callable[[str], None] | None = None,
+        dependencies: Sequence[Dependency] = (),
+    ):
         self.processes = list(processes)
+        #: Checked first, in order (the store before the server that uses it); their processes
+        #: are stopped by their owner, after the services.
+        self.dependencies = list(dependencies)
         self.log = log or (lambda message: print(message, file=sys.stderr, flush=True))
 
     def start_all(self) -> None:
@@ -88,14 +217,23 @@ class Supervisor:
             managed.start()
 
     def check_all(self) -> bool:
-        """Restart what exited; True when a child asked for the whole worker to stop."""
+        """Restart what exited; True when a child asked for the whole worker to stop.
+
+        A service that exited while a dependency is down waits for it (a restart could only
+        fail, and cluster-svc would start and stop a Ray head each time)."""
+        dependencies_up = True
+        for dependency in self.dependencies:
+            dependency.check(self.log, may_start=dependencies_up)
+            dependencies_up = dependencies_up and dependency.up
         for managed in self.processes:
-            managed.check(self.log)
+            managed.check(self.log, may_start=dependencies_up)
         return any(managed.stop_requested for managed in self.processes)
 
     def stop_all(self, timeout: float = 15.0) -> None:
         """Stop the last process first (the gateway: the public service goes before what it
         depends on), then the others in parallel."""
+        for dependency in self.dependencies:
+            dependency.stop()
         if not self.processes:
             return
         *rest, last = self.processes
