@@ -45,9 +45,9 @@ __all__ = ["RETRY_FOR", "DatasetAccessError", "DatasetUnavailableError", "HttpZa
 
 logger = logging.getLogger("bioengine_datasets_client")
 
-#: Default of ``HttpZarrStore(retry_for=...)``: seconds a failing request is retried. A restart
-#: of datasets-svc under its supervisor took 5 to 8 s here (1 s restart delay, then Python
-#: imports) before its HTTP port answered again.
+#: Default of ``HttpZarrStore(retry_for=...)``: seconds a failing request is retried. A new
+#: datasets-svc process answered on its port 2.7 to 6 s after it was started on a loaded 2-core
+#: machine (Python imports); a supervisor adds its restart delay (1 s for bioengine-worker).
 RETRY_FOR = 15.0
 _FIRST_PAUSE = 0.1  # then doubling...
 _MAX_PAUSE = 1.0  # ... up to this, so a server that is back is noticed within a second
