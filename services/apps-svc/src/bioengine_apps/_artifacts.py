@@ -82,6 +82,13 @@ class ArtifactStore:
                 return None
             raise
 
+    async def probe(self) -> None:
+        """A cheap call that needs the S3 store: list the collection's files (creating the
+        collection first if it is missing). Raises what the artifact manager raises."""
+        await self.ensure_collection()
+        manager = await self.manager()
+        await manager.list_files(self.collection_id)
+
     # ---- upload -----------------------------------------------------------------------------------
     async def _put(self, session: aiohttp.ClientSession, artifact_id: str, name: str, data: bytes) -> None:
         manager = await self.manager()

@@ -3,8 +3,10 @@
 apps-svc is a Ray driver of the worker's cluster (address from ``bioengine-cluster``). It never
 imports app code: it checks app files statically, places them under ``--apps-dir`` and asks the
 ``AppDeployer`` actor (``bioengine_app_runtime``) to build and submit them inside Ray. The
-desired state of every app is a record in Ray's GCS key-value store, so a restarted
-apps-svc finds its apps, and the apps keep serving through their own Hypha services meanwhile.
+desired state of every app is a record in apps-svc's workspace dir (:mod:`._store`), so a
+restarted apps-svc finds its apps (they keep serving through their own Hypha services
+meanwhile), and after a restart of the Ray head, which takes Serve and every app with it,
+apps-svc deploys them again.
 """
 
 from __future__ import annotations
@@ -17,7 +19,11 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -46,17 +52,29 @@ from ._manifest import check_authorized_users, decode_files, load_manifest
 from ._serve import ServeAdapter, clean, state
 from ._state import (
     AppRecord,
+    after_head_restart,
+    format_time,
     plan,
     redeploy_delay,
     resolve_authorized_users,
+    session_started_at,
     spec_hash,
     split_env_vars,
+    unavailable_message,
 )
+from ._store import StateStore
 
 _STANDARD_RESOURCES = ("num_cpus", "num_gpus", "memory")
 _APP_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _WORDS = ("bright", "calm", "swift", "quiet", "bold", "keen", "brave", "lucid")
 _NOUNS = ("cell", "nucleus", "tissue", "spindle", "axon", "organoid", "membrane", "vesicle")
+#: Seconds a status call waits for Serve before answering with what apps-svc knows.
+SERVE_STATUS_TIMEOUT_S = 5.0
+#: Seconds a probe of the artifact store (a file listing, which reaches its S3 storage) is trusted.
+ARTIFACT_PROBE_TTL_S = 5.0
+ARTIFACT_PROBE_TIMEOUT_S = 5.0
+#: Longest wait between two tries to connect to the Ray cluster.
+RAY_RETRY_MAX_S = 3.0
 
 
 class AppsSettings(ServiceSettings):
@@ -86,6 +104,32 @@ def _code_hash(files: dict[str, bytes]) -> str:
     return digest.hexdigest()
 
 
+def _session_name() -> str:
+    """The session of the Ray cluster this driver is connected to: new with every head start."""
+    import ray
+
+    node: Any = ray._private.worker.global_worker.node
+    return str(node.session_name)
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    rest = address.split("://", 1)[-1]
+    host, _, port = rest.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def _accepts(address: str, timeout: float = 1.0) -> tuple[bool, str]:
+    """Does the Ray head (GCS or Ray Client port of ``address``) accept TCP connections?"""
+    try:
+        host, port = _host_port(address)
+        with socket.create_connection((host, port), timeout=timeout):
+            return True, ""
+    except OSError as exc:
+        return False, f"{address} refuses connections ({exc.strerror or exc})"
+    except ValueError:
+        return False, f"'{address}' is not a host:port address"
+
+
 def _dir_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
 
@@ -102,10 +146,22 @@ class AppsService(BioEngineService):
         super().__init__(settings)
         os.environ.update(ray_environment())
         self.serve = ServeAdapter()
+        self.store = StateStore(settings.workspace_dir.expanduser().resolve() / "apps-state")
         self.records: dict[str, AppRecord] = {}
         self.connected = False
         self.ray_error: str | None = "not connected yet"
         self.ray_address: str | None = None
+        #: Since when apps-svc has had no Ray connection (wall clock), and whether the head is
+        #: known to be down (it stopped accepting connections) rather than just unreachable.
+        self.ray_down_since: float | None = time.time()
+        self.head_down = False
+        self.session: str | None = None
+        #: Last status Serve reported for each app, and when: {app_id: (status, time)}.
+        self.last_seen: dict[str, tuple[str, float]] = {}
+        self.artifact_probe: dict[str, Any] = {"ok": None, "reason": "not checked yet", "checked_at": None}
+        self._artifact_probe_at = -1e9
+        #: Ray calls run here, so one hung on a dead head never starves other threads.
+        self._ray_pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="apps-ray")
         self.decisions: collections.deque[dict[str, Any]] = collections.deque(maxlen=50)
         self._lock = asyncio.Lock()
         self._retry_at = 0.0
@@ -122,6 +178,18 @@ class AppsService(BioEngineService):
             self._artifacts = ArtifactStore(self.hypha.server, self.settings.workspace)
         return self._artifacts
 
+    async def _ray(self, function: Callable[..., Any], *args: Any, timeout: float = 30.0) -> Any:
+        """``function(*args)`` (blocking, talks to Ray) in the Ray thread pool, bounded in time."""
+        loop = asyncio.get_running_loop()
+        return await asyncio.wait_for(loop.run_in_executor(self._ray_pool, partial(function, *args)), timeout)
+
+    async def initialize(self) -> None:
+        records, problems = await asyncio.to_thread(self.store.load_records)
+        for problem in problems:
+            self.logger.error("Unreadable app record skipped: %s", problem)
+        self.records = records
+        self.logger.info("%d app(s) on record in %s", len(records), self.store.root)
+
     # ---- the Ray connection ---------------------------------------------------------------------
     async def _connect_ray(self) -> None:
         cluster = await self.get_internal_service(self.settings.cluster_service_id)
@@ -137,26 +205,74 @@ class AppsService(BioEngineService):
         # Ray's driver replaces our SIGTERM handling.
         self.install_signal_handlers()
         self.serve.namespace = info.get("namespace") or "bioengine"
-        await asyncio.to_thread(self.serve.start)
-        keys = await asyncio.to_thread(_kv.list_keys, "app/")
-        records = {}
-        for key in keys:
-            raw = await asyncio.to_thread(_kv.get_json, key.encode())
-            if raw:
-                record = AppRecord.model_validate(raw)
-                records[record.application_id] = record
-        self.records = records
-        self.connected, self.ray_error, self.ray_address, self._failures = True, None, address, 0
-        self.logger.info("Connected to Ray at %s; %d app(s) on record", address, len(records))
+        await self._ray(self.serve.start, timeout=60)
+        session = await self._ray(_session_name, timeout=15)
         async with self._lock:
+            await self._adopt_cluster(session, info)
+            self.connected, self.ray_error, self.ray_address, self._failures = True, None, address, 0
+            self.ray_down_since, self.head_down, self.session = None, False, session
+            self.logger.info(
+                "Connected to Ray at %s (session %s); %d app(s) on record",
+                address,
+                session,
+                len(self.records),
+            )
             await self._reconcile()
 
-    async def _disconnect_ray(self, reason: str) -> None:
+    async def _adopt_cluster(self, session: str, info: dict[str, Any]) -> None:
+        """Bring the records, the secrets in Ray's KV store and the cluster's identity in line
+        after (re)connecting; on a new head, mark every deployed app for redeployment."""
+        # Records only in Ray's KV store (a replica of apps-svc, or the state of a version that
+        # kept them only there): the newer copy wins and is written to disk.
+        for key in await self._ray(_kv.list_keys, "app/"):
+            raw = await self._ray(_kv.get_json, key.encode())
+            if not raw:
+                continue
+            record = AppRecord.model_validate(raw)
+            mine = self.records.get(record.application_id)
+            if mine is None or record.last_updated_at > mine.last_updated_at:
+                self.records[record.application_id] = record
+                await asyncio.to_thread(self.store.save_record, record)
+        # Replicas read their secrets from the KV store, which a new head starts without.
+        for app_id in list(self.records):
+            value = await asyncio.to_thread(self.store.load_secrets, app_id)
+            if value is None:
+                value = await self._ray(_kv.get_json, _kv.secrets_key(app_id))
+                if value is not None:
+                    await asyncio.to_thread(self.store.save_secrets, app_id, value)
+            if value is not None:
+                await self._ray(_kv.put_json, _kv.secrets_key(app_id), value)
+        known = (await asyncio.to_thread(self.store.load_cluster)).get("session")
+        started_at = info.get("head_started_at") or session_started_at(session)
+        restart = after_head_restart(self.records, known, session, started_at)
+        if restart.restarted:
+            for app_id, note in restart.redeploy.items():
+                record = self.records[app_id]
+                record.recovery_note = note
+                record.redeploy_attempts, record.next_redeploy_at, record.gave_up = 0, 0.0, None
+                await self._save(record)
+            for decision in restart.decisions:
+                self.logger.warning("%s", decision)
+            self.decisions.append(
+                {
+                    "time": time.time(),
+                    "decisions": restart.decisions,
+                    "inputs": {"session": session, "previous_session": known, "head_started_at": started_at},
+                }
+            )
+        await asyncio.to_thread(
+            self.store.save_cluster,
+            {"session": session, "address": info.get("address"), "head_started_at": started_at},
+        )
+
+    async def _disconnect_ray(self, reason: str, head_down: bool = False) -> None:
         self.connected = False
         self.ray_error = reason
+        self.head_down = head_down
+        self.ray_down_since = self.ray_down_since or time.time()
         self.serve.forget()
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(asyncio.to_thread(disconnect_driver), 15)
+            await self._ray(disconnect_driver, timeout=15)
 
     def _require_ray(self) -> None:
         if not self.connected:
@@ -165,19 +281,36 @@ class AppsService(BioEngineService):
     async def monitor(self) -> None:
         last_reconcile = 0.0
         while True:
+            if time.monotonic() - self._artifact_probe_at >= 2 * ARTIFACT_PROBE_TTL_S:
+                with contextlib.suppress(Exception):
+                    await self._probe_artifact_store()
             if not self.connected:
                 if time.monotonic() >= self._retry_at:
                     try:
                         await self._connect_ray()
                     except Exception as exc:
                         self._failures += 1
-                        delay = min(2.0**self._failures, 30.0)
+                        # Short: the cluster service answers "not ready" cheaply, and a restarted
+                        # head should find its apps again within seconds.
+                        delay = min(2.0**self._failures, RAY_RETRY_MAX_S)
                         self._retry_at = time.monotonic() + delay
-                        self.ray_error = f"{error_summary(exc)} (retrying in {delay:.0f} s)"
+                        reason = error_summary(exc)
+                        if self.head_down:
+                            reason = f"Ray head down since {format_time(self.ray_down_since or 0)}: {reason}"
+                        self.ray_error = f"{reason} (retrying in {delay:.0f} s)"
                         self.logger.warning("Ray cluster not available: %s", self.ray_error)
                         with contextlib.suppress(Exception):
-                            await asyncio.wait_for(asyncio.to_thread(disconnect_driver), 15)
+                            await self._ray(disconnect_driver, timeout=15)
                 await asyncio.sleep(1.0)
+                continue
+            # A head that stops accepting connections is gone (with every app on it): let go of
+            # it at once, since Ray ends a driver whose GCS stays away for 60 s.
+            alive, reason = await asyncio.to_thread(_accepts, self.ray_address or "")
+            if not alive:
+                self.logger.error("The Ray head is down: %s; apps are redeployed when it is back", reason)
+                self.ray_down_since = time.time()
+                await self._disconnect_ray(f"Ray head down: {reason}", head_down=True)
+                self._retry_at = time.monotonic() + 1.0
                 continue
             if time.monotonic() - last_reconcile >= self.settings.reconcile_interval:
                 last_reconcile = time.monotonic()
@@ -192,18 +325,29 @@ class AppsService(BioEngineService):
     async def cleanup(self) -> None:
         if self.connected:
             await self._disconnect_ray("stopping")
+        self._ray_pool.shutdown(wait=False, cancel_futures=True)
 
     # ---- reconciliation --------------------------------------------------------------------------
     async def _save(self, record: AppRecord) -> None:
-        await asyncio.to_thread(
-            _kv.put_json, _kv.record_key(record.application_id), record.model_dump(mode="json")
-        )
+        """On disk (what survives the head), and a copy in Ray's KV store for other replicas."""
+        await asyncio.to_thread(self.store.save_record, record)
+        await self._ray(_kv.put_json, _kv.record_key(record.application_id), record.model_dump(mode="json"))
+
+    async def _load_secrets(self, app_id: str) -> dict[str, Any]:
+        value = await asyncio.to_thread(self.store.load_secrets, app_id)
+        if value is None:
+            value = await self._ray(_kv.get_json, _kv.secrets_key(app_id))
+        return dict(value or {})
+
+    async def _save_secrets(self, app_id: str, value: dict[str, Any]) -> None:
+        await asyncio.to_thread(self.store.save_secrets, app_id, value)
+        await self._ray(_kv.put_json, _kv.secrets_key(app_id), value)
 
     async def _deploy_one(self, record: AppRecord) -> None:
         """Build and submit one app; record the outcome (the caller holds the lock)."""
         digest = spec_hash(record.spec)
         try:
-            outcome = await asyncio.to_thread(self.serve.deploy, record.spec)
+            outcome = await self._ray(self.serve.deploy, record.spec, timeout=150)
         except Exception as exc:
             record.failed_hash, record.last_error = digest, error_summary(exc)
             await self._save(record)
@@ -217,9 +361,12 @@ class AppsService(BioEngineService):
 
     async def _reconcile(self) -> None:
         """Make Serve run exactly the recorded apps (caller holds the lock)."""
-        details = await asyncio.to_thread(self.serve.details)
+        details = await self._ray(self.serve.details, timeout=SERVE_STATUS_TIMEOUT_S * 2)
         observed = self.serve.observed(details)
         now = time.time()
+        for app_id, seen in observed.items():
+            if app_id in self.records:
+                self.last_seen[app_id] = (seen.status, now)
         result = plan(self.records, observed, now)
         for app_id in result.reset_attempts:
             record = self.records[app_id]
@@ -241,7 +388,7 @@ class AppsService(BioEngineService):
             except Exception as exc:
                 self.logger.error("Deploying app %s failed: %s", app_id, error_summary(exc))
         for app_id in result.delete:
-            await asyncio.to_thread(self.serve.delete, app_id)
+            await self._ray(self.serve.delete, app_id)
         if result.decisions:
             for decision in result.decisions:
                 self.logger.info("Reconcile: %s", decision)
@@ -293,6 +440,7 @@ class AppsService(BioEngineService):
                 return load_manifest(files), files, "local"
             except ValueError as exc:
                 raise InvalidRequest(f"local app '{alias}': {exc}") from exc
+        await self._require_artifact_store()
         _, files = await self.artifacts.fetch(artifact_id, version)
         try:
             return load_manifest(files), files, "artifact"
@@ -363,6 +511,33 @@ class AppsService(BioEngineService):
         return {"proxy_token": str(token), "proxy_token_expires": expires}
 
     # ---- artifacts ----------------------------------------------------------------------------------
+    async def _probe_artifact_store(self) -> dict[str, Any]:
+        """List the files of the apps collection: an answer needs Hypha, the artifact manager
+        and the S3 store behind it. Cached for ARTIFACT_PROBE_TTL_S."""
+        if time.monotonic() - self._artifact_probe_at < ARTIFACT_PROBE_TTL_S:
+            return self.artifact_probe
+        self._artifact_probe_at = time.monotonic()
+        try:
+            await asyncio.wait_for(self.artifacts.probe(), ARTIFACT_PROBE_TIMEOUT_S)
+            ok, reason = True, None
+        except TimeoutError:
+            ok, reason = False, f"the artifact store did not answer within {ARTIFACT_PROBE_TIMEOUT_S:.0f} s"
+        except Exception as exc:
+            ok, reason = False, f"the artifact store failed: {error_summary(exc)}"
+        if ok != self.artifact_probe["ok"]:
+            if ok:
+                self.logger.info("Artifact store available")
+            else:
+                self.logger.warning("Artifact store unavailable: %s", reason)
+        self.artifact_probe = {"ok": ok, "reason": reason, "checked_at": time.time()}
+        self._artifact_probe_at = time.monotonic()
+        return self.artifact_probe
+
+    async def _require_artifact_store(self) -> None:
+        probe = await self._probe_artifact_store()
+        if not probe["ok"]:
+            raise ServiceUnavailable(f"app artifacts are unavailable: {probe['reason']}")
+
     @schema_method
     async def upload_app(
         self,
@@ -394,6 +569,7 @@ class AppsService(BioEngineService):
             raise InvalidRequest(str(exc)) from exc
         uploader = (resolved.get("user") or {}).get("id")
         if workspace is None:
+            await self._require_artifact_store()
             return await self.artifacts.upload(decoded, uploader)
         other = await connect(self.settings.server_url, workspace=workspace, token=hypha_token)
         try:
@@ -406,6 +582,7 @@ class AppsService(BioEngineService):
     async def list_apps(self, caller: dict | None = CallerField, context: dict | None = None) -> dict:
         """Uploaded app artifacts: {artifact_id: {manifest, versions, files}} (admin only)."""
         self.require_admin(context, caller, "list_apps")
+        await self._require_artifact_store()
         return await self.artifacts.list_apps()
 
     @schema_method
@@ -418,6 +595,7 @@ class AppsService(BioEngineService):
     ) -> dict:
         """The manifest of an uploaded app (admin only)."""
         self.require_admin(context, caller, "get_app_manifest")
+        await self._require_artifact_store()
         return dict((await self.artifacts.get(artifact_id, version)).get("manifest") or {})
 
     @schema_method
@@ -429,6 +607,7 @@ class AppsService(BioEngineService):
     ) -> None:
         """Delete an uploaded app with all its versions (admin only). Running apps keep running."""
         self.require_admin(context, caller, "delete_app")
+        await self._require_artifact_store()
         await self.artifacts.delete(artifact_id)
 
     # ---- deployments --------------------------------------------------------------------------------
@@ -497,7 +676,7 @@ class AppsService(BioEngineService):
                 )
             manifest, files, source = await self._load_app(artifact_id, version)
             kwargs = dict(application_kwargs or {})
-            old_secrets = await asyncio.to_thread(_kv.get_json, _kv.secrets_key(application_id)) or {}
+            old_secrets = await self._load_secrets(application_id)
             if application_env_vars is None and previous is not None:
                 plain = {
                     c: {k: v for k, v in e.items() if not k.startswith("_")}
@@ -587,10 +766,10 @@ class AppsService(BioEngineService):
                 record = previous.model_copy(
                     update={"last_updated_at": now, "last_updated_by": record.last_updated_by}
                 )
-            await asyncio.to_thread(_kv.put_json, _kv.secrets_key(application_id), new_secrets)
+            await self._save_secrets(application_id, new_secrets)
             self.records[application_id] = record
             await self._save(record)
-            details = await asyncio.to_thread(self.serve.details)
+            details = await self._ray(self.serve.details, timeout=SERVE_STATUS_TIMEOUT_S * 2)
             in_serve = application_id in (details.get("applications") or {})
             if not (unchanged and in_serve and record.applied_hash == spec_hash(record.spec)):
                 try:
@@ -600,7 +779,7 @@ class AppsService(BioEngineService):
                     if previous is not None:
                         self.records[application_id] = previous
                         await self._save(previous)
-                        await asyncio.to_thread(_kv.put_json, _kv.secrets_key(application_id), old_secrets)
+                        await self._save_secrets(application_id, old_secrets)
                     else:
                         await self._forget(application_id)
                     raise InvalidRequest(
@@ -623,8 +802,10 @@ class AppsService(BioEngineService):
 
     async def _forget(self, app_id: str) -> None:
         self.records.pop(app_id, None)
-        await asyncio.to_thread(_kv.delete, _kv.record_key(app_id))
-        await asyncio.to_thread(_kv.delete, _kv.secrets_key(app_id))
+        self.last_seen.pop(app_id, None)
+        await asyncio.to_thread(self.store.delete, app_id)
+        await self._ray(_kv.delete, _kv.record_key(app_id))
+        await self._ray(_kv.delete, _kv.secrets_key(app_id))
 
     @schema_method
     async def stop_app(
@@ -638,14 +819,14 @@ class AppsService(BioEngineService):
         self._require_ray()
         async with self._lock:
             if application_id not in self.records:
-                details = await asyncio.to_thread(self.serve.details)
+                details = await self._ray(self.serve.details, timeout=SERVE_STATUS_TIMEOUT_S * 2)
                 if application_id in (details.get("applications") or {}):
                     raise InvalidRequest(
                         f"'{application_id}' was not deployed by BioEngine; apps started outside BioEngine cannot be stopped here"
                     )
                 raise NotFound(f"no app '{application_id}' is deployed")
             await self._forget(application_id)
-            await asyncio.to_thread(self.serve.delete, application_id)
+            await self._ray(self.serve.delete, application_id)
         self.logger.info("Stopping app %s", application_id)
 
     @schema_method
@@ -662,11 +843,11 @@ class AppsService(BioEngineService):
             stopped = sorted(self.records)
             for app_id in stopped:
                 await self._forget(app_id)
-                await asyncio.to_thread(self.serve.delete, app_id)
+                await self._ray(self.serve.delete, app_id)
         deadline = time.monotonic() + float(timeout_seconds)
         remaining = list(stopped)
         while remaining and time.monotonic() < deadline:
-            details = await asyncio.to_thread(self.serve.details)
+            details = await self._ray(self.serve.details, timeout=SERVE_STATUS_TIMEOUT_S * 2)
             remaining = [a for a in stopped if a in (details.get("applications") or {})]
             if remaining:
                 await asyncio.sleep(0.5)
@@ -677,7 +858,7 @@ class AppsService(BioEngineService):
         async def one(replica: dict[str, Any]) -> tuple[str, Any]:
             entry: dict[str, Any] = {"state": state(replica.get("state")), "node_ip": replica.get("node_ip")}
             try:
-                entry.update(await asyncio.to_thread(self.serve.replica_logs, replica, lines))
+                entry.update(await self._ray(self.serve.replica_logs, replica, lines, timeout=12))
             except Exception as exc:
                 entry["error"] = error_summary(exc)
             return str(replica.get("replica_id")), entry
@@ -711,7 +892,7 @@ class AppsService(BioEngineService):
                 deployments[name] = entry
             if status == "RUNNING":
                 try:
-                    info = await asyncio.to_thread(self.serve.proxy_info, app_id)
+                    info = await self._ray(self.serve.proxy_info, app_id, timeout=4)
                     service_ids.append(
                         {k: info.get(k) for k in ("websocket_service_id", "webrtc_service_id")}
                     )
@@ -723,6 +904,34 @@ class AppsService(BioEngineService):
             status, message = "DEPLOY_FAILED", f"building the app failed: {record.last_error}"
         if record.gave_up:
             message = f"{message} (auto_redeploy {record.gave_up})".strip()
+        if record.recovery_note:
+            message = f"{message}; {record.recovery_note}" if message else record.recovery_note
+        return self._status_fields(record, status, message, deployments, service_ids, full)
+
+    def _offline_status(self, app_id: str, reason: str, full: bool) -> dict[str, Any]:
+        """What apps-svc knows of an app while it cannot see Serve: its record, and when and how
+        it was last seen."""
+        record = self.records.get(app_id)
+        if record is None:
+            return {
+                "status": "NOT_RUNNING",
+                "message": f"No app '{app_id}' is deployed by this worker; deploy it with deploy_app.",
+            }
+        last_status, last_seen = self.last_seen.get(app_id, (None, None))
+        message = unavailable_message(reason, self.ray_down_since, self.head_down, last_status, last_seen)
+        if record.recovery_note:
+            message = f"{message}; {record.recovery_note}"
+        return self._status_fields(record, "UNAVAILABLE", message, {}, [], full)
+
+    def _status_fields(
+        self,
+        record: AppRecord,
+        status: str,
+        message: str,
+        deployments: dict[str, Any],
+        service_ids: list[dict[str, Any]],
+        full: bool,
+    ) -> dict[str, Any]:
         result: dict[str, Any] = {
             "display_name": record.display_name,
             "description": record.description,
@@ -740,6 +949,7 @@ class AppsService(BioEngineService):
             "start_time": record.start_time,
             "last_updated_at": record.last_updated_at,
             "auto_redeploy": record.auto_redeploy,
+            "recovery_note": record.recovery_note,
         }
         if full:
             result.update(
@@ -764,12 +974,22 @@ class AppsService(BioEngineService):
         Admins also see kwargs, env vars (secrets masked), access rules and replica logs.
         """
         resolved = self.caller_context(context, caller)
-        self._require_ray()
         full = self.is_admin(resolved.get("user") or {})
         if isinstance(application_ids, str):
             application_ids = [application_ids]
         ids = list(application_ids) if application_ids else sorted(self.records)
-        details = await asyncio.to_thread(self.serve.details)
+        # Never hangs on a lost head: without Serve, the answer is what apps-svc knows.
+        if not self.connected:
+            return {app_id: self._offline_status(app_id, self.ray_error or "", full) for app_id in ids}
+        try:
+            details = await self._ray(self.serve.details, timeout=SERVE_STATUS_TIMEOUT_S)
+        except Exception as exc:
+            reason = (
+                f"Serve did not answer within {SERVE_STATUS_TIMEOUT_S:.0f} s"
+                if isinstance(exc, TimeoutError)
+                else f"Serve did not answer: {error_summary(exc)}"
+            )
+            return {app_id: self._offline_status(app_id, reason, full) for app_id in ids}
         apps = details.get("applications") or {}
         statuses = await asyncio.gather(
             *(self._status_of(app_id, apps.get(app_id), int(logs_tail), full) for app_id in ids)
@@ -825,12 +1045,32 @@ class AppsService(BioEngineService):
         return self.ready and self.connected
 
     def status_details(self) -> dict[str, Any]:
+        artifacts_ok = bool(self.artifact_probe["ok"])
         return {
             "apps_dir": str(self.apps_dir),
+            "state_dir": str(self.store.root),
             "local_apps_dir": str(self.settings.local_apps_dir) if self.settings.local_apps_dir else None,
             "ray_connected": self.connected,
             "ray_address": self.ray_address,
             "ray_error": self.ray_error,
+            "ray_session": self.session,
+            "dependencies": {
+                "ray": {
+                    "ok": self.connected,
+                    "reason": self.ray_error,
+                    "down_since": self.ray_down_since,
+                    "head_down": self.head_down,
+                },
+                "artifact_store": dict(self.artifact_probe),
+            },
+            # What each group of operations needs: status answers always (from the records
+            # while Ray is away); deploy/stop need Ray; artifacts need the store.
+            "ready_for": {
+                "status": True,
+                "apps": self.is_ready(),
+                "artifacts": self.ready and artifacts_ok,
+                "deploy_from_artifact": self.is_ready() and artifacts_ok,
+            },
             "apps": sorted(self.records),
             "recent_decisions": list(self.decisions)[-10:],
         }

@@ -1,7 +1,7 @@
 """App records and the reconciler: pure functions from (desired, observed) to actions.
 
-An :class:`AppRecord` is the desired state of one app (kept in Ray's GCS key-value store, so it
-outlives apps-svc), with the hash of the spec Serve last received. :func:`plan` compares the
+An :class:`AppRecord` is the desired state of one app (kept in apps-svc's workspace dir, so it
+outlives apps-svc and the Ray head), with the hash of the spec Serve last received. :func:`plan` compares the
 records with what Serve runs and decides what to deploy or delete, including ``auto_redeploy``
 with backoff and a cap. An unchanged spec is never deployed again.
 """
@@ -12,6 +12,7 @@ import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -23,10 +24,15 @@ __all__ = [
     "AppRecord",
     "ObservedApp",
     "Plan",
+    "RestartPlan",
+    "after_head_restart",
+    "format_time",
     "plan",
     "resolve_authorized_users",
+    "session_started_at",
     "spec_hash",
     "split_env_vars",
+    "unavailable_message",
 ]
 
 SECRET_MASK = "*****"
@@ -68,6 +74,9 @@ class AppRecord(BaseModel):
     redeploy_attempts: int = 0
     next_redeploy_at: float = 0.0
     gave_up: str | None = None
+    #: Set when apps-svc redeployed the app on a new Ray head ("redeployed after the Ray head
+    #: restarted at ..."); shown in the app's status until the app is deployed again by a user.
+    recovery_note: str | None = None
     spec: dict[str, Any] = Field(default_factory=dict, description="The AppSpec given to the builder.")
 
 
@@ -202,3 +211,81 @@ def plan(records: Mapping[str, AppRecord], observed: Mapping[str, ObservedApp], 
             result.delete.append(app_id)
             result.decisions.append(f"{app_id}: in Serve without a record -> delete")
     return result
+
+
+# ---- the Ray head restarting under the apps -------------------------------------------------------
+_SESSION = re.compile(r"^session_(\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}_\d{6})_\d+$")
+
+
+def format_time(timestamp: float) -> str:
+    """A wall-clock time for messages: ISO 8601 in UTC, to the second."""
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
+
+
+def session_started_at(session_name: str | None) -> float | None:
+    """When a Ray head started, from its session name (``session_<local time>_<pid>``); None if
+    the name has another form."""
+    match = _SESSION.match(session_name or "")
+    if not match:
+        return None
+    return datetime.strptime(match.group(1), "%Y-%m-%d_%H-%M-%S_%f").timestamp()
+
+
+class RestartPlan(BaseModel):
+    """What to do about a Ray cluster apps-svc connects to."""
+
+    #: The cluster is not the one the apps were last deployed to: they are gone from Serve.
+    restarted: bool = False
+    #: Apps to deploy again, each with the note its status shows.
+    redeploy: dict[str, str] = Field(default_factory=dict)
+    decisions: list[str] = Field(default_factory=list)
+
+
+def after_head_restart(
+    records: Mapping[str, AppRecord],
+    known_session: str | None,
+    session: str,
+    started_at: float | None,
+) -> RestartPlan:
+    """Compare the Ray session apps-svc last deployed to with the one it just connected to.
+
+    A different session is a new head (a head restart loses Serve and every app on it, unless
+    the GCS is fault tolerant, in which case the session is kept): every app that was deployed
+    is redeployed and says so. An app whose current spec failed to build was not running and
+    is left as it was. No known session (first start, or state of an older version): nothing
+    to tell.
+    """
+    result = RestartPlan()
+    if not known_session or known_session == session:
+        return result
+    result.restarted = True
+    when = format_time(started_at) if started_at is not None else "an unknown time"
+    note = f"redeployed after the Ray head restarted at {when}"
+    for app_id, record in sorted(records.items()):
+        if record.failed_hash is not None and record.failed_hash == spec_hash(record.spec):
+            result.decisions.append(f"{app_id}: its build had failed, not redeployed after the head restart")
+            continue
+        result.redeploy[app_id] = note
+    names = ", ".join(result.redeploy) or "none"
+    result.decisions.insert(
+        0,
+        f"Ray head restarted at {when} (session {session}, was {known_session}): "
+        f"redeploying {len(result.redeploy)} app(s): {names}",
+    )
+    return result
+
+
+def unavailable_message(
+    reason: str, since: float | None, head_down: bool, last_status: str | None, last_seen: float | None
+) -> str:
+    """The status message of an app while apps-svc cannot see Serve."""
+    if head_down:
+        text = f"Ray head down since {format_time(since) if since else 'an unknown time'}"
+    else:
+        text = "Ray cluster not reachable" + (f" since {format_time(since)}" if since else "")
+    text += f" ({reason})" if reason else ""
+    if last_status and last_seen:
+        text += f"; last seen {last_status} at {format_time(last_seen)}"
+    if head_down:
+        return text + "; apps-svc redeploys the app when the head is back"
+    return text + "; the app may still be serving"

@@ -1,0 +1,160 @@
+"""Apps through faults: a crashed Ray head, a restarted Hypha server, an update under load.
+
+One private stack for the module: a Hypha server of its own (restarted by a test), cluster-svc
+in single-machine mode (it starts the Ray head and starts a new one when it dies) and apps-svc
+deploying the example apps from the repository's ``apps/`` folder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bioengine_common import EmbeddedHypha, connect
+from bioengine_common._ray_head import short_temp_dir
+from bioengine_common.testing import ADMIN_USER, TEST_WORKSPACE, launch_service, wait_for_service
+
+pytestmark = pytest.mark.integration
+
+APPS = Path(__file__).resolve().parents[3] / "apps"
+#: A call that has not returned by then counts as a hang.
+HANG_S = 15.0
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    server = EmbeddedHypha(tmp_path_factory.mktemp("hypha-own"), TEST_WORKSPACE, s3=False, log=lambda m: None)
+    server.start()
+    workspace_dir = tmp_path_factory.mktemp("worker")
+    cluster = launch_service(
+        "cluster", server, workspace_dir, "--mode", "single-machine", "--status-interval", "1"
+    )
+    apps = launch_service(
+        "apps", server, workspace_dir, "--local-apps-dir", str(APPS), "--reconcile-interval", "1"
+    )
+    yield {"server": server, "cluster": cluster, "apps": apps, "workspace_dir": workspace_dir}
+    apps.stop()
+    cluster.stop(timeout=30)
+    server.stop()
+
+
+async def _client(server: EmbeddedHypha) -> Any:
+    return await connect(server.url, workspace=server.workspace, token=server.mint(ADMIN_USER, "admin"))
+
+
+@pytest.fixture
+async def client(stack):
+    client = await _client(stack["server"])
+    yield client
+    with contextlib.suppress(Exception):
+        await client.disconnect()
+
+
+async def _ready_apps(client: Any, stack: dict, timeout: float = 180) -> Any:
+    await wait_for_service(client, "bioengine-apps", timeout=60)
+    apps = await client.get_service("bioengine-apps")
+    deadline = time.monotonic() + timeout
+    while not (await apps.get_status())["ready"]:
+        assert time.monotonic() < deadline, stack["apps"].console_output()[-5000:]
+        await asyncio.sleep(0.5)
+    return apps
+
+
+async def _running(apps: Any, app_id: str, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    status: dict = {}
+    while time.monotonic() < deadline:
+        status = (await apps.get_app_status(application_ids=[app_id], logs_tail=0))[app_id]
+        if status["status"] == "RUNNING" and status["service_ids"][0]["websocket_service_id"]:
+            return status
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"{app_id} not RUNNING after {timeout:.0f} s: {status}")
+
+
+async def _answers(client: Any, service_id: str, method: str, timeout: float = 60, **kwargs: Any) -> Any:
+    """The first successful call of ``method`` on the app's Hypha service (retried until timeout)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            app = await client.get_service(service_id)
+            return await asyncio.wait_for(getattr(app, method)(**kwargs), 10)
+        except Exception as exc:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{service_id}.{method} never answered: {exc}") from exc
+            await asyncio.sleep(0.5)
+
+
+async def test_apps_are_redeployed_after_the_ray_head_crashes(stack, client):
+    apps = await _ready_apps(client, stack)
+    await apps.deploy_app(artifact_id="demo-app", application_id="survivor")
+    before = await _running(apps, "survivor")
+    assert (await _answers(client, before["service_ids"][0]["websocket_service_id"], "ping"))[
+        "status"
+    ] == "ok"
+    head_file = short_temp_dir(stack["workspace_dir"] / "ray") / "bioengine-head.json"
+    head = json.loads(head_file.read_text())
+
+    # A crash: the whole head (its process group) killed at once.
+    killed = time.monotonic()
+    os.killpg(head["pid"], signal.SIGKILL)
+    seen_down: dict = {}
+    while time.monotonic() - killed < 60 and not seen_down:
+        asked = time.monotonic()
+        statuses = await asyncio.wait_for(apps.get_app_status(logs_tail=0), HANG_S)
+        assert time.monotonic() - asked < HANG_S
+        if statuses["survivor"]["status"] == "UNAVAILABLE":
+            seen_down = statuses["survivor"]
+        await asyncio.sleep(0.5)
+    assert seen_down, "the head's loss never showed in the app's status"
+    assert seen_down["message"].startswith("Ray head down since "), seen_down
+    assert "last seen RUNNING" in seen_down["message"]
+    assert seen_down["display_name"] == before["display_name"]  # what apps-svc knows meanwhile
+    ray_status = (await apps.get_status())["dependencies"]["ray"]
+    assert ray_status["ok"] is False or json.loads(head_file.read_text())["pid"] != head["pid"]
+
+    after = await _running(apps, "survivor", timeout=180)
+    service_id = after["service_ids"][0]["websocket_service_id"]
+    assert (await _answers(client, service_id, "ping"))["status"] == "ok"
+    back_after = time.monotonic() - killed
+    new_head = json.loads(head_file.read_text())
+    assert new_head["pid"] != head["pid"]
+    assert "redeployed after the Ray head restarted at " in after["message"], after
+    assert after["recovery_note"] in after["message"]
+    decisions = [d for entry in (await apps.get_status())["recent_decisions"] for d in entry["decisions"]]
+    assert any(d.startswith("Ray head restarted at") and "survivor" in d for d in decisions), decisions
+    print(f"\nhead killed -> app answering again through Hypha: {back_after:.1f} s")
+
+
+async def test_app_services_come_back_after_a_hypha_restart(stack, client):
+    apps = await _ready_apps(client, stack)
+    await apps.deploy_app(artifact_id="demo-app", application_id="blinker")
+    before = await _running(apps, "blinker")
+    service_id = before["service_ids"][0]["websocket_service_id"]
+    assert (await _answers(client, service_id, "ping"))["status"] == "ok"
+    await client.disconnect()
+
+    stack["server"].stop_server()
+    await asyncio.sleep(3)
+    stack["server"].start_server()
+    restarted = time.monotonic()
+    fresh = await _client(stack["server"])
+    try:
+        # The same replica registers the same service again, by itself.
+        assert (await _answers(fresh, service_id, "ping", timeout=90))["status"] == "ok"
+        print(f"\nHypha back -> app answering again: {time.monotonic() - restarted:.1f} s")
+        apps = await _ready_apps(fresh, stack)
+        after = await _running(apps, "blinker")
+        assert (
+            after["deployments"]["DemoApp"]["replica_ids"] == before["deployments"]["DemoApp"]["replica_ids"]
+        )
+        assert after["service_ids"][0]["websocket_service_id"] == service_id
+    finally:
+        await fresh.disconnect()
