@@ -201,11 +201,12 @@ def test_idle_worker_that_can_take_pending_demand_is_kept():
 
 
 def test_pending_past_timeout_is_cancelled_and_counts_as_failure():
-    jobs = [job(7, "PENDING", submitted=-700, reason="PartitionConfig")]
+    jobs = [job(7, "PENDING", submitted=-700, reason="Resources")]
     result = plan(jobs=jobs, wanted=[demand(CPU=2)], pending_timeout_s=600)
     assert [(c.job_id, c.kind) for c in result.cancel] == [("7", "pending_timeout")]
-    assert "PartitionConfig" in result.cancel[0].reason and "700 s" in result.cancel[0].reason
-    assert result.failures == 1
+    assert "Resources" in result.cancel[0].reason and "700 s" in result.cancel[0].reason
+    assert "may clear" in result.cancel[0].reason
+    assert result.failures == 1 and result.backoff.give_ups == 1 and result.backoff.blocked is None
     # no resubmission in the same round: the caller records the failure, the backoff paces retries
     assert result.submit == [] and "backoff" in actions(result)
 
@@ -689,6 +690,202 @@ def test_parsed_squeue_jobs_feed_the_policy():
         SlurmSettings(tag="tagA", cpus=1, memory_gb=1, pending_timeout_s=60, join_timeout_s=600),
         submitted + 120,
     )
-    # job 5 (held) pends past the timeout; job 10 runs and is still joining; 2 and 7 are lost
+    # job 5 (held) pends past the timeout; job 10 runs and is still joining; 2 and 7 are lost, and
+    # 3, cancelled by someone else than this service (it did not pass it as its own)
     assert [(c.job_id, c.kind) for c in result.cancel] == [("5", "pending_timeout")]
-    assert sorted(result.lost) == ["2", "7"]
+    assert sorted(result.lost) == ["2", "3", "7"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Pending reasons that will not clear, the give-up backoff, lost workers
+# ---------------------------------------------------------------------------------------------
+from bioengine_cluster._slurm_jobs import (  # noqa: E402
+    UNRUNNABLE_AFTER_S,
+    BlockedSubmission,
+    Canceller,
+    cancelled_by_uid,
+    classify_pending_reason,
+    describe_loss,
+    is_lost,
+    parse_kill_requests,
+)
+
+
+@pytest.mark.parametrize(
+    ("reason", "clears", "code"),
+    [
+        ("Resources", "may_clear", "Resources"),
+        ("Priority", "may_clear", "Priority"),
+        ("BeginTime", "may_clear", "BeginTime"),
+        ("(Dependency)", "may_clear", "Dependency"),
+        (None, "may_clear", "None"),
+        ("", "may_clear", "None"),
+        ("ReqNodeNotAvail, UnavailableNodes:c[1-4]", "may_clear", "ReqNodeNotAvail"),
+        ("PartitionDown", "may_clear", "PartitionDown"),
+        ("AssocMaxJobsLimit", "may_clear", "AssocMaxJobsLimit"),
+        ("AssocGrpCpuLimit", "may_clear", "AssocGrpCpuLimit"),
+        ("QOSMaxJobsPerUserLimit", "may_clear", "QOSMaxJobsPerUserLimit"),
+        ("QOSGrpGRES", "may_clear", "QOSGrpGRES"),
+        ("JobHeldUser", "may_clear", "JobHeldUser"),
+        ("PartitionConfig", "will_not_clear", "PartitionConfig"),
+        ("PartitionTimeLimit", "will_not_clear", "PartitionTimeLimit"),
+        ("PartitionNodeLimit", "will_not_clear", "PartitionNodeLimit"),
+        ("MaxMemPerLimit", "will_not_clear", "MaxMemPerLimit"),
+        ("InvalidAccount", "will_not_clear", "InvalidAccount"),
+        ("InvalidQOS", "will_not_clear", "InvalidQOS"),
+        ("BadConstraints", "will_not_clear", "BadConstraints"),
+        ("DependencyNeverSatisfied", "will_not_clear", "DependencyNeverSatisfied"),
+        ("QOSMaxWallDurationPerJobLimit", "will_not_clear", "QOSMaxWallDurationPerJobLimit"),
+        ("AssocMaxCpuPerJobLimit", "will_not_clear", "AssocMaxCpuPerJobLimit"),
+        ("QOSMinGRES", "will_not_clear", "QOSMinGRES"),
+        # SLURM 22.05's sentence for a partition with AllowAccounts the job's account is not in
+        (
+            "Job's account not known, so it can't use this partition (gpu allows a1)",
+            "will_not_clear",
+            "Job's",
+        ),
+        ("SomethingNew", "may_clear", "SomethingNew"),
+    ],
+)
+def test_pending_reasons_are_classified(reason, clears, code):
+    verdict = classify_pending_reason(reason, settings(partition="gpu"))
+    assert (verdict.clears, verdict.code) == (clears, code)
+    assert verdict.meaning
+    if clears == "will_not_clear":
+        assert verdict.change, verdict
+
+
+def test_will_not_clear_verdicts_name_the_setting_to_change():
+    conf = settings(partition="short", time_limit="2-00:00:00", memory_gb=64)
+    config = classify_pending_reason("PartitionConfig", conf)
+    assert "partition short" in config.meaning and "--slurm-worker-cpus" in config.change
+    assert "scontrol show partition short" in config.change
+    time_limit = classify_pending_reason("PartitionTimeLimit", conf)
+    assert "2-00:00:00" in time_limit.meaning and "--slurm-time-limit" in time_limit.change
+    assert "64 GB" in classify_pending_reason("MaxMemPerLimit", conf).meaning
+    assert "(the default)" in classify_pending_reason("PartitionConfig").meaning
+
+
+def test_job_pending_for_a_reason_that_will_not_clear_is_given_up_and_blocks_submission():
+    jobs = [job(7, "PENDING", submitted=-(UNRUNNABLE_AFTER_S + 1), reason="PartitionConfig")]
+    result = plan(jobs=jobs, wanted=[demand(CPU=2)], pending_timeout_s=600, min_workers=1)
+    # given up before the (long) pending timeout: waiting cannot help
+    assert [(c.job_id, c.kind) for c in result.cancel] == [("7", "unrunnable")]
+    assert "will not clear" in result.cancel[0].reason and "--slurm-worker-cpus" in result.cancel[0].reason
+    block = result.backoff.blocked
+    assert block is not None and (block.job_id, block.reason_code, block.since) == (
+        "7",
+        "PartitionConfig",
+        NOW,
+    )
+    assert result.submit == []
+
+    # later rounds: demand and min_workers still want a job, nothing is submitted, and why
+    later = plan(wanted=[demand(CPU=2)], backoff=result.backoff, now=NOW + 10_000, min_workers=1)
+    assert later.submit == [] and later.backoff.blocked == block
+    blocked = next(d for d in later.decisions if d.action == "blocked")
+    assert "PartitionConfig" in blocked.message and "restart" in blocked.message
+    assert "--slurm-partition" in blocked.message and blocked.inputs["wanted"] == 1
+
+
+def test_will_not_clear_waits_for_the_pending_timeout_when_shorter():
+    jobs = [job(7, "PENDING", submitted=-5, reason="PartitionConfig")]
+    assert plan(jobs=jobs, pending_timeout_s=10).cancel == []
+    assert [c.kind for c in plan(jobs=jobs, pending_timeout_s=4).cancel] == ["unrunnable"]
+    # just submitted: SLURM's first reason gets UNRUNNABLE_AFTER_S before it is believed
+    assert plan(jobs=jobs, pending_timeout_s=600).cancel == []
+
+
+def test_a_block_does_not_stop_idle_cancellation():
+    block = BlockedSubmission(job_id="1", reason_code="PartitionConfig", message="m", change="c", since=NOW)
+    result = plan(
+        jobs=[job(5)],
+        nodes=[HEAD, node(5, idle=400)],
+        backoff=BackoffState(blocked=block),
+        idle_timeout_s=300,
+    )
+    assert [c.kind for c in result.cancel] == ["idle"] and result.backoff.blocked == block
+
+
+def test_jobs_given_up_for_reasons_that_may_clear_back_off_doubling_to_the_cap():
+    conf = dict(pending_timeout_s=60, backoff_initial_s=10, backoff_max_s=35)
+    backoff, now, delays = BackoffState(), NOW, []
+    for round_ in range(5):
+        # a fresh job pends past the timeout with a reason that may clear
+        stuck = job(100 + round_, "PENDING", submitted=now - NOW - 61, reason="Resources")
+        result = plan(jobs=[stuck], wanted=[demand(CPU=2)], backoff=backoff, now=now, **conf)
+        assert [c.kind for c in result.cancel] == ["pending_timeout"] and result.backoff.blocked is None
+        backoff = result.backoff
+        retry_at = backoff.retry_at(settings(**conf))
+        assert retry_at is not None
+        delays.append(retry_at - now)
+        # not before the retry time ...
+        assert plan(wanted=[demand(CPU=2)], backoff=backoff, now=retry_at - 1, **conf).submit == []
+        # ... then one job; its successful sbatch does not forgive the give-ups
+        again = plan(wanted=[demand(CPU=2)], backoff=backoff, now=retry_at + 1, **conf)
+        assert len(again.submit) == 1
+        backoff = again.backoff.succeeded()
+        now = retry_at + 1
+    assert delays == [10, 20, 35, 35, 35]
+    assert backoff.give_ups == 5 and backoff.consecutive_failures == 5
+
+
+def test_a_newer_job_that_joins_resets_the_give_up_backoff():
+    backoff = BackoffState().gave_up(NOW - 100, "gave up on job 1").gave_up(NOW - 50, "gave up on job 2")
+    assert backoff.give_ups == 2 and backoff.succeeded().consecutive_failures == 2
+    # a job submitted before the last give-up joining is no proof the queue clears
+    old = plan(jobs=[job(1, submitted=-60)], nodes=[HEAD, node(1)], backoff=backoff)
+    assert old.backoff.give_ups == 2
+    fresh = plan(jobs=[job(3, submitted=-40)], nodes=[HEAD, node(3)], backoff=backoff)
+    assert fresh.backoff == BackoffState()
+    assert any(d.action == "keep" and "backoff is reset" in d.message for d in fresh.decisions)
+
+
+def test_sbatch_success_forgives_sbatch_failures_only():
+    state = BackoffState().failed(NOW, "sbatch: error").failed(NOW, "sbatch: error")
+    assert state.succeeded() == BackoffState()
+    state = BackoffState().gave_up(NOW, "gave up").failed(NOW + 1, "sbatch: error")
+    assert state.consecutive_failures == 2
+    after = state.succeeded()
+    assert (after.consecutive_failures, after.give_ups, after.last_failure_at) == (1, 1, NOW)
+
+
+def test_a_worker_cancelled_by_someone_else_is_lost_and_replaced():
+    jobs = [job(9, "CANCELLED", raw_state="CANCELLED"), job(8, "CANCELLED")]
+    result = plan(jobs=jobs, wanted=[demand(CPU=2)], backoff=BackoffState())
+    assert result.lost == ["9", "8"] and len(result.submit) == 1
+    # the ones this service cancelled itself are no loss
+    observed = ScalingInputs(jobs=jobs, ray_nodes=[HEAD], cancelled_by_us=["8"])
+    assert plan_scaling(observed, settings(), NOW).lost == ["9"]
+    assert is_lost(job(1, "TIMEOUT"), ["1"]) and not is_lost(job(1, "COMPLETING"))
+    assert not is_lost(job(1, "CANCELLED"), ["1"]) and is_lost(job(1, "CANCELLED"), ["2"])
+
+
+def test_describe_loss_names_the_final_state_and_who_cancelled():
+    cancelled = job(9, "CANCELLED", raw_state="CANCELLED")
+    by_root = Canceller(uid=0, user="root", source="the slurmctld log")
+    text = describe_loss(cancelled, by_root, "0123456789abcdef")
+    assert text == (
+        "job 9 (Ray node 0123456789ab) ended CANCELLED: cancelled outside this service by uid 0 (root), "
+        "per the slurmctld log"
+    )
+    unknown = Canceller(source="none", note="no SLURM accounting here (sacct)")
+    assert "by an unknown user (no SLURM accounting here (sacct))" in describe_loss(cancelled, unknown)
+    timeout = job(10, "TIMEOUT", raw_state="TIMEOUT", time_limit="00:10:00", exit_code="0:15")
+    assert describe_loss(timeout) == "job 10 ended TIMEOUT: its walltime (00:10:00) ran out, exit code 0:15"
+    assert "its node failed" in describe_loss(job(11, "NODE_FAIL"))
+    assert "no final state is known" in describe_loss(job(12, "UNKNOWN", raw_state="GONE"))
+
+
+def test_who_cancelled_parsers():
+    log = (
+        "[2026-12-01T03:10:14.976] _slurm_rpc_submit_batch_job: JobId=98 InitPrio=4294901662 usec=1522\n"
+        "[2026-12-01T03:10:16.987] _slurm_rpc_kill_job: REQUEST_KILL_JOB JobId=98 uid 0\n"
+        "[2026-12-01T03:11:00.001] _slurm_rpc_kill_job: REQUEST_KILL_JOB JobId=99_3 uid 1000\n"
+        "[2026-12-01T03:12:00.001] _slurm_rpc_kill_job: REQUEST_KILL_JOB JobId=98 uid 1001\n"
+    )
+    assert parse_kill_requests(log) == {"98": 1001, "99_3": 1000}
+    assert parse_kill_requests("garbage") == {}
+    assert cancelled_by_uid("CANCELLED by 1000") == 1000
+    assert cancelled_by_uid("cancelled by 0") == 0
+    assert cancelled_by_uid("CANCELLED") is None and cancelled_by_uid("FAILED") is None

@@ -7,6 +7,8 @@ The jobs run ``sleep`` instead of ``ray start`` (the ``worker_command`` setting)
 from __future__ import annotations
 
 import asyncio
+import os
+import pwd
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -137,8 +139,11 @@ async def test_job_that_never_starts_is_cancelled_by_the_policy(commands, tmp_pa
 
     observed = ScalingInputs(jobs=jobs, ray_nodes=[RayWorkerNode(node_id="head")], backoff=BackoffState())
     plan = plan_scaling(observed, conf, now=(jobs[0].submitted_at or 0) + 5)
-    assert [(c.job_id, c.kind) for c in plan.cancel] == [(job_id, "pending_timeout")]
-    assert reason and reason in plan.cancel[0].reason and plan.failures == 1
+    # a job no node of the partition can hold: the reason will not clear, submission stops
+    assert reason == "PartitionConfig"
+    assert [(c.job_id, c.kind) for c in plan.cancel] == [(job_id, "unrunnable")]
+    assert reason in plan.cancel[0].reason and plan.failures == 1
+    assert plan.backoff.blocked is not None and plan.backoff.blocked.reason_code == reason
     await cmds.cancel([c.job_id for c in plan.cancel])
     await wait_for(cmds, lambda js: not js)
 
@@ -184,3 +189,31 @@ async def test_sbatch_errors_are_clear(commands, tmp_path):
     with pytest.raises(SlurmCommandError, match="not found"):
         await missing.list_jobs()
     assert await cmds.list_jobs() == []
+
+
+async def test_who_cancelled_a_job(commands, tmp_path):
+    """Without SLURM accounting (as set up here) squeue, scontrol and sacct -c say CANCELLED but
+    not by whom; the controller's log does, when this host can read it."""
+    tag = new_tag()
+    cmds = SlurmCommands(tag)
+    commands.append(cmds)
+    job_id = await cmds.submit(render_job_script(settings(tag, tmp_path, worker_command="sleep 60")))
+    await wait_for(cmds, lambda js: any(j.state == JobState.RUNNING for j in js))
+    scancel = await asyncio.create_subprocess_exec("scancel", job_id)
+    assert await scancel.wait() == 0
+    jobs = await wait_for(
+        cmds, lambda js: bool(js) and js[0].state == JobState.CANCELLED, include_finished=True
+    )
+    assert jobs[0].reason is None  # squeue gives no reason for a cancelled job
+    who = (await cmds.who_cancelled([job_id]))[job_id]
+    log = await cmds.controller_log()
+    if cmds.sacct_mode == "accounting":
+        assert who.source == "sacct" and who.uid == os.getuid()
+    elif log is not None:
+        assert (who.uid, who.source) == (os.getuid(), "the slurmctld log"), who
+        assert who.user == pwd.getpwuid(os.getuid()).pw_name
+    else:
+        assert who.uid is None and who.note and "not readable" in who.note
+    # a job id the log does not name: unknown, with the reason
+    other = (await cmds.who_cancelled(["999999999"]))["999999999"]
+    assert other.uid is None and other.source == "none" and "sacct" in (other.note or "")

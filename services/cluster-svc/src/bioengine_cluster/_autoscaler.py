@@ -26,6 +26,7 @@ from ._settings import ClusterSettings
 from ._slurm_jobs import (
     JOB_RESOURCE_PREFIX,
     BackoffState,
+    Canceller,
     Decision,
     JobState,
     RayWorkerNode,
@@ -34,6 +35,7 @@ from ._slurm_jobs import (
     SlurmCommands,
     SlurmJob,
     SlurmSettings,
+    describe_loss,
     plan_scaling,
     render_job_script,
 )
@@ -108,7 +110,11 @@ class SlurmAutoscaler:
         #: Every job of this worker seen, newest last: the last listing, plus our cancel reason.
         self.jobs: collections.OrderedDict[str, SlurmJob] = collections.OrderedDict()
         self.cancel_reasons: dict[str, str] = {}
+        #: Jobs ended without this service asking: what ended them (final state, who cancelled).
+        self.losses: dict[str, dict[str, Any]] = {}
         self.ray_node_of_job: dict[str, str] = {}
+        #: The last Ray node seen for each job (a lost job's node has left Ray).
+        self.last_node_of_job: dict[str, str] = {}
         self.error: str | None = None
         self.last_round_at: float | None = None
         self.rounds = 0
@@ -168,7 +174,7 @@ class SlurmAutoscaler:
             pending_timeout_s=s.slurm_pending_timeout,
             join_timeout_s=s.slurm_join_timeout,
             backoff_initial_s=s.slurm_backoff,
-            backoff_max_s=max(300.0, s.slurm_backoff),
+            backoff_max_s=max(s.slurm_backoff_max, s.slurm_backoff),
         )
 
     def render(self, head_address: str) -> str:
@@ -189,6 +195,56 @@ class SlurmAutoscaler:
         entry = decision.model_dump()
         entry["inputs"] = {**entry["inputs"], "observed": observed}
         self.decisions.append(entry)
+
+    def _repeats(self, decision: Decision) -> bool:
+        """The same keep/wait/blocked message, or a backoff towards the same retry time, as the
+        last decision: not recorded again."""
+        if not self.decisions or decision.action not in ("keep", "wait", "blocked", "backoff"):
+            return False
+        last = self.decisions[-1]
+        if last["action"] != decision.action:
+            return False
+        if decision.action == "backoff":
+            return last["inputs"].get("retry_at") == decision.inputs.get("retry_at") is not None
+        return bool(last["message"] == decision.message)
+
+    async def _report_losses(self, lost: list[str], observed: dict[str, Any]) -> None:
+        """Each job that ended without this service asking, once: its final state and cause (who
+        cancelled it, when SLURM can tell)."""
+        new = [job_id for job_id in lost if job_id not in self.losses and job_id in self.jobs]
+        if not new:
+            return
+        cancelled = [job_id for job_id in new if self.jobs[job_id].state == JobState.CANCELLED]
+        cancellers: dict[str, Canceller] = {}
+        if cancelled:
+            try:
+                cancellers = await self.commands.who_cancelled(cancelled)
+            except Exception as exc:
+                self.logger.debug("slurm: who cancelled %s: %s", cancelled, exc)
+        for job_id in new:
+            job = self.jobs[job_id]
+            canceller = cancellers.get(job_id)
+            if job.state == JobState.CANCELLED and canceller is None:
+                canceller = Canceller(source="none", note="the lookup failed")
+            node = self.ray_node_of_job.get(job_id) or self.last_node_of_job.get(job_id)
+            message = describe_loss(job, canceller, node)
+            self.losses[job_id] = {
+                "final_state": job.raw_state or job.state.value,
+                "message": message,
+                "cancelled_by": canceller.model_dump() if canceller is not None else None,
+                "ray_node_id": node,
+                "seen_at": time.time(),
+            }
+            self._record(
+                Decision(
+                    at=time.time(),
+                    action="lost",
+                    message=f"worker lost: {message}",
+                    inputs={"job_id": job_id, "state": job.state.value, "exit_code": job.exit_code},
+                ),
+                observed,
+            )
+            self.logger.warning("slurm: worker lost: %s", message)
 
     def vanished(self, jobs: list[SlurmJob]) -> list[str]:
         """Jobs we think active that ``squeue`` no longer lists (they ended past MinJobAge)."""
@@ -213,6 +269,7 @@ class SlurmAutoscaler:
         for job_id in finished[: max(0, len(finished) - FINISHED_KEPT)]:
             del self.jobs[job_id]
             self.cancel_reasons.pop(job_id, None)
+            self.losses.pop(job_id, None)
 
     async def run_round(self, head_address: str, gcs_address: str) -> None:
         settings = self.slurm_settings(head_address)
@@ -230,10 +287,17 @@ class SlurmAutoscaler:
             final = {job.job_id: job for job in finished or []}
         self._remember(jobs, final)
         self.ray_node_of_job = {n.slurm_job_id: n.node_id for n in nodes if n.slurm_job_id}
+        self.last_node_of_job.update(self.ray_node_of_job)
         # Jobs we already cancelled may still be listed as active for a moment: not capacity.
         considered = [j for j in jobs if not (j.active and j.job_id in self.cancel_reasons)]
         plan = plan_scaling(
-            ScalingInputs(jobs=considered, ray_nodes=nodes, demand=demand, backoff=self.backoff),
+            ScalingInputs(
+                jobs=considered,
+                ray_nodes=nodes,
+                demand=demand,
+                backoff=self.backoff,
+                cancelled_by_us=list(self.cancel_reasons),
+            ),
             settings,
             now,
         )
@@ -243,19 +307,18 @@ class SlurmAutoscaler:
             "demand": [d.model_dump() for d in demand],
             "backoff_failures": self.backoff.consecutive_failures,
         }
+        await self._report_losses(plan.lost, observed)
         for decision in plan.decisions:
-            if decision.action in ("keep", "wait") and self.decisions:
-                last = self.decisions[-1]
-                if last["action"] == decision.action and last["message"] == decision.message:
-                    continue
+            if self._repeats(decision):
+                continue
             self._record(decision, observed)
-            self.logger.info("slurm: %s: %s", decision.action, decision.message)
+            log = self.logger.warning if decision.action in ("blocked", "cancel") else self.logger.info
+            log("slurm: %s: %s", decision.action, decision.message)
         if plan.cancel:
             for cancel in plan.cancel:
                 self.cancel_reasons[cancel.job_id] = f"{cancel.kind}: {cancel.reason}"
             await self.commands.cancel([c.job_id for c in plan.cancel])
-        if plan.failures:
-            self.backoff = self.backoff.failed(now, f"gave up on {plan.failures} job(s)", count=plan.failures)
+        self.backoff = plan.backoff
         if plan.submit:
             self.work_dir.mkdir(parents=True, exist_ok=True)  # the jobs' --chdir
             self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -292,18 +355,26 @@ class SlurmAutoscaler:
     def status(self, decisions: int = 20) -> dict[str, Any]:
         now = time.time()
         s = self.cluster_settings
+        settings = self.slurm_settings()
+        retry_at = self.backoff.retry_at(settings)
         jobs = []
         for job in reversed(self.jobs.values()):
             jobs.append(
                 {
                     "job_id": job.job_id,
                     "state": job.state.value,
-                    "reason": self.cancel_reasons.get(job.job_id) or job.reason,
+                    "reason": self.cancel_reasons.get(job.job_id)
+                    or (f"lost: {self.losses[job.job_id]['message']}" if job.job_id in self.losses else None)
+                    or job.reason,
                     "slurm_reason": job.reason,
+                    "final_state": None if job.active else (job.raw_state or job.state.value),
+                    "lost": job.job_id in self.losses,
+                    "cancelled_by": (self.losses.get(job.job_id) or {}).get("cancelled_by"),
                     "node": job.nodes,
                     "age_s": _age(job.submitted_at, now),
                     "running_s": _age(job.started_at, job.ended_at or now) if job.started_at else None,
-                    "ray_node_id": self.ray_node_of_job.get(job.job_id),
+                    "ray_node_id": self.ray_node_of_job.get(job.job_id)
+                    or (self.losses.get(job.job_id) or {}).get("ray_node_id"),
                     "cancelled_by_us": job.job_id in self.cancel_reasons,
                 }
             )
@@ -325,7 +396,13 @@ class SlurmAutoscaler:
             "live_jobs": self.live_jobs(),
             "jobs": jobs,
             "decisions": list(self.decisions)[-decisions:],
-            "backoff": self.backoff.model_dump(),
+            "backoff": {
+                **self.backoff.model_dump(exclude={"blocked"}),
+                "retry_in_s": round(max(0.0, retry_at - now), 1) if retry_at is not None else None,
+                "max_s": settings.backoff_max_s,
+            },
+            # Submission stopped: a job pended for a reason that will not clear (what to change).
+            "blocked": self.backoff.blocked.model_dump() if self.backoff.blocked else None,
             "error": self.error,
             "last_round_at": self.last_round_at,
             "rounds": self.rounds,

@@ -96,7 +96,13 @@ class ClusterSettings(ServiceSettings):
         300.0, gt=0, description="slurm: seconds a running job may take for its Ray node to join."
     )
     slurm_backoff: float = Field(
-        10.0, gt=0, description="slurm: seconds to wait after a failed sbatch (doubling, at most 300)."
+        10.0,
+        gt=0,
+        description="slurm: seconds to wait after a failed sbatch or a job given up (doubling each "
+        "time, up to --slurm-backoff-max).",
+    )
+    slurm_backoff_max: float = Field(
+        300.0, gt=0, description="slurm: longest wait between launch attempts (cap of the doubling)."
     )
     slurm_tag: str | None = Field(
         None,

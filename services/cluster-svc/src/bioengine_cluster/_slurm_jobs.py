@@ -25,8 +25,10 @@ Conventions (checked against SLURM 22.05 from Debian, see ``infra/slurm/setup-sl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
+import pwd
 import re
 import shlex
 import shutil
@@ -47,11 +49,14 @@ __all__ = [
     "SACCT_FIELDS",
     "SQUEUE_FORMAT",
     "BackoffState",
+    "BlockedSubmission",
+    "Canceller",
     "Decision",
     "JobCancel",
     "JobSpec",
     "JobState",
     "PendingDemand",
+    "PendingVerdict",
     "RayWorkerNode",
     "ScalingInputs",
     "ScalingPlan",
@@ -59,10 +64,15 @@ __all__ = [
     "SlurmCommands",
     "SlurmJob",
     "SlurmSettings",
+    "cancelled_by_uid",
+    "classify_pending_reason",
+    "describe_loss",
     "fits_after_scale_up",
+    "is_lost",
     "job_comment",
     "job_name",
     "normalize_state",
+    "parse_kill_requests",
     "parse_sacct",
     "parse_squeue",
     "plan_scaling",
@@ -77,6 +87,10 @@ _EPSILON = 1e-6
 #: rest is left to the raylet, the workers' own overhead and the prologue).
 OBJECT_STORE_FRACTION = 0.3
 RAY_MEMORY_FRACTION = 0.6
+
+#: A job pending for a reason that will not clear is given up after this long at most (SLURM may
+#: show a passing reason right after submission), or after the pending timeout when shorter.
+UNRUNNABLE_AFTER_S = 30.0
 
 #: Prefix of the custom Ray resource each worker node advertises (``slurm_job_id:<id>``).
 JOB_RESOURCE_PREFIX = "slurm_job_id:"
@@ -719,6 +733,234 @@ def parse_sacct(text: str) -> list[SlurmJob]:
 
 
 # ---------------------------------------------------------------------------------------------
+# Why a job pends, and whether waiting helps (pure)
+# ---------------------------------------------------------------------------------------------
+class PendingVerdict(BaseModel):
+    """What SLURM's pending reason means for a worker job."""
+
+    code: str = Field(description="SLURM's reason as squeue shows it (first word), or 'none'.")
+    clears: Literal["may_clear", "will_not_clear"] = Field(
+        description="may_clear: other jobs ending, time passing or an admin bringing nodes back can "
+        "let it start (give up after the pending timeout, retry with a doubling backoff); "
+        "will_not_clear: this job as asked can never start here (stop submitting it, say what to change)."
+    )
+    meaning: str
+    change: str = Field("", description="What to change so that a worker job can run (will_not_clear).")
+
+
+_WAIT = "may_clear"
+_NEVER = "will_not_clear"
+_SIZE = "--slurm-worker-cpus / --slurm-worker-gpus / --slurm-worker-memory-gb"
+
+#: SLURM 22.05 pending reasons (``squeue %r``) a worker job may meet. Reasons not listed fall to
+#: the rules in :func:`classify_pending_reason`.
+_PENDING_REASONS: dict[str, tuple[str, str, str]] = {
+    # Waiting for other jobs or for time: clears by itself.
+    "Priority": (_WAIT, "jobs of higher priority come first", ""),
+    "Resources": (_WAIT, "the nodes are busy with other jobs", ""),
+    "BeginTime": (_WAIT, "the job's start time is still to come", ""),
+    "Dependency": (_WAIT, "the job waits for a job it depends on", ""),
+    "Licenses": (_WAIT, "the licenses it asks for are in use", ""),
+    "Reservation": (_WAIT, "the job waits for its reservation to start", ""),
+    "JobArrayTaskLimit": (_WAIT, "the array's task limit is reached", ""),
+    "Prolog": (_WAIT, "the node's prolog is running", ""),
+    "Cleaning": (_WAIT, "the job is being requeued and cleaned up", ""),
+    "PowerUpNode": (_WAIT, "a node is being powered up for it", ""),
+    "Configuring": (_WAIT, "a node is being configured for it", ""),
+    "SchedDefault": (_WAIT, "the scheduler has not looked at it yet", ""),
+    "None": (_WAIT, "the scheduler has not given a reason yet", ""),
+    # Running-job limits of the account or QOS: clear as its other jobs end.
+    "AssocMaxJobsLimit": (
+        _WAIT,
+        "the account already runs as many jobs as its association allows (MaxJobs); it clears as they end",
+        "lower --slurm-max-workers or ask for a higher MaxJobs",
+    ),
+    # Nodes or partition unavailable: clears when an admin brings them back.
+    "ReqNodeNotAvail": (
+        _WAIT,
+        "the nodes it may use are down, drained or reserved; it clears when an admin brings them back",
+        "choose another --slurm-partition if this lasts",
+    ),
+    "NodeDown": (_WAIT, "a node it needs is down; it clears when the node is back", ""),
+    "FrontEndDown": (_WAIT, "no front end node is up", ""),
+    "PartitionDown": (
+        _WAIT,
+        "the partition is down; it clears when an admin sets it UP",
+        "choose another --slurm-partition if this lasts",
+    ),
+    "JobHeldAdmin": (_WAIT, "an admin holds the job", "ask the admin to release it"),
+    "JobHeldUser": (_WAIT, "the job is held (scontrol hold)", "release it with scontrol release"),
+    # The job as asked can never start: a limit of the partition, account or QOS on one job.
+    "PartitionConfig": (
+        _NEVER,
+        "the job asks for more than partition {partition} allows per node (CPUs, GPUs or memory), or "
+        "the partition does not take it",
+        f"lower {_SIZE} to what `scontrol show partition {{partition}}` allows, choose another "
+        "--slurm-partition, or have the admin change the partition",
+    ),
+    "PartitionTimeLimit": (
+        _NEVER,
+        "the job's walltime {time_limit} is above partition {partition}'s MaxTime",
+        "lower --slurm-time-limit or choose another --slurm-partition",
+    ),
+    "PartitionNodeLimit": (
+        _NEVER,
+        "partition {partition}'s node limits (MinNodes/MaxNodes) exclude a one-node job",
+        "choose another --slurm-partition",
+    ),
+    "PartitionInactive": (_NEVER, "partition {partition} is inactive", "choose another --slurm-partition"),
+    "MaxMemPerLimit": (
+        _NEVER,
+        "the job's memory ({memory_gb:g} GB) is above partition {partition}'s MaxMemPerNode/MaxMemPerCPU",
+        "lower --slurm-worker-memory-gb or choose another --slurm-partition",
+    ),
+    "InvalidAccount": (_NEVER, "the account is not valid", "set --slurm-account to an account you have"),
+    "InvalidQOS": (_NEVER, "the QOS is not valid", "change the --qos of --slurm-extra-sbatch"),
+    "QOSNotAllowed": (_NEVER, "the QOS is not allowed here", "change the --qos of --slurm-extra-sbatch"),
+    "AccountNotAllowed": (
+        _NEVER,
+        "the account may not use partition {partition}",
+        "set --slurm-account or --slurm-partition",
+    ),
+    "BadConstraints": (
+        _NEVER,
+        "no node has the features (--constraint) the job asks for",
+        "change the --constraint of --slurm-extra-sbatch",
+    ),
+    "DependencyNeverSatisfied": (
+        _NEVER,
+        "the job's dependency can never be met",
+        "remove the --dependency of --slurm-extra-sbatch",
+    ),
+}
+
+
+def classify_pending_reason(reason: str | None, settings: SlurmSettings | None = None) -> PendingVerdict:
+    """Whether the pending reason ``reason`` (``squeue %r``) can clear by waiting.
+
+    Rules for reasons not in the table: a per-job limit of the account or QOS (``...PerJob...``,
+    ``QOSMin...``) never clears; group and per-user limits (``AssocGrp...``, ``QOSGrp...``,
+    ``...PerUser...``, ``...PerAccount...``, ``...MaxJobs...``, ``...Submit...``) clear as other jobs
+    end; SLURM's sentence for an account a partition does not allow never clears; anything else
+    is taken as may clear (an unknown reason is not a reason to stop).
+    """
+    text = (reason or "").strip()
+    code = text.split(",", 1)[0].split(" ", 1)[0].strip("()") if text else "None"
+    values = {"partition": "(the default)", "time_limit": "?", "memory_gb": 0.0}
+    if settings is not None:
+        values = {
+            "partition": settings.partition or "(the default)",
+            "time_limit": settings.time_limit,
+            "memory_gb": settings.memory_gb,
+        }
+    if code in _PENDING_REASONS:
+        clears, meaning, change = _PENDING_REASONS[code]
+        return PendingVerdict(
+            code=code,
+            clears=clears,
+            meaning=meaning.format(**values),
+            change=change.format(**values),
+        )
+    if "PerJob" in code or code.startswith(("QOSMin", "AssocMin")):
+        return PendingVerdict(
+            code=code,
+            clears="will_not_clear",
+            meaning=f"the job is above a per-job limit of its account or QOS ({code})",
+            change=f"lower {_SIZE} / --slurm-time-limit, or use another --slurm-account or QOS",
+        )
+    if code.startswith(("AssocGrp", "QOSGrp")) or any(
+        part in code for part in ("PerUser", "PerAccount", "MaxJobs", "Submit")
+    ):
+        return PendingVerdict(
+            code=code,
+            clears="may_clear",
+            meaning=f"a limit on the running jobs of the account or QOS is reached ({code}); it clears "
+            "as they end",
+            change="lower --slurm-max-workers if this lasts",
+        )
+    if "account" in text.lower() and "partition" in text.lower():
+        return PendingVerdict(
+            code=code,
+            clears="will_not_clear",
+            meaning=f"partition {values['partition']} does not take the job's account ({text})",
+            change="set --slurm-account to an account the partition allows, or choose another --slurm-partition",
+        )
+    return PendingVerdict(
+        code=code, clears="may_clear", meaning=f"SLURM's reason {text!r} (not one known to stay)"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Lost workers: their final state and who ended them (pure)
+# ---------------------------------------------------------------------------------------------
+class Canceller(BaseModel):
+    """Who cancelled a job, as far as this SLURM can tell."""
+
+    uid: int | None = None
+    user: str | None = None
+    source: str = Field(description="Where it was read: this service, sacct, the controller's log, or none.")
+    note: str | None = Field(None, description="Why it is unknown, when it is.")
+
+    def describe(self) -> str:
+        if self.uid is None and self.user is None:
+            return f"by an unknown user ({self.note or 'not recorded'})"
+        who = f"uid {self.uid}" if self.uid is not None else ""
+        if self.user:
+            who = f"{who} ({self.user})" if who else self.user
+        return f"by {who}, per {self.source}"
+
+
+_KILL_RE = re.compile(r"REQUEST_KILL_JOB JobId=(\d+(?:_\d+)?) uid (\d+)")
+_CANCELLED_BY_RE = re.compile(r"^CANCELLED\s+by\s+(\d+)", re.IGNORECASE)
+
+
+def parse_kill_requests(log_text: str) -> dict[str, int]:
+    """``slurmctld`` log lines ``_slurm_rpc_kill_job: REQUEST_KILL_JOB JobId=98 uid 0``: the uid
+    of the last kill request per job id."""
+    return {match.group(1): int(match.group(2)) for match in _KILL_RE.finditer(log_text)}
+
+
+def cancelled_by_uid(raw_state: str) -> int | None:
+    """The uid of sacct's ``CANCELLED by 1000`` (accounting only; squeue and jobcomp omit it)."""
+    match = _CANCELLED_BY_RE.match(raw_state.strip())
+    return int(match.group(1)) if match else None
+
+
+_LOSS_CAUSES = {
+    JobState.TIMEOUT: "its walltime ({time_limit}) ran out",
+    JobState.NODE_FAIL: "its node failed",
+    JobState.FAILED: "it exited with an error (see its output file)",
+    JobState.OUT_OF_MEMORY: "it ran out of memory",
+    JobState.PREEMPTED: "a job of higher priority preempted it",
+    JobState.BOOT_FAIL: "its node failed to boot",
+    JobState.DEADLINE: "it reached its deadline",
+    JobState.COMPLETED: "its Ray worker exited",
+    JobState.UNKNOWN: "squeue no longer lists it and no final state is known",
+}
+
+
+def is_lost(job: SlurmJob, cancelled_by_us: Iterable[str] = ()) -> bool:
+    """Ended without this service asking: walltime, node failure, crash, preemption, or a
+    ``scancel`` from someone else."""
+    if job.state in LOST_STATES:
+        return True
+    return job.state == JobState.CANCELLED and job.job_id not in set(cancelled_by_us)
+
+
+def describe_loss(job: SlurmJob, canceller: Canceller | None = None, ray_node_id: str | None = None) -> str:
+    """One line on a lost worker job: its final state and the cause (who cancelled it)."""
+    where = f" (Ray node {ray_node_id[:12]})" if ray_node_id else ""
+    state = job.raw_state if job.raw_state and job.raw_state != "GONE" else job.state.value
+    if job.state == JobState.CANCELLED:
+        by = canceller.describe() if canceller is not None else "by an unknown user"
+        cause = f"cancelled outside this service {by}"
+    else:
+        cause = _LOSS_CAUSES.get(job.state, "it ended").format(time_limit=job.time_limit or "?")
+    exit_code = f", exit code {job.exit_code}" if job.exit_code and job.exit_code != "0:0" else ""
+    return f"job {job.job_id}{where} ended {state}: {cause}{exit_code}"
+
+
+# ---------------------------------------------------------------------------------------------
 # The scaling policy (pure)
 # ---------------------------------------------------------------------------------------------
 class RayWorkerNode(BaseModel):
@@ -735,12 +977,33 @@ class RayWorkerNode(BaseModel):
     )
 
 
-class BackoffState(BaseModel):
-    """sbatch failures in a row, for the exponential backoff."""
+class BlockedSubmission(BaseModel):
+    """Why no worker job is submitted any more: a job was given up for a reason that will not
+    clear by waiting, so the same job would pend the same way. Lifted by a restart (with the
+    setting changed, or after the admin changed SLURM)."""
 
-    consecutive_failures: int = Field(0, ge=0)
+    job_id: str
+    reason_code: str = Field(description="SLURM's pending reason, e.g. PartitionConfig.")
+    message: str = Field(description="What SLURM's reason means for this job.")
+    change: str = Field(description="What to change so a worker job can run.")
+    since: float
+
+
+class BackoffState(BaseModel):
+    """Failed launches in a row (sbatch failures and jobs given up), for the exponential backoff,
+    and the block after a job that can never run."""
+
+    consecutive_failures: int = Field(0, ge=0, description="sbatch failures plus jobs given up, in a row.")
+    give_ups: int = Field(
+        0,
+        ge=0,
+        description="Of those, jobs given up (pending or join timeout): a successful sbatch "
+        "does not clear them, only a newer job whose Ray node joined.",
+    )
     last_failure_at: float | None = None
+    last_give_up_at: float | None = None
     last_error: str | None = None
+    blocked: BlockedSubmission | None = None
 
     def delay_s(self, settings: SlurmSettings) -> float:
         if self.consecutive_failures <= 0:
@@ -754,12 +1017,35 @@ class BackoffState(BaseModel):
         return self.last_failure_at + self.delay_s(settings)
 
     def failed(self, now: float, error: str, count: int = 1) -> BackoffState:
-        return BackoffState(
-            consecutive_failures=self.consecutive_failures + count, last_failure_at=now, last_error=error
+        """``count`` more sbatch failures."""
+        return self.model_copy(
+            update={
+                "consecutive_failures": self.consecutive_failures + count,
+                "last_failure_at": now,
+                "last_error": error,
+            }
+        )
+
+    def gave_up(self, now: float, error: str, count: int = 1) -> BackoffState:
+        """``count`` more jobs given up: they count until a newer job's Ray node joins."""
+        return self.model_copy(
+            update={
+                "consecutive_failures": self.consecutive_failures + count,
+                "give_ups": self.give_ups + count,
+                "last_failure_at": now,
+                "last_give_up_at": now,
+                "last_error": error,
+            }
         )
 
     def succeeded(self) -> BackoffState:
-        return BackoffState()
+        """An sbatch worked: its failures are forgiven, not the jobs given up (a job that pends
+        until it is given up is submitted fine every time), nor a block."""
+        if not self.give_ups and self.blocked is None:
+            return BackoffState()
+        return self.model_copy(
+            update={"consecutive_failures": self.give_ups, "last_failure_at": self.last_give_up_at}
+        )
 
 
 class ScalingInputs(BaseModel):
@@ -770,17 +1056,20 @@ class ScalingInputs(BaseModel):
         description="Pending bundles (task_actor, placement_group) and request_resources constraints.",
     )
     backoff: BackoffState = Field(default_factory=BackoffState)
+    cancelled_by_us: list[str] = Field(
+        default_factory=list, description="Job ids this service cancelled: their end is no loss."
+    )
 
 
 class JobCancel(BaseModel):
     job_id: str
-    kind: Literal["idle", "pending_timeout", "join_timeout"]
+    kind: Literal["idle", "pending_timeout", "join_timeout", "unrunnable"]
     reason: str
 
 
 class Decision(BaseModel):
     at: float
-    action: Literal["submit", "cancel", "keep", "wait", "limit", "backoff", "infeasible", "lost"]
+    action: Literal["submit", "cancel", "keep", "wait", "limit", "backoff", "blocked", "infeasible", "lost"]
     message: str
     inputs: dict[str, Any] = Field(default_factory=dict)
 
@@ -796,7 +1085,12 @@ class ScalingPlan(BaseModel):
         0, description="Cancellations that count as failed launches: add them to the backoff state."
     )
     lost: list[str] = Field(
-        default_factory=list, description="Job ids ended by SLURM (timeout, node failure...)."
+        default_factory=list,
+        description="Job ids ended without this service asking (timeout, node failure, scancel by "
+        "someone else...).",
+    )
+    backoff: BackoffState = Field(
+        default_factory=BackoffState, description="The backoff state after this round's give-ups."
     )
 
 
@@ -869,9 +1163,14 @@ def plan_scaling(observed: ScalingInputs, settings: SlurmSettings, now: float) -
     ``request_resources`` constraints are packed into the total resources (Ray's semantics); a
     bundle no worker job can hold is reported infeasible; ``max_workers`` bounds pending + running
     jobs; ``min_workers`` are kept; a job pending past ``pending_timeout_s`` or running without its
-    Ray node past ``join_timeout_s`` is cancelled and counts as a failure; ``sbatch`` failures back
-    off exponentially; workers idle past ``idle_timeout_s`` are cancelled unless needed for
-    ``min_workers``, a constraint or pending demand; lost jobs are replaced by the demand rule.
+    Ray node past ``join_timeout_s`` is cancelled and counts as a failure; ``sbatch`` failures and
+    jobs given up back off exponentially up to ``backoff_max_s`` (given-up jobs are forgiven only
+    when a newer job's Ray node joins, not by a successful ``sbatch``); a job pending for a reason
+    that will not clear (:func:`classify_pending_reason`) is given up after at most
+    ``UNRUNNABLE_AFTER_S`` and blocks further submission (the same job would pend the same way)
+    with what to change; workers idle past ``idle_timeout_s`` are cancelled unless needed for
+    ``min_workers``, a constraint or pending demand; lost jobs (ended without this service asking,
+    ``scancel`` by someone else included) are replaced by the demand rule.
     """
     plan = ScalingPlan()
 
@@ -888,19 +1187,57 @@ def plan_scaling(observed: ScalingInputs, settings: SlurmSettings, now: float) -
     node_of_job = {n.slurm_job_id: n for n in alive_nodes if n.slurm_job_id}
     new_job = settings.job_spec().ray_resources()
 
+    # 0. The backoff: jobs given up are forgiven once a job submitted after them has joined Ray.
+    backoff = observed.backoff
+    if backoff.give_ups and backoff.last_give_up_at is not None:
+        joined = [
+            j.job_id
+            for j in own
+            if j.job_id in node_of_job and (j.submitted_at or 0.0) > backoff.last_give_up_at
+        ]
+        if joined:
+            backoff = BackoffState(blocked=backoff.blocked)
+            decide("keep", f"job {joined[0]} joined Ray: the backoff is reset", job_id=joined[0])
+
     # 1. Jobs that will not become workers: stuck in the queue, or running without joining Ray.
     cancelled: set[str] = set()
+    errors: list[str] = []
     for job in active:
         if job.state in WAITING_STATES and job.submitted_at is not None:
             waited = now - job.submitted_at
-            if waited > settings.pending_timeout_s:
+            verdict = classify_pending_reason(job.reason, settings)
+            if verdict.clears == "will_not_clear" and waited > min(
+                settings.pending_timeout_s, UNRUNNABLE_AFTER_S
+            ):
+                reason = (
+                    f"pending for {waited:.0f} s with SLURM reason {verdict.code}, which will not clear: "
+                    f"{verdict.meaning}. Change: {verdict.change}"
+                )
+                plan.cancel.append(JobCancel(job_id=job.job_id, kind="unrunnable", reason=reason))
+                decide("cancel", f"job {job.job_id}: {reason}", job_id=job.job_id, reason_code=job.reason)
+                cancelled.add(job.job_id)
+                errors.append(f"job {job.job_id}: SLURM reason {verdict.code} will not clear")
+                if backoff.blocked is None:
+                    backoff = backoff.model_copy(
+                        update={
+                            "blocked": BlockedSubmission(
+                                job_id=job.job_id,
+                                reason_code=verdict.code,
+                                message=verdict.meaning,
+                                change=verdict.change,
+                                since=now,
+                            )
+                        }
+                    )
+            elif waited > settings.pending_timeout_s:
                 reason = (
                     f"pending for {waited:.0f} s (> pending_timeout_s {settings.pending_timeout_s:g}); "
-                    f"SLURM reason: {job.reason or 'none given'}"
+                    f"SLURM reason: {job.reason or 'none given'} ({verdict.meaning}; may clear)"
                 )
                 plan.cancel.append(JobCancel(job_id=job.job_id, kind="pending_timeout", reason=reason))
                 decide("cancel", f"job {job.job_id}: {reason}", job_id=job.job_id, reason_code=job.reason)
                 cancelled.add(job.job_id)
+                errors.append(f"job {job.job_id} pending past the timeout ({verdict.code})")
         elif job.state == JobState.RUNNING and job.job_id not in node_of_job and job.started_at is not None:
             waited = now - job.started_at
             if waited > settings.join_timeout_s:
@@ -911,10 +1248,13 @@ def plan_scaling(observed: ScalingInputs, settings: SlurmSettings, now: float) -
                 plan.cancel.append(JobCancel(job_id=job.job_id, kind="join_timeout", reason=reason))
                 decide("cancel", f"job {job.job_id}: {reason}", job_id=job.job_id, nodes=job.nodes)
                 cancelled.add(job.job_id)
+                errors.append(f"job {job.job_id}: Ray node did not join")
     plan.failures = len(cancelled)
+    if cancelled:
+        backoff = backoff.gave_up(now, "gave up on " + "; ".join(errors), count=len(cancelled))
     remaining = [j for j in active if j.job_id not in cancelled]
 
-    lost = [j for j in own if j.state in LOST_STATES]
+    lost = [j for j in own if is_lost(j, observed.cancelled_by_us)]
     plan.lost = [j.job_id for j in lost]
 
     # 2. Capacity: Ray nodes (head first, then workers busiest first), then coming jobs.
@@ -1040,22 +1380,34 @@ def plan_scaling(observed: ScalingInputs, settings: SlurmSettings, now: float) -
             **inputs,
         )
         needed = allowed
-    if needed > 0 and plan.failures:
+    if needed > 0 and backoff.blocked is not None:
+        block = backoff.blocked
         decide(
-            "backoff",
-            f"not submitting {needed} job(s) in the round that gave up on {plan.failures} job(s)",
+            "blocked",
+            f"not submitting {needed} job(s): job {block.job_id} pended with SLURM reason "
+            f"{block.reason_code}, which will not clear ({block.message}); the same job would pend the "
+            f"same way. Change: {block.change}; then restart bioengine-cluster",
             wanted=needed,
+            reason_code=block.reason_code,
             **inputs,
         )
         needed = 0
-    retry_at = observed.backoff.retry_at(settings)
+    if needed > 0 and plan.failures:
+        decide(
+            "backoff",
+            f"not submitting {needed} job(s) in the round that gave up on {plan.failures} job(s); "
+            f"next try in {backoff.delay_s(settings):.0f} s",
+            wanted=needed,
+            retry_at=backoff.retry_at(settings),
+            **inputs,
+        )
+        needed = 0
+    retry_at = backoff.retry_at(settings)
     if needed > 0 and retry_at is not None and now < retry_at:
         decide(
             "backoff",
             f"not submitting {needed} job(s) for {retry_at - now:.0f} s more after "
-            f"{observed.backoff.consecutive_failures} failed sbatch(es): {observed.backoff.last_error or ''}".rstrip(
-                ": "
-            ),
+            f"{backoff.consecutive_failures} failed launch(es): {backoff.last_error or ''}".rstrip(": "),
             wanted=needed,
             retry_at=retry_at,
             **inputs,
@@ -1077,6 +1429,7 @@ def plan_scaling(observed: ScalingInputs, settings: SlurmSettings, now: float) -
             count=needed,
             **inputs,
         )
+    plan.backoff = backoff
     return plan
 
 
@@ -1117,6 +1470,7 @@ class SlurmCommands:
         self._env = dict(env) if env is not None else None
         self._listed: set[str] = set()
         self.sacct_mode: Literal["accounting", "jobcomp", "unavailable"] | None = None
+        self._controller_log: str | None = None
 
     @staticmethod
     def available(bin_dir: str | None = None) -> bool:
@@ -1242,4 +1596,72 @@ class SlurmCommands:
                 self.sacct_mode = mode
                 return [j for j in parse_sacct(out) if j.name == self.job_name]
         self.sacct_mode = "unavailable"
+        return None
+
+    async def controller_log(self) -> str | None:
+        """The controller's log file (``scontrol show config``) when this host can read it."""
+        if self._controller_log is None:
+            path = ""
+            try:
+                code, out, _err = await self._run([self._command("scontrol"), "show", "config"])
+            except SlurmCommandError:
+                code, out = 1, ""
+            if code == 0:
+                match = re.search(r"^SlurmctldLogFile\s*=\s*(\S+)\s*$", out, re.MULTILINE)
+                if match and match.group(1) != "(null)":
+                    path = match.group(1)
+            self._controller_log = path
+        if self._controller_log and os.access(self._controller_log, os.R_OK):
+            return self._controller_log
+        return None
+
+    async def who_cancelled(self, job_ids: Iterable[str]) -> dict[str, Canceller]:
+        """Who cancelled each job: from sacct's ``CANCELLED by <uid>`` (SLURM accounting), else
+        from the controller's log (``REQUEST_KILL_JOB JobId=<id> uid <uid>``) when it is readable
+        here, else unknown with the reason. Without accounting, squeue, scontrol and the jobcomp
+        log show ``CANCELLED`` but not by whom."""
+        ids = {str(job_id) for job_id in job_ids}
+        found: dict[str, Canceller] = {}
+        if ids and self.sacct_mode in (None, "accounting"):
+            with contextlib.suppress(Exception):
+                for job in await self.finished_jobs() or []:
+                    uid = cancelled_by_uid(job.raw_state) if self.sacct_mode == "accounting" else None
+                    if job.job_id in ids and uid is not None:
+                        found[job.job_id] = Canceller(uid=uid, user=_user_name(uid), source="sacct")
+        missing = ids - set(found)
+        log = await self.controller_log() if missing else None
+        if log is not None:
+            try:
+                text = await asyncio.to_thread(_read_tail, log, CONTROLLER_LOG_TAIL)
+            except OSError:
+                text = ""
+            requests = parse_kill_requests(text)
+            for job_id in missing:
+                if job_id in requests:
+                    uid = requests[job_id]
+                    found[job_id] = Canceller(uid=uid, user=_user_name(uid), source="the slurmctld log")
+        note = "no SLURM accounting here (sacct) and " + (
+            "the controller's log does not name it" if log else "the controller's log is not readable here"
+        )
+        for job_id in ids - set(found):
+            found[job_id] = Canceller(source="none", note=note)
+        return found
+
+
+#: How much of the end of the controller's log is searched for kill requests.
+CONTROLLER_LOG_TAIL = 8 * 1024 * 1024
+
+
+def _read_tail(path: str, size: int) -> str:
+    with open(path, "rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        end = handle.tell()
+        handle.seek(max(0, end - size))
+        return handle.read().decode(errors="replace")
+
+
+def _user_name(uid: int) -> str | None:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
         return None
