@@ -212,6 +212,8 @@ class EmbeddedHypha:
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
             "-master.telemetry=false",
+            # One master, so no election to wait for; the default 10 s delayed every restart.
+            "-master.electionTimeout=1s",
             "-master.volumeSizeLimitMB=256",
             "-volume.max=0",
         ]
