@@ -435,8 +435,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         WorkerSettings,
         argv,
         prog="bioengine-worker",
-        description="Run a BioEngine worker: an embedded Hypha server (unless --server-url) and "
-        "the cluster, apps, datasets and gateway services, supervised until Ctrl-C.",
+        description="Run a BioEngine worker: an embedded Hypha server and S3 store (unless "
+        "--server-url) and the cluster, apps, datasets and gateway services, all supervised "
+        "(restarted when they die, one line printed each time) until Ctrl-C.",
     )
     # hypha-rpc reports every normal disconnect as a warning on stdout, amid the banner.
     logging.getLogger("RPC").setLevel(logging.ERROR)
