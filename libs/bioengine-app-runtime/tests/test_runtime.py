@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import sys
+from typing import Any
 
 import pytest
 from hypha_rpc.utils.schema import schema_method
@@ -155,3 +157,85 @@ def test_spec_defaults_are_stable():
     )  # fmt: skip
     assert spec.authorized_users == {"*": ["*"]} and spec.default_num_cpus == 0.1
     assert spec.refs() == [DeploymentRef(module="m", class_name="C")]
+
+
+# ---- the proxy's Hypha connection ---------------------------------------------------------------
+
+
+def test_watch_verdict_replaces_only_connections_hypha_rpc_cannot_bring_back():
+    from bioengine_app_runtime._proxy import STALE_AFTER_S, watch_verdict
+
+    assert watch_verdict(True, False, None, False) == "hypha-rpc gave up reconnecting to the Hypha server"
+    assert watch_verdict(False, True, None, True) is None  # connected
+    assert watch_verdict(False, False, 1.0, True) is None  # hypha-rpc is still on it
+    assert watch_verdict(False, False, STALE_AFTER_S + 1, False) is None  # the server is still away
+    stale = watch_verdict(False, False, STALE_AFTER_S + 1, True)
+    assert stale is not None and "down for" in stale
+
+
+class _FakeServer:
+    """What the proxy uses of a hypha-rpc connection, with its private connection state."""
+
+    def __init__(self) -> None:
+        from types import SimpleNamespace
+
+        websocket = SimpleNamespace(state=SimpleNamespace(name="OPEN"))
+        self.rpc = SimpleNamespace(_connection=SimpleNamespace(_closed=False, _websocket=websocket))
+        self.disconnected = False
+
+    async def register_service(self, api: dict, config: dict) -> dict:
+        return {"id": f"ws/app-x-r1:{api['id']}"}
+
+    async def get_service_info(self, service_id: str) -> dict:
+        return {"id": service_id}
+
+    async def disconnect(self) -> None:
+        self.disconnected = True
+
+
+async def test_the_proxy_connects_and_registers_anew_when_hypha_rpc_gives_up(monkeypatch):
+    import asyncio
+    import time
+
+    from bioengine_app_runtime import _proxy
+
+    servers: list[_FakeServer] = []
+    tokens: list[str | None] = []
+
+    async def fake_connect(server_url: str, **kwargs: object) -> _FakeServer:
+        tokens.append(kwargs.get("token"))  # type: ignore[arg-type]
+        servers.append(_FakeServer())
+        return servers[-1]
+
+    monkeypatch.setattr(_proxy, "connect", fake_connect)
+    monkeypatch.setattr(_proxy._kv, "get_json", lambda key: {"proxy_token": f"token-{len(servers)}"})
+    monkeypatch.setattr(_proxy, "WATCH_INTERVAL_S", 0.01)
+    proxy: Any = object.__new__(_proxy.BioEngineProxy.func_or_class)
+    proxy.spec = AppSpec(
+        application_id="app-x", artifact_id="ws/app-x", code_dir="/c", home_dir="/h",
+        deployments=["demo_app:DemoApp"], server_url="http://hypha.test", workspace="ws",
+    )  # fmt: skip
+    proxy.server, proxy.service_id, proxy.error, proxy.connected = None, None, None, False
+    proxy.registrations, proxy.ongoing, proxy.client_id = 0, 0, "app-x-r1"
+    task = asyncio.create_task(proxy._register())
+
+    async def until(condition: Any, timeout: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+
+    try:
+        await until(lambda: proxy.registrations == 1)
+        assert proxy.connected and proxy.service_id == "ws/app-x-r1:app-x"
+        servers[0].rpc._connection._closed = True  # the server refused hypha-rpc's reconnect
+        await until(lambda: not proxy.connected)
+        assert "gave up" in proxy.error
+        await until(lambda: proxy.registrations == 2)
+        assert servers[0].disconnected and not servers[1].disconnected
+        assert proxy.connected and proxy.error is None
+        assert tokens == ["token-0", "token-1"]  # the token is read again (apps-svc renews it)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

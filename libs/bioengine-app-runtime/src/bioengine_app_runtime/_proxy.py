@@ -5,6 +5,12 @@ renew it) and registers service ``<application_id>`` with one function per schem
 the entry deployment. A call is checked against the per-method ``authorized_users`` rules,
 bounded by ``max_ongoing_requests`` and forwarded through a Serve ``DeploymentHandle``. It runs
 inside Ray, so apps keep answering while apps-svc restarts.
+
+Hypha outages: hypha-rpc reconnects and registers the service again by itself. A watch makes
+sure of it: when hypha-rpc gives up (the server refused the reconnect), when the connection
+stays down while the server answers its readiness check, or when the service is missing after
+a reconnect, the replica drops the connection and connects and registers anew, with backoff
+(1 s doubling to 30 s). The app keeps serving through Ray (handle calls) meanwhile.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from typing import Any
 
 from ray import serve
 
-from bioengine_common import is_authorized
+from bioengine_common import connect, is_authorized
 
 from . import _kv
 from ._spec import AppSpec, MethodSpec
@@ -27,6 +33,34 @@ logger = logging.getLogger("ray.serve")
 
 #: Seconds a replica may take to register before its health check fails.
 REGISTER_GRACE_S = 120.0
+#: Backoff between fresh connections: 1 s doubling to this.
+RECONNECT_MAX_DELAY_S = 30.0
+#: How often the watch looks at the connection.
+WATCH_INTERVAL_S = 2.0
+#: A connection down this long while the server is ready is replaced by a fresh one (hypha-rpc
+#: alone waits up to 60 s between its tries).
+STALE_AFTER_S = 10.0
+
+
+def hypha_rpc_gave_up(server: Any) -> bool:
+    """hypha-rpc stopped reconnecting (the server refused it); it keeps no public flag."""
+    connection = getattr(getattr(server, "rpc", None), "_connection", None)
+    return bool(getattr(connection, "_closed", False))
+
+
+def socket_open(server: Any) -> bool:
+    connection = getattr(getattr(server, "rpc", None), "_connection", None)
+    websocket = getattr(connection, "_websocket", None)
+    return websocket is not None and getattr(getattr(websocket, "state", None), "name", "") == "OPEN"
+
+
+def watch_verdict(gave_up: bool, is_open: bool, down_for: float | None, server_ready: bool) -> str | None:
+    """Why a connection must be replaced by a fresh one, or None to leave it to hypha-rpc."""
+    if gave_up:
+        return "hypha-rpc gave up reconnecting to the Hypha server"
+    if not is_open and down_for is not None and down_for >= STALE_AFTER_S and server_ready:
+        return f"the Hypha connection has been down for {down_for:.0f} s while the server is ready"
+    return None
 
 
 def method_rule(authorized_users: dict[str, list[str]], method: str) -> list[str]:
@@ -46,6 +80,8 @@ class BioEngineProxy:
         self.server: Any = None
         self.service_id: str | None = None
         self.error: str | None = None
+        self.connected = False
+        self.registrations = 0
         self.started = time.monotonic()
         context = serve.get_replica_context()
         self.replica_id = context.replica_id.unique_id
@@ -97,38 +133,89 @@ class BioEngineProxy:
         return api
 
     async def _register(self) -> None:
-        from hypha_rpc import connect_to_server
-
+        """Connect and register, then watch the connection; start over (with backoff) whenever
+        the connection is gone for good. Runs for the replica's life."""
         delay = 1.0
-        while self.service_id is None:
+        while True:
             try:
-                secrets = await asyncio.to_thread(_kv.get_json, _kv.secrets_key(self.spec.application_id))
-                token = (secrets or {}).get("proxy_token")
-                self.server = await asyncio.wait_for(
-                    connect_to_server(
-                        {
-                            "server_url": self.spec.server_url,
-                            "workspace": self.spec.workspace,
-                            "token": token,
-                            "client_id": self.client_id,
-                        }
-                    ),
-                    30,
-                )
-                info = await self.server.register_service(self.service_api(), {"overwrite": True})
-                self.service_id, self.error = str(info["id"]), None
-                logger.info("Registered Hypha service %s", self.service_id)
+                await self._connect_and_register()
+                delay = 1.0
+                reason = await self._watch()
+            except asyncio.CancelledError:
+                raise
             except Exception as exc:
-                self.error = f"{type(exc).__name__}: {exc}"
-                logger.warning(
-                    "Registering the Hypha service failed (%s); retrying in %.0f s", self.error, delay
-                )
-                if self.server is not None:
-                    with contextlib.suppress(Exception):
-                        await self.server.disconnect()
-                    self.server = None
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+                reason = f"{type(exc).__name__}: {exc}"
+            self.connected, self.error = False, reason
+            logger.warning(
+                "Hypha service of the app unavailable (%s); connecting anew in %.0f s", reason, delay
+            )
+            await self._drop_connection()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RECONNECT_MAX_DELAY_S)
+
+    async def _connect_and_register(self) -> None:
+        # The token is read each time: apps-svc renews it in the KV store.
+        secrets = await asyncio.to_thread(_kv.get_json, _kv.secrets_key(self.spec.application_id))
+        token = (secrets or {}).get("proxy_token")
+        self.server = await connect(
+            self.spec.server_url,
+            workspace=self.spec.workspace,
+            token=token,
+            client_id=self.client_id,
+            timeout=30,
+        )
+        info = await self.server.register_service(self.service_api(), {"overwrite": True})
+        self.service_id, self.error, self.connected = str(info["id"]), None, True
+        self.registrations += 1
+        logger.info("Registered Hypha service %s", self.service_id)
+
+    async def _drop_connection(self) -> None:
+        server, self.server = self.server, None
+        if server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.disconnect(), 5)
+
+    async def _server_ready(self) -> bool:
+        import urllib.request
+
+        base = self.spec.server_url.rstrip("/")
+        base = "http" + base[2:] if base.startswith("ws") else base
+
+        def probe() -> bool:
+            try:
+                with urllib.request.urlopen(f"{base}/health/readiness", timeout=3) as response:
+                    return bool(response.status == 200)
+            except (OSError, ValueError):
+                return False
+
+        return await asyncio.to_thread(probe)
+
+    async def _watch(self) -> str:
+        """Return why the connection must be replaced; never while hypha-rpc copes by itself."""
+        down_since: float | None = None
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL_S)
+            is_open = socket_open(self.server)
+            if not is_open:
+                down_since = down_since or time.monotonic()
+                self.connected = False
+                self.error = "Hypha connection lost; reconnecting"
+            elif down_since is not None:
+                # hypha-rpc reconnected and registered the service again: check that it did.
+                down_since = None
+                try:
+                    await asyncio.wait_for(self.server.get_service_info(self.service_id), 10)
+                except Exception as exc:
+                    return f"the service is missing after a reconnect ({type(exc).__name__}: {exc})"
+                self.connected, self.error = True, None
+                logger.info("Hypha connection back; service %s registered", self.service_id)
+            down_for = None if down_since is None else time.monotonic() - down_since
+            stale = down_for is not None and down_for >= STALE_AFTER_S
+            verdict = watch_verdict(
+                hypha_rpc_gave_up(self.server), is_open, down_for, stale and await self._server_ready()
+            )
+            if verdict:
+                return verdict
 
     # ---- Serve ---------------------------------------------------------------------------------
     async def check_health(self) -> None:
@@ -142,11 +229,12 @@ class BioEngineProxy:
             "websocket_service_id": self.service_id,
             "webrtc_service_id": None,
             "error": self.error,
+            "connected": self.connected,
+            "registrations": self.registrations,
             "ongoing": self.ongoing,
             "pid": os.getpid(),
         }
 
     async def __del__(self) -> None:
-        if self.server is not None:
-            with contextlib.suppress(Exception):
-                await self.server.disconnect()
+        self._registering.cancel()
+        await self._drop_connection()
