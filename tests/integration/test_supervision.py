@@ -83,8 +83,9 @@ async def _read_artifact(stack, alias: str) -> bytes:
 
 
 async def _gateway_status(stack, timeout: float = 180.0) -> dict:
-    """Poll ``get_status`` through fresh connections until every service is up and the worker
-    is ready; the services are then registered again on the (restarted) server."""
+    """Poll ``get_status`` through fresh connections until the gateway answers and sees every
+    service up: they are then registered again on the (restarted) server. (The worker's
+    readiness also waits for the Ray head, which these faults do not touch.)"""
     deadline = time.monotonic() + timeout
     last: object = None
     while time.monotonic() < deadline:
@@ -95,7 +96,9 @@ async def _gateway_status(stack, timeout: float = 180.0) -> dict:
                 status = await asyncio.wait_for(gateway.get_status(), 10)
             finally:
                 await server.disconnect()
-            if status["is_ready"] and all(s["up"] for s in status["services"].values()):
+            if set(status["services"]) == {"cluster", "apps", "datasets"} and all(
+                s["up"] for s in status["services"].values()
+            ):
                 return status
             last = status
         except Exception as exc:  # the server is still coming back
