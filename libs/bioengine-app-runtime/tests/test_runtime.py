@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -239,3 +240,105 @@ async def test_the_proxy_connects_and_registers_anew_when_hypha_rpc_gives_up(mon
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+# ---- updates: Serve versions ------------------------------------------------------------------------
+
+APPS = Path(__file__).resolve().parents[3] / "apps"
+
+
+def _composition(**changes: Any) -> AppSpec:
+    base: dict[str, Any] = {
+        "application_id": "comp",
+        "artifact_id": "ws/composition-app",
+        "code_dir": str(APPS / "composition-app"),
+        "home_dir": "/h",
+        "deployments": [
+            "composition_deployment:CompositionDeployment",
+            "deployment_1:Deployment1",
+            "deployment_2:Deployment2",
+        ],
+        "init_kwargs": {"CompositionDeployment": {"demo_input": "a"}, "Deployment2": {"start_number": 1}},
+        "server_url": "http://s",
+        "workspace": "ws",
+    }
+    base.update(changes)
+    return AppSpec.model_validate(base)
+
+
+CLASSES = ("CompositionDeployment", "Deployment1", "Deployment2")
+
+
+def _versions(spec: AppSpec) -> dict[str, str]:
+    from bioengine_app_runtime import ProxySpec
+
+    versions = {name: _builder.deployment_version(spec, name) for name in CLASSES}
+    versions["BioEngineProxy"] = _builder.proxy_version(ProxySpec.of(spec))
+    return versions
+
+
+def _changed(before: AppSpec, after: AppSpec) -> set[str]:
+    old, new = _versions(before), _versions(after)
+    return {name for name in old if old[name] != new[name]}
+
+
+@pytest.mark.parametrize(
+    ("changes", "restarted"),
+    [
+        ({}, set()),
+        (
+            {
+                "init_kwargs": {
+                    "CompositionDeployment": {"demo_input": "a"},
+                    "Deployment2": {"start_number": 2},
+                }
+            },
+            {"Deployment2"},
+        ),
+        (
+            {
+                "init_kwargs": {
+                    "CompositionDeployment": {"demo_input": "b"},
+                    "Deployment2": {"start_number": 1},
+                }
+            },
+            {"CompositionDeployment"},
+        ),
+        ({"env_vars": {"Deployment1": {"X": "1"}}}, {"Deployment1"}),
+        ({"env_vars": {"*": {"X": "1"}}}, set(CLASSES)),
+        ({"secret_env_names": {"Deployment2": ["KEY"]}}, {"Deployment2"}),
+        ({"secrets_revision": 1}, set(CLASSES)),  # replicas read secret values when they start
+        ({"code_dir": "/apps/comp/code-other"}, set(CLASSES)),
+        ({"authorized_users": {"*": ["alice"]}}, {"BioEngineProxy"}),
+        ({"max_ongoing_requests": 3}, {"BioEngineProxy"}),
+        ({"redeploy": 1}, {*CLASSES, "BioEngineProxy"}),  # auto_redeploy rebuilds everything
+    ],
+)
+def test_an_update_restarts_exactly_the_deployments_it_concerns(changes, restarted):
+    assert _changed(_composition(), _composition(**changes)) == restarted
+
+
+def test_the_built_app_carries_the_versions_and_starts_new_replicas_first():
+    from bioengine_app_runtime import ProxySpec
+
+    spec = _composition()
+    try:
+        app = _builder.build(spec.model_dump(mode="json"))
+    finally:
+        _builder._previous.update(path=None, modules=set())
+    proxy = app._bound_deployment
+    entry = proxy.init_args[0]._bound_deployment
+    sub = {
+        a._bound_deployment.name: a._bound_deployment
+        for a in entry.init_kwargs.values()
+        if hasattr(a, "_bound_deployment")
+    }
+    assert set(sub) == {"Deployment1", "Deployment2"}
+    with_methods = spec.model_copy(update={"methods": _builder.schema_methods(entry.func_or_class)})
+    assert proxy.version == _builder.proxy_version(ProxySpec.of(with_methods))
+    assert entry.version == _builder.deployment_version(spec, "CompositionDeployment")
+    assert sub["Deployment2"].version == _builder.deployment_version(spec, "Deployment2")
+    for deployment in (proxy, entry, *sub.values()):
+        assert deployment._deployment_config.max_surge_percent == 100
+    # The proxy gets only what it uses: nothing of the deployments' kwargs or code.
+    assert set(proxy.init_args[1]) == set(ProxySpec.model_fields)

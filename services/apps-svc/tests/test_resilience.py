@@ -159,3 +159,65 @@ async def test_app_services_come_back_after_a_hypha_restart(stack, client):
             assert after["service_ids"][0]["websocket_service_id"] == service_id
         finally:
             await fresh.disconnect()
+
+
+async def _rolled_out(apps: Any, app_id: str, changed: str, before: dict, timeout: float = 120) -> dict:
+    """The app's status once ``changed`` has exactly one replica, a new one, and the app runs."""
+    deadline = time.monotonic() + timeout
+    old = set(before["deployments"][changed]["replica_ids"])
+    while True:
+        status = await _running(apps, app_id)
+        ids = status["deployments"][changed]["replica_ids"]
+        if len(ids) == 1 and not old & set(ids):
+            return status
+        assert time.monotonic() < deadline, status
+        await asyncio.sleep(0.5)
+
+
+async def test_an_update_keeps_the_app_answering_and_restarts_only_what_changed(stack, client):
+    apps = await _ready_apps(client, stack)
+    kwargs = {"CompositionDeployment": {"demo_input": "v1"}, "Deployment2": {"start_number": 100}}
+    await apps.deploy_app(artifact_id="composition-app", application_id="rolling", application_kwargs=kwargs)
+    first = await _running(apps, "rolling")
+    service_id = first["service_ids"][0]["websocket_service_id"]
+    assert "Result: 101" in await _answers(client, service_id, "calculate_result", number=1)
+    app = await client.get_service(service_id)
+    answers: list[str] = []
+    failures: list[str] = []
+    stop = asyncio.Event()
+
+    async def prober() -> None:
+        while not stop.is_set():
+            try:
+                answers.append(await asyncio.wait_for(app.calculate_result(number=1), HANG_S))
+            except Exception as exc:
+                failures.append(f"{time.strftime('%X')} {type(exc).__name__}: {exc}")
+            await asyncio.sleep(0.2)
+
+    probing = asyncio.create_task(prober())
+    try:
+        # One sub-deployment's kwargs: only its replica is replaced.
+        kwargs["Deployment2"] = {"start_number": 200}
+        await apps.deploy_app(
+            artifact_id="composition-app", application_id="rolling", application_kwargs=kwargs
+        )
+        second = await _rolled_out(apps, "rolling", "Deployment2", first)
+        # The entry deployment's kwargs: only the entry's replica is replaced.
+        kwargs["CompositionDeployment"] = {"demo_input": "v2"}
+        await apps.deploy_app(
+            artifact_id="composition-app", application_id="rolling", application_kwargs=kwargs
+        )
+        third = await _rolled_out(apps, "rolling", "CompositionDeployment", second)
+        await asyncio.sleep(2)
+    finally:
+        stop.set()
+        await probing
+    print(f"\n{len(answers)} calls answered during two updates, {len(failures)} failed: {failures[:5]}")
+    replicas = [{n: d["replica_ids"] for n, d in s["deployments"].items()} for s in (first, second, third)]
+    unchanged = ("BioEngineProxy", "Deployment1")
+    assert all(replicas[0][n] == replicas[1][n] == replicas[2][n] for n in unchanged), replicas
+    assert replicas[1]["CompositionDeployment"] == replicas[0]["CompositionDeployment"], replicas
+    assert replicas[2]["Deployment2"] == replicas[1]["Deployment2"], replicas
+    assert third["service_ids"][0]["websocket_service_id"] == service_id
+    assert failures == []
+    assert "Result: 101" in answers[0] and "Result: 201, Demo string: v2" in answers[-1]

@@ -8,7 +8,7 @@ Nothing here runs in a service process except the plain data classes.
 """
 
 from ._datasets import AppDatasets, DatasetsUnavailable
-from ._spec import PROXY_DEPLOYMENT, AppSpec, DeploymentRef, MethodSpec
+from ._spec import PROXY_DEPLOYMENT, AppSpec, DeploymentRef, MethodSpec, ProxySpec
 
 __all__ = [
     "PROXY_DEPLOYMENT",
@@ -17,6 +17,7 @@ __all__ = [
     "DatasetsUnavailable",
     "DeploymentRef",
     "MethodSpec",
+    "ProxySpec",
     "build",
 ]
 

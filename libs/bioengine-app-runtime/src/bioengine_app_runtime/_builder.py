@@ -10,21 +10,65 @@ starting one per app (seconds on a small machine). A worker may build several ap
 before each build the modules of the previous one are dropped and only the current app's folder
 is on ``sys.path``. Each user deployment gets ``working_dir = local://<code_dir>`` for its
 replicas; the proxy needs nothing but this package.
+
+Updates without downtime: every deployment gets a Serve ``version`` computed from what its
+replicas are made of (its class and code, its own kwargs and env vars, the app's secrets
+revision; for the proxy only what the proxy uses), so Serve replaces only the replicas of a
+deployment that changed (without a version, the imperative API gives each deploy a random one
+and restarts every replica, the proxy included). Replacements start before the old replicas
+stop (``max_surge_percent=100``, unless the app's decorator sets it): the old ones serve until
+the new ones are ready.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import inspect
+import json
 import os
 import sys
 from typing import Any
 
 from ._proxy import BioEngineProxy
 from ._replica import wrap_deployment_class
-from ._spec import PROXY_DEPLOYMENT, AppSpec, MethodSpec
+from ._spec import PROXY_DEPLOYMENT, AppSpec, MethodSpec, ProxySpec
 
-__all__ = ["PROXY_ENV", "build", "schema_methods"]
+__all__ = ["PROXY_ENV", "build", "deployment_version", "proxy_version", "schema_methods"]
+
+#: Start a deployment's new replicas before stopping the old ones (percent of its replicas).
+MAX_SURGE_PERCENT = 100
+#: Fields of an AppSpec that only the proxy uses (they never restart the app's own replicas).
+_PROXY_ONLY = {"authorized_users", "max_ongoing_requests", "methods"}
+#: Fields of an AppSpec that hold one entry per deployment class ("*" for all of them).
+_PER_CLASS = {"init_kwargs", "env_vars", "secret_env_names"}
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def deployment_version(spec: AppSpec, class_name: str) -> str:
+    """Serve version of one user deployment: it changes exactly when what its replicas are made
+    of changes (the app's code and settings, and its own entries of the per-class fields)."""
+    shared = spec.model_dump(mode="json", exclude=_PROXY_ONLY | _PER_CLASS)
+    own = {
+        field: {scope: getattr(spec, field).get(scope) for scope in ("*", class_name)} for field in _PER_CLASS
+    }
+    return _digest({"class": class_name, "app": shared, "own": own})
+
+
+def proxy_version(proxy_spec: ProxySpec) -> str:
+    return _digest({"proxy": proxy_spec.model_dump(mode="json")})
+
+
+def _rolling(deployment: Any, version: str) -> Any:
+    """``deployment`` with its Serve version and, unless the app chose otherwise, a surge."""
+    if "max_surge_percent" not in deployment._deployment_config.user_configured_option_names:
+        deployment = deployment.options(max_surge_percent=MAX_SURGE_PERCENT)
+    # Serve removed `version` from the public options; its own builder passes it like this.
+    return deployment.options(version=version, _internal=True)
+
 
 #: The proxy's code never blocks (hypha-rpc and handle calls only): run it and Serve's router on
 #: the replica's main event loop instead of hopping between threads on every call (what Ray's
@@ -120,7 +164,8 @@ def _prepared(deployment: Any, class_name: str, spec: AppSpec) -> Any:
     runtime_env.setdefault("working_dir", f"local://{spec.code_dir}")
     options["runtime_env"] = runtime_env
     wrapped = wrap_deployment_class(deployment.func_or_class, spec.application_id, spec.home_dir)
-    return deployment.options(func_or_class=wrapped, ray_actor_options=options)
+    prepared = deployment.options(func_or_class=wrapped, ray_actor_options=options)
+    return _rolling(prepared, deployment_version(spec, class_name))
 
 
 def build(args: dict[str, Any]) -> Any:
@@ -147,9 +192,10 @@ def build(args: dict[str, Any]) -> Any:
             f"'{entry_ref.class_name}' exposes no methods: decorate the methods callers may use with "
             "hypha_rpc.utils.schema.schema_method"
         )
-    proxy_spec = spec.model_copy(update={"methods": methods})
-    return BioEngineProxy.options(  # type: ignore[attr-defined]
+    proxy_spec = ProxySpec.of(spec.model_copy(update={"methods": methods}))
+    proxy = BioEngineProxy.options(  # type: ignore[attr-defined]
         name=PROXY_DEPLOYMENT,
         max_ongoing_requests=max(spec.max_ongoing_requests, 1) + 10,
         ray_actor_options={"num_cpus": 0, "runtime_env": {"env_vars": PROXY_ENV}},
-    ).bind(entry_app, proxy_spec.model_dump())
+    )
+    return _rolling(proxy, proxy_version(proxy_spec)).bind(entry_app, proxy_spec.model_dump(mode="json"))

@@ -27,7 +27,7 @@ from ray import serve
 from bioengine_common import connect, is_authorized
 
 from . import _kv
-from ._spec import AppSpec, MethodSpec
+from ._spec import MethodSpec, ProxySpec
 
 logger = logging.getLogger("ray.serve")
 
@@ -74,7 +74,7 @@ def method_rule(authorized_users: dict[str, list[str]], method: str) -> list[str
 class BioEngineProxy:
     async def __init__(self, entry: Any, spec: dict[str, Any]):  # type: ignore[misc]
         self.entry = entry
-        self.spec = AppSpec.model_validate(spec)
+        self.spec = ProxySpec.model_validate(spec)
         self.ongoing = 0
         self.semaphore = asyncio.Semaphore(max(self.spec.max_ongoing_requests, 1))
         self.server: Any = None

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-__all__ = ["PROXY_DEPLOYMENT", "AppSpec", "DeploymentRef", "MethodSpec"]
+__all__ = ["PROXY_DEPLOYMENT", "AppSpec", "DeploymentRef", "MethodSpec", "ProxySpec"]
 
 #: Name of the deployment that exposes an app as a Hypha service (the app's ingress).
 PROXY_DEPLOYMENT = "BioEngineProxy"
@@ -76,3 +76,26 @@ class AppSpec(BaseModel):
 
     def refs(self) -> list[DeploymentRef]:
         return [DeploymentRef.parse(entry) for entry in self.deployments]
+
+
+class ProxySpec(BaseModel):
+    """What the app's ``BioEngineProxy`` is made of: its init argument and its Serve version.
+
+    Only what the proxy uses, so that an update that does not concern it (a deployment's kwargs,
+    env vars or code with the same methods) leaves its replica, and the app's Hypha service id,
+    as they are.
+    """
+
+    application_id: str
+    artifact_id: str
+    server_url: str
+    workspace: str
+    max_ongoing_requests: int = 10
+    authorized_users: dict[str, list[str]] = Field(default_factory=lambda: {"*": ["*"]})
+    methods: list[MethodSpec] = Field(default_factory=list)
+    #: auto_redeploy rebuilds everything, the proxy included.
+    redeploy: int = 0
+
+    @classmethod
+    def of(cls, spec: AppSpec) -> ProxySpec:
+        return cls.model_validate(spec.model_dump(include=set(cls.model_fields)))
