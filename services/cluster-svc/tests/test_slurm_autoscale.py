@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import subprocess
 import time
 import uuid
@@ -20,8 +21,8 @@ from typing import Any
 import pytest
 
 from bioengine_cluster._slurm_jobs import SlurmCommands, SlurmSettings, render_job_script
-from bioengine_common import HeadOptions, LocalHead, short_temp_dir
-from bioengine_common.testing import wait_for_service
+from bioengine_common import HeadOptions, LocalHead, connect, short_temp_dir
+from bioengine_common.testing import ADMIN_USER, wait_for_service
 
 
 def _tag() -> str:
@@ -215,7 +216,7 @@ async def test_stuck_job_is_given_up_and_shutdown_cancels_only_own_jobs(
     service, proxy = await _start(
         start_service, hypha_server, admin_client, tmp_path / "w2", tag, "slurm-b",
         "--slurm-min-workers", "1", "--slurm-pending-timeout", "6", "--slurm-backoff", "3",
-        "--slurm-extra-sbatch", "#SBATCH --begin=now+1hour",
+        "--slurm-backoff-max", "5", "--slurm-extra-sbatch", "#SBATCH --begin=now+1hour",
     )  # fmt: skip
 
     # (c) cancelled after the pending timeout, with SLURM's reason in the status.
@@ -230,10 +231,21 @@ async def test_stuck_job_is_given_up_and_shutdown_cancels_only_own_jobs(
     assert any(d["action"] == "cancel" and "pending" in d["message"] for d in _slurm(status)["decisions"])
     assert other_job not in {j["job_id"] for j in _slurm(status)["jobs"]}
 
-    # min_workers asks again after the backoff: a fresh pending job.
+    # BeginTime may clear: min_workers asks again after the backoff, a fresh pending job ...
     status = await _wait(proxy, lambda s: _slurm(s)["live_jobs"] == 1, 40, "job resubmitted after backoff")
     own = await SlurmCommands(tag).list_jobs()
     assert own and all(j.state.value == "PENDING" for j in own)
+    assert _slurm(status)["blocked"] is None
+    # ... given up in turn: the wait doubles (3 s, then 6 s capped at --slurm-backoff-max 5), a
+    # successful sbatch in between does not reset it.
+    status = await _wait(proxy, lambda s: _slurm(s)["backoff"]["give_ups"] >= 2, 40, "second job given up")
+    waits = [
+        d["message"].rsplit("next try in ", 1)[1]
+        for d in _slurm(status)["decisions"]
+        if d["action"] == "backoff" and "next try in" in d["message"]
+    ]
+    assert waits[:2] == ["3 s", "5 s"], _slurm(status)["decisions"]
+    assert _slurm(status)["backoff"]["max_s"] == 5
 
     # (d) SIGTERM: this worker's jobs are cancelled, the other worker's job is untouched.
     service.stop(timeout=60)
@@ -242,6 +254,99 @@ async def test_stuck_job_is_given_up_and_shutdown_cancels_only_own_jobs(
     assert finished and all(j.state.value == "CANCELLED" for j in finished)
     survivors = await other_cmds.list_jobs()
     assert [j.job_id for j in survivors] == [other_job], survivors
+
+
+async def test_a_job_the_partition_cannot_hold_blocks_submission_and_says_what_to_change(
+    slurm, cleanup_tags, hypha_server, start_service, admin_client, tmp_path
+):
+    tags, dirs = cleanup_tags
+    tag = _tag()
+    tags.append(tag)
+    dirs.append(tmp_path / "w6")
+    # More CPUs per job than any node of the (default) partition has: SLURM accepts the job, which
+    # then pends with reason PartitionConfig for ever.
+    _, proxy = await _start(
+        start_service, hypha_server, admin_client, tmp_path / "w6", tag, "slurm-f",
+        "--slurm-min-workers", "1", "--slurm-worker-cpus", "64", "--slurm-pending-timeout", "3",
+        "--slurm-backoff", "1", "--slurm-backoff-max", "2",
+    )  # fmt: skip
+    status = await _wait(proxy, lambda s: _slurm(s)["blocked"] is not None, 90, "submission blocked")
+    block = _slurm(status)["blocked"]
+    (job,) = _slurm(status)["jobs"]
+    assert block["job_id"] == job["job_id"] and block["reason_code"] == "PartitionConfig", block
+    assert "--slurm-worker-cpus" in block["change"] and "--slurm-partition" in block["change"]
+    assert job["cancelled_by_us"] and job["reason"].startswith("unrunnable: pending for"), job
+    assert "PartitionConfig, which will not clear" in job["reason"]
+    # min_workers still wants a job; far past the backoff (2 s at most) nothing is resubmitted.
+    await asyncio.sleep(8)
+    status = await proxy.get_status()
+    assert [j["job_id"] for j in _slurm(status)["jobs"]] == [job["job_id"]]
+    assert _slurm(status)["live_jobs"] == 0
+    blocked = [d for d in _slurm(status)["decisions"] if d["action"] == "blocked"]
+    assert len(blocked) == 1, blocked  # said once, not every round
+    assert "not submitting 1 job(s)" in blocked[0]["message"] and "restart" in blocked[0]["message"]
+    assert [j.job_id for j in await SlurmCommands(tag).list_jobs()] == []
+
+
+BUSY = """
+import os
+import time
+
+def analyze(path):
+    while True:
+        with open(path, "a") as beat:
+            beat.write(f"{os.environ.get('SLURM_JOB_ID')}\\n")
+        time.sleep(0.5)
+"""
+
+
+async def test_a_run_code_whose_caller_disconnects_is_cancelled(
+    slurm, cleanup_tags, hypha_server, start_service, admin_client, tmp_path
+):
+    tags, dirs = cleanup_tags
+    tag = _tag()
+    tags.append(tag)
+    dirs.append(tmp_path / "w7")
+    _, proxy = await _start(
+        start_service, hypha_server, admin_client, tmp_path / "w7", tag, "slurm-g",
+        "--slurm-idle-timeout", "5", "--slurm-max-workers", "1",
+        "--run-code-caller-check", "1", "--run-code-caller-grace", "2",
+    )  # fmt: skip
+    await _wait(proxy, lambda s: s["ready"] and _slurm(s)["rounds"] > 0, 90, "ready")
+    client_id = f"rc-caller-{uuid.uuid4().hex[:8]}"
+    caller = await connect(
+        hypha_server.url,
+        workspace=hypha_server.workspace,
+        token=hypha_server.mint(ADMIN_USER, "admin"),
+        client_id=client_id,
+        method_timeout=600,
+    )
+    service = await caller.get_service("slurm-g:bioengine-cluster")
+    beats = tmp_path / "beats.txt"
+    call = asyncio.ensure_future(
+        service.run_code(code=BUSY, args=[str(beats)], remote_options={"num_cpus": 1}, timeout=600)
+    )
+    deadline = time.monotonic() + 120
+    while not beats.exists():  # it runs, on a SLURM worker started for it
+        assert time.monotonic() < deadline, _slurm(await proxy.get_status())
+        await asyncio.sleep(0.5)
+    running = (await proxy.get_status())["run_code"]["running"]
+    assert [r["callers"] for r in running] == [[f"{hypha_server.workspace}/{client_id}"]]
+
+    # The caller goes away mid-task (its call can never be answered now).
+    await caller.disconnect()
+    call.cancel()
+    status = await _wait(proxy, lambda s: s["run_code"]["recent"], 30, "run_code cancelled")
+    (run,) = status["run_code"]["recent"]
+    assert run["state"] == "cancelled" and run["callers"][0] in run["reason"], run
+    assert "disconnected" in run["reason"] and status["run_code"]["running"] == []
+    # The task no longer runs: its heartbeat stops ...
+    size = beats.stat().st_size
+    await asyncio.sleep(3)
+    assert beats.stat().st_size == size, "the task still runs after its caller left"
+    # ... and with no demand left its worker idles out; no job was started for it after that.
+    status = await _wait(proxy, lambda s: _slurm(s)["live_jobs"] == 0, 60, "worker released")
+    assert len(_slurm(status)["jobs"]) == 1
 
 
 # ---- without SLURM: the flags and the tag -------------------------------------------------------
@@ -292,7 +397,9 @@ import os
 import time
 
 def analyze():
-    time.sleep(20)
+    for i in range(20):
+        print(f"tick {i} on job {os.environ.get('SLURM_JOB_ID')}", flush=True)
+        time.sleep(1)
     return os.environ.get("SLURM_JOB_ID")
 """
 
@@ -310,9 +417,14 @@ async def test_a_worker_lost_while_demand_lasts_is_replaced(
     )  # fmt: skip
     await _wait(proxy, lambda s: s["ready"] and _slurm(s)["rounds"] > 0, 90, "ready")
     # Demand that outlives the first worker: a 20 s task, retried by Ray when its node is lost.
+    out: list[str] = []
+    err: list[str] = []
     call = asyncio.ensure_future(
-        proxy.run_code(code=SLOW, remote_options={"num_cpus": 1, "max_retries": 2}, timeout=240)
-    )
+        proxy.run_code(
+            code=SLOW, remote_options={"num_cpus": 1, "max_retries": 2}, timeout=240,
+            write_stdout=out.append, write_stderr=err.append,
+        )
+    )  # fmt: skip
     status = await _wait(
         proxy,
         lambda s: any(j["state"] == "RUNNING" and j["ray_node_id"] for j in _slurm(s)["jobs"]),
@@ -320,15 +432,50 @@ async def test_a_worker_lost_while_demand_lasts_is_replaced(
         "first worker joined",
     )
     first = next(j["job_id"] for j in _slurm(status)["jobs"] if j["state"] == "RUNNING")
-    await asyncio.sleep(2)  # the task is running on it
-    # Lost, as to walltime or a node failure (scancel from outside the service).
+    first_node = next(j["ray_node_id"] for j in _slurm(status)["jobs"] if j["job_id"] == first)
+    deadline = time.monotonic() + 60
+    while not out:  # the task is running on it
+        assert time.monotonic() < deadline and not call.done(), (out, call)
+        await asyncio.sleep(0.2)
+    # Lost, as to walltime or a node failure: scancel from outside the service.
     await asyncio.to_thread(subprocess.run, ["scancel", first], check=True)
     result = await asyncio.wait_for(call, 240)
     assert "error" not in result, result
     replacement = result["result"]
     assert replacement and replacement != first, (first, result)
-    jobs = {j["job_id"]: j for j in _slurm(await proxy.get_status())["jobs"]}
+
+    # (c) Ray retried the task: the output and the result say so (Ray's attempt numbers).
+    assert result["attempts"] == 2 and result["slurm_job_id"] == replacement, result
+    (retry,) = result["retries"]
+    assert (retry["attempt"], retry["slurm_job_id"], retry["node_id"]) == (1, first, first_node), retry
+    assert retry["lines_streamed"] >= 1 and "attempt 2 runs after attempt 1" in result["retried"]
+    notices = [line for line in err if line.startswith("[bioengine] run_code: Ray retried the task")]
+    assert len(notices) == 1 and f"SLURM job {first}" in notices[0], err
+    assert result["stderr"].startswith(notices[0])
+    # the streamed lines: attempt 1's, then attempt 2's from where Ray resumed the stream
+    assert out[0] == f"tick 0 on job {first}" and out[-1] == f"tick 19 on job {replacement}", out
+    assert result["stdout"].splitlines() == [f"tick {i} on job {replacement}" for i in range(20)]
+
+    # (b) the lost worker: its final state, who cancelled it, and a decision saying so.
+    status = await proxy.get_status()
+    jobs = {j["job_id"]: j for j in _slurm(status)["jobs"]}
     assert replacement in jobs and not jobs[first]["cancelled_by_us"], jobs
+    lost = jobs[first]
+    assert lost["lost"] and lost["final_state"] == "CANCELLED" and lost["ray_node_id"] == first_node, lost
+    assert (
+        lost["reason"].startswith(f"lost: job {first}") and "cancelled outside this service" in lost["reason"]
+    )
+    who = lost["cancelled_by"]
+    if who["source"] == "the slurmctld log":  # readable here (CI, this machine): by us, root
+        assert who["uid"] == os.getuid() and f"by uid {os.getuid()}" in lost["reason"], who
+    else:  # a login node without accounting nor the controller's log: unknown, and why
+        assert who["uid"] is None and who["note"], who
+    decisions = [d for d in _slurm(status)["decisions"] if d["action"] == "lost"]
+    assert any(d["message"].startswith(f"worker lost: job {first}") for d in decisions), decisions
+    assert next(d for d in decisions if d["inputs"].get("job_id") == first)["inputs"]["state"] == "CANCELLED"
+    recent = status["run_code"]["recent"][0]
+    assert recent["state"] == "done" and recent["attempts"] == 2
+    assert [w["slurm_job_id"] for w in recent["where"]] == [first, replacement]
 
 
 async def test_two_workers_in_one_slurm_account_keep_to_their_own_jobs(

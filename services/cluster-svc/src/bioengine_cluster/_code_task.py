@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import os
 import queue
 import sys
 import textwrap
@@ -72,6 +73,23 @@ def _load(mode: str, code: str | None, func_bytes: bytes | None, function_name: 
     return function
 
 
+def _where() -> dict[str, Any]:
+    """This attempt of the task as Ray numbers it (0: the first run, n: the n-th retry), and where it
+    runs. Outside Ray (a manual check) attempt 0 on no node."""
+    here: dict[str, Any] = {"attempt": 0, "node_id": None, "slurm_job_id": os.environ.get("SLURM_JOB_ID")}
+    try:
+        import ray
+
+        worker: Any = ray._private.worker.global_worker
+        if worker.connected:
+            # Ray's own count of this task's executions (the task spec's attempt number).
+            here["attempt"] = int(worker.core_worker.get_current_task_attempt_number())
+            here["node_id"] = ray.get_runtime_context().get_node_id()
+    except Exception:
+        pass
+    return here
+
+
 def run_code_task(
     mode: str,
     code: str | None,
@@ -79,8 +97,17 @@ def run_code_task(
     function_name: str,
     args: list[Any],
     kwargs: dict[str, Any],
-) -> Iterator[tuple[str, Any]]:
-    """Yield ``("stdout"|"stderr", line)`` while the function runs, then ``("done", outcome)``."""
+) -> Iterator[tuple[str, Any, int]]:
+    """Yield ``("start", where, attempt)``, then ``("stdout"|"stderr", line, attempt)`` while the
+    function runs, then ``("done", outcome, attempt)``.
+
+    ``attempt`` is Ray's attempt number of this execution (0 first, 1 after one retry...): when Ray
+    retries the task after its worker was lost, the streamed items it already delivered are not
+    delivered again, so the caller learns of the retry from the attempt of the next item.
+    """
+    where = _where()
+    attempt = where["attempt"]
+    yield ("start", where, attempt)
     lines: queue.Queue[Any] = queue.Queue()
     out, err = _LineWriter("stdout", lines), _LineWriter("stderr", lines)
     outcome: dict[str, Any] = {}
@@ -104,11 +131,14 @@ def run_code_task(
     thread = threading.Thread(target=target, name="run_code", daemon=True)
     thread.start()
     while (item := lines.get()) is not _END:
-        yield item
+        yield (*item, attempt)
     thread.join()
     outcome["stdout"] = "".join(out.text)
     outcome["stderr"] = "".join(err.text)
-    yield ("done", outcome)
+    outcome["attempt"] = attempt
+    outcome["node_id"] = where["node_id"]
+    outcome["slurm_job_id"] = where["slurm_job_id"]
+    yield ("done", outcome, attempt)
 
 
 async def _await(awaitable: Any) -> Any:
@@ -116,7 +146,7 @@ async def _await(awaitable: Any) -> Any:
 
 
 if __name__ == "__main__":  # pragma: no cover - a quick manual check
-    for kind, value in run_code_task(
+    for kind, value, attempt in run_code_task(
         "source", "def analyze(x):\n print(x)\n return x*2", None, "analyze", [21], {}
     ):
-        print(kind, value, file=sys.stderr)
+        print(kind, value, attempt, file=sys.stderr)

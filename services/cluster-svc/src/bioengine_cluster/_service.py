@@ -6,10 +6,10 @@ import asyncio
 import collections
 import contextlib
 import functools
-import inspect
 import os
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from hypha_rpc.utils.schema import schema_method
@@ -34,22 +34,12 @@ from ._backends import (
     ExternalBackend,
     LocalHeadBackend,
 )
-from ._code_task import run_code_task
 from ._fit import ResourceRequest, check_fit
+from ._run_code import RUN_CODE_OPTIONS, CallerWatch, RunCodeLog, run_in_ray
 from ._settings import ClusterSettings
 from ._status import ClusterSample, PendingDemand, summarize
 
 _GIB = 1024**3
-#: Options a caller may pass to the Ray task of run_code.
-RUN_CODE_OPTIONS = {
-    "num_cpus",
-    "num_gpus",
-    "memory",
-    "runtime_env",
-    "resources",
-    "accelerator_type",
-    "max_retries",
-}
 
 
 def make_backend(settings: ClusterSettings, logger: Any) -> ClusterBackend:
@@ -117,6 +107,7 @@ class ClusterService(BioEngineService):
             else None
         )
         self._scaling: asyncio.Task[None] | None = None
+        self.runs = RunCodeLog()
 
     # ---- the cluster's life ---------------------------------------------------------------------
     async def _bring_up(self) -> None:
@@ -262,7 +253,7 @@ class ClusterService(BioEngineService):
         }
 
     def status_details(self) -> dict[str, Any]:
-        return {"mode": self.settings.mode, "ray_cluster": self.ray_cluster()}
+        return {"mode": self.settings.mode, "ray_cluster": self.ray_cluster(), "run_code": self.runs.status()}
 
     # ---- RPC ----------------------------------------------------------------------------------------
     @schema_method
@@ -361,7 +352,7 @@ class ClusterService(BioEngineService):
         Returns {result, stdout, stderr}, or {error, traceback, stdout, stderr}; never raises for
         errors of the code itself.
         """
-        self.require_admin(context, caller, "run_code")
+        resolved = self.require_admin(context, caller, "run_code")
         if not self.connected:
             raise ServiceUnavailable(f"the Ray cluster is not ready: {self.cluster_error}")
         options = dict(remote_options or {})
@@ -371,82 +362,50 @@ class ClusterService(BioEngineService):
                 "error": f"unknown remote_options {sorted(unknown)}; allowed: {sorted(RUN_CODE_OPTIONS)}",
                 "traceback": "",
             }
-        return await run_in_ray(
-            mode, code, func_bytes, function_name, list(args or []), dict(kwargs or {}),
-            options, write_stdout, write_stderr, float(timeout),
-        )  # fmt: skip
+        clients = self._callers_of(context, caller)
+        run = self.runs.start(str((resolved.get("user") or {}).get("id") or ""), clients)
+        caller_gone: Callable[[], Awaitable[str]] | None = None
+        if clients and self.settings.run_code_caller_check > 0:
+            watch = CallerWatch(
+                self._list_clients,
+                self.settings.run_code_caller_check,
+                self.settings.run_code_caller_grace,
+                self.logger,
+            )
+            caller_gone = functools.partial(watch.wait_gone, clients)
 
-
-@functools.cache
-def _remote_run_code_task() -> Any:
-    """The Ray remote function, made once per driver: Ray exports its definition only once."""
-    import ray
-    from ray import cloudpickle
-
-    # By value: nodes of an external cluster need not have bioengine installed.
-    cloudpickle.register_pickle_by_value(sys.modules[run_code_task.__module__])
-    return ray.remote(num_returns="streaming")(run_code_task)
-
-
-async def _deliver(callback: Any, line: str, failures: list[str]) -> None:
-    """Hand one output line to the caller; a failing callback does not stop the code (its lines
-    are in the result anyway) and is given up after its first error."""
-    if callback is None or failures:
-        return
-    try:
-        result = callback(line)
-        if inspect.isawaitable(result):
-            await result
-    except Exception as exc:
-        failures.append(error_summary(exc))
-
-
-async def run_in_ray(
-    mode: str,
-    code: str | None,
-    func_bytes: bytes | None,
-    function_name: str,
-    args: list[Any],
-    kwargs: dict[str, Any],
-    options: dict[str, Any],
-    write_stdout: Any,
-    write_stderr: Any,
-    timeout: float,
-) -> dict[str, Any]:
-    """Stream the task's output lines to the callbacks; cancel the task on timeout."""
-    import ray
-
-    try:
-        task = _remote_run_code_task().options(**options)
-        stream: Any = task.remote(mode, code, func_bytes, function_name, args, kwargs)
-    except Exception as exc:
-        return {"error": f"invalid remote_options: {error_summary(exc)}", "traceback": ""}
-    outcome: dict[str, Any] = {}
-    stdout_failures: list[str] = []
-    stderr_failures: list[str] = []
-
-    async def consume() -> None:
-        async for ref in stream:
-            kind, value = await ref
-            if kind == "stdout":
-                await _deliver(write_stdout, value, stdout_failures)
-            elif kind == "stderr":
-                await _deliver(write_stderr, value, stderr_failures)
+        state, reason = "error", None
+        try:
+            result = await run_in_ray(
+                mode, code, func_bytes, function_name, list(args or []), dict(kwargs or {}),
+                options, write_stdout, write_stderr, float(timeout),
+                caller_gone=caller_gone, run=run, logger=self.logger,
+            )  # fmt: skip
+            if result.get("cancelled"):
+                state, reason = "cancelled", run.get("cancelled")
+            elif "error" in result:
+                reason = str(result["error"])[:300]
             else:
-                outcome.update(value)
+                state = "done"
+            return result
+        finally:
+            self.runs.finish(run, state, reason)
 
-    try:
-        await asyncio.wait_for(consume(), timeout)
-    except TimeoutError:
-        ray.cancel(stream, force=True)  # kills the worker process: the code stops using CPU
-        return {
-            "error": f"The code timed out after {timeout:g} seconds.",
-            "traceback": f"TimeoutError: run_code exceeded its timeout of {timeout:g} seconds; the Ray task was cancelled",
-        }
-    except Exception as exc:  # the task itself failed (worker died, bad runtime_env, ...)
-        return {"error": error_summary(exc), "traceback": str(exc)}
-    if not outcome:
-        raise InvalidRequest("the run_code task ended without a result")
-    if stdout_failures or stderr_failures:
-        outcome["callback_error"] = (stdout_failures + stderr_failures)[0]
-    return outcome
+    @staticmethod
+    def _callers_of(context: Any, caller: Any) -> list[str]:
+        """The Hypha clients whose leaving makes a run_code pointless: the direct caller and the
+        original client a trusted gateway forwards as ``caller["from"]`` (checked by then)."""
+        clients = []
+        direct = (context or {}).get("from") if isinstance(context, dict) else None
+        if direct:
+            clients.append(str(direct))
+        forwarded = caller.get("from") if isinstance(caller, dict) else None
+        if forwarded and "/" in str(forwarded) and str(forwarded) not in clients:
+            clients.append(str(forwarded))
+        return clients
+
+    async def _list_clients(self, workspace: str) -> list[Any]:
+        server = self.hypha.server
+        if server is None:
+            raise ServiceUnavailable("not connected to Hypha")
+        return list(await server.list_clients(workspace))

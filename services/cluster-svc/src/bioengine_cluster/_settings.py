@@ -52,6 +52,17 @@ class ClusterSettings(ServiceSettings):
     status_interval: float = Field(5.0, gt=0, description="Seconds between cluster samples.")
     status_history: int = Field(100, ge=1, description="Number of cluster samples kept.")
     connect_timeout: float = Field(60.0, gt=0, description="Seconds to wait for the Ray driver connection.")
+    run_code_caller_check: float = Field(
+        5.0,
+        ge=0,
+        description="Seconds between checks that a run_code caller is still connected to Hypha "
+        "(0: never check).",
+    )
+    run_code_caller_grace: float = Field(
+        15.0,
+        ge=0,
+        description="A run_code whose caller has not been connected to Hypha for this long is cancelled.",
+    )
 
     # ---- slurm mode: Ray workers as SLURM jobs (see _slurm_jobs.SlurmSettings) ----
     slurm_worker_cpus: int = Field(1, ge=1, description="slurm: CPUs per worker job (and Ray's --num-cpus).")

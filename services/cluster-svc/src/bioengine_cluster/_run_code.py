@@ -1,0 +1,332 @@
+"""The driver side of ``run_code``: one Ray task per call, its output streamed to the caller's
+callbacks, its retries made visible, and the task cancelled when the caller is gone.
+
+- **Retries.** Ray re-runs the task when the node (SLURM job) it ran on is lost, as long as
+  ``max_retries`` allows. Each streamed item carries Ray's attempt number (read inside the task);
+  Ray delivers each item index once, so a retry shows as a change of attempt at the first index
+  the earlier attempt had not reached. The caller then gets one ``[bioengine]`` line on stderr
+  and the result says ``attempts`` and which attempts were lost where.
+- **Callers that left.** hypha-rpc gives a callee no notice when its caller disconnects. The
+  server lists the clients connected to a workspace (``list_clients``): a caller whose client id
+  (``context["from"]``, and the original client a trusted gateway forwards) has not been listed
+  for ``grace_s`` is gone, its call cannot be answered, and its Ray task is cancelled so that it
+  uses no CPU and asks no SLURM job of its own. A listing that fails (Hypha itself unreachable) is
+  no evidence: only listings that answer count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import functools
+import inspect
+import logging
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from bioengine_common import InvalidRequest, error_summary
+
+from ._code_task import run_code_task
+
+__all__ = [
+    "RUN_CODE_OPTIONS",
+    "CallerWatch",
+    "RunCodeLog",
+    "absence",
+    "retry_notice",
+    "run_in_ray",
+]
+
+#: Options a caller may pass to the Ray task of run_code.
+RUN_CODE_OPTIONS = {
+    "num_cpus",
+    "num_gpus",
+    "memory",
+    "runtime_env",
+    "resources",
+    "accelerator_type",
+    "max_retries",
+}
+NOTICE_PREFIX = "[bioengine] "
+
+
+# ---- pure -------------------------------------------------------------------------------------
+def absence(
+    missing_since: float | None, present: bool | None, now: float, grace_s: float
+) -> tuple[float | None, bool]:
+    """One check of a caller's client: ``present`` is True/False from a listing that answered,
+    None when the listing failed (no evidence either way). Returns (missing since, gone)."""
+    if present is None:
+        return missing_since, False
+    if present:
+        return None, False
+    since = missing_since if missing_since is not None else now
+    return since, now - since >= grace_s
+
+
+def _place(where: dict[str, Any] | None) -> str:
+    if not where:
+        return "a Ray worker"
+    parts = []
+    if where.get("node_id"):
+        parts.append(f"Ray node {str(where['node_id'])[:12]}")
+    if where.get("slurm_job_id"):
+        parts.append(f"SLURM job {where['slurm_job_id']}")
+    return ", ".join(parts) or "a Ray worker"
+
+
+def retry_notice(
+    attempt: int, previous: int | None, lost_where: dict[str, Any] | None, lines_before: int
+) -> str:
+    """The line the caller gets when Ray's attempt ``attempt`` (0-based) shows up in the stream
+    after ``previous`` (None: nothing streamed yet), ``lines_before`` output lines into it."""
+    if previous is None:
+        return (
+            f"{NOTICE_PREFIX}run_code: this is attempt {attempt + 1}: Ray retried the task before it "
+            "printed anything (its earlier worker was lost)"
+        )
+    text = (
+        f"{NOTICE_PREFIX}run_code: Ray retried the task: attempt {attempt + 1} runs after attempt "
+        f"{previous + 1} was lost with its worker ({_place(lost_where)})."
+    )
+    if lines_before:
+        text += (
+            f" The {lines_before} line(s) above came from attempt {previous + 1}; attempt {attempt + 1} "
+            f"started over, and Ray streams only its output after its first {lines_before} line(s). "
+            f"The result holds attempt {attempt + 1}'s whole output."
+        )
+    return text
+
+
+# ---- the caller watch ---------------------------------------------------------------------------
+ListClients = Callable[[str], Awaitable[list[Any]]]
+
+
+class CallerWatch:
+    """Whether the Hypha clients behind a run_code call are still connected."""
+
+    def __init__(
+        self, list_clients: ListClients, interval_s: float, grace_s: float, logger: logging.Logger
+    ) -> None:
+        self.list_clients = list_clients
+        self.interval_s = interval_s
+        self.grace_s = grace_s
+        self.logger = logger
+
+    async def _present(self, client: str) -> bool | None:
+        workspace = client.split("/", 1)[0]
+        try:
+            listed = await asyncio.wait_for(self.list_clients(workspace), 10.0)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.logger.debug("run_code: cannot list the clients of %s: %s", workspace, error_summary(exc))
+            return None
+        ids = {str(c.get("id") if isinstance(c, dict) else c) for c in listed or []}
+        return client in ids
+
+    async def wait_gone(self, clients: list[str]) -> str:
+        """Return (with the reason) once one of ``clients`` has not been listed for ``grace_s``;
+        never returns while they stay connected or while no listing answers."""
+        missing: dict[str, float | None] = dict.fromkeys(clients)
+        unanswered: dict[str, int] = dict.fromkeys(clients, 0)
+        while True:
+            await asyncio.sleep(self.interval_s)
+            for client in clients:
+                present = await self._present(client)
+                unanswered[client] = unanswered[client] + 1 if present is None else 0
+                if unanswered[client] == 3:
+                    self.logger.warning(
+                        "run_code: cannot tell whether caller %s is still connected (Hypha does not "
+                        "list its workspace's clients); its task runs until it ends or times out",
+                        client,
+                    )
+                missing[client], gone = absence(missing[client], present, time.monotonic(), self.grace_s)
+                if gone:
+                    since = time.monotonic() - (missing[client] or 0.0)
+                    return f"the caller {client} disconnected (not connected to Hypha for {since:.0f} s)"
+
+
+# ---- recent calls, for the status -------------------------------------------------------------
+class RunCodeLog:
+    """The run_code calls running now and the last few finished, for get_status."""
+
+    def __init__(self, kept: int = 20) -> None:
+        self.running: dict[str, dict[str, Any]] = {}
+        self.recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=kept)
+
+    def start(self, user: str | None, clients: list[str]) -> dict[str, Any]:
+        run: dict[str, Any] = {
+            "id": uuid.uuid4().hex[:12],
+            "user": user,
+            "callers": clients,
+            "started_at": time.time(),
+            "state": "running",
+            "attempts": 0,
+            "where": [],
+        }
+        self.running[run["id"]] = run
+        return run
+
+    def finish(self, run: dict[str, Any], state: str, reason: str | None = None) -> None:
+        run.update(state=state, reason=reason, ended_at=time.time())
+        self.running.pop(run["id"], None)
+        self.recent.append(run)
+
+    def status(self) -> dict[str, Any]:
+        return {"running": list(self.running.values()), "recent": list(self.recent)[::-1]}
+
+
+# ---- the Ray side ---------------------------------------------------------------------------------
+@functools.cache
+def _remote_run_code_task() -> Any:
+    """The Ray remote function, made once per driver: Ray exports its definition only once."""
+    import ray
+    from ray import cloudpickle
+
+    # By value: nodes of an external cluster need not have bioengine installed.
+    cloudpickle.register_pickle_by_value(sys.modules[run_code_task.__module__])
+    return ray.remote(num_returns="streaming")(run_code_task)
+
+
+async def _deliver(callback: Any, line: str, failures: list[str]) -> None:
+    """Hand one output line to the caller; a failing callback does not stop the code (its lines
+    are in the result anyway) and is given up after its first error."""
+    if callback is None or failures:
+        return
+    try:
+        result = callback(line)
+        if inspect.isawaitable(result):
+            await result
+    except Exception as exc:
+        failures.append(error_summary(exc))
+
+
+async def run_in_ray(
+    mode: str,
+    code: str | None,
+    func_bytes: bytes | None,
+    function_name: str,
+    args: list[Any],
+    kwargs: dict[str, Any],
+    options: dict[str, Any],
+    write_stdout: Any,
+    write_stderr: Any,
+    timeout: float,
+    *,
+    caller_gone: Callable[[], Awaitable[str]] | None = None,
+    run: dict[str, Any] | None = None,
+    logger: logging.Logger | None = None,
+) -> dict[str, Any]:
+    """Stream the task's output lines to the callbacks; cancel the task on timeout or when
+    ``caller_gone`` returns; say so when Ray retried it."""
+    import ray
+
+    logger = logger or logging.getLogger(__name__)
+    run = run if run is not None else {}
+    try:
+        task = _remote_run_code_task().options(**options)
+        stream: Any = task.remote(mode, code, func_bytes, function_name, args, kwargs)
+    except Exception as exc:
+        return {"error": f"invalid remote_options: {error_summary(exc)}", "traceback": ""}
+    outcome: dict[str, Any] = {}
+    stdout_failures: list[str] = []
+    stderr_failures: list[str] = []
+    notices: list[str] = []
+    lost: list[dict[str, Any]] = []
+    where: dict[int, dict[str, Any]] = {}
+    current: list[int | None] = [None]  # the attempt streaming now
+    lines = [0]  # output lines streamed so far
+
+    async def notice(text: str) -> None:
+        notices.append(text)
+        logger.warning("run_code %s: %s", run.get("id", ""), text.removeprefix(NOTICE_PREFIX))
+        await _deliver(write_stderr if write_stderr is not None else write_stdout, text, stderr_failures)
+
+    async def consume() -> None:
+        async for ref in stream:
+            kind, value, attempt = await ref
+            previous = current[0]
+            if attempt != previous and (previous is not None or attempt > 0):
+                if previous is not None:
+                    lost.append(
+                        {"attempt": previous + 1, **where.get(previous, {}), "lines_streamed": lines[0]}
+                    )
+                lost_where = where.get(previous) if previous is not None else None
+                await notice(retry_notice(attempt, previous, lost_where, lines[0]))
+            current[0] = attempt
+            run["attempts"] = attempt + 1
+            if kind == "start":
+                where[attempt] = {"node_id": value.get("node_id"), "slurm_job_id": value.get("slurm_job_id")}
+                run.setdefault("where", []).append({"attempt": attempt + 1, **where[attempt]})
+            elif kind == "stdout":
+                lines[0] += 1
+                await _deliver(write_stdout, value, stdout_failures)
+            elif kind == "stderr":
+                lines[0] += 1
+                await _deliver(write_stderr, value, stderr_failures)
+            else:
+                outcome.update(value)
+                if attempt not in where:  # a retry's "start" item is not streamed again (index 0)
+                    where[attempt] = {
+                        "node_id": value.get("node_id"),
+                        "slurm_job_id": value.get("slurm_job_id"),
+                    }
+                    run.setdefault("where", []).append({"attempt": attempt + 1, **where[attempt]})
+
+    def attempts_info(result: dict[str, Any]) -> dict[str, Any]:
+        result.pop("attempt", None)  # the task's 0-based number: "attempts" says it
+        result["attempts"] = (current[0] or 0) + 1 if current[0] is not None else 0
+        if lost:
+            result["retries"] = lost
+            result["retried"] = " ".join(n.removeprefix(NOTICE_PREFIX) for n in notices)
+        return result
+
+    consumer = asyncio.ensure_future(consume())
+    watcher = asyncio.ensure_future(caller_gone()) if caller_gone is not None else None
+    try:
+        waiting = {consumer, *([watcher] if watcher is not None else [])}
+        done, _ = await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        if consumer not in done:
+            consumer.cancel()
+            with contextlib.suppress(BaseException):
+                await consumer
+            ray.cancel(stream, force=True)  # kills the worker process: the code stops using CPU
+            if watcher is not None and watcher in done:
+                reason = watcher.result()
+                logger.warning("run_code %s: %s: cancelled its Ray task", run.get("id", ""), reason)
+                run["cancelled"] = reason
+                return attempts_info(
+                    {
+                        "error": f"Cancelled: {reason}.",
+                        "traceback": f"run_code cancelled: {reason}",
+                        "cancelled": True,
+                    }
+                )
+            return attempts_info(
+                {
+                    "error": f"The code timed out after {timeout:g} seconds.",
+                    "traceback": f"TimeoutError: run_code exceeded its timeout of {timeout:g} seconds; "
+                    "the Ray task was cancelled",
+                }
+            )
+        try:
+            consumer.result()
+        except Exception as exc:  # the task itself failed (worker died, bad runtime_env, ...)
+            return attempts_info({"error": error_summary(exc), "traceback": str(exc)})
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(BaseException):
+                await watcher
+    if not outcome:
+        raise InvalidRequest("the run_code task ended without a result")
+    if notices:
+        outcome["stderr"] = "".join(f"{n}\n" for n in notices) + outcome.get("stderr", "")
+    if stdout_failures or stderr_failures:
+        outcome["callback_error"] = (stdout_failures + stderr_failures)[0]
+    return attempts_info(outcome)
