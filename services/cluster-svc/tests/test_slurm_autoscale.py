@@ -219,6 +219,7 @@ async def test_stuck_job_is_given_up_and_shutdown_cancels_only_own_jobs(
         "--slurm-backoff-max", "5", "--slurm-extra-sbatch", "#SBATCH --begin=now+1hour",
     )  # fmt: skip
 
+    await _wait(proxy, lambda s: s["ready"] and _slurm(s)["rounds"] > 0, 90, "ready")
     # (c) cancelled after the pending timeout, with SLURM's reason in the status.
     status = await _wait(
         proxy,
