@@ -532,3 +532,31 @@ def test_jobs_gone_from_squeue_take_their_final_state_from_sacct(tmp_path):
     assert scaler.jobs["1"].state == JobState.TIMEOUT
     assert scaler.jobs["2"].state == JobState.UNKNOWN and scaler.jobs["2"].raw_state == "GONE"
     assert scaler.jobs["3"].state == JobState.RUNNING and scaler.vanished(still) == []
+
+
+def test_only_jobs_seen_active_can_be_lost(tmp_path):
+    from bioengine_cluster._autoscaler import SlurmAutoscaler
+    from bioengine_cluster._settings import ClusterSettings
+    from bioengine_cluster._slurm_jobs import JobState, SlurmJob
+
+    scaler = SlurmAutoscaler(
+        ClusterSettings(mode="slurm", workspace_dir=tmp_path, slurm_tag="tagy"), logging.getLogger("t")
+    )
+    name = scaler.commands.job_name
+    # first listing after a (re)start: job 1 runs, job 2 was already cancelled (by the service
+    # before it restarted, or by anyone: its end is not news to report)
+    first = [
+        SlurmJob(job_id="1", name=name, state=JobState.RUNNING),
+        SlurmJob(job_id="2", name=name, state=JobState.CANCELLED),
+    ]
+    scaler._remember(first)
+    assert scaler.not_lost(first) == ["2"]
+    # next: job 1 was scancelled by someone, job 3 this service cancelled itself
+    scaler.cancel_reasons["3"] = "idle: ..."
+    later = [
+        SlurmJob(job_id="1", name=name, state=JobState.CANCELLED),
+        SlurmJob(job_id="2", name=name, state=JobState.CANCELLED),
+        SlurmJob(job_id="3", name=name, state=JobState.CANCELLED),
+    ]
+    scaler._remember(later)
+    assert sorted(scaler.not_lost(later)) == ["2", "3"]

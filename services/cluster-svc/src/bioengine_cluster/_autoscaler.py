@@ -112,6 +112,9 @@ class SlurmAutoscaler:
         self.cancel_reasons: dict[str, str] = {}
         #: Jobs ended without this service asking: what ended them (final state, who cancelled).
         self.losses: dict[str, dict[str, Any]] = {}
+        #: Jobs this service saw pending or running: only those can be lost (a job that had ended
+        #: before this service started, e.g. one it cancelled before a restart, is not).
+        self.seen_active: set[str] = set()
         self.ray_node_of_job: dict[str, str] = {}
         #: The last Ray node seen for each job (a lost job's node has left Ray).
         self.last_node_of_job: dict[str, str] = {}
@@ -196,6 +199,12 @@ class SlurmAutoscaler:
         entry["inputs"] = {**entry["inputs"], "observed": observed}
         self.decisions.append(entry)
 
+    def not_lost(self, jobs: list[SlurmJob]) -> list[str]:
+        """Ended jobs that are no loss: cancelled by this service, or already ended when this
+        service first saw them (e.g. cancelled by it before a restart)."""
+        ended_unseen = [j.job_id for j in jobs if not j.active and j.job_id not in self.seen_active]
+        return list(dict.fromkeys([*self.cancel_reasons, *ended_unseen]))
+
     def _repeats(self, decision: Decision) -> bool:
         """The same keep/wait/blocked message, or a backoff towards the same retry time, as the
         last decision: not recorded again."""
@@ -257,6 +266,8 @@ class SlurmAutoscaler:
         for job in jobs:
             self.jobs.pop(job.job_id, None)
             self.jobs[job.job_id] = job
+            if job.active:
+                self.seen_active.add(job.job_id)
         for job_id in self.vanished(jobs):
             known = (final or {}).get(job_id)
             if known is not None and not known.active:
@@ -270,6 +281,7 @@ class SlurmAutoscaler:
             del self.jobs[job_id]
             self.cancel_reasons.pop(job_id, None)
             self.losses.pop(job_id, None)
+            self.seen_active.discard(job_id)
 
     async def run_round(self, head_address: str, gcs_address: str) -> None:
         settings = self.slurm_settings(head_address)
@@ -296,7 +308,7 @@ class SlurmAutoscaler:
                 ray_nodes=nodes,
                 demand=demand,
                 backoff=self.backoff,
-                cancelled_by_us=list(self.cancel_reasons),
+                cancelled_by_us=self.not_lost(considered),
             ),
             settings,
             now,
@@ -336,6 +348,7 @@ class SlurmAutoscaler:
             self.jobs[job_id] = SlurmJob(
                 job_id=job_id, name=self.commands.job_name, state=JobState.PENDING, submitted_at=time.time()
             )
+            self.seen_active.add(job_id)
             self.logger.info("slurm: submitted job %s", job_id)
         self.last_round_at = time.time()
         self.rounds += 1
