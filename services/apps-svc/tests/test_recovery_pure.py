@@ -148,3 +148,20 @@ def test_unavailable_message_says_since_when_and_what_was_last_seen():
     assert down.endswith("redeploys the app when the head is back")
     away = unavailable_message("", None, False, None, None)
     assert away == "Ray cluster not reachable; the app may still be serving"
+
+
+def test_head_probe_tells_a_refused_port_from_a_listening_one():
+    import socket
+
+    from bioengine_apps._service import _RETRYING, _accepts
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        assert _accepts(f"127.0.0.1:{port}") == (True, "")
+        assert _accepts(f"ray://127.0.0.1:{port}")[0] is True
+    alive, reason = _accepts(f"127.0.0.1:{port}")  # closed now: nothing listens
+    assert alive is False and "refuses connections" in reason
+    assert _accepts("no-port-here")[0] is False
+    assert _RETRYING.sub("", "not ready: down (retrying in 4 s)") == "not ready: down"

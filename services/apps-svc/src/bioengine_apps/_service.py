@@ -118,16 +118,24 @@ def _host_port(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def _accepts(address: str, timeout: float = 1.0) -> tuple[bool, str]:
-    """Does the Ray head (GCS or Ray Client port of ``address``) accept TCP connections?"""
+def _accepts(address: str, timeout: float = 1.0) -> tuple[bool | None, str]:
+    """Does the Ray head (GCS or Ray Client port of ``address``) accept TCP connections? True,
+    False (refused: nothing listens), or None (no answer in time: maybe only a busy machine)."""
     try:
         host, port = _host_port(address)
         with socket.create_connection((host, port), timeout=timeout):
             return True, ""
+    except ConnectionRefusedError:
+        return False, f"{address} refuses connections"
+    except TimeoutError:
+        return None, f"{address} did not accept a connection within {timeout:g} s"
     except OSError as exc:
-        return False, f"{address} refuses connections ({exc.strerror or exc})"
+        return False, f"{address} is unreachable ({exc.strerror or exc})"
     except ValueError:
         return False, f"'{address}' is not a host:port address"
+
+
+_RETRYING = re.compile(r"\s*\(retrying in \d+ s\)")
 
 
 def _dir_size(path: Path) -> int:
@@ -160,6 +168,7 @@ class AppsService(BioEngineService):
         self.last_seen: dict[str, tuple[str, float]] = {}
         self.artifact_probe: dict[str, Any] = {"ok": None, "reason": "not checked yet", "checked_at": None}
         self._artifact_probe_at = -1e9
+        self._slow_probes = 0
         #: Ray calls run here, so one hung on a dead head never starves other threads.
         self._ray_pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="apps-ray")
         self.decisions: collections.deque[dict[str, Any]] = collections.deque(maxlen=50)
@@ -294,7 +303,7 @@ class AppsService(BioEngineService):
                         # head should find its apps again within seconds.
                         delay = min(2.0**self._failures, RAY_RETRY_MAX_S)
                         self._retry_at = time.monotonic() + delay
-                        reason = error_summary(exc)
+                        reason = _RETRYING.sub("", error_summary(exc))  # the cluster's own retry note
                         if self.head_down:
                             reason = f"Ray head down since {format_time(self.ray_down_since or 0)}: {reason}"
                         self.ray_error = f"{reason} (retrying in {delay:.0f} s)"
@@ -306,7 +315,9 @@ class AppsService(BioEngineService):
             # A head that stops accepting connections is gone (with every app on it): let go of
             # it at once, since Ray ends a driver whose GCS stays away for 60 s.
             alive, reason = await asyncio.to_thread(_accepts, self.ray_address or "")
-            if not alive:
+            self._slow_probes = self._slow_probes + 1 if alive is None else 0
+            if alive is False or self._slow_probes >= 3:
+                self._slow_probes = 0
                 self.logger.error("The Ray head is down: %s; apps are redeployed when it is back", reason)
                 self.ray_down_since = time.time()
                 await self._disconnect_ray(f"Ray head down: {reason}", head_down=True)
