@@ -34,6 +34,15 @@ class ArtifactStore:
         self.server = server
         self.workspace = workspace
         self._manager: Any = None
+        # A restarted Hypha server registers its artifact manager under a new client id, so a
+        # proxy kept from before would time out on every call: forget it when hypha-rpc
+        # reports a new workspace manager (after each reconnect to a restarted server).
+        rpc = getattr(server, "rpc", None)
+        if rpc is not None and callable(getattr(rpc, "on", None)):
+            rpc.on("manager_refreshed", self._forget_manager)
+
+    def _forget_manager(self, _event: Any = None) -> None:
+        self._manager = None
 
     @property
     def collection_id(self) -> str:
