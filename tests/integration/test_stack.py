@@ -159,7 +159,8 @@ async def test_the_artifact_manager_works_on_the_embedded_s3_store(stack):
     server = await _admin(stack)
     try:
         manager = await server.get_service("public/artifact-manager")
-        collection = await manager.create(type="collection", alias="applications", manifest={"name": "apps"})
+        # A collection of its own: apps-svc creates "applications" when it starts.
+        collection = await manager.create(type="collection", alias="stack-test", manifest={"name": "test"})
         artifact = await manager.create(
             parent_id=collection["id"], alias="demo", manifest={"name": "demo"}, stage=True
         )
