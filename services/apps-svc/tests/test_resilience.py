@@ -59,13 +59,18 @@ async def client(stack):
 
 
 async def _ready_apps(client: Any, stack: dict, timeout: float = 180) -> Any:
-    await wait_for_service(client, "bioengine-apps", timeout=60)
-    apps = await client.get_service("bioengine-apps")
+    """apps-svc, once ready (after a Hypha restart it may take a while to register again)."""
     deadline = time.monotonic() + timeout
-    while not (await apps.get_status())["ready"]:
+    while True:
+        try:
+            await wait_for_service(client, "bioengine-apps", timeout=30)
+            apps = await client.get_service("bioengine-apps")
+            if (await apps.get_status())["ready"]:
+                return apps
+        except Exception:
+            pass
         assert time.monotonic() < deadline, stack["apps"].console_output()[-5000:]
         await asyncio.sleep(0.5)
-    return apps
 
 
 async def _running(apps: Any, app_id: str, timeout: float = 120) -> dict:
