@@ -179,8 +179,12 @@ class HyphaConnection:
         # Set when hypha-rpc stops reconnecting (the server refused it); there is no event.
         return bool(getattr(self._connection(), "_closed", False))
 
-    def _socket_open(self) -> bool:
-        websocket = getattr(self._connection(), "_websocket", None)
+    def _socket_open(self) -> bool | None:
+        """Whether the websocket is open; None when this hypha-rpc does not say."""
+        connection = self._connection()
+        if connection is None or not hasattr(connection, "_websocket"):
+            return None
+        websocket = connection._websocket
         return websocket is not None and getattr(getattr(websocket, "state", None), "name", "") == "OPEN"
 
     async def _server_ready(self) -> bool:
@@ -205,7 +209,7 @@ class HyphaConnection:
         connection re-registers every service, as hypha-rpc's own reconnect does.
         """
         connection = self._connection()
-        if connection is None or self._closed() or self._socket_open():
+        if connection is None or self._closed() or self._socket_open() is not False:
             return False
         tasks = [t for t in getattr(connection, "_reconnect_tasks", ()) if not t.done()]
         sleeping = [t for t in tasks if getattr(t.get_coro(), "__name__", "") == "sleep"]
@@ -234,6 +238,8 @@ class HyphaConnection:
             try:
                 if not self.connected:
                     await self._reconnect_now()
+                if self._socket_open() is False:  # no need to wait for a ping to time out
+                    raise ConnectionError("the websocket to the Hypha server is closed")
                 await asyncio.wait_for(self.server.echo("ping"), timeout=5.0)
             except Exception as exc:  # any failure counts; only its duration matters
                 now = time.monotonic()
