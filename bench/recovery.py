@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import statistics
 import tempfile
 from pathlib import Path
@@ -42,6 +43,9 @@ def main() -> None:
     parser.add_argument("--faults", default=",".join(FAULTS), help=f"comma-separated, of {', '.join(FAULTS)}")
     parser.add_argument("--watch", type=float, default=30.0, help="seconds to watch for late failures")
     args = parser.parse_args()
+    # The probes' own clients log every lost connection; the table says what matters.
+    for name in ("websocket-client", "RPC", "bioengine_datasets_client"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     faults = tuple(f.strip() for f in args.faults.split(",") if f.strip())
     with tempfile.TemporaryDirectory(prefix="bench-recovery-") as tmp:
         workspace_dir = Path(tmp)
@@ -53,13 +57,13 @@ def main() -> None:
         finally:
             worker.stop()
     print()
-    header = f"{'fault':<12}{'app back s':>18}{'ready s':>18}{'dataset s':>18}{'failed calls':>14}{'failed reads':>14}"
+    header = f"{'fault':<12}{'app back s':>18}{'ready s':>18}{'dataset s':>18}{'artifacts s':>14}{'failed calls':>14}{'failed reads':>14}"
     print(header)
     for fault in faults:
         rows = [r for r in report.records if r.fault == fault]
         print(
             f"{fault:<12}{cell([r.app_back_after for r in rows]):>18}{cell([r.ready_after for r in rows]):>18}"
-            f"{cell([r.dataset_back_after for r in rows]):>18}"
+            f"{cell([r.dataset_back_after for r in rows]):>18}{cell([r.artifacts_back_after for r in rows]):>14}"
             f"{statistics.median([r.failed_app_calls for r in rows]):>14.0f}"
             f"{statistics.median([r.failed_dataset_reads for r in rows]):>14.0f}"
         )

@@ -19,7 +19,7 @@ from typing import Any
 
 import psutil
 
-from bioengine_common import connect, short_temp_dir
+from bioengine_common import connect, error_summary, short_temp_dir
 
 from ._process import WorkerProcess
 
@@ -107,7 +107,7 @@ class Probe:
                 await asyncio.wait_for(self.call(server), self.timeout)
                 self.results.append((started, True, None))
             except Exception as exc:  # every failure is a result
-                self.results.append((started, False, f"{type(exc).__name__}: {str(exc)[:200]}"))
+                self.results.append((started, False, error_summary(exc)[:300]))
                 if server is not None:
                     with contextlib.suppress(Exception):
                         await asyncio.wait_for(server.disconnect(), 3)
@@ -146,6 +146,7 @@ class FaultRecord:
     app_back_after: float | None = None
     ready_after: float | None = None
     dataset_back_after: float | None = None
+    artifacts_back_after: float | None = None
     failed_app_calls: int = 0
     failed_dataset_reads: int = 0
     errors: list[str] = field(default_factory=list)
@@ -242,8 +243,19 @@ async def chaos(
             raise RuntimeError(f"unexpected answer {result}")
 
     async def ready(server: Any) -> None:
-        if not (await (await server.get_service("bioengine-worker")).get_status())["is_ready"]:
-            raise RuntimeError("not ready")
+        status = await (await server.get_service("bioengine-worker")).get_status()
+        if not status["is_ready"]:
+            waiting = sorted(
+                name
+                for name, entry in status["services"].items()
+                if not (entry.get("up") and (entry.get("status") or {}).get("ready"))
+            )
+            raise RuntimeError(f"not ready: {', '.join(waiting) or 'gateway'}")
+
+    async def artifacts(server: Any) -> None:
+        listed = sorted(await (await server.get_service("bioengine-worker")).list_apps())
+        if listed != artifacts_before:
+            raise RuntimeError(f"artifacts {listed}, expected {artifacts_before}")
 
     async def read(_: Any) -> None:
         total = await asyncio.to_thread(lambda: array[0].sum())
@@ -254,6 +266,7 @@ async def chaos(
         "app": Probe("app", worker, call_app, interval=0.25),
         "ready": Probe("ready", worker, ready, interval=0.5),
         "dataset": Probe("dataset", worker, read, interval=0.5),
+        "artifacts": Probe("artifacts", worker, artifacts, interval=1.0),
     }
     stop = asyncio.Event()
     tasks = [asyncio.create_task(p.run(stop)) for p in probes.values()]
@@ -277,20 +290,28 @@ async def chaos(
                 record.app_back_after = probes["app"].recovered_after(at)
                 record.ready_after = probes["ready"].recovered_after(at)
                 record.dataset_back_after = probes["dataset"].recovered_after(at)
-                recent = [p.results[-1][1] for p in probes.values() if p.results]
-                if None not in (record.app_back_after, record.ready_after, record.dataset_back_after) and all(
-                    recent
-                ):
+                record.artifacts_back_after = probes["artifacts"].recovered_after(at)
+                backs = (
+                    record.app_back_after,
+                    record.ready_after,
+                    record.dataset_back_after,
+                    record.artifacts_back_after,
+                )
+                if None not in backs and all(p.results[-1][1] for p in probes.values() if p.results):
                     break
                 await asyncio.sleep(0.5)
             record.failed_app_calls = len(probes["app"].failures(at))
             record.failed_dataset_reads = len(probes["dataset"].failures(at))
-            record.errors = sorted({e for p in probes.values() for _, ok, e in p.failures(at) if e})[:5]
+            record.errors = sorted(
+                {f"{n}: {e}" for n, p in probes.items() for _, _, e in p.failures(at) if e}
+            )[:8]
             log(
                 f"{fault}: app back after {record.app_back_after} s ({record.failed_app_calls} failed calls), "
                 f"ready after {record.ready_after} s, dataset back after {record.dataset_back_after} s "
-                f"({record.failed_dataset_reads} failed reads)"
+                f"({record.failed_dataset_reads} failed reads), artifacts back after {record.artifacts_back_after} s"
             )
+            for error in record.errors:
+                log(f"    {error}")
             records.append(record)
         watch_from = time.monotonic()
         await asyncio.sleep(watch_after)
