@@ -287,6 +287,8 @@ async def test_a_job_the_partition_cannot_hold_blocks_submission_and_says_what_t
     assert len(blocked) == 1, blocked  # said once, not every round
     assert "not submitting 1 job(s)" in blocked[0]["message"] and "restart" in blocked[0]["message"]
     assert [j.job_id for j in await SlurmCommands(tag).list_jobs()] == []
+    # and no request "fits after a scale-up" while no job can be submitted
+    assert (await proxy.check_resources(num_cpus=1))["verdict"] == "cannot_fit"
 
 
 BUSY = """

@@ -187,9 +187,10 @@ class SlurmAutoscaler:
         return sum(1 for job in self.jobs.values() if job.active and job.job_id not in self.cancel_reasons)
 
     def scale_up_node(self) -> dict[str, float] | None:
-        """One more worker's Ray resources, or None when max_workers is reached."""
+        """One more worker's Ray resources, or None when max_workers is reached or submission is
+        blocked (a job pended for a reason that will not clear)."""
         settings = self.slurm_settings()
-        if self.live_jobs() >= settings.max_workers:
+        if self.live_jobs() >= settings.max_workers or self.backoff.blocked is not None:
             return None
         return settings.job_spec().ray_resources()
 
