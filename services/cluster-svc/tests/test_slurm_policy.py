@@ -763,7 +763,9 @@ def test_will_not_clear_verdicts_name_the_setting_to_change():
     time_limit = classify_pending_reason("PartitionTimeLimit", conf)
     assert "2-00:00:00" in time_limit.meaning and "--slurm-time-limit" in time_limit.change
     assert "64 GB" in classify_pending_reason("MaxMemPerLimit", conf).meaning
-    assert "(the default)" in classify_pending_reason("PartitionConfig").meaning
+    default = classify_pending_reason("PartitionConfig", settings())
+    assert "more than the default partition allows" in default.meaning
+    assert "`scontrol show partition` allows" in default.change
 
 
 def test_job_pending_for_a_reason_that_will_not_clear_is_given_up_and_blocks_submission():

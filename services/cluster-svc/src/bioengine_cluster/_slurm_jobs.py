@@ -793,25 +793,25 @@ _PENDING_REASONS: dict[str, tuple[str, str, str]] = {
     # The job as asked can never start: a limit of the partition, account or QOS on one job.
     "PartitionConfig": (
         _NEVER,
-        "the job asks for more than partition {partition} allows per node (CPUs, GPUs or memory), or "
+        "the job asks for more than {partition} allows per node (CPUs, GPUs or memory), or "
         "the partition does not take it",
-        f"lower {_SIZE} to what `scontrol show partition {{partition}}` allows, choose another "
+        f"lower {_SIZE} to what `{{show_partition}}` allows, choose another "
         "--slurm-partition, or have the admin change the partition",
     ),
     "PartitionTimeLimit": (
         _NEVER,
-        "the job's walltime {time_limit} is above partition {partition}'s MaxTime",
+        "the job's walltime {time_limit} is above the MaxTime of {partition}",
         "lower --slurm-time-limit or choose another --slurm-partition",
     ),
     "PartitionNodeLimit": (
         _NEVER,
-        "partition {partition}'s node limits (MinNodes/MaxNodes) exclude a one-node job",
+        "the node limits (MinNodes/MaxNodes) of {partition} exclude a one-node job",
         "choose another --slurm-partition",
     ),
-    "PartitionInactive": (_NEVER, "partition {partition} is inactive", "choose another --slurm-partition"),
+    "PartitionInactive": (_NEVER, "{partition} is inactive", "choose another --slurm-partition"),
     "MaxMemPerLimit": (
         _NEVER,
-        "the job's memory ({memory_gb:g} GB) is above partition {partition}'s MaxMemPerNode/MaxMemPerCPU",
+        "the job's memory ({memory_gb:g} GB) is above the MaxMemPerNode/MaxMemPerCPU of {partition}",
         "lower --slurm-worker-memory-gb or choose another --slurm-partition",
     ),
     "InvalidAccount": (_NEVER, "the account is not valid", "set --slurm-account to an account you have"),
@@ -819,7 +819,7 @@ _PENDING_REASONS: dict[str, tuple[str, str, str]] = {
     "QOSNotAllowed": (_NEVER, "the QOS is not allowed here", "change the --qos of --slurm-extra-sbatch"),
     "AccountNotAllowed": (
         _NEVER,
-        "the account may not use partition {partition}",
+        "the account may not use {partition}",
         "set --slurm-account or --slurm-partition",
     ),
     "BadConstraints": (
@@ -846,10 +846,16 @@ def classify_pending_reason(reason: str | None, settings: SlurmSettings | None =
     """
     text = (reason or "").strip()
     code = text.split(",", 1)[0].split(" ", 1)[0].strip("()") if text else "None"
-    values = {"partition": "(the default)", "time_limit": "?", "memory_gb": 0.0}
+    partition = settings.partition if settings is not None else None
+    values = {
+        "partition": f"partition {partition}" if partition else "the default partition",
+        "show_partition": f"scontrol show partition {partition}" if partition else "scontrol show partition",
+        "time_limit": "?",
+        "memory_gb": 0.0,
+    }
     if settings is not None:
         values = {
-            "partition": settings.partition or "(the default)",
+            **values,
             "time_limit": settings.time_limit,
             "memory_gb": settings.memory_gb,
         }
@@ -882,7 +888,7 @@ def classify_pending_reason(reason: str | None, settings: SlurmSettings | None =
         return PendingVerdict(
             code=code,
             clears="will_not_clear",
-            meaning=f"partition {values['partition']} does not take the job's account ({text})",
+            meaning=f"{values['partition']} does not take the job's account ({text})",
             change="set --slurm-account to an account the partition allows, or choose another --slurm-partition",
         )
     return PendingVerdict(
