@@ -97,6 +97,20 @@ async def _answers(client: Any, service_id: str, method: str, timeout: float = 6
             await asyncio.sleep(0.5)
 
 
+async def test_a_missing_artifact_store_shows_in_the_status_and_fails_artifact_calls_at_once(stack, client):
+    apps = await _ready_apps(client, stack)  # this server has no S3 store, so no artifact manager
+    deadline = time.monotonic() + 30
+    while (status := await apps.get_status())["dependencies"]["artifact_store"]["ok"] is None:
+        assert time.monotonic() < deadline, status
+        await asyncio.sleep(0.5)
+    store = status["dependencies"]["artifact_store"]
+    assert store["ok"] is False and "no artifact manager" in store["reason"], store
+    assert status["ready"] is True and status["ready_for"]["apps"] is True
+    assert status["ready_for"]["artifacts"] is False and status["ready_for"]["deploy_from_artifact"] is False
+    with pytest.raises(Exception, match=r"app artifacts are unavailable: .*no artifact manager"):
+        await asyncio.wait_for(apps.list_apps(), HANG_S)
+
+
 async def test_apps_are_redeployed_after_the_ray_head_crashes(stack, client):
     apps = await _ready_apps(client, stack)
     await apps.deploy_app(artifact_id="demo-app", application_id="survivor")
