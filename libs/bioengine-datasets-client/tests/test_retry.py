@@ -202,3 +202,19 @@ def test_a_server_that_comes_back_on_its_port_is_read_again(caplog):
     assert asyncio.run(main()) == b"chunk" and seen == ["GET"]
     messages = [r.getMessage() for r in caplog.records]
     assert any(f"127.0.0.1:{port}/data/x/c/0" in m and "answered after" in m for m in messages)
+
+
+def test_a_connection_closed_before_the_request_is_sent_is_a_retried_connection_error():
+    # A restarting server can accept and close a connection before the request goes out.
+    from bioengine_datasets_client._store import _transient
+    from bioengine_datasets_client._wire import BufferPool, WireConnection
+
+    connection = WireConnection(BufferPool())
+    connection.connection_lost(None)
+
+    async def send():
+        await connection.post(b"POST / HTTP/1.1\r\n\r\n")
+
+    with pytest.raises(ConnectionResetError) as raised:
+        asyncio.run(send())
+    assert _transient(raised.value)

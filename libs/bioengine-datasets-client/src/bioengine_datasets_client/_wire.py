@@ -167,7 +167,10 @@ class WireConnection(asyncio.BufferedProtocol):
 
     async def post(self, request: bytes) -> tuple[int, memoryview]:
         """Send one request; the status and the body, in a buffer of its own."""
-        assert self.transport is not None and not self.closed
+        if self.transport is None or self.closed:
+            # The server closed it between connecting and sending (a server restarting): a
+            # connection error, which the store retries, not a bug.
+            raise ConnectionResetError("connection closed by the server before the request was sent")
         self._waiter = asyncio.get_running_loop().create_future()
         self._head, self._body, self._view, self._filled = bytearray(), None, None, 0
         self.transport.write(request)
