@@ -150,7 +150,9 @@ async def test_demand_submits_a_worker_that_runs_the_task_then_idles_out(
     assert job["state"] == "RUNNING" and job["ray_node_id"] == result["result"]["node"]
     nodes = status["ray_cluster"]["nodes"]
     assert nodes[result["result"]["node"]]["slurm_job_id"] == job["job_id"]
-    assert len(jobs) == 1  # no double submission while the job was pending
+    # No double submission while the job was pending. (On a loaded machine a worker's raylet may
+    # time out at start: that job FAILED, is reported lost and replaced, which is no double.)
+    assert [j for j in jobs.values() if not j["lost"]] == [job], jobs
     submits = [d for d in _slurm(status)["decisions"] if d["action"] == "submit"]
     assert submits and submits[0]["inputs"]["observed"]["demand"]
     print(f"demand -> task returned from a new SLURM worker in {elapsed:.1f} s")
