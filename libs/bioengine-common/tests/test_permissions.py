@@ -150,3 +150,13 @@ def test_forwarded_caller_carries_user_and_trace_context():
     assert trace_id in payload["trace"]["traceparent"]
     with pytest.raises(PermissionDenied):
         forwarded_caller({"user": None})
+
+
+def test_forwarded_caller_names_the_end_users_client():
+    context = {"from": "bioengine/notebook-7", "user": {"id": "alice-id", "is_anonymous": False}}
+    payload = forwarded_caller(context)
+    assert payload["id"] == "alice-id" and payload["from"] == "bioengine/notebook-7"
+    # The client id is information for the service, never a way to become someone else.
+    resolved = resolve_context(_from("bioengine/gateway-1"), payload, "bioengine", SERVICES)
+    assert resolved["user"] == {"id": "alice-id", "is_anonymous": False}
+    assert resolved["from"] == "bioengine/gateway-1"

@@ -108,6 +108,10 @@ def forwarded_caller(context: Any) -> dict[str, Any]:
     """What the gateway passes downstream as ``caller=``: the user plus the trace context."""
     user = _user_of(context)
     payload: dict[str, Any] = {k: user.get(k) for k in _USER_FIELDS if k in user}
+    # The end user's client (stamped by the server): cluster-svc cancels a run_code whose
+    # caller has left. Like the user, honoured only from a trusted forwarder.
+    if isinstance(context, Mapping) and context.get("from"):
+        payload["from"] = str(context["from"])
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
     if carrier:

@@ -265,7 +265,9 @@ def slurm_problem() -> str | None:
     if result.returncode != 0:
         return f"sinfo failed: {result.stderr.strip()}"
     states = result.stdout.split()
-    if not any(s.rstrip("*~#!%$@^-") in ("idle", "mixed", "allocated", "completing") for s in states):
+    # A state may carry flags ("idle+planned" while the scheduler plans a pending job there).
+    usable = ("idle", "mixed", "allocated", "completing", "planned")
+    if not any(s.rstrip("*~#!%$@^-").split("+")[0] in usable for s in states):
         return f"no SLURM node is up (states: {states})"
     return None
 

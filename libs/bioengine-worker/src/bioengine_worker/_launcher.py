@@ -67,8 +67,11 @@ CLUSTER_FLAGS = (
     "slurm_pending_timeout",
     "slurm_join_timeout",
     "slurm_backoff",
+    "slurm_backoff_max",
     "slurm_tag",
     "slurm_poll_interval",
+    "run_code_caller_check",
+    "run_code_caller_grace",
 )
 
 #: The services in start order; the gateway last (it needs the others to be useful).
@@ -160,9 +163,18 @@ class WorkerSettings(BaseModel):
         None, gt=0, description="slurm: seconds for a job's Ray node to join."
     )
     slurm_backoff: float | None = Field(None, gt=0, description="slurm: seconds after a failed sbatch.")
+    slurm_backoff_max: float | None = Field(
+        None, gt=0, description="slurm: longest wait between launch attempts (cap of the doubling)."
+    )
     slurm_tag: str | None = Field(None, description="slurm: tag of this worker's jobs.")
     slurm_poll_interval: float | None = Field(
         None, gt=0, description="slurm: seconds between scaling rounds."
+    )
+    run_code_caller_check: float | None = Field(
+        None, ge=0, description="Seconds between checks that a run_code caller is still connected (0: never)."
+    )
+    run_code_caller_grace: float | None = Field(
+        None, ge=0, description="A run_code whose caller has been gone this long is cancelled."
     )
     debug: bool = Field(False, description="Log at DEBUG level in every service.")
     telemetry_exporter: Literal["none", "console", "otlp"] = Field(
