@@ -228,6 +228,7 @@ async def chaos(
     expected = await asyncio.to_thread(lambda: array[0].sum())
 
     service_id: dict[str, str | None] = {"id": None}
+    answered: dict[str, Any] = {"message": None}
 
     async def call_app(server: Any) -> None:
         if service_id["id"] is None:
@@ -241,6 +242,7 @@ async def chaos(
             raise
         if result.get("status") != "ok":
             raise RuntimeError(f"unexpected answer {result}")
+        answered["message"] = result.get("message")
 
     async def ready(server: Any) -> None:
         status = await (await server.get_service("bioengine-worker")).get_status()
@@ -276,12 +278,18 @@ async def chaos(
         for fault in faults:
             at = time.monotonic()
             record = FaultRecord(fault, at)
+            greeting = None
             if fault == "app-update":
                 greeting = f"updated at {time.time():.0f}"
-                await api.deploy_app(
-                    artifact_id=artifact_id, application_id=APP_ID,
-                    application_kwargs={"DemoApp": {"greeting": greeting}},
-                )  # fmt: skip
+                updater = await connect(c["server_url"], workspace=c["workspace"], token=c["token"])
+                try:
+                    await (await updater.get_service("bioengine-worker")).deploy_app(
+                        artifact_id=artifact_id, application_id=APP_ID,
+                        application_kwargs={"DemoApp": {"greeting": greeting}},
+                    )  # fmt: skip
+                finally:
+                    await updater.disconnect()
+                log(f"updated {APP_ID} (DemoApp greeting)")
             else:
                 pids = kill(worker, fault)
                 log(f"killed {fault} (pid {', '.join(map(str, pids))})")
@@ -297,9 +305,17 @@ async def chaos(
                     record.dataset_back_after,
                     record.artifacts_back_after,
                 )
-                if None not in backs and all(p.results[-1][1] for p in probes.values() if p.results):
+                updated = greeting is None or answered["message"] == greeting
+                if (
+                    None not in backs
+                    and updated
+                    and all(p.results[-1][1] for p in probes.values() if p.results)
+                ):
                     break
                 await asyncio.sleep(0.5)
+            if greeting is not None and answered["message"] != greeting:
+                record.errors.append(f"app: the update never took effect (answers '{answered['message']}')")
+                record.app_back_after = None
             record.failed_app_calls = len(probes["app"].failures(at))
             record.failed_dataset_reads = len(probes["dataset"].failures(at))
             record.errors = sorted(
