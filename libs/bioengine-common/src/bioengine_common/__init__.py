@@ -6,6 +6,7 @@ telemetry and the local stack's infrastructure. Test fixtures live in
 """
 
 from ._embedded import EmbeddedHypha, find_hypha_project
+from ._files import write_json_atomic
 from ._hypha import HyphaConnection, connect, trusted_service_id
 from ._lifecycle import EXIT_CONNECTION_LOST, EXIT_FAILURE, EXIT_WORKER_STOP, BioEngineService, CallerField
 from ._logging import create_logger, mask_secrets
@@ -101,4 +102,5 @@ __all__ = [
     "traced",
     "trusted_service_id",
     "wait_for_port",
+    "write_json_atomic",
 ]

@@ -19,38 +19,17 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
-import secrets
 from pathlib import Path
 from typing import Any
+
+from bioengine_common import write_json_atomic
 
 from ._state import AppRecord
 
 __all__ = ["StateStore"]
 
 _SAFE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-
-
-def _write_atomic(path: Path, value: Any, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(value, handle, sort_keys=True, indent=1)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    with contextlib.suppress(OSError):  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
 
 
 def _read(path: Path) -> Any:
@@ -93,7 +72,7 @@ class StateStore:
         return records, problems
 
     def save_record(self, record: AppRecord) -> None:
-        _write_atomic(self._path("records", record.application_id), record.model_dump(mode="json"), 0o600)
+        write_json_atomic(self._path("records", record.application_id), record.model_dump(mode="json"), 0o600)
 
     # ---- secrets --------------------------------------------------------------------------------
     def load_secrets(self, application_id: str) -> dict[str, Any] | None:
@@ -101,7 +80,7 @@ class StateStore:
         return dict(value) if isinstance(value, dict) else None
 
     def save_secrets(self, application_id: str, value: dict[str, Any]) -> None:
-        _write_atomic(self._path("secrets", application_id), value, 0o600)
+        write_json_atomic(self._path("secrets", application_id), value, 0o600)
 
     def delete(self, application_id: str) -> None:
         for kind in ("records", "secrets"):
@@ -115,4 +94,4 @@ class StateStore:
 
     def save_cluster(self, value: dict[str, Any]) -> None:
         self._dir(".")
-        _write_atomic(self.root / "cluster.json", value, 0o600)
+        write_json_atomic(self.root / "cluster.json", value, 0o600)

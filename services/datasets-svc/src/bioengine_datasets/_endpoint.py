@@ -31,7 +31,6 @@ import logging
 import os
 import re
 import socket
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +41,7 @@ try:
 except ImportError:  # pragma: no cover - not POSIX: slots without locks
     fcntl = None  # type: ignore[assignment]
 
-from bioengine_common import ConfigurationError
+from bioengine_common import ConfigurationError, write_json_atomic
 
 __all__ = [
     "MAX_UNNAMED_SLOTS",
@@ -119,24 +118,7 @@ class PortSlot:
     def write(self, port: int, **details: Any) -> None:
         """Remember ``port`` atomically: readers see the old file or the new one, never a part."""
         record = {"port": port, **details, "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        handle, temporary = tempfile.mkstemp(dir=self.directory, prefix=f".{self.path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(handle, "w", encoding="utf-8") as out:
-                json.dump(record, out, indent=2)
-                out.write("\n")
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(temporary, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temporary)
-            raise
-        with contextlib.suppress(OSError):  # make the rename itself durable
-            directory = os.open(self.directory, os.O_RDONLY)
-            try:
-                os.fsync(directory)
-            finally:
-                os.close(directory)
+        write_json_atomic(self.path, record)
 
     def release(self) -> None:
         if self._lock_fd is not None:
