@@ -20,7 +20,8 @@ from bioengine_worker._faults import FAULTS, chaos, make_dataset
 
 DEMO = Path(__file__).resolve().parents[2] / "apps" / "demo-app"
 
-pytestmark = pytest.mark.integration
+# Eight faults, each waited out, then a 90 s watch: about 5 minutes alone, more under load.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
 
 
 @pytest.fixture(scope="module")

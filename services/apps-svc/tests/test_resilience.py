@@ -133,8 +133,9 @@ async def test_apps_are_redeployed_after_the_ray_head_crashes(stack, client):
             seen_down = statuses["survivor"]
         await asyncio.sleep(0.5)
     assert seen_down, "the head's loss never showed in the app's status"
-    assert seen_down["message"].startswith("Ray head down since "), seen_down
-    assert "last seen RUNNING" in seen_down["message"]
+    # Which one is seen first depends on whether the head probe or a Serve call notices first.
+    assert seen_down["message"].startswith(("Ray head down since ", "Ray cluster not reachable")), seen_down
+    assert "last seen " in seen_down["message"]
     assert seen_down["display_name"] == before["display_name"]  # what apps-svc knows meanwhile
     ray_status = (await apps.get_status())["dependencies"]["ray"]
     assert ray_status["ok"] is False or json.loads(head_file.read_text())["pid"] != head["pid"]

@@ -347,11 +347,13 @@ class AppsService(BioEngineService):
     async def _load_secrets(self, app_id: str) -> dict[str, Any]:
         value = await asyncio.to_thread(self.store.load_secrets, app_id)
         if value is None:
+            self._require_ray()  # a clear ServiceUnavailable, not a torn-down driver's AttributeError
             value = await self._ray(_kv.get_json, _kv.secrets_key(app_id))
         return dict(value or {})
 
     async def _save_secrets(self, app_id: str, value: dict[str, Any]) -> None:
         await asyncio.to_thread(self.store.save_secrets, app_id, value)
+        self._require_ray()
         await self._ray(_kv.put_json, _kv.secrets_key(app_id), value)
 
     async def _deploy_one(self, record: AppRecord) -> None:
