@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import time
@@ -19,7 +18,7 @@ from typing import Any
 
 import psutil
 
-from bioengine_common import connect, error_summary, short_temp_dir
+from bioengine_common import HeadState, connect, error_summary, short_temp_dir
 
 from ._process import WorkerProcess
 
@@ -40,8 +39,8 @@ def _head_pid(worker: WorkerProcess) -> int | None:
     restarted the adopted head is no longer the launcher's descendant, so read its state file."""
     state = short_temp_dir(worker.dir / "ray") / "bioengine-head.json"
     try:
-        pid = int(json.loads(state.read_text())["pid"])
-    except (OSError, ValueError, KeyError):
+        pid = HeadState.model_validate_json(state.read_text()).pid
+    except (OSError, ValueError):  # no head yet, or a file being written
         return None
     return pid if psutil.pid_exists(pid) else None
 

@@ -329,7 +329,8 @@ class Launcher:
             deadline = time.monotonic() + timeout
             while not self._stop:
                 assert self.supervisor is not None
-                self.supervisor.check_all()
+                # In a thread: a dependency starting up is probed with blocking HTTP calls.
+                await asyncio.to_thread(self.supervisor.check_all)
                 try:
                     info = await server.get_service_info(
                         f"{self.settings.workspace}/bioengine-worker", {"mode": "last"}
@@ -401,7 +402,7 @@ class Launcher:
         self._announce(full_id, started)
         assert self.supervisor is not None
         while not stop.is_set():
-            if self.supervisor.check_all():
+            if await asyncio.to_thread(self.supervisor.check_all):
                 _say("stop_worker was called")
                 break
             with contextlib.suppress(TimeoutError):
