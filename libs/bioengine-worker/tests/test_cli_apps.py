@@ -1,4 +1,4 @@
-"""`bioengine apps ...` without a server: folder reading, option parsing, tables, deploy progress."""
+"""`bioengine apps ...` without a server: folder reading, option parsing, tables, waiting for an app."""
 
 import base64
 import contextlib
@@ -12,7 +12,7 @@ from bioengine_worker import _cli
 from bioengine_worker._cli import (
     CliError,
     DeployFailed,
-    DeployProgress,
+    app_summary,
     build_parser,
     deploy_arguments,
     follow_deployment,
@@ -281,32 +281,9 @@ def test_format_logs():
     assert format_logs(_status("RUNNING")) == ""
 
 
-# ---- deploy progress -------------------------------------------------------------------------------
-def test_progress_from_deploying_to_running():
-    progress = DeployProgress("brave-otter-1a2b")
-    steps = [
-        _status("NOT_STARTED", "waiting for Serve to start the deployment"),
-        _status("DEPLOYING", deployments={"DemoApp": _deployment("UPDATING", {"STARTING": 1})}),
-        _status("DEPLOYING", deployments={"DemoApp": _deployment("UPDATING", {"STARTING": 1})}),
-        _status("DEPLOYING", deployments={"DemoApp": _deployment("HEALTHY", {"RUNNING": 1})}),
-        _running(service=None),
-        _running(service=None),
-    ]
-    lines = []
-    for status in steps:
-        lines.append(progress.step(status))
-        assert progress.outcome is None
-    assert lines == [
-        ["brave-otter-1a2b: NOT_STARTED - waiting for Serve to start the deployment"],
-        ["brave-otter-1a2b: DEPLOYING", "  DemoApp: UPDATING, replicas STARTING 1"],
-        [],
-        ["  DemoApp: HEALTHY, replicas RUNNING 1"],
-        ["brave-otter-1a2b: RUNNING", "  waiting for the app's Hypha service to register"],
-        [],
-    ]
-    assert progress.step(_running()) == []
-    assert progress.outcome == "running"
-    assert progress.summary() == [
+# ---- waiting for an app ----------------------------------------------------------------------------
+def test_app_summary_says_what_to_call():
+    assert app_summary("brave-otter-1a2b", _running()) == [
         "brave-otter-1a2b is running.",
         f"  service: {SERVICE}",
         "  methods: ping, ascii_art",
@@ -314,51 +291,12 @@ def test_progress_from_deploying_to_running():
     ]
 
 
-def test_progress_deploy_failed():
-    progress = DeployProgress("sad-fish-0000")
-    progress.step(_status("DEPLOYING", deployments={"DemoApp": _deployment("UPDATING", {"STARTING": 1})}))
-    lines = progress.step(
-        _status(
-            "DEPLOY_FAILED",
-            "Deploying app failed",
-            {"DemoApp": _deployment("UNHEALTHY", {}, "ValueError: bad greeting")},
-        )
-    )
-    assert lines == [
-        "sad-fish-0000: DEPLOY_FAILED - Deploying app failed",
-        "  DemoApp: UNHEALTHY, no replicas - ValueError: bad greeting",
-    ]
-    assert progress.outcome == "failed"
-    assert "app 'sad-fish-0000' is DEPLOY_FAILED: Deploying app failed" in progress.failure()
-    assert "bioengine apps logs sad-fish-0000" in progress.failure()
-    for state in ("UNHEALTHY", "NOT_RUNNING"):
-        other = DeployProgress("x")
-        other.step(_status(state))
-        assert other.outcome == "failed"
-
-
-def test_progress_of_an_update_ignores_the_old_state_for_a_moment():
-    progress = DeployProgress("app", previous_state="RUNNING", grace=10)
-    assert progress.step(_running(), elapsed=1) == [
-        "app: RUNNING",
-        "  DemoApp: HEALTHY, replicas RUNNING 1",
-        "  waiting for the update to take effect (was RUNNING)",
-    ]
-    assert progress.outcome is None
-    progress.step(_status("DEPLOYING"), elapsed=2)
-    progress.step(_running(), elapsed=3)
-    assert progress.outcome == "running"
-    # Nothing changes (an identical update): the old state is believed after the grace period.
-    unchanged = DeployProgress("app", previous_state="DEPLOY_FAILED", grace=10)
-    unchanged.step(_status("DEPLOY_FAILED", "old failure"), elapsed=1)
-    assert unchanged.outcome is None
-    unchanged.step(_status("DEPLOY_FAILED", "old failure"), elapsed=11)
-    assert unchanged.outcome == "failed"
-    assert DeployProgress("app", previous_state="NOT_RUNNING").previous_state is None
-
-
 class FakeWorker:
-    """Stands in for the worker service: scripted get_app_status answers, recorded calls."""
+    """Stands in for the worker service: scripted app states, recorded calls.
+
+    ``wait_for_app`` goes through ``statuses`` as the worker would: the first RUNNING one is
+    returned, a failed one raises with its message, none of them raises a timeout.
+    """
 
     def __init__(self, statuses: list[dict], app_id: str = "brave-otter-1a2b"):
         self.statuses = statuses
@@ -375,38 +313,54 @@ class FakeWorker:
         if method == "get_app_status":
             status = self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
             return {self.app_id: status}
+        if method == "wait_for_app":
+            # Time passes: the statuses before the outcome are gone once the wait returns.
+            while True:
+                status = self.statuses[0]
+                if status["status"] == "RUNNING":
+                    return status
+                if status["status"] in ("DEPLOY_FAILED", "UNHEALTHY"):
+                    raise CliError(f"app '{self.app_id}' is {status['status']}: {status['message']}")
+                if len(self.statuses) == 1:
+                    break
+                self.statuses.pop(0)
+            last = self.statuses[-1]
+            raise CliError(
+                f"app '{self.app_id}' is not running after {kwargs['timeout']:g} s; last state {last['status']}"
+            )
+        if method == "stop_app":
+            return {"application_id": kwargs["application_id"], "status": "stopping"}
         return None
 
 
-async def test_follow_deployment_until_running():
+async def test_follow_deployment_waits_with_the_worker():
     worker = FakeWorker([_status("DEPLOYING"), _running()])
     lines: list[str] = []
-    status = await follow_deployment(
-        worker, "brave-otter-1a2b", _cli.time.monotonic() + 10, lines.append, 10, poll_interval=0
-    )
+    status = await follow_deployment(worker, "brave-otter-1a2b", _cli.time.monotonic() + 10, lines.append)
     assert status["status"] == "RUNNING"
-    assert lines[0].endswith("brave-otter-1a2b: DEPLOYING") and lines[0].startswith("[")
+    assert [method for method, _ in worker.calls] == ["wait_for_app"]
+    assert worker.calls[0][1]["application_id"] == "brave-otter-1a2b"
+    assert 0 < worker.calls[0][1]["timeout"] <= 10
+    assert lines[0].startswith("Waiting for brave-otter-1a2b to run")
     assert f"  service: {SERVICE}" in lines
-    assert all(kwargs["logs_tail"] == 0 for _, kwargs in worker.calls)
 
 
-async def test_follow_deployment_failure_shows_logs_and_raises():
+async def test_follow_deployment_failure_shows_the_reason_and_logs():
     failed = _status("DEPLOY_FAILED", "boom", {"DemoApp": {"logs": {"r1": {"stderr": ["Traceback: boom"]}}}})
     worker = FakeWorker([_status("DEPLOYING"), failed])
     lines: list[str] = []
     with pytest.raises(DeployFailed, match="is DEPLOY_FAILED: boom") as caught:
-        await follow_deployment(worker, "brave-otter-1a2b", _cli.time.monotonic() + 10, lines.append, 10, 0)
+        await follow_deployment(worker, "brave-otter-1a2b", _cli.time.monotonic() + 10, lines.append)
     assert caught.value.code == 1 and caught.value.status["status"] == "DEPLOY_FAILED"
+    assert "bioengine apps logs brave-otter-1a2b" in str(caught.value)
     assert "Last log lines:" in lines and "Traceback: boom" in lines[-1]
     assert worker.calls[-1][1]["logs_tail"] == 20
 
 
-async def test_follow_deployment_times_out():
+async def test_follow_deployment_times_out_with_the_last_state():
     worker = FakeWorker([_status("DEPLOYING")])
-    with pytest.raises(DeployFailed, match=r"not running within --timeout 0.2 s \(last status: DEPLOYING\)"):
-        await follow_deployment(
-            worker, "brave-otter-1a2b", _cli.time.monotonic() + 0.2, lambda line: None, 0.2, 0.05
-        )
+    with pytest.raises(DeployFailed, match=r"last state DEPLOYING \(follow it with `bioengine apps status"):
+        await follow_deployment(worker, "brave-otter-1a2b", _cli.time.monotonic() + 2, lambda line: None)
 
 
 # ---- whole commands against a fake worker ----------------------------------------------------------
@@ -420,22 +374,14 @@ def fake_worker(monkeypatch):
         yield worker
 
     monkeypatch.setattr(_cli, "_session", session)
-    monkeypatch.setattr(_cli, "follow_deployment", _fast(_cli.follow_deployment))
     return worker
-
-
-def _fast(follow):
-    async def fast(*args, **kwargs):
-        return await follow(*args, **{**kwargs, "poll_interval": 0})
-
-    return fast
 
 
 def test_deploy_uploads_deploys_and_follows(fake_worker, capsys):
     _cli.main(["apps", "deploy", str(DEMO_APP), "--env", "GREETING=hi"])
     out = capsys.readouterr().out
     methods = [method for method, _ in fake_worker.calls]
-    assert methods[:2] == ["upload_app", "deploy_app"] and set(methods[2:]) == {"get_app_status"}
+    assert methods == ["upload_app", "deploy_app", "wait_for_app"]
     assert [f["name"] for f in fake_worker.calls[0][1]["files"]] == ["demo_app.py", "manifest.yaml"]
     assert fake_worker.calls[1][1] == {
         "artifact_id": "bioengine/demo-app",

@@ -242,7 +242,8 @@ def format_status(status: dict[str, Any], service_id: str) -> str:
 
 # ---- apps ------------------------------------------------------------------------------------------
 MANIFEST_NAMES = ("manifest.yaml", "manifest.yml")
-APP_FAILED = ("DEPLOY_FAILED", "UNHEALTHY", "NOT_RUNNING")
+#: Longest wait the worker's wait_for_app accepts.
+WAIT_MAX_S = 3600.0
 
 
 def read_app_folder(directory: str | os.PathLike[str]) -> list[dict[str, str]]:
@@ -423,84 +424,16 @@ def format_logs(status: dict[str, Any], indent: str = "") -> str:
     return "\n".join(lines)
 
 
-class DeployProgress:
-    """Turns successive ``get_app_status`` entries of one app into progress lines.
-
-    ``step(status, elapsed)`` returns the lines for what changed since the previous status (the
-    app's state and message, each deployment's state and replica counts) and sets ``outcome`` once
-    the app is RUNNING with a Hypha service (``"running"``; ``summary()`` then describes it) or has
-    failed (``"failed"``: DEPLOY_FAILED, UNHEALTHY or no longer deployed; ``failure()`` says why).
-
-    For an update, ``previous_state`` is the app's state before it: Serve may still report that
-    state for a moment, so it is not taken as the outcome until the state has changed once or
-    ``grace`` seconds have passed.
-    """
-
-    def __init__(self, app_id: str, previous_state: str | None = None, grace: float = 10.0):
-        self.app_id = app_id
-        self.previous_state = previous_state if previous_state not in (None, "NOT_RUNNING") else None
-        self.grace = grace
-        self.outcome: str | None = None
-        self.state = "UNKNOWN"
-        self.message = ""
-        self.status: dict[str, Any] = {}
-        self._moved = self.previous_state is None
-        self._seen: dict[str, Any] = {}
-
-    def _changed(self, key: str, value: Any) -> bool:
-        if self._seen.get(key) == value:
-            return False
-        self._seen[key] = value
-        return True
-
-    def step(self, status: dict[str, Any], elapsed: float = 0.0) -> list[str]:
-        lines: list[str] = []
-        self.status = status
-        self.state = state = str(status.get("status") or "UNKNOWN")
-        self.message = message = str(status.get("message") or "").strip()
-        if self._changed("app", (state, message)):
-            lines.append(f"{self.app_id}: {state}" + (f" - {message}" if message else ""))
-        for name, deployment in (status.get("deployments") or {}).items():
-            deployment_state = str(deployment.get("status") or "-")
-            replicas = _replicas(deployment.get("replica_states"))
-            detail = str(deployment.get("message") or "").strip()
-            if self._changed(f"deployment:{name}", (deployment_state, replicas, detail)):
-                line = f"  {name}: {deployment_state}, " + (
-                    f"replicas {replicas}" if replicas != "-" else "no replicas"
-                )
-                lines.append(line + (f" - {detail}" if detail else ""))
-        if not self._moved:
-            self._moved = state != self.previous_state or elapsed >= self.grace
-            if not self._moved:
-                if self._changed("update", True):
-                    lines.append(f"  waiting for the update to take effect (was {self.previous_state})")
-                return lines
-        if state == "RUNNING":
-            if _service_ids(status):
-                self.outcome = "running"
-            elif self._changed("registration", True):
-                lines.append("  waiting for the app's Hypha service to register")
-        elif state in APP_FAILED:
-            self.outcome = "failed"
-        return lines
-
-    def summary(self) -> list[str]:
-        """What to call, once ``outcome`` is ``"running"``."""
-        methods = ", ".join(map(str, self.status.get("available_methods") or [])) or "-"
-        services = _service_ids(self.status)
-        return [
-            f"{self.app_id} is running.",
-            *(f"  service: {service}" for service in services),
-            f"  methods: {methods}",
-            f"  call it: bioengine call {services[0] if services else self.app_id} METHOD --arg NAME=VALUE",
-        ]
-
-    def failure(self) -> str:
-        """The error message once ``outcome`` is ``"failed"``."""
-        return (
-            f"app '{self.app_id}' is {self.state}: {self.message or 'no reason given'} "
-            f"(see `bioengine apps logs {self.app_id}`)"
-        )
+def app_summary(app_id: str, status: dict[str, Any]) -> list[str]:
+    """What to call once an app runs: its Hypha service ids and methods."""
+    methods = ", ".join(map(str, status.get("available_methods") or [])) or "-"
+    services = _service_ids(status)
+    return [
+        f"{app_id} is running.",
+        *(f"  service: {service}" for service in services),
+        f"  methods: {methods}",
+        f"  call it: bioengine call {services[0] if services else app_id} METHOD --arg NAME=VALUE",
+    ]
 
 
 class CallTimeout(CliError):
@@ -589,59 +522,45 @@ class DeployFailed(CliError):
 
 
 async def follow_deployment(
-    worker: Caller,
-    app_id: str,
-    deadline: float,
-    out: Callable[[str], None],
-    timeout: float,
-    poll_interval: float = 1.0,
-    previous_state: str | None = None,
+    worker: Caller, app_id: str, deadline: float, out: Callable[[str], None]
 ) -> dict[str, Any]:
-    """Poll ``get_app_status`` until the app runs or fails, printing each change; the last status.
+    """Wait for the app with the worker's ``wait_for_app``; print what to call; its status.
 
-    ``deadline`` is a ``time.monotonic()`` value, ``timeout`` the --timeout it came from (for the
-    message), ``previous_state`` the app's state before an update. A failure or a timeout raises
-    :class:`DeployFailed`; the app keeps deploying either way.
+    The worker decides when the app runs (RUNNING with its Hypha service registered) and why it
+    failed. ``deadline`` is a ``time.monotonic()`` value. A failure or a timeout raises
+    :class:`DeployFailed` with the worker's reason and the app's last log lines; the app keeps
+    deploying after a timeout.
     """
-    progress = DeployProgress(app_id, previous_state)
-    started = time.monotonic()
-    status: dict[str, Any] = {}
-    while True:
-        remaining = deadline - time.monotonic()
-        try:
-            if remaining <= 0:
-                raise CallTimeout("deadline")
+    remaining = max(1.0, deadline - time.monotonic())
+    out(f"Waiting for {app_id} to run (up to {remaining:.0f} s) ...")
+    try:
+        status = await worker.call(
+            "wait_for_app",
+            {"application_id": app_id, "timeout": min(remaining, WAIT_MAX_S)},
+            timeout=remaining + 15.0,
+        )
+    except CliError as exc:
+        last: dict[str, Any] = {}
+        with contextlib.suppress(CliError):
             statuses = await worker.call(
-                "get_app_status", {"application_ids": [app_id], "logs_tail": 0}, timeout=min(remaining, 60.0)
+                "get_app_status", {"application_ids": [app_id], "logs_tail": 20}, timeout=30.0
             )
-        except CallTimeout as exc:
-            if time.monotonic() < deadline:
-                raise
-            raise DeployFailed(
-                f"app '{app_id}' is not running within --timeout {timeout:g} s (last status: "
-                f"{progress.state}); it keeps deploying: follow it with `bioengine apps status {app_id}`, "
-                f"stop it with `bioengine apps stop {app_id}`",
-                status,
-            ) from exc
-        status = (statuses or {}).get(app_id) or {"status": "NOT_RUNNING", "message": "not reported"}
-        elapsed = time.monotonic() - started
-        for line in progress.step(status, elapsed):
-            out(f"[{elapsed:5.1f}s] {line}")
-        if progress.outcome == "running":
-            for line in progress.summary():
-                out(line)
-            return status
-        if progress.outcome == "failed":
-            with contextlib.suppress(CliError):
-                detailed = await worker.call(
-                    "get_app_status", {"application_ids": [app_id], "logs_tail": 20}, timeout=30.0
-                )
-                logs = format_logs((detailed or {}).get(app_id) or {}, indent="  ")
-                if logs:
-                    out("Last log lines:")
-                    out(logs)
-            raise DeployFailed(progress.failure(), status)
-        await asyncio.sleep(max(0.0, min(poll_interval, deadline - time.monotonic())))
+            last = (statuses or {}).get(app_id) or {}
+        logs = format_logs(last, indent="  ")
+        if logs:
+            out("Last log lines:")
+            out(logs)
+        for deployment in (last.get("deployments") or {}).values():
+            deployment.pop("logs", None)
+        hint = (
+            f"see `bioengine apps logs {app_id}`"
+            if last.get("status") in ("DEPLOY_FAILED", "UNHEALTHY")
+            else f"follow it with `bioengine apps status {app_id}`, stop it with `bioengine apps stop {app_id}`"
+        )
+        raise DeployFailed(f"{exc} ({hint})", last) from exc
+    for line in app_summary(app_id, status):
+        out(line)
+    return dict(status)
 
 
 def _confirm(question: str) -> bool:
@@ -678,13 +597,6 @@ async def _apps(args: argparse.Namespace) -> None:
                 return
             out(f"Uploaded {args.directory} ({len(files)} files) as {artifact_id}")
         if command in ("run", "deploy"):
-            previous_state = None
-            if wait and args.app_id:  # an update: Serve may report the old state for a moment
-                with contextlib.suppress(CliError):
-                    before = await worker.call(
-                        "get_app_status", {"application_ids": [args.app_id], "logs_tail": 0}
-                    )
-                    previous_state = ((before or {}).get(args.app_id) or {}).get("status")
             if wait:
                 out(f"Deploying {artifact_id} ...")
             app_id = await worker.call(
@@ -698,9 +610,7 @@ async def _apps(args: argparse.Namespace) -> None:
                 return
             out(f"Application id: {app_id}")
             try:
-                result["status"] = await follow_deployment(
-                    worker, app_id, deadline, out, timeout, previous_state=previous_state
-                )
+                result["status"] = await follow_deployment(worker, app_id, deadline, out)
             except DeployFailed as exc:
                 result["status"] = exc.status
                 raise
@@ -733,12 +643,15 @@ async def _apps(args: argparse.Namespace) -> None:
         elif command == "stop":
             if not args.yes and sys.stdin.isatty() and not _confirm(f"Stop app '{args.app_id}'?"):
                 raise CliError(f"not stopped: '{args.app_id}' keeps running")
-            await worker.call("stop_app", {"application_id": args.app_id})
-            print(
-                json.dumps({"stopped": args.app_id})
-                if as_json
-                else f"Stopping {args.app_id}; it is removed in the background."
-            )
+            stopped = await worker.call("stop_app", {"application_id": args.app_id})
+            # Older workers answer None: the app is being stopped.
+            stopped = stopped or {"application_id": args.app_id, "status": "stopping"}
+            if as_json:
+                print(json.dumps({"stopped": args.app_id, **stopped}, default=str))
+            elif stopped.get("status") == "stopping":
+                print(f"Stopping {args.app_id}; it is removed in the background.")
+            else:
+                print(stopped.get("message") or f"{args.app_id}: {stopped.get('status')}")
 
 
 def _print(value: Any, as_json: bool) -> None:
@@ -901,7 +814,7 @@ def _add_apps_parser(sub: Any, worker: argparse.ArgumentParser) -> None:
     add("--hypha-token", metavar="TOKEN", help="Token given to the app's code as the secret HYPHA_TOKEN")
     add("--max-ongoing-requests", type=_positive_int, metavar="N", help="Concurrent calls (default: 10)")
     add("--auto-redeploy", action="store_true", help="Redeploy the app when it fails")
-    wait_help = "Follow the deployment until the app runs or fails (default: {})"
+    wait_help = "Wait until the app runs (its Hypha service registered) or fails (default: {})"
     wait_timeout = "Seconds for the whole command, incl. waiting for RUNNING (default: 300)"
 
     run = apps_sub.add_parser(

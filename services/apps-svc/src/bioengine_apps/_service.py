@@ -15,6 +15,7 @@ import asyncio
 import collections
 import contextlib
 import hashlib
+import logging
 import os
 import re
 import secrets
@@ -32,6 +33,7 @@ from pydantic import Field
 
 from bioengine_app_runtime import AppSpec, _kv
 from bioengine_common import (
+    BioEngineError,
     BioEngineService,
     CallerField,
     InvalidRequest,
@@ -51,16 +53,20 @@ from ._artifacts import ArtifactStore
 from ._manifest import check_authorized_users, decode_files, load_manifest
 from ._serve import ServeAdapter, clean, state
 from ._state import (
+    FAILED_STATES,
     AppRecord,
     after_head_restart,
+    failure_reason,
     format_time,
     plan,
     redeploy_delay,
+    reported_state,
     resolve_authorized_users,
     session_started_at,
     spec_hash,
     split_env_vars,
     unavailable_message,
+    wait_outcome,
 )
 from ._store import StateStore
 
@@ -73,8 +79,40 @@ SERVE_STATUS_TIMEOUT_S = 5.0
 #: Seconds a probe of the artifact store (a file listing, which reaches its S3 storage) is trusted.
 ARTIFACT_PROBE_TTL_S = 5.0
 ARTIFACT_PROBE_TIMEOUT_S = 5.0
-#: Longest wait between two tries to connect to the Ray cluster.
+#: Longest wait between two tries to connect to the Ray cluster after the connection was lost.
 RAY_RETRY_MAX_S = 3.0
+#: Seconds between tries to connect while apps-svc starts (never connected yet): the cluster
+#: service answers "not ready" cheaply, and the worker is ready as soon as this connection is.
+RAY_RETRY_STARTING_S = 1.0
+#: Seconds between two looks at an app's state while waiting for it (wait_for_app).
+WAIT_POLL_S = 0.5
+#: Longest wait_for_app / deploy_app(wait=True) a caller may ask for.
+WAIT_MAX_S = 3600.0
+#: Stopped app ids remembered, so stopping one again is answered plainly.
+STOPPED_MEMORY = 500
+#: Fields of an AppRecord that are bookkeeping, not settings: an update that changes none of the
+#: others is a no-op and leaves the record as it was (last_updated_at included).
+_BOOKKEEPING = frozenset(
+    {
+        "start_time", "last_updated_at", "last_updated_by", "applied_hash", "failed_hash", "last_error",
+        "redeploy_attempts", "next_redeploy_at", "gave_up", "recovery_note",
+    }
+)  # fmt: skip
+
+
+class AppFailed(BioEngineError, RuntimeError):
+    """An app waited for is DEPLOY_FAILED or UNHEALTHY, or was stopped; the message says why."""
+
+
+def _cluster_gpus() -> float:
+    import ray
+
+    return float(ray.cluster_resources().get("GPU", 0.0))
+
+
+def _rounded(resources: dict[str, float]) -> dict[str, float]:
+    """Resource figures for people: 0.30000000000000004 CPUs is 0.3."""
+    return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in resources.items()}
 
 
 class AppsSettings(ServiceSettings):
@@ -135,7 +173,17 @@ def _accepts(address: str, timeout: float = 1.0) -> tuple[bool | None, str]:
         return False, f"'{address}' is not a host:port address"
 
 
-_RETRYING = re.compile(r"\s*\(retrying in \d+ s\)")
+_RETRYING = re.compile(r"\s*\(retrying (in|every) \d+ s\)")
+_UNAVAILABLE = re.compile(r"^(bioengine_common\.errors\.)?ServiceUnavailable: ")
+
+
+def ray_retry_delay(failures: int, was_connected: bool) -> float:
+    """Seconds before the next try to connect to the Ray cluster after ``failures`` failed ones:
+    every RAY_RETRY_STARTING_S while starting; once a connection was lost, 2 s then
+    RAY_RETRY_MAX_S."""
+    if not was_connected:
+        return RAY_RETRY_STARTING_S
+    return float(min(2.0**failures, RAY_RETRY_MAX_S))
 
 
 def _dir_size(path: Path) -> int:
@@ -157,7 +205,9 @@ class AppsService(BioEngineService):
         self.store = StateStore(settings.workspace_dir.expanduser().resolve() / "apps-state")
         self.records: dict[str, AppRecord] = {}
         self.connected = False
-        self.ray_error: str | None = "not connected yet"
+        self.ray_error: str | None = "not connected to the Ray cluster yet"
+        #: Connected to Ray once: a later failure to connect backs off (ray_retry_delay).
+        self._was_connected = False
         self.ray_address: str | None = None
         #: Since when apps-svc has had no Ray connection (wall clock), and whether the head is
         #: known to be down (it stopped accepting connections) rather than just unreachable.
@@ -176,6 +226,12 @@ class AppsService(BioEngineService):
         self._retry_at = 0.0
         self._failures = 0
         self._artifacts: ArtifactStore | None = None
+        #: App ids stopped through this service, and when: {app_id: time}. Stopping one again
+        #: says "already stopped" instead of "unknown app".
+        self.stopped: dict[str, float] = {}
+        #: GPUs in the Ray cluster (refreshed while reconciling); GPU fields of an app's status
+        #: are shown only on a cluster with GPUs or for an app that asked for them.
+        self.cluster_gpus = 0.0
 
     @property
     def apps_dir(self) -> Path:
@@ -197,6 +253,7 @@ class AppsService(BioEngineService):
         for problem in problems:
             self.logger.error("Unreadable app record skipped: %s", problem)
         self.records = records
+        self.stopped = await asyncio.to_thread(self.store.load_stopped)
         self.logger.info("%d app(s) on record in %s", len(records), self.store.root)
 
     # ---- the Ray connection ---------------------------------------------------------------------
@@ -219,6 +276,8 @@ class AppsService(BioEngineService):
         async with self._lock:
             await self._adopt_cluster(session, info)
             self.connected, self.ray_error, self.ray_address, self._failures = True, None, address, 0
+            self._was_connected = True
+            self._was_connected = True
             self.ray_down_since, self.head_down, self.session = None, False, session
             self.logger.info(
                 "Connected to Ray at %s (session %s); %d app(s) on record",
@@ -301,16 +360,28 @@ class AppsService(BioEngineService):
                         self._failures += 1
                         # Short: the cluster service answers "not ready" cheaply, and a restarted
                         # head should find its apps again within seconds.
-                        delay = min(2.0**self._failures, RAY_RETRY_MAX_S)
+                        delay = ray_retry_delay(self._failures, self._was_connected)
                         self._retry_at = time.monotonic() + delay
-                        reason = _RETRYING.sub("", error_summary(exc))  # the cluster's own retry note
+                        # Without the cluster's own retry note and the remote error's class path.
+                        reason = _UNAVAILABLE.sub("", _RETRYING.sub("", error_summary(exc)))
                         if self.head_down:
                             reason = f"Ray head down since {format_time(self.ray_down_since or 0)}: {reason}"
-                        self.ray_error = f"{reason} (retrying in {delay:.0f} s)"
-                        self.logger.warning("Ray cluster not available: %s", self.ray_error)
+                        if self._was_connected:
+                            self.ray_error = f"{reason} (retrying in {delay:.0f} s)"
+                        else:
+                            self.ray_error = (
+                                f"not connected to the Ray cluster yet: {reason} (retrying every {delay:g} s)"
+                            )
+                        # While starting, a try a second: one warning in ten, the rest at debug level.
+                        quiet = not self._was_connected and self._failures % 10 != 1
+                        self.logger.log(
+                            logging.DEBUG if quiet else logging.WARNING,
+                            "Ray cluster not available: %s",
+                            self.ray_error,
+                        )
                         with contextlib.suppress(Exception):
                             await self._ray(disconnect_driver, timeout=15)
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(min(1.0, max(0.1, self._retry_at - time.monotonic())))
                 continue
             # A head that stops accepting connections is gone (with every app on it): let go of
             # it at once, since Ray ends a driver whose GCS stays away for 60 s.
@@ -402,6 +473,8 @@ class AppsService(BioEngineService):
                 self.logger.error("Deploying app %s failed: %s", app_id, error_summary(exc))
         for app_id in result.delete:
             await self._ray(self.serve.delete, app_id)
+        with contextlib.suppress(Exception):
+            self.cluster_gpus = await self._ray(_cluster_gpus, timeout=5)
         if result.decisions:
             for decision in result.decisions:
                 self.logger.info("Reconcile: %s", decision)
@@ -650,13 +723,22 @@ class AppsService(BioEngineService):
             None,
             description="Who may call the app: [users] or {method or '*': [users]}; default the manifest's.",
         ),
+        wait: bool = Field(
+            False,
+            description="Return only once the app is RUNNING with its Hypha service registered; "
+            "raise with the reason if it fails, or when `timeout` runs out.",
+        ),
+        timeout: float = Field(
+            300.0, gt=0, le=WAIT_MAX_S, description="Seconds to wait for RUNNING (with wait=True)."
+        ),
         caller: dict | None = CallerField,
         context: dict | None = None,
     ) -> str:
-        """Deploy or update an app on Ray Serve (admin only); returns its application id at once.
+        """Deploy or update an app on Ray Serve (admin only); returns its application id.
 
-        The deployment goes on in the background: follow it with get_app_status. On an update,
-        parameters left out keep their previous values; an unchanged app is not redeployed.
+        Without `wait` it returns at once and the deployment goes on in the background (follow it
+        with wait_for_app or get_app_status). On an update, parameters left out keep their previous
+        values; an unchanged app is not redeployed and its record (last_updated_at) is kept.
         """
         resolved = self.require_admin(context, caller, "deploy_app")
         self._require_ray()
@@ -776,12 +858,19 @@ class AppsService(BioEngineService):
             )
             unchanged = previous is not None and previous.spec == record.spec
             if unchanged and previous is not None:
-                record = previous.model_copy(
-                    update={"last_updated_at": now, "last_updated_by": record.last_updated_by}
-                )
+                # Serve keeps what it has; settings outside the spec (auto_redeploy, ...) may
+                # still change. Nothing changed at all: the record stays exactly as it was.
+                kept = {k: getattr(previous, k) for k in _BOOKKEEPING}
+                if record.model_copy(update=kept) == previous:
+                    record = previous
+                else:
+                    kept.pop("last_updated_at"), kept.pop("last_updated_by")
+                    record = record.model_copy(update=kept)
             await self._save_secrets(application_id, new_secrets)
             self.records[application_id] = record
             await self._save(record)
+            if self.stopped.pop(application_id, None) is not None:
+                await asyncio.to_thread(self.store.save_stopped, dict(self.stopped))
             details = await self._ray(self.serve.details, timeout=SERVE_STATUS_TIMEOUT_S * 2)
             in_serve = application_id in (details.get("applications") or {})
             if not (unchanged and in_serve and record.applied_hash == spec_hash(record.spec)):
@@ -805,7 +894,67 @@ class AppsService(BioEngineService):
             spec.artifact_id,
             source,
         )
+        if wait:
+            await self._wait(application_id, float(timeout), full=True)
         return application_id
+
+    # ---- waiting for an app -------------------------------------------------------------------------
+    async def _current_status(self, app_id: str, full: bool) -> dict[str, Any]:
+        if not self.connected:
+            return self._offline_status(app_id, self.ray_error or "", full)
+        try:
+            details = await self._ray(self.serve.details, timeout=SERVE_STATUS_TIMEOUT_S)
+        except Exception as exc:
+            return self._offline_status(app_id, f"Serve did not answer: {error_summary(exc)}", full)
+        return await self._status_of(app_id, (details.get("applications") or {}).get(app_id), 0, full)
+
+    async def _wait(self, app_id: str, timeout: float, full: bool) -> dict[str, Any]:
+        """The app's status once it is RUNNING (its Hypha service registered); AppFailed when
+        it fails or is stopped meanwhile, TimeoutError with its last state when time runs out."""
+        if app_id not in self.records:
+            raise NotFound(f"no app '{app_id}' is deployed by this worker; deploy it with deploy_app")
+        deadline = time.monotonic() + timeout
+        while True:
+            record = self.records.get(app_id)
+            if record is None:
+                raise AppFailed(f"app '{app_id}' was stopped while waiting for it to run")
+            status = await self._current_status(app_id, full)
+            outcome = wait_outcome(status)
+            if outcome == "running":
+                return status
+            # An auto_redeploy app gets more tries, unless apps-svc gave up on it.
+            retrying = record.auto_redeploy and not record.gave_up and status["status"] in FAILED_STATES
+            if outcome == "failed" and not retrying:
+                raise AppFailed(
+                    f"app '{app_id}' is {status['status']}: {status.get('reason') or status['message']}"
+                )
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(
+                    f"app '{app_id}' is not running after {timeout:g} s; last state {status['status']}: "
+                    f"{status['message'] or 'no message'} (it keeps deploying: see get_app_status)"
+                )
+            await asyncio.sleep(min(WAIT_POLL_S, remaining))
+
+    @schema_method
+    async def wait_for_app(
+        self,
+        application_id: str = Field(..., description="Id of a deployed app."),
+        timeout: float = Field(300.0, gt=0, le=WAIT_MAX_S, description="Seconds to wait at most."),
+        caller: dict | None = CallerField,
+        context: dict | None = None,
+    ) -> dict:
+        """Wait until an app is RUNNING with its Hypha service registered (admin only); its status.
+
+        The status is get_app_status's entry for the app: `service_ids[0]["websocket_service_id"]`
+        is set. Raises with the failure reason when the app is DEPLOY_FAILED or UNHEALTHY (an
+        auto_redeploy app gets its retries first) or is stopped, and a TimeoutError naming the last
+        state when `timeout` runs out (the app keeps deploying).
+        """
+        self.require_admin(context, caller, "wait_for_app")
+        if not isinstance(application_id, str) or not _APP_ID.match(application_id):
+            raise InvalidRequest(f"'{application_id}' is not an application id")
+        return await self._wait(application_id, float(timeout), full=True)
 
     def _new_id(self, artifact_id: str) -> str:
         while True:
@@ -820,27 +969,68 @@ class AppsService(BioEngineService):
         await self._ray(_kv.delete, _kv.record_key(app_id))
         await self._ray(_kv.delete, _kv.secrets_key(app_id))
 
+    async def _remember_stopped(self, app_ids: list[str]) -> None:
+        now = time.time()
+        for app_id in app_ids:
+            self.stopped.pop(app_id, None)
+            self.stopped[app_id] = now
+        while len(self.stopped) > STOPPED_MEMORY:
+            self.stopped.pop(next(iter(self.stopped)))
+        await asyncio.to_thread(self.store.save_stopped, dict(self.stopped))
+
     @schema_method
     async def stop_app(
         self,
         application_id: str = Field(..., description="Id of a running app."),
         caller: dict | None = CallerField,
         context: dict | None = None,
-    ) -> None:
-        """Stop an app (admin only); Serve removes it in the background."""
+    ) -> dict:
+        """Stop an app (admin only); Serve removes it in the background.
+
+        Returns {application_id, status, message}: status "stopping", or, for an app stopped
+        before, "already stopping" (Serve is still removing it) or "already stopped". An app this
+        worker never deployed is an error naming it.
+        """
         self.require_admin(context, caller, "stop_app")
         self._require_ray()
+        if not isinstance(application_id, str) or not _APP_ID.match(application_id):
+            raise InvalidRequest(f"'{application_id}' is not an application id")
         async with self._lock:
-            if application_id not in self.records:
-                details = await self._ray(self.serve.details, timeout=SERVE_STATUS_TIMEOUT_S * 2)
-                if application_id in (details.get("applications") or {}):
-                    raise InvalidRequest(
-                        f"'{application_id}' was not deployed by BioEngine; apps started outside BioEngine cannot be stopped here"
-                    )
-                raise NotFound(f"no app '{application_id}' is deployed")
-            await self._forget(application_id)
-            await self._ray(self.serve.delete, application_id)
-        self.logger.info("Stopping app %s", application_id)
+            if application_id in self.records:
+                await self._forget(application_id)
+                await self._ray(self.serve.delete, application_id)
+                await self._remember_stopped([application_id])
+                self.logger.info("Stopping app %s", application_id)
+                return {
+                    "application_id": application_id,
+                    "status": "stopping",
+                    "message": f"app '{application_id}' is being removed in the background",
+                }
+            details = await self._ray(self.serve.details, timeout=SERVE_STATUS_TIMEOUT_S * 2)
+            seen = self.serve.observed(details).get(application_id)
+            # Serve empties a deleted app's deployments before it drops the app: one we stopped
+            # is known by our own memory, not by its (gone) proxy deployment.
+            if seen is not None and not seen.ours and application_id not in self.stopped:
+                raise InvalidRequest(
+                    f"'{application_id}' was not deployed by BioEngine; apps started outside BioEngine "
+                    "cannot be stopped here"
+                )
+            if seen is not None:
+                # Stopped before and Serve is still removing it, or ours and left over.
+                if seen.status != "DELETING":
+                    await self._ray(self.serve.delete, application_id)
+                return {
+                    "application_id": application_id,
+                    "status": "already stopping",
+                    "message": f"app '{application_id}' was stopped already; Serve is removing it",
+                }
+            if application_id in self.stopped:
+                return {
+                    "application_id": application_id,
+                    "status": "already stopped",
+                    "message": f"app '{application_id}' was stopped at {format_time(self.stopped[application_id])}",
+                }
+        raise NotFound(f"no app '{application_id}' was deployed by this worker")
 
     @schema_method
     async def stop_all_apps(
@@ -857,6 +1047,8 @@ class AppsService(BioEngineService):
             for app_id in stopped:
                 await self._forget(app_id)
                 await self._ray(self.serve.delete, app_id)
+            if stopped:
+                await self._remember_stopped(stopped)
         deadline = time.monotonic() + float(timeout_seconds)
         remaining = list(stopped)
         while remaining and time.monotonic() < deadline:
@@ -888,10 +1080,12 @@ class AppsService(BioEngineService):
                 "message": f"No app '{app_id}' is deployed by this worker; deploy it with deploy_app.",
             }
         deployments: dict[str, Any] = {}
-        status, message = "NOT_STARTED", "waiting for Serve to start the deployment"
+        serve_status: str | None = None
+        serve_message = ""
         service_ids: list[dict[str, Any]] = []
+        registration_error: str | None = None
         if app is not None:
-            status, message = state(app.get("status")), clean(app.get("message"))
+            serve_status, serve_message = state(app.get("status")), clean(app.get("message"))
             for name, deployment in (app.get("deployments") or {}).items():
                 replicas = deployment.get("replicas") or []
                 entry: dict[str, Any] = {
@@ -903,23 +1097,32 @@ class AppsService(BioEngineService):
                 if full and logs_tail != 0 and replicas:
                     entry["logs"] = await self._replica_logs(replicas, logs_tail)
                 deployments[name] = entry
-            if status == "RUNNING":
+            if serve_status == "RUNNING":
                 try:
                     info = await self._ray(self.serve.proxy_info, app_id, timeout=4)
-                    service_ids.append(
-                        {k: info.get(k) for k in ("websocket_service_id", "webrtc_service_id")}
-                    )
-                    if info.get("error") and not info.get("websocket_service_id"):
-                        message = f"Hypha registration pending: {info['error']}"
+                    if info.get("websocket_service_id"):
+                        service_ids.append(
+                            {k: info.get(k) for k in ("websocket_service_id", "webrtc_service_id")}
+                        )
+                    registration_error = info.get("error")
                 except Exception as exc:
-                    message = f"cannot reach the app's proxy: {error_summary(exc)}"
-        if app is None and record.last_error and record.failed_hash == spec_hash(record.spec):
-            status, message = "DEPLOY_FAILED", f"building the app failed: {record.last_error}"
+                    registration_error = f"cannot reach the app's proxy: {error_summary(exc)}"
+        build_failed = record.last_error and record.failed_hash == spec_hash(record.spec)
+        status, message = reported_state(
+            serve_status,
+            serve_message,
+            service_ids[0]["websocket_service_id"] if service_ids else None,
+            registration_error,
+            record.last_error if build_failed else None,
+        )
+        reason = failure_reason(status, message, deployments)
+        if status == "DEPLOY_FAILED" and serve_status is None:
+            reason = record.last_error
         if record.gave_up:
             message = f"{message} (auto_redeploy {record.gave_up})".strip()
         if record.recovery_note:
             message = f"{message}; {record.recovery_note}" if message else record.recovery_note
-        return self._status_fields(record, status, message, deployments, service_ids, full)
+        return self._status_fields(record, status, message, deployments, service_ids, full, reason)
 
     def _offline_status(self, app_id: str, reason: str, full: bool) -> dict[str, Any]:
         """What apps-svc knows of an app while it cannot see Serve: its record, and when and how
@@ -944,7 +1147,9 @@ class AppsService(BioEngineService):
         deployments: dict[str, Any],
         service_ids: list[dict[str, Any]],
         full: bool,
+        reason: str | None = None,
     ) -> dict[str, Any]:
+        """One app's status entry. ``reason``: one line saying why a failed app failed."""
         result: dict[str, Any] = {
             "display_name": record.display_name,
             "description": record.description,
@@ -953,17 +1158,23 @@ class AppsService(BioEngineService):
             "source": record.source,
             "status": status,
             "message": message,
+            "reason": reason,
             "deployments": deployments,
             "available_methods": record.methods,
             "service_ids": service_ids or [{"websocket_service_id": None, "webrtc_service_id": None}],
             "max_ongoing_requests": record.max_ongoing_requests,
-            "gpu_enabled": not record.disable_gpu,
-            "application_resources": record.resources,
+            "application_resources": _rounded(record.resources),
             "start_time": record.start_time,
             "last_updated_at": record.last_updated_at,
             "auto_redeploy": record.auto_redeploy,
             "recovery_note": record.recovery_note,
         }
+        # GPU fields only where GPUs mean something: on a cluster with GPUs, or for an app that
+        # asked for them (or was told not to use them).
+        if self.cluster_gpus > 0 or record.resources.get("num_gpus", 0) > 0 or record.disable_gpu:
+            result["gpu_enabled"] = not record.disable_gpu
+        else:
+            result["application_resources"].pop("num_gpus", None)
         if full:
             result.update(
                 application_kwargs=record.application_kwargs,

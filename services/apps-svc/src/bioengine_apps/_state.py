@@ -26,13 +26,16 @@ __all__ = [
     "Plan",
     "RestartPlan",
     "after_head_restart",
+    "failure_reason",
     "format_time",
     "plan",
+    "reported_state",
     "resolve_authorized_users",
     "session_started_at",
     "spec_hash",
     "split_env_vars",
     "unavailable_message",
+    "wait_outcome",
 ]
 
 SECRET_MASK = "*****"
@@ -40,6 +43,8 @@ REDEPLOY_BASE_DELAY_S = 10.0
 REDEPLOY_MAX_DELAY_S = 300.0
 REDEPLOY_MAX_ATTEMPTS = 5
 FAILED_STATES = ("DEPLOY_FAILED", "UNHEALTHY")
+#: Longest failure reason shown at the top of an app's status (the detail stays in its deployments).
+REASON_MAX_CHARS = 300
 _ENV_NAME = re.compile(r"^_?[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
@@ -289,3 +294,74 @@ def unavailable_message(
     if head_down:
         return text + "; apps-svc redeploys the app when the head is back"
     return text + "; the app may still be serving"
+
+
+# ---- what an app's status says -------------------------------------------------------------------
+def reported_state(
+    serve_status: str | None,
+    serve_message: str,
+    service_id: str | None,
+    registration_error: str | None = None,
+    build_error: str | None = None,
+) -> tuple[str, str]:
+    """The (status, message) an app's status reports, from what Serve and the app's proxy say.
+
+    Invariant: RUNNING only once the app's Hypha service is registered (``service_id`` known), so
+    a caller that sees RUNNING can call ``get_service`` with the id at once. Until then an app
+    Serve calls RUNNING is DEPLOYING ("registering its Hypha service"). An app Serve does not
+    have is DEPLOY_FAILED when its current spec failed to build, else NOT_STARTED.
+    """
+    if serve_status is None:
+        if build_error:
+            return "DEPLOY_FAILED", f"building the app failed: {build_error}"
+        return "NOT_STARTED", "waiting for Serve to start the deployment"
+    if serve_status == "RUNNING" and not service_id:
+        message = "replicas running; registering the app's Hypha service"
+        if registration_error:
+            message += f" (last attempt: {registration_error})"
+        return "DEPLOYING", message
+    return serve_status, serve_message
+
+
+_EXCEPTION_LINE = re.compile(
+    r"^(?:[A-Za-z_][\w.]*\.)?([A-Z]\w*(?:Error|Exception|Exit|Interrupt|Failure)\b.*)$"
+)
+
+
+def _one_line(text: str) -> str:
+    """The line of ``text`` that says what went wrong: the last exception line of a traceback
+    (``ValueError: weights missing``, module prefix dropped), else its first non-empty line."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in reversed(lines):
+        match = _EXCEPTION_LINE.match(line)
+        if match:
+            line = match.group(1)
+            return line if len(line) <= REASON_MAX_CHARS else line[: REASON_MAX_CHARS - 3] + "..."
+    first = lines[0] if lines else ""
+    return first if len(first) <= REASON_MAX_CHARS else first[: REASON_MAX_CHARS - 3] + "..."
+
+
+def failure_reason(status: str, message: str, deployments: Mapping[str, Mapping[str, Any]]) -> str | None:
+    """One short line saying why a DEPLOY_FAILED or UNHEALTHY app failed, None otherwise.
+
+    The first failed deployment's message is the most precise (e.g. the exception raised in its
+    replica's ``__init__``), prefixed by the deployment's name; else the app's own message.
+    """
+    if status not in FAILED_STATES:
+        return None
+    for name, deployment in sorted(deployments.items()):
+        if str(deployment.get("status")) in FAILED_STATES and str(deployment.get("message") or "").strip():
+            return f"{name}: {_one_line(str(deployment['message']))}"
+    return _one_line(message) or f"the app is {status} (Serve gave no reason)"
+
+
+def wait_outcome(status: Mapping[str, Any]) -> str | None:
+    """What waiting for an app makes of one status entry: "running" (RUNNING, so its service
+    id is known), "failed" (DEPLOY_FAILED, UNHEALTHY, or no longer deployed) or None (keep
+    waiting)."""
+    state = status.get("status")
+    if state == "RUNNING":
+        return "running"
+    if state in (*FAILED_STATES, "NOT_RUNNING"):
+        return "failed"
+    return None

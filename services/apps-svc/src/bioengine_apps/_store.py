@@ -7,7 +7,9 @@ Under ``<workspace-dir>/apps-state/`` (mode 0700):
 - ``secrets/<application_id>.json`` (mode 0600): its secret env values, the ``hypha_token``
   given at deploy and the token of its Hypha service;
 - ``cluster.json``: the Ray cluster apps-svc last deployed to (its session), so a new head is
-  recognised after a restart.
+  recognised after a restart;
+- ``stopped.json``: ids of apps stopped through apps-svc, and when, so stopping one again is
+  answered "already stopped" instead of "unknown app".
 
 Every file is written to a temporary file in the same folder, flushed and renamed over the old
 one, so a crash leaves either the old or the new content, never a torn file. Ray's GCS
@@ -95,3 +97,14 @@ class StateStore:
     def save_cluster(self, value: dict[str, Any]) -> None:
         self._dir(".")
         write_json_atomic(self.root / "cluster.json", value, 0o600)
+
+    # ---- apps stopped through apps-svc ----------------------------------------------------------
+    def load_stopped(self) -> dict[str, float]:
+        value = _read(self.root / "stopped.json")
+        if not isinstance(value, dict):
+            return {}
+        return {str(k): float(v) for k, v in value.items() if isinstance(v, int | float)}
+
+    def save_stopped(self, value: dict[str, float]) -> None:
+        self._dir(".")
+        write_json_atomic(self.root / "stopped.json", value, 0o600)

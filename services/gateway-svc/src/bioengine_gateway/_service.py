@@ -325,20 +325,48 @@ class GatewayService(BioEngineService):
         authorized_users: list | dict | None = Field(
             None, description="Who may call the app: [users] or {method or '*': [users]}."
         ),
+        wait: bool = Field(
+            False,
+            description="Return only once the app is RUNNING with its Hypha service registered; "
+            "raise with the reason if it fails, or when `timeout` runs out.",
+        ),
+        timeout: float = Field(
+            300.0, gt=0, le=3600, description="Seconds to wait for RUNNING (with wait=True)."
+        ),
         context: dict | None = None,
     ) -> str:
-        """Deploy or update an app on Ray Serve (admin only); returns its application id at once.
+        """Deploy or update an app on Ray Serve (admin only); returns its application id.
 
-        Deployment continues in the background (see get_app_status). On an update, parameters left
-        out keep their previous values; an unchanged app is not redeployed.
+        Without `wait` it returns at once and the deployment goes on in the background (follow it
+        with wait_for_app or get_app_status). On an update, parameters left out keep their previous
+        values; an unchanged app is not redeployed.
         """
         self._admin(context, "deploy_app")
         return await self.call(
-            "apps", "deploy_app", context, call_timeout=120.0,
+            "apps", "deploy_app", context, call_timeout=120.0 + (float(timeout) if wait else 0.0),
             artifact_id=artifact_id, version=version, application_id=application_id,
             application_kwargs=application_kwargs, application_env_vars=application_env_vars,
             hypha_token=hypha_token, disable_gpu=disable_gpu, max_ongoing_requests=max_ongoing_requests,
-            auto_redeploy=auto_redeploy, authorized_users=authorized_users,
+            auto_redeploy=auto_redeploy, authorized_users=authorized_users, wait=wait, timeout=timeout,
+        )  # fmt: skip
+
+    @schema_method
+    async def wait_for_app(
+        self,
+        application_id: str = Field(..., description="Id of a deployed app."),
+        timeout: float = Field(300.0, gt=0, le=3600, description="Seconds to wait at most."),
+        context: dict | None = None,
+    ) -> dict:
+        """Wait until an app is RUNNING with its Hypha service registered (admin only); its status.
+
+        Returns the app's get_app_status entry, with `service_ids[0]["websocket_service_id"]` set.
+        Raises with the failure reason when the app is DEPLOY_FAILED or UNHEALTHY or is stopped,
+        and a timeout error naming the last state when `timeout` runs out.
+        """
+        self._admin(context, "wait_for_app")
+        return await self.call(
+            "apps", "wait_for_app", context, call_timeout=float(timeout) + 30.0,
+            application_id=application_id, timeout=timeout,
         )  # fmt: skip
 
     @schema_method
@@ -346,10 +374,16 @@ class GatewayService(BioEngineService):
         self,
         application_id: str = Field(..., description="Id of a running app."),
         context: dict | None = None,
-    ) -> None:
-        """Stop an app (admin only); it is removed in the background."""
+    ) -> dict:
+        """Stop an app (admin only); it is removed in the background.
+
+        Returns {application_id, status, message}: "stopping", or "already stopping" / "already
+        stopped" for an app stopped before; an app this worker never deployed is an error.
+        """
         self._admin(context, "stop_app")
-        await self.call("apps", "stop_app", context, call_timeout=30.0, application_id=application_id)
+        return await self.call(
+            "apps", "stop_app", context, call_timeout=30.0, application_id=application_id
+        )  # fmt: skip
 
     @schema_method
     async def stop_all_apps(
