@@ -74,6 +74,11 @@ _STORE_PORT_NAMES = (
 )  # fmt: skip
 
 
+#: What the first install of the server's environment costs (uv, empty cache, a fast network).
+FIRST_INSTALL_ESTIMATE = "30-60 s"
+FIRST_INSTALL_MB = 400
+
+
 def _uv() -> str:
     uv = os.environ.get("UV") or shutil.which("uv")
     if not uv:
@@ -151,22 +156,45 @@ class EmbeddedHypha:
         )
 
     def prepare(self) -> None:
-        """Install the server's environment from its lock (a no-op when already in place)."""
-        if not self.python.exists():
-            self.log("Installing the embedded Hypha server environment (first run only)...")
-        result = subprocess.run(
-            [_uv(), "sync", "--frozen", "--quiet", "--project", str(self.project_dir)],
-            capture_output=True,
-            text=True,
-            check=False,
+        """Install the server's environment from its lock (a no-op when already in place).
+
+        The first install is announced, streams uv's summary lines (the per-package lines are
+        left out) and says how long it took; later runs only check the environment, quietly.
+        """
+        argv = [_uv(), "sync", "--frozen", "--project", str(self.project_dir)]
+        if self.python.exists():
+            result = subprocess.run([*argv, "--quiet"], capture_output=True, text=True, check=False)
+            if result.returncode != 0:
+                raise ServiceUnavailable(f"Preparing {self.project_dir} failed:\n{result.stderr.strip()}")
+            return
+        self.log(
+            "Installing the embedded Hypha server's environment (first run: about "
+            f"{FIRST_INSTALL_ESTIMATE} to download ~{FIRST_INSTALL_MB} MB, a second or two when "
+            "uv's cache has it)..."
         )
-        if result.returncode != 0:
-            raise ServiceUnavailable(f"Preparing {self.project_dir} failed:\n{result.stderr.strip()}")
+        started = time.monotonic()
+        env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+        with subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+        ) as process:
+            assert process.stdout is not None
+            output = []
+            for line in process.stdout:
+                output.append(line.rstrip())
+                if line.strip() and not line.startswith((" + ", " - ", " ~ ")):
+                    self.log(f"  uv: {line.rstrip()}")
+            code = process.wait()
+        if code != 0:
+            raise ServiceUnavailable(
+                f"Installing the embedded Hypha server's environment ({self.project_dir}) failed "
+                f"with code {code}:\n" + "\n".join(output[-20:])
+            )
+        self.log(f"Installed the embedded Hypha server's environment in {time.monotonic() - started:.1f} s")
 
     def start(self, timeout: float = 90.0) -> None:
         self.prepare()
         if self.s3:
-            self._start_store(timeout)
+            self.start_store(timeout)
         self.start_server(timeout)
 
     @property
@@ -246,7 +274,8 @@ class EmbeddedHypha:
         served = sum(int(node.get("Volumes") or 0) for node in nodes)
         return bool(nodes) and served >= self._store_volumes
 
-    def _start_store(self, timeout: float) -> None:
+    def start_store(self, timeout: float = 90.0) -> None:
+        """Start SeaweedFS and wait until it serves its volumes."""
         store = self.spawn_store()
         deadline = time.monotonic() + timeout
         while not self.store_ready():

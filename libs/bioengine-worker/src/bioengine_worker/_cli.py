@@ -210,11 +210,17 @@ def format_datasets(datasets: dict[str, Any]) -> str:
 
 def format_status(status: dict[str, Any], service_id: str) -> str:
     state = "ready" if status.get("is_ready") else "NOT READY"
-    lines = [
-        f"BioEngine worker {service_id}: {state}",
+    lines = [f"BioEngine worker {service_id}: {state}"]
+    if not status.get("is_ready"):
+        # Why, one line per cause ("<service>: <reason>"; the service's log is logs/<service>.log).
+        reasons = status.get("not_ready_reasons")
+        if reasons is None:
+            reasons = ["(this worker's gateway does not report reasons)"]
+        lines += [f"  - {reason}" for reason in reasons]
+    lines.append(
         f"  mode {status.get('worker_mode') or '-'}, version {status.get('bioengine_version')}, "
-        f"up {_duration(status.get('service_uptime'))}",
-    ]
+        f"up {_duration(status.get('service_uptime'))}"
+    )
     rows = [("SERVICE", "STATE", "VERSION", "UPTIME", "CLIENT / ERROR")]
     for name, entry in (status.get("services") or {}).items():
         inner = entry.get("status") or {}

@@ -3,7 +3,8 @@
 Without ``--server-url`` it starts an embedded Hypha server (plus a SeaweedFS S3 store) on
 loopback, mints a token per service, starts the four services as separate processes,
 restarts any that crash (the server and the store too, on the same ports with the same state),
-prints how to reach the worker, and stops everything on Ctrl-C.
+prints one line per start-up step, then how to reach the worker once its gateway says it is ready
+(``--no-wait``: as soon as the gateway is registered), and stops everything on Ctrl-C.
 With ``--server-url``, ``--workspace`` and ``--token`` it uses that server instead.
 """
 
@@ -13,13 +14,14 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import psutil
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
@@ -81,6 +83,15 @@ SERVICES: tuple[tuple[str, str], ...] = (
     ("datasets", "bioengine_datasets"),
     ("gateway", "bioengine_gateway"),
 )
+#: The Hypha service id each of them registers.
+SERVICE_IDS = {
+    "cluster": "bioengine-cluster",
+    "apps": "bioengine-apps",
+    "datasets": "bioengine-datasets",
+    "gateway": "bioengine-worker",
+}
+#: Seconds between two looks at the start-up (registrations, the gateway's status).
+STARTUP_POLL_S = 0.25
 
 
 class WorkerSettings(BaseModel):
@@ -176,6 +187,18 @@ class WorkerSettings(BaseModel):
     run_code_caller_grace: float | None = Field(
         None, ge=0, description="A run_code whose caller has been gone this long is cancelled."
     )
+    no_wait: bool = Field(
+        False,
+        description="Print the banner as soon as the gateway is registered, before the worker is "
+        "ready (for scripts that wait themselves; `bioengine status` says what is still starting). "
+        "By default the banner comes when the gateway's get_status() says is_ready.",
+    )
+    ready_timeout: float = Field(
+        600.0,
+        gt=0,
+        description="Seconds to wait for the worker to be ready; then stop with which service is "
+        "not ready and why.",
+    )
     debug: bool = Field(False, description="Log at DEBUG level in every service.")
     telemetry_exporter: Literal["none", "console", "otlp"] = Field(
         "none", description="OpenTelemetry exporter of every service."
@@ -184,6 +207,61 @@ class WorkerSettings(BaseModel):
 
 def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def _seconds(elapsed: float) -> str:
+    """Elapsed seconds with one decimal, rounded up: a stated time is never before the event."""
+    return f"{math.ceil(elapsed * 10) / 10:.1f}"
+
+
+class Progress:
+    """One line per start-up step as it completes, with the time since the launcher started
+    (its process's creation, so the interpreter's start counts too)."""
+
+    def __init__(self, say: Callable[[str], None] = _say, started: float | None = None):
+        self.say = say
+        self.started = psutil.Process().create_time() if started is None else started
+        self.done: set[str] = set()
+
+    def elapsed(self) -> float:
+        return time.time() - self.started
+
+    def step(self, message: str, key: str | None = None) -> None:
+        """Print ``message`` (once per ``key`` when given)."""
+        if key is not None:
+            if key in self.done:
+                return
+            self.done.add(key)
+        self.say(f"[{_seconds(self.elapsed()):>5} s] {message}")
+
+
+def _gigabytes(value: Any) -> str:
+    return f"{float(value or 0) / 1e9:.1f} GB"
+
+
+def startup_steps(status: dict[str, Any]) -> list[tuple[str, str]]:
+    """The start-up steps a gateway status shows as done: ``[(key, line)]`` in start order."""
+    steps = []
+    ray_cluster = status.get("ray_cluster") or {}
+    if ray_cluster.get("head_address") and ray_cluster.get("mode") != "external-cluster":
+        steps.append(("ray-head", f"Ray head started at {ray_cluster['head_address']}"))
+    if ray_cluster.get("ready"):
+        totals = ray_cluster.get("cluster") or {}
+        line = (
+            f"Ray cluster ready: {len(ray_cluster.get('nodes') or {})} node(s), "
+            f"{totals.get('total_cpu', 0):g} CPUs, {totals.get('total_gpu', 0):g} GPUs, "
+            f"{_gigabytes(totals.get('total_memory'))} memory"
+        )
+        slurm = ray_cluster.get("slurm")
+        if isinstance(slurm, dict):
+            line += f"; SLURM worker jobs: {slurm.get('live_jobs', 0)}, more start on demand"
+        steps.append(("ray-cluster", line))
+    services = status.get("services") or {}
+    for name, what in (("apps", "apps-svc connected to the Ray cluster"), ("datasets", "datasets-svc ready")):
+        entry = services.get(name) or {}
+        if entry.get("up") and (entry.get("status") or {}).get("ready"):
+            steps.append((f"{name}-ready", what))
+    return steps
 
 
 def _write_private(path: Path, content: str) -> None:
@@ -225,6 +303,10 @@ class Launcher:
         self.admin_token: str | None = None
         self.admin_users = list(settings.admin_users)
         self._stop = False
+        self.progress = Progress()
+        #: The gateway's last status seen while starting (what the banner and a timeout report).
+        self.last_status: dict[str, Any] | None = None
+        self.gateway_id = ""
 
     # ---- set-up ---------------------------------------------------------------------------------
     def _start_embedded(self) -> None:
@@ -233,12 +315,17 @@ class Launcher:
             new_port = free_port()
             _say(f"Port {port} is taken; the embedded Hypha server uses {new_port} instead")
             port = new_port
-        _say("Starting the embedded Hypha server" + (" and S3 store" if self.settings.s3 else "") + "...")
-        self.hypha = EmbeddedHypha(
+        self.hypha = hypha = EmbeddedHypha(
             self.dir, self.settings.workspace, port=port, s3=self.settings.s3, log=_say
         )
-        self.hypha.start()
-        self.server_url = self.hypha.url
+        hypha.prepare()
+        self.progress.step(f"embedded server environment ready ({hypha.project_dir})")
+        if self.settings.s3:
+            hypha.start_store()
+            self.progress.step(f"S3 store (SeaweedFS) ready on port {hypha.s3_port}")
+        hypha.start_server()
+        self.progress.step(f"Hypha server ready at {hypha.url}")
+        self.server_url = hypha.url
         self.admin_token = self.hypha.mint(
             LOCAL_ADMIN, "admin", expires_in=self.settings.admin_token_hours * 3600
         )
@@ -322,34 +409,81 @@ class Launcher:
             )
         return processes
 
-    async def _wait_for_gateway(self, timeout: float = 90.0) -> str:
+    def _not_ready_report(self, registered: set[str]) -> str:
+        """Which service is not ready and why, each with its log: from the gateway's status, or
+        (before the gateway answers) which services have not registered."""
+        logs = self.dir / "logs"
+        lines = []
+        reasons = (self.last_status or {}).get("not_ready_reasons")
+        if reasons is None:
+            reasons = [f"{name}: not registered" for name, _ in SERVICES if name not in registered]
+        for reason in reasons:
+            name = reason.split(":", 1)[0]
+            hint = f" (see {logs / name}.log and {logs / name}.console.log)" if name in SERVICE_IDS else ""
+            lines.append(f"  - {reason}{hint}")
+        return "\n".join(lines) or f"  (no reason reported; see the logs in {logs})"
+
+    async def _follow_startup(self) -> None:
+        """Print each start-up step as it completes; the banner when the gateway says the worker
+        is ready (``--no-wait``: when it is registered, then one line when ready).
+
+        Raises ServiceUnavailable with the reasons when the worker is not ready in time."""
         token = self.admin_token or (self.settings.token.get_secret_value() if self.settings.token else None)
-        server = await connect(self.server_url, workspace=self.settings.workspace, token=token)
+        workspace = self.settings.workspace
+        server = await connect(self.server_url, workspace=workspace, token=token)
+        registered: set[str] = set()
+        gateway: Any = None
+        announced = False
+        deadline = time.monotonic() + self.settings.ready_timeout
         try:
-            deadline = time.monotonic() + timeout
-            while not self._stop:
-                assert self.supervisor is not None
-                # In a thread: a dependency starting up is probed with blocking HTTP calls.
-                await asyncio.to_thread(self.supervisor.check_all)
-                try:
-                    info = await server.get_service_info(
-                        f"{self.settings.workspace}/bioengine-worker", {"mode": "last"}
+            while True:
+                for name, _ in SERVICES:
+                    if name in registered:
+                        continue
+                    try:
+                        info = await server.get_service_info(
+                            f"{workspace}/{SERVICE_IDS[name]}", {"mode": "last"}
+                        )
+                    except Exception:
+                        continue
+                    registered.add(name)
+                    if name == "gateway":
+                        self.gateway_id = str(info["id"])
+                    self.progress.step(f"{SERVICE_IDS[name]} registered ({info['id']})")
+                status = None
+                if "gateway" in registered:
+                    try:
+                        if gateway is None:
+                            gateway = await server.get_service(
+                                f"{workspace}/bioengine-worker", {"mode": "last"}
+                            )
+                        status = await gateway.get_status()
+                    except Exception:
+                        gateway = None  # restarted under a new client id: look it up again
+                if status is not None:
+                    self.last_status = status
+                    for key, line in startup_steps(status):
+                        self.progress.step(line, key=key)
+                    if not announced and (status.get("is_ready") or self.settings.no_wait):
+                        self._announce(status)
+                        announced = True
+                    if status.get("is_ready"):
+                        if self.settings.no_wait:
+                            self.progress.step("BioEngine worker ready")
+                        return
+                if time.monotonic() > deadline:
+                    raise ServiceUnavailable(
+                        f"the BioEngine worker was not ready within {self.settings.ready_timeout:.0f} s:\n"
+                        + self._not_ready_report(registered)
                     )
-                    return str(info["id"])
-                except Exception:
-                    if time.monotonic() > deadline:
-                        raise ServiceUnavailable(
-                            f"bioengine-worker was not registered within {timeout:.0f} s; "
-                            f"see the logs in {self.dir / 'logs'}"
-                        ) from None
-                await asyncio.sleep(0.3)
-            raise ServiceUnavailable("stopped before the worker was ready")
+                await asyncio.sleep(STARTUP_POLL_S)
         finally:
             with contextlib.suppress(Exception):
                 await server.disconnect()
 
-    def _announce(self, full_id: str, started: float) -> None:
+    def _announce(self, status: dict[str, Any]) -> None:
         service_id = f"{self.settings.workspace}/bioengine-worker"
+        full_id = self.gateway_id
         connection = {
             "server_url": self.server_url,
             "workspace": self.settings.workspace,
@@ -359,9 +493,17 @@ class Launcher:
             "token": self.admin_token,
         }
         _write_private(self.dir / CONNECTION_FILE, json.dumps(connection, indent=2))
+        elapsed = _seconds(self.progress.elapsed())
+        if status.get("is_ready"):
+            title = f"BioEngine worker ready in {elapsed} s (mode {self.settings.mode})"
+        else:
+            title = (
+                f"BioEngine worker registered in {elapsed} s, NOT READY yet (mode {self.settings.mode}; "
+                "--no-wait: `bioengine status` says what is still starting)"
+            )
         lines = [
             "",
-            f"BioEngine worker ready in {time.monotonic() - started:.1f} s (mode {self.settings.mode})",
+            title,
             f"  Hypha server : {self.server_url}" + ("  (embedded)" if self.hypha else ""),
             f"  Workspace    : {self.settings.workspace}",
             f"  Service id   : {service_id}   ({full_id})",
@@ -381,6 +523,12 @@ class Launcher:
             lines.append(f"  Admin        : the owner of --token ({user})")
         lines += [
             f"  Logs         : {self.dir / 'logs'}",
+            *(
+                ["  Compute      : no SLURM worker job yet; they start on demand (apps, run_code)"]
+                if self.settings.mode == "slurm"
+                and not ((status.get("ray_cluster") or {}).get("slurm") or {}).get("live_jobs")
+                else []
+            ),
             "Check it with: uv run bioengine status"
             + (f" --workspace-dir {self.dir}" if self.dir != Path("~/.bioengine").expanduser() else ""),
             "Press Ctrl-C to stop.",
@@ -388,7 +536,7 @@ class Launcher:
         print("\n".join(lines), flush=True)
 
     # ---- run ------------------------------------------------------------------------------------
-    async def _supervise(self, started: float) -> None:
+    async def _supervise(self) -> None:
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
 
@@ -398,18 +546,24 @@ class Launcher:
 
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, request_stop)
-        full_id = await self._wait_for_gateway()
-        self._announce(full_id, started)
         assert self.supervisor is not None
-        while not stop.is_set():
-            if await asyncio.to_thread(self.supervisor.check_all):
-                _say("stop_worker was called")
-                break
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=0.5)
+        startup = asyncio.create_task(self._follow_startup(), name="startup")
+        try:
+            while not stop.is_set():
+                # In a thread: a dependency starting up is probed with blocking HTTP calls.
+                if await asyncio.to_thread(self.supervisor.check_all):
+                    _say("stop_worker was called")
+                    break
+                if startup.done():
+                    startup.result()  # raises what made the start-up fail
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=0.5)
+        finally:
+            startup.cancel()
+            with contextlib.suppress(BaseException):
+                await startup
 
     def run(self) -> int:
-        started = time.monotonic()
         (self.dir / "logs").mkdir(parents=True, exist_ok=True)
         lock = _Lock(self.dir / "run" / "worker.pid")
         lock.acquire()
@@ -421,9 +575,9 @@ class Launcher:
             else:
                 self._start_embedded()
             self.supervisor = Supervisor(self._processes(), log=_say, dependencies=self._dependencies())
-            _say("Starting services: " + ", ".join(name for name, _ in SERVICES))
             self.supervisor.start_all()
-            asyncio.run(self._supervise(started))
+            self.progress.step("started the services: " + ", ".join(name for name, _ in SERVICES))
+            asyncio.run(self._supervise())
         except KeyboardInterrupt:
             pass
         except ServiceUnavailable as exc:
@@ -450,7 +604,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         prog="bioengine-worker",
         description="Run a BioEngine worker: an embedded Hypha server and S3 store (unless "
         "--server-url) and the cluster, apps, datasets and gateway services, all supervised "
-        "(restarted when they die, one line printed each time) until Ctrl-C.",
+        "(restarted when they die, one line printed each time) until Ctrl-C. One line per "
+        "start-up step; the banner (URL, service id, admin token) once the worker is ready "
+        "(its gateway's get_status() says is_ready), or at once with --no-wait.",
     )
     # hypha-rpc reports every normal disconnect as a warning on stdout, amid the banner.
     logging.getLogger("RPC").setLevel(logging.ERROR)

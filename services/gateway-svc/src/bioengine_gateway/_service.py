@@ -66,6 +66,38 @@ def _relay(callback: Any) -> Any:
     return relay
 
 
+#: The field of ``get_status`` that says why the worker is not ready: one line per cause,
+#: ``"<service>: <reason>"``; empty when ready.
+NOT_READY_REASONS = "not_ready_reasons"
+
+#: Seconds between refreshes of the services' status while the worker is not ready: readiness
+#: is seen within this time, not one ``--status-interval`` later.
+STARTING_STATUS_INTERVAL = 0.5
+
+
+def _why_not_ready(name: str, status: dict[str, Any]) -> str:
+    """What a registered service that says it is not ready gives as the cause."""
+    if name == "cluster":
+        ray_cluster = status.get("ray_cluster") or {}
+        return str(ray_cluster.get("error") or "connected to the Ray head, no sample of the cluster yet")
+    if name == "apps" and status.get("ray_error"):
+        return str(status["ray_error"])
+    return "registered but not ready yet"
+
+
+def not_ready_reasons(registered: bool, services: dict[str, dict[str, Any]]) -> list[str]:
+    """Why the worker is not ready: ``"<service>: <reason>"`` per service that is down or not
+    ready (its log is ``logs/<service>.log``); empty when it is ready."""
+    reasons = [] if registered else ["gateway: not registered yet"]
+    for name, entry in services.items():
+        if not entry.get("up"):
+            error = entry.get("error") or "not checked yet"
+            reasons.append(f"{name}: {entry.get('service_id', name)} is not reachable: {error}")
+        elif not (entry.get("status") or {}).get("ready"):
+            reasons.append(f"{name}: {_why_not_ready(name, entry.get('status') or {})}")
+    return reasons
+
+
 class GatewaySettings(ServiceSettings):
     status_interval: float = Field(
         2.0, gt=0, description="Seconds between background refreshes of the services' status."
@@ -91,6 +123,8 @@ class GatewayService(BioEngineService):
             name: {"service_id": sid, "up": False, "error": "not checked yet", "checked_at": None}
             for name, sid in BACKENDS.items()
         }
+        #: Wall-clock time since when the worker is ready without a break; None when not ready.
+        self.ready_since: float | None = None
 
     # ---- calling the internal services -------------------------------------------------------------
     async def _proxy(self, name: str) -> Any:
@@ -143,7 +177,22 @@ class GatewayService(BioEngineService):
     async def monitor(self) -> None:
         while True:
             await asyncio.gather(*(self._refresh(name) for name in BACKENDS))
-            await asyncio.sleep(self.settings.status_interval)
+            ready = self.is_ready()
+            await asyncio.sleep(
+                self.settings.status_interval
+                if ready
+                else min(self.settings.status_interval, STARTING_STATUS_INTERVAL)
+            )
+
+    def is_ready(self) -> bool:
+        """The worker's readiness: registered, and every internal service up and ready. Also
+        keeps ``ready_since`` (when it last became ready)."""
+        ready = not not_ready_reasons(self.ready, self._services)
+        if not ready:
+            self.ready_since = None
+        elif self.ready_since is None:
+            self.ready_since = time.time()
+        return ready
 
     # ---- public API ------------------------------------------------------------------------------
     def _is_admin_context(self, context: Any) -> bool:
@@ -166,8 +215,9 @@ class GatewayService(BioEngineService):
             "ray_version": (cluster.get("ray_cluster") or {}).get("ray_version"),
             "ray_cluster": cluster.get("ray_cluster"),
             "services": {name: _without_ray_cluster(entry) for name, entry in self._services.items()},
-            "is_ready": self.ready
-            and all(e["up"] and (e.get("status") or {}).get("ready") for e in self._services.values()),
+            "is_ready": self.is_ready(),
+            "ready_since": self.ready_since,
+            NOT_READY_REASONS: not_ready_reasons(self.ready, self._services),
         }
         # Admin ids and emails are not for everyone's eyes (the public worker leaks them).
         if self._is_admin_context(context):
