@@ -187,11 +187,11 @@ class WorkerSettings(BaseModel):
     run_code_caller_grace: float | None = Field(
         None, ge=0, description="A run_code whose caller has been gone this long is cancelled."
     )
-    no_wait: bool = Field(
-        False,
-        description="Print the banner as soon as the gateway is registered, before the worker is "
-        "ready (for scripts that wait themselves; `bioengine status` says what is still starting). "
-        "By default the banner comes when the gateway's get_status() says is_ready.",
+    wait: bool = Field(
+        True,
+        description="Print the banner only once the worker is ready (its gateway's get_status() "
+        "says is_ready). --no-wait: as soon as the gateway is registered, before the worker is "
+        "ready, for scripts that wait themselves (`bioengine status` says what is still starting).",
     )
     ready_timeout: float = Field(
         600.0,
@@ -464,11 +464,11 @@ class Launcher:
                     self.last_status = status
                     for key, line in startup_steps(status):
                         self.progress.step(line, key=key)
-                    if not announced and (status.get("is_ready") or self.settings.no_wait):
+                    if not announced and (status.get("is_ready") or not self.settings.wait):
                         self._announce(status)
                         announced = True
                     if status.get("is_ready"):
-                        if self.settings.no_wait:
+                        if not self.settings.wait:
                             self.progress.step("BioEngine worker ready")
                         return
                 if time.monotonic() > deadline:
