@@ -104,7 +104,7 @@ def test_format_cluster_shows_nodes_totals_and_demand():
     assert (
         "worker" in worker
         and "1.5/8" in worker
-        and "2/32 GiB" in worker
+        and "2.0/32.0 GiB" in worker
         and "A100" in worker
         and "1234" in worker
     )

@@ -146,48 +146,75 @@ def _table(rows: list[tuple[str, ...]]) -> list[str]:
     return ["  " + "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
 
 
-def _used(used: Any, total: Any, scale: float = 1.0, unit: str = "") -> str:
+def _count(value: Any) -> str:
+    """CPUs or GPUs: at most 2 decimals, none when whole (``1.5``, ``8``, ``0.3``)."""
+    return f"{round(float(value), 2):g}"
+
+
+def _gib(value: Any) -> str:
+    """Bytes as GiB with 1 or 2 decimals (``2.0``, ``6.12``)."""
+    text = f"{float(value) / 1024**3:.2f}"
+    return text[:-1] if text.endswith("0") else text
+
+
+def _used(used: Any, total: Any, show: Callable[[Any], str] = _count, unit: str = "") -> str:
     if not isinstance(total, (int, float)):
         return "-"
     used_value = used if isinstance(used, (int, float)) else 0.0
-    return f"{used_value / scale:.3g}/{total / scale:.3g}{unit}"
+    return f"{show(used_value)}/{show(total)}{unit}"
+
+
+def _has_gpus(ray_cluster: dict[str, Any]) -> bool:
+    figures = [*(ray_cluster.get("nodes") or {}).values(), ray_cluster.get("cluster") or {}]
+    return any(isinstance(f.get("total_gpu"), (int, float)) and f["total_gpu"] > 0 for f in figures)
 
 
 def format_cluster(ray_cluster: dict[str, Any] | None) -> str:
-    """The Ray cluster as a table: one row per node, then the totals and pending demand."""
+    """The Ray cluster as a table: one row per node, then the totals and pending demand. CPUs
+    with at most 2 decimals, memory in GiB with 1-2; the GPU columns only when there are GPUs
+    (else the first line says "no GPUs")."""
     if not ray_cluster:
         return "The Ray cluster is not reported (is bioengine-cluster up?)"
-    gib = 1024**3
+    gpus = _has_gpus(ray_cluster)
     state = "ready" if ray_cluster.get("ready") else f"NOT READY: {ray_cluster.get('error')}"
     lines = [
         f"Ray cluster ({ray_cluster.get('mode')}, Ray {ray_cluster.get('ray_version')}) at "
-        f"{ray_cluster.get('head_address')}: {state}"
+        f"{ray_cluster.get('head_address')}: {state}" + ("" if gpus else "; no GPUs")
     ]
-    rows: list[tuple[str, ...]] = [
-        ("NODE", "ROLE", "CPU", "GPU", "MEMORY", "OBJECT STORE", "ACCELERATOR", "SLURM JOB")
-    ]
+
+    def row(name: str, role: str, figures: dict[str, Any], accelerator: str, job: str) -> tuple[str, ...]:
+        cells = [name, role, _used(figures.get("used_cpu"), figures.get("total_cpu"))]
+        cells += [_used(figures.get("used_gpu"), figures.get("total_gpu"))] if gpus else []
+        cells += [
+            _used(figures.get("used_memory"), figures.get("total_memory"), _gib, " GiB"),
+            _used(
+                figures.get("used_object_store_memory"),
+                figures.get("total_object_store_memory"),
+                _gib,
+                " GiB",
+            ),
+        ]
+        cells += [accelerator] if gpus else []
+        return (*cells, job)
+
+    rows = [("NODE", "ROLE", "CPU", *(["GPU"] if gpus else []), "MEMORY", "OBJECT STORE",
+             *(["ACCELERATOR"] if gpus else []), "SLURM JOB")]  # fmt: skip
     for node in (ray_cluster.get("nodes") or {}).values():
         role = ("head" if node.get("head") else "worker") + ("" if node.get("alive", True) else " (dead)")
-        rows.append((
-            str(node.get("node_ip")), role,
-            _used(node.get("used_cpu"), node.get("total_cpu")),
-            _used(node.get("used_gpu"), node.get("total_gpu")),
-            _used(node.get("used_memory"), node.get("total_memory"), gib, " GiB"),
-            _used(node.get("used_object_store_memory"), node.get("total_object_store_memory"), gib, " GiB"),
-            str(node.get("accelerator_type") or "NA"), str(node.get("slurm_job_id") or "-"),
-        ))  # fmt: skip
+        accelerator = str(node.get("accelerator_type") or "NA")
+        rows.append(
+            row(str(node.get("node_ip")), role, node, accelerator, str(node.get("slurm_job_id") or "-"))
+        )
     totals = ray_cluster.get("cluster") or {}
     if totals:
-        rows.append((
-            "TOTAL", "", _used(totals.get("used_cpu"), totals.get("total_cpu")),
-            _used(totals.get("used_gpu"), totals.get("total_gpu")),
-            _used(totals.get("used_memory"), totals.get("total_memory"), gib, " GiB"),
-            _used(totals.get("used_object_store_memory"), totals.get("total_object_store_memory"), gib, " GiB"),
-            "", "",
-        ))  # fmt: skip
+        rows.append(row("TOTAL", "", totals, "", ""))
     lines += _table(rows)
     for demand in ray_cluster.get("pending_demand") or []:
-        lines.append(f"  pending: {demand.get('count')} x {demand.get('resources')} ({demand.get('source')})")
+        resources = {
+            name: round(amount, 2) if isinstance(amount, float) else amount
+            for name, amount in (demand.get("resources") or {}).items()
+        }
+        lines.append(f"  pending: {demand.get('count')} x {resources} ({demand.get('source')})")
     return "\n".join(lines)
 
 
