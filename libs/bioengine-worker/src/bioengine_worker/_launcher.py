@@ -92,6 +92,8 @@ SERVICE_IDS = {
 }
 #: Seconds between two looks at the start-up (registrations, the gateway's status).
 STARTUP_POLL_S = 0.25
+#: Seconds one of those looks may take (a busy machine), before it counts as "not yet".
+STARTUP_CALL_TIMEOUT_S = 10.0
 
 
 class WorkerSettings(BaseModel):
@@ -441,8 +443,9 @@ class Launcher:
                     if name in registered:
                         continue
                     try:
-                        info = await server.get_service_info(
-                            f"{workspace}/{SERVICE_IDS[name]}", {"mode": "last"}
+                        info = await asyncio.wait_for(
+                            server.get_service_info(f"{workspace}/{SERVICE_IDS[name]}", {"mode": "last"}),
+                            STARTUP_CALL_TIMEOUT_S,
                         )
                     except Exception:
                         continue
@@ -454,10 +457,11 @@ class Launcher:
                 if "gateway" in registered:
                     try:
                         if gateway is None:
-                            gateway = await server.get_service(
-                                f"{workspace}/bioengine-worker", {"mode": "last"}
+                            gateway = await asyncio.wait_for(
+                                server.get_service(f"{workspace}/bioengine-worker", {"mode": "last"}),
+                                STARTUP_CALL_TIMEOUT_S,
                             )
-                        status = await gateway.get_status()
+                        status = await asyncio.wait_for(gateway.get_status(), STARTUP_CALL_TIMEOUT_S)
                     except Exception:
                         gateway = None  # restarted under a new client id: look it up again
                 if status is not None:
