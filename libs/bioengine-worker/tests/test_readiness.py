@@ -1,9 +1,14 @@
 """The launcher's start-up report and `bioengine status` under NOT READY (pure parts)."""
 
+import re
+import shutil
 import subprocess
 import sys
 
-from bioengine_common import load_settings
+import pytest
+
+from bioengine_common import EmbeddedHypha, load_settings
+from bioengine_common._embedded import find_hypha_project
 from bioengine_worker._cli import format_status
 from bioengine_worker._launcher import Progress, WorkerSettings, _seconds, startup_steps
 
@@ -105,3 +110,24 @@ def test_no_wait_and_ready_timeout_flags():
         [sys.executable, "-m", "bioengine_worker", "--help"], capture_output=True, text=True, check=True
     ).stdout
     assert "--no-wait" in text and "--ready-timeout" in text and "is_ready" in text
+
+
+@pytest.mark.integration
+def test_the_first_install_of_the_server_environment_is_announced(tmp_path):
+    """A real `uv sync` of a copy of infra/hypha-server: a line before (with the estimate),
+    uv's summary lines (not one per package), a line after with the time; then quiet."""
+    project = tmp_path / "hypha-server"
+    project.mkdir()
+    for name in ("pyproject.toml", "uv.lock"):
+        shutil.copy(find_hypha_project() / name, project / name)
+    lines: list[str] = []
+    hypha = EmbeddedHypha(tmp_path / "state", "ws", project_dir=project, log=lines.append)
+    hypha.prepare()
+    assert hypha.python.exists()
+    assert lines[0].startswith("Installing the embedded Hypha server's environment (first run: about")
+    assert any(line.startswith("  uv: Installed ") for line in lines[1:-1]), lines
+    assert not any(line.startswith("  uv:  + ") for line in lines), lines
+    assert re.fullmatch(r"Installed the embedded Hypha server's environment in [\d.]+ s", lines[-1])
+    lines.clear()
+    hypha.prepare()
+    assert lines == []
