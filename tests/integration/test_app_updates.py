@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from bioengine_common import connect
 from bioengine_common.testing import launch_service, wait_for_service
 
 pytestmark = pytest.mark.integration
@@ -85,7 +86,7 @@ async def _rolled_out(worker: Any, app_id: str, changed: str, before: dict, time
 
 @pytest.mark.timeout(600)
 async def test_waiting_sees_running_only_with_a_service_and_updates_keep_what_did_not_change(
-    worker, admin_client
+    worker, admin_client, hypha_server
 ):
     kwargs = {"CompositionDeployment": {"demo_input": "v1"}, "Deployment2": {"start_number": 100}}
     app_id = await worker.deploy_app(
@@ -151,6 +152,37 @@ async def test_waiting_sees_running_only_with_a_service_and_updates_keep_what_di
     assert third["service_ids"][0]["websocket_service_id"] == service_id
     assert third["application_kwargs"] == kwargs  # left out: kept
 
+    # Access rules and the call limit: the proxy takes them on in place, nothing restarts.
+    await worker.deploy_app(
+        artifact_id="composition-app",
+        application_id=app_id,
+        authorized_users={"*": ["*"], "calculate_result": ["someone@example.org"]},
+        max_ongoing_requests=5,
+        wait=True,
+    )
+    user = await connect(
+        hypha_server.url, workspace=hypha_server.workspace, token=hypha_server.mint("plain-user")
+    )
+    try:
+        as_user = await user.get_service(service_id)
+        assert await as_user.ping() == "pong"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                await as_user.calculate_result(number=1)
+            except Exception as exc:
+                assert "may not call 'calculate_result'" in str(exc), exc
+                break
+            assert time.monotonic() < deadline, "the new access rule never applied"
+            await asyncio.sleep(0.5)
+    finally:
+        await user.disconnect()
+    fourth = await worker.wait_for_app(application_id=app_id, timeout=60)
+    assert _replicas(fourth) == _replicas(third)
+    assert fourth["service_ids"][0]["websocket_service_id"] == service_id
+    assert fourth["max_ongoing_requests"] == 5
+    assert "Result: 201" in await app.calculate_result(number=1)  # the admin keeps access
+
     # Stopping twice: the second time is a plain answer, not an error.
     first_stop = await worker.stop_app(application_id=app_id)
     assert first_stop["status"] == "stopping"
@@ -194,8 +226,6 @@ async def test_waiting_reports_the_failure_reason_and_the_last_state_on_timeout(
 
 
 async def test_waiting_is_for_admins(hypha_server, stack, worker):
-    from bioengine_common import connect
-
     client = await connect(
         hypha_server.url, workspace=hypha_server.workspace, token=hypha_server.mint("plain-user")
     )

@@ -309,8 +309,11 @@ def _changed(before: AppSpec, after: AppSpec) -> set[str]:
         ({"secret_env_names": {"Deployment2": ["KEY"]}}, {"Deployment2"}),
         ({"secrets_revision": 1}, set(CLASSES)),  # replicas read secret values when they start
         ({"code_dir": "/apps/comp/code-other"}, set(CLASSES)),
-        ({"authorized_users": {"*": ["alice"]}}, {"BioEngineProxy"}),
-        ({"max_ongoing_requests": 3}, {"BioEngineProxy"}),
+        # The proxy takes these on in place (user_config): no deployment restarts.
+        ({"authorized_users": {"*": ["alice"]}}, set()),
+        ({"max_ongoing_requests": 3}, set()),
+        ({"methods": [{"name": "ping"}]}, set()),
+        ({"server_url": "http://other"}, {*CLASSES, "BioEngineProxy"}),  # a new connection
         ({"redeploy": 1}, {*CLASSES, "BioEngineProxy"}),  # auto_redeploy rebuilds everything
     ],
 )
@@ -342,3 +345,48 @@ def test_the_built_app_carries_the_versions_and_starts_new_replicas_first():
         assert deployment._deployment_config.max_surge_percent == 100
     # The proxy gets only what it uses: nothing of the deployments' kwargs or code.
     assert set(proxy.init_args[1]) == set(ProxySpec.model_fields)
+    # Rules, limit and methods also travel as user_config, which Serve changes in place.
+    assert proxy._deployment_config.user_config == ProxySpec.of(with_methods).user_config()
+    assert set(proxy._deployment_config.user_config) == {
+        "authorized_users",
+        "max_ongoing_requests",
+        "methods",
+    }
+
+
+async def test_the_proxy_takes_on_new_rules_limit_and_methods_in_place():
+    from bioengine_app_runtime import ProxySpec, _proxy
+
+    class Server:
+        def __init__(self) -> None:
+            self.registered: list[list[str]] = []
+
+        async def register_service(self, api: dict, config: dict) -> dict:
+            assert config == {"overwrite": True}
+            self.registered.append(sorted(k for k in api if callable(api[k])))
+            return {"id": f"ws/app-x-r1:{api['id']}"}
+
+    class Handle:
+        def __getattr__(self, name: str) -> Any:
+            return None
+
+    proxy: Any = object.__new__(_proxy.BioEngineProxy.func_or_class)
+    proxy.spec = ProxySpec(
+        application_id="app-x", artifact_id="ws/app-x", server_url="http://s", workspace="ws"
+    )
+    proxy.entry, proxy.server, proxy.connected, proxy.error, proxy.ongoing = Handle(), Server(), True, None, 0
+    proxy.semaphore = _proxy.asyncio.Semaphore(10)
+    same = proxy.spec.user_config()
+    await proxy.reconfigure(same)  # Serve's first call after __init__: nothing to do
+    assert proxy.server.registered == []
+    semaphore = proxy.semaphore
+    await proxy.reconfigure({**same, "authorized_users": {"*": ["alice"]}, "max_ongoing_requests": 2})
+    assert proxy.spec.authorized_users == {"*": ["alice"]} and proxy.spec.max_ongoing_requests == 2
+    assert proxy.semaphore is not semaphore and proxy.server.registered == []  # rules apply at call time
+    api = proxy.service_api()
+    with pytest.raises(PermissionError, match="User 'bob' may not call 'ping'"):
+        proxy.spec = proxy.spec.model_copy(update={"methods": [_builder.MethodSpec(name="ping")]})
+        await proxy.service_api()["ping"](context={"user": {"id": "bob"}})
+    await proxy.reconfigure({**proxy.spec.user_config(), "methods": [{"name": "ping"}, {"name": "run"}]})
+    assert proxy.server.registered == [["get_load", "ping", "run"]]  # registered again, same connection
+    assert api["id"] == "app-x"

@@ -15,7 +15,9 @@ Updates without downtime: every deployment gets a Serve ``version`` computed fro
 replicas are made of (its class and code, its own kwargs and env vars, the app's secrets
 revision; for the proxy only what the proxy uses), so Serve replaces only the replicas of a
 deployment that changed (without a version, the imperative API gives each deploy a random one
-and restarts every replica, the proxy included). Replacements start before the old replicas
+and restarts every replica, the proxy included). The proxy's access rules, call limit and
+methods are its Serve ``user_config``, outside its version: Serve hands a change to the running
+replica (``reconfigure``), which keeps its Hypha connection, so the app's service id stays. Replacements start before the old replicas
 stop (``max_surge_percent=100``, unless the app's decorator sets it): the old ones serve until
 the new ones are ready.
 """
@@ -32,7 +34,7 @@ from typing import Any
 
 from ._proxy import BioEngineProxy
 from ._replica import wrap_deployment_class
-from ._spec import PROXY_DEPLOYMENT, AppSpec, MethodSpec, ProxySpec
+from ._spec import PROXY_CONFIG_FIELDS, PROXY_DEPLOYMENT, AppSpec, MethodSpec, ProxySpec
 
 __all__ = ["PROXY_ENV", "build", "deployment_version", "proxy_version", "schema_methods"]
 
@@ -59,7 +61,8 @@ def deployment_version(spec: AppSpec, class_name: str) -> str:
 
 
 def proxy_version(proxy_spec: ProxySpec) -> str:
-    return _digest({"proxy": proxy_spec.model_dump(mode="json")})
+    """Serve version of the proxy: what it cannot take on in place (not its user_config)."""
+    return _digest({"proxy": proxy_spec.model_dump(mode="json", exclude=set(PROXY_CONFIG_FIELDS))})
 
 
 def _rolling(deployment: Any, version: str) -> Any:
@@ -197,5 +200,6 @@ def build(args: dict[str, Any]) -> Any:
         name=PROXY_DEPLOYMENT,
         max_ongoing_requests=max(spec.max_ongoing_requests, 1) + 10,
         ray_actor_options={"num_cpus": 0, "runtime_env": {"env_vars": PROXY_ENV}},
+        user_config=proxy_spec.user_config(),
     )
     return _rolling(proxy, proxy_version(proxy_spec)).bind(entry_app, proxy_spec.model_dump(mode="json"))

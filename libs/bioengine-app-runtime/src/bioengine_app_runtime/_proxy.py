@@ -4,7 +4,10 @@ Each replica connects to Hypha with the app's token (read from the KV store, so 
 renew it) and registers service ``<application_id>`` with one function per schema method of
 the entry deployment. A call is checked against the per-method ``authorized_users`` rules,
 bounded by ``max_ongoing_requests`` and forwarded through a Serve ``DeploymentHandle``. It runs
-inside Ray, so apps keep answering while apps-svc restarts.
+inside Ray, so apps keep answering while apps-svc restarts. Rules, limit and methods are the
+deployment's Serve ``user_config``: an update of them reaches the running replica through
+``reconfigure`` (new methods are registered again on the same connection), so the app keeps
+its replica and its Hypha service id.
 
 Hypha outages: hypha-rpc reconnects and registers the service again by itself. A watch makes
 sure of it: when hypha-rpc gives up (the server refused the reconnect), when the connection
@@ -27,7 +30,7 @@ from ray import serve
 from bioengine_common import connect, is_authorized
 
 from . import _kv
-from ._spec import MethodSpec, ProxySpec
+from ._spec import PROXY_CONFIG_FIELDS, MethodSpec, ProxySpec
 
 logger = logging.getLogger("ray.serve")
 
@@ -90,12 +93,12 @@ class BioEngineProxy:
 
     # ---- Hypha -----------------------------------------------------------------------------------
     def _function(self, method: MethodSpec) -> Any:
-        rule = method_rule(self.spec.authorized_users, method.name)
         target = getattr(self.entry, method.name)  # one handle method per exposed method
 
         async def call(*args: Any, context: dict | None = None, **kwargs: Any) -> Any:
             user = (context or {}).get("user") or {}
-            if not is_authorized(user, rule):
+            # The rule of the moment: reconfigure may have changed it since registration.
+            if not is_authorized(user, method_rule(self.spec.authorized_users, method.name)):
                 who = user.get("email") or user.get("id") or "anonymous"
                 raise PermissionError(
                     f"User '{who}' may not call '{method.name}' of app '{self.spec.application_id}'"
@@ -218,6 +221,25 @@ class BioEngineProxy:
                 return verdict
 
     # ---- Serve ---------------------------------------------------------------------------------
+    async def reconfigure(self, config: dict[str, Any]) -> None:
+        """Serve's user_config: take on new access rules, call limit and methods in place."""
+        given = {k: v for k, v in config.items() if k in PROXY_CONFIG_FIELDS}
+        new = ProxySpec.model_validate({**self.spec.model_dump(), **given})
+        if new == self.spec:
+            return
+        methods_changed = new.methods != self.spec.methods
+        if new.max_ongoing_requests != self.spec.max_ongoing_requests:
+            # Calls in flight finish under the old limit; new calls take the new one.
+            self.semaphore = asyncio.Semaphore(max(new.max_ongoing_requests, 1))
+        self.spec = new
+        logger.info("Proxy of app %s reconfigured in place", new.application_id)
+        if methods_changed and self.connected and self.server is not None:
+            try:
+                await self.server.register_service(self.service_api(), {"overwrite": True})
+            except Exception as exc:  # the watch connects anew if the connection is gone
+                self.error = f"registering the new methods failed: {type(exc).__name__}: {exc}"
+                logger.warning("%s", self.error)
+
     async def check_health(self) -> None:
         if self.service_id is None and time.monotonic() - self.started > REGISTER_GRACE_S:
             raise RuntimeError(f"not registered on Hypha after {REGISTER_GRACE_S:.0f} s: {self.error}")

@@ -11,10 +11,13 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-__all__ = ["PROXY_DEPLOYMENT", "AppSpec", "DeploymentRef", "MethodSpec", "ProxySpec"]
+__all__ = ["PROXY_CONFIG_FIELDS", "PROXY_DEPLOYMENT", "AppSpec", "DeploymentRef", "MethodSpec", "ProxySpec"]
 
 #: Name of the deployment that exposes an app as a Hypha service (the app's ingress).
 PROXY_DEPLOYMENT = "BioEngineProxy"
+#: Fields of a ProxySpec that a running proxy replica takes on in place (Serve's user_config and
+#: the proxy's reconfigure), so changing them keeps the replica and the app's Hypha service id.
+PROXY_CONFIG_FIELDS = ("authorized_users", "max_ongoing_requests", "methods")
 
 
 class DeploymentRef(BaseModel):
@@ -83,7 +86,8 @@ class ProxySpec(BaseModel):
 
     Only what the proxy uses, so that an update that does not concern it (a deployment's kwargs,
     env vars or code with the same methods) leaves its replica, and the app's Hypha service id,
-    as they are.
+    as they are. The :data:`PROXY_CONFIG_FIELDS` also travel as Serve's ``user_config`` and are
+    left out of the version: access rules, the call limit and the methods change in place.
     """
 
     application_id: str
@@ -99,3 +103,7 @@ class ProxySpec(BaseModel):
     @classmethod
     def of(cls, spec: AppSpec) -> ProxySpec:
         return cls.model_validate(spec.model_dump(include=set(cls.model_fields)))
+
+    def user_config(self) -> dict[str, Any]:
+        """The part a running replica takes on in place (Serve's ``user_config``)."""
+        return self.model_dump(mode="json", include=set(PROXY_CONFIG_FIELDS))
