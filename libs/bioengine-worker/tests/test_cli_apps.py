@@ -284,7 +284,7 @@ def test_format_logs():
 # ---- waiting for an app ----------------------------------------------------------------------------
 def test_app_summary_says_what_to_call():
     assert app_summary("brave-otter-1a2b", _running()) == [
-        "brave-otter-1a2b is running.",
+        "brave-otter-1a2b: RUNNING",
         f"  service: {SERVICE}",
         "  methods: ping, ascii_art",
         f"  call it: bioengine call {SERVICE} METHOD --arg NAME=VALUE",
@@ -388,7 +388,7 @@ def test_deploy_uploads_deploys_and_follows(fake_worker, capsys):
         "application_env_vars": {"*": {"GREETING": "hi"}},
     }
     assert fake_worker.timeout == 300.0
-    assert "Application id: brave-otter-1a2b" in out and "brave-otter-1a2b is running." in out
+    assert "Application id: brave-otter-1a2b" in out and "brave-otter-1a2b: RUNNING" in out
 
 
 def test_run_prints_the_id_and_does_not_wait(fake_worker, capsys):

@@ -462,7 +462,7 @@ def app_summary(app_id: str, status: dict[str, Any]) -> list[str]:
     methods = ", ".join(map(str, status.get("available_methods") or [])) or "-"
     services = _service_ids(status)
     return [
-        f"{app_id} is running.",
+        f"{app_id}: RUNNING",
         *(f"  service: {service}" for service in services),
         f"  methods: {methods}",
         f"  call it: bioengine call {services[0] if services else app_id} METHOD --arg NAME=VALUE",
