@@ -1,6 +1,7 @@
 """bioengine-cluster in external-cluster mode against the session Ray head: status, fit, run_code."""
 
 import asyncio
+import re
 import sys
 import time
 
@@ -209,13 +210,97 @@ async def test_timeout_cancels_the_task(cluster):
 async def test_remote_options(cluster):
     ok = await cluster.run_code(code="def analyze():\n    return 1", remote_options={"num_cpus": 0.5})
     assert ok["result"] == 1
-    bad = await cluster.run_code(code="def analyze():\n    return 1", remote_options={"num_cpu": 1})
-    assert "unknown remote_options ['num_cpu']" in bad["error"]
+    with pytest.raises(Exception, match=r"InvalidRequest: unknown remote_options \['num_cpu'\]"):
+        await cluster.run_code(code="def analyze():\n    return 1", remote_options={"num_cpu": 1})
+    with pytest.raises(Exception, match=r"remote_options\.num_gpus must be a non-negative number, got -1"):
+        await cluster.run_code(code="def analyze():\n    return 1", remote_options={"num_gpus": -1})
     env = await cluster.run_code(
         code="import os\ndef analyze():\n    return os.environ.get('PROBE')",
         remote_options={"runtime_env": {"env_vars": {"PROBE": "yes"}}},
     )
     assert env["result"] == "yes"
+
+
+async def test_a_request_no_node_can_hold_is_refused_at_once_with_the_reason(cluster):
+    # The head has 4 CPUs: 64 can never fit, so the call does not wait out its 120 s timeout.
+    with pytest.raises(Exception) as caught:
+        await asyncio.wait_for(
+            cluster.run_code(
+                code="def analyze():\n    return 1", remote_options={"num_cpus": 64}, timeout=120
+            ),
+            60,
+        )
+    message = str(caught.value)
+    assert "ResourceUnavailable: run_code cannot run on this cluster" in message
+    assert "largest node has 4 CPUs, 64 CPUs needed; no node of this cluster is large enough" in message
+    status = await cluster.get_status()
+    assert not status["run_code"]["running"]  # refused before any task was started
+    # What fits once busy CPUs are free is not refused: 4 CPUs (the whole node) runs.
+    whole = await cluster.run_code(code="def analyze():\n    return 4", remote_options={"num_cpus": 4})
+    assert whole.get("error") is None and whole["result"] == 4
+
+
+async def test_a_timed_out_run_code_keeps_what_it_printed(cluster):
+    streamed: list[str] = []
+    code = """
+import sys, time
+def analyze():
+    print("loading data")
+    print("step 1 of 3", flush=True)
+    print("slow step ahead", file=sys.stderr)
+    time.sleep(60)
+    print("never printed")
+"""
+    result = await cluster.run_code(code=code, timeout=5, write_stdout=streamed.append)
+    assert "timed out after 5 seconds" in result["error"] and "TimeoutError" in result["traceback"]
+    assert result["stdout"] == "loading data\nstep 1 of 3\n"
+    assert result["stderr"] == "slow step ahead\n"
+    assert streamed == ["loading data", "step 1 of 3"]
+    assert "result" not in result
+
+
+async def test_status_figures_are_rounded(cluster):
+    # A fractional task leaves fractional use behind while it runs.
+    code = "import time\ndef analyze():\n    time.sleep(4)\n    return 1"
+    running = asyncio.ensure_future(
+        cluster.run_code(code=code, remote_options={"num_cpus": 0.1, "memory": 123_456_789})
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            status = await cluster.get_status()
+            ray_cluster = status["ray_cluster"]
+            (node,) = ray_cluster["nodes"].values()
+            if node["used_memory"] == 123_456_789 or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.3)
+    finally:
+        assert (await running)["result"] == 1
+    totals = ray_cluster["cluster"]
+    (node,) = ray_cluster["nodes"].values()
+    for figures in (totals, node):
+        for name in ("total_cpu", "used_cpu", "total_gpu", "used_gpu"):
+            assert figures[name] == round(figures[name], 2), (name, figures[name])
+        for name in ("total_memory", "used_memory", "total_object_store_memory", "used_object_store_memory"):
+            assert isinstance(figures[name], int), (name, figures[name])
+            assert figures[f"{name}_gb"] == round(figures[name] / 1024**3, 2)
+    # Only this task asks for memory; other CPUs may still be held by an earlier test's task.
+    assert node["used_memory"] == 123_456_789 and round(totals["used_cpu"] % 1, 2) == 0.1
+    assert ray_cluster["gpus"] == "no GPUs" and node["total_gpu_memory"] == 0
+    # No binary noise anywhere in the answer (Ray's own figures carry some, e.g. 4 - 3.9).
+    noisy = [f for f in _floats(status) if re.search(r"\.\d*(0{6,}|9{6,})\d+$", repr(f))]
+    assert not noisy, noisy
+
+
+def _floats(value):
+    if isinstance(value, float):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _floats(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _floats(item)
 
 
 async def test_run_code_is_for_admins_only(cluster, hypha_server):

@@ -194,6 +194,12 @@ class SlurmAutoscaler:
             return None
         return settings.job_spec().ray_resources()
 
+    def worker_shape(self) -> dict[str, float] | None:
+        """The Ray resources of one worker job of the configured size, whether or not one could
+        be submitted right now; None when --slurm-max-workers is 0 (the cluster never grows)."""
+        settings = self.slurm_settings()
+        return settings.job_spec().ray_resources() if settings.max_workers > 0 else None
+
     # ---- one round ------------------------------------------------------------------------------
     def _record(self, decision: Decision, observed: dict[str, Any]) -> None:
         entry = decision.model_dump()

@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 
 from bioengine_common import InvalidRequest
 
-__all__ = ["FitResult", "NodeResources", "ResourceRequest", "check_fit"]
+__all__ = ["FitResult", "NodeResources", "ResourceRequest", "check_fit", "never_fits"]
 
 _EPSILON = 1e-6
 _GIB = 1024**3
@@ -116,3 +116,24 @@ def check_fit(
     if scale_up_node is not None:
         reason += f"; nor would a new worker ({_shortfall(needed, [scale_up_node], 'a new worker')})"
     return FitResult(verdict="cannot_fit", fits_when_idle=fits_when_idle, reason=reason)
+
+
+def never_fits(
+    request: ResourceRequest,
+    nodes: Sequence[NodeResources],
+    worker_shape: Mapping[str, float] | None = None,
+) -> str | None:
+    """Why ``request`` can never run on this cluster, or ``None`` when it can (now, once running
+    work ends, or on a new worker).
+
+    ``worker_shape`` is the resources of one worker the cluster can add at all (slurm mode: a job
+    of the configured size), whether or not it could be added right now: a request that waits for
+    a scale-up or for busy nodes is not refused. With no alive node the cluster's state is unknown,
+    and nothing is refused on it.
+    """
+    if not any(node.alive for node in nodes):
+        return None
+    result = check_fit(request, nodes, scale_up_node=worker_shape)
+    if result.verdict != "cannot_fit" or result.fits_when_idle:
+        return None
+    return result.reason

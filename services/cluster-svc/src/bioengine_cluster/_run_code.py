@@ -31,12 +31,14 @@ from typing import Any
 from bioengine_common import InvalidRequest, error_summary
 
 from ._code_task import run_code_task
+from ._fit import ResourceRequest
 
 __all__ = [
     "RUN_CODE_OPTIONS",
     "CallerWatch",
     "RunCodeLog",
     "absence",
+    "parse_remote_options",
     "retry_notice",
     "run_in_ray",
 ]
@@ -52,9 +54,75 @@ RUN_CODE_OPTIONS = {
     "max_retries",
 }
 NOTICE_PREFIX = "[bioengine] "
+#: Ray's default for a task that names no CPUs.
+_TASK_DEFAULT_CPUS = 1.0
+#: Ray refuses these in ``resources``: they have options of their own.
+_STANDARD_OPTION = {"CPU": "num_cpus", "GPU": "num_gpus", "memory": "memory"}
 
 
 # ---- pure -------------------------------------------------------------------------------------
+def _amount(field: str, value: Any) -> float:
+    """A non-negative, finite number for ``field`` (bools are not numbers here)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidRequest(f"{field} must be a non-negative number, got {type(value).__name__} {value!r}")
+    if value < 0 or value != value or value == float("inf"):
+        raise InvalidRequest(f"{field} must be a non-negative number, got {value!r}")
+    return float(value)
+
+
+def parse_remote_options(remote_options: Any) -> tuple[dict[str, Any], ResourceRequest]:
+    """Check run_code's ``remote_options``: the Ray task options to pass on (``None`` values left
+    out: Ray's default) and what the task asks of one node. The error names the wrong field."""
+    if remote_options is None:
+        remote_options = {}
+    if not isinstance(remote_options, dict):
+        raise InvalidRequest(
+            f"remote_options must be a dict of Ray task options, got {type(remote_options).__name__}"
+        )
+    options = {str(k): v for k, v in remote_options.items() if v is not None}
+    unknown = sorted(set(options) - RUN_CODE_OPTIONS)
+    if unknown:
+        raise InvalidRequest(f"unknown remote_options {unknown}; allowed: {sorted(RUN_CODE_OPTIONS)}")
+    amounts = {
+        name: _amount(f"remote_options.{name}", options[name])
+        for name in ("num_cpus", "num_gpus", "memory")
+        if name in options
+    }
+    resources = options.get("resources", {})
+    if not isinstance(resources, dict):
+        raise InvalidRequest(
+            f"remote_options.resources must be a dict of resource name to amount, got "
+            f"{type(resources).__name__}"
+        )
+    for name, value in resources.items():
+        if not isinstance(name, str) or not name:
+            raise InvalidRequest(f"remote_options.resources: {name!r} is not a resource name")
+        if name in _STANDARD_OPTION:
+            raise InvalidRequest(
+                f"remote_options.resources.{name}: give {name} as remote_options.{_STANDARD_OPTION[name]}"
+            )
+        _amount(f"remote_options.resources.{name}", value)
+    for name, kind in (("runtime_env", dict), ("accelerator_type", str)):
+        if name in options and not isinstance(options[name], kind):
+            raise InvalidRequest(
+                f"remote_options.{name} must be a {kind.__name__}, got {type(options[name]).__name__}"
+            )
+    if "max_retries" in options:
+        retries = options["max_retries"]
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < -1:
+            raise InvalidRequest(
+                f"remote_options.max_retries must be a whole number >= 0 (or -1: retry forever), "
+                f"got {retries!r}"
+            )
+    request = ResourceRequest(
+        num_cpus=amounts.get("num_cpus", _TASK_DEFAULT_CPUS),
+        num_gpus=amounts.get("num_gpus", 0.0),
+        memory=amounts.get("memory", 0.0),
+        resources={name: float(value) for name, value in resources.items()},
+    )
+    return options, request
+
+
 def absence(
     missing_since: float | None, present: bool | None, now: float, grace_s: float
 ) -> tuple[float | None, bool]:
@@ -231,8 +299,8 @@ async def run_in_ray(
     try:
         task = _remote_run_code_task().options(**options)
         stream: Any = task.remote(mode, code, func_bytes, function_name, args, kwargs)
-    except Exception as exc:
-        return {"error": f"invalid remote_options: {error_summary(exc)}", "traceback": ""}
+    except Exception as exc:  # Ray's own check of the options
+        raise InvalidRequest(f"invalid remote_options: {error_summary(exc)}") from exc
     outcome: dict[str, Any] = {}
     stdout_failures: list[str] = []
     stderr_failures: list[str] = []
@@ -241,6 +309,7 @@ async def run_in_ray(
     where: dict[int, dict[str, Any]] = {}
     current: list[int | None] = [None]  # the attempt streaming now
     lines = [0]  # output lines streamed so far
+    printed: dict[str, list[str]] = {"stdout": [], "stderr": []}  # kept for an unfinished task
 
     async def notice(text: str) -> None:
         notices.append(text)
@@ -265,9 +334,11 @@ async def run_in_ray(
                 run.setdefault("where", []).append({"attempt": attempt + 1, **where[attempt]})
             elif kind == "stdout":
                 lines[0] += 1
+                printed["stdout"].append(value)
                 await _deliver(write_stdout, value, stdout_failures)
             elif kind == "stderr":
                 lines[0] += 1
+                printed["stderr"].append(value)
                 await _deliver(write_stderr, value, stderr_failures)
             else:
                 outcome.update(value)
@@ -277,6 +348,14 @@ async def run_in_ray(
                         "slurm_job_id": value.get("slurm_job_id"),
                     }
                     run.setdefault("where", []).append({"attempt": attempt + 1, **where[attempt]})
+
+    def unfinished(result: dict[str, Any]) -> dict[str, Any]:
+        """An error result for a task that did not finish, with the output it printed so far
+        (every complete line; a last line without its newline is not streamed until the task
+        ends, so it is missing)."""
+        result["stdout"] = "".join(f"{line}\n" for line in printed["stdout"])
+        result["stderr"] = "".join(f"{line}\n" for line in [*notices, *printed["stderr"]])
+        return attempts_info(result)
 
     def attempts_info(result: dict[str, Any]) -> dict[str, Any]:
         result.pop("attempt", None)  # the task's 0-based number: "attempts" says it
@@ -300,14 +379,14 @@ async def run_in_ray(
                 reason = watcher.result()
                 logger.warning("run_code %s: %s: cancelled its Ray task", run.get("id", ""), reason)
                 run["cancelled"] = reason
-                return attempts_info(
+                return unfinished(
                     {
                         "error": f"Cancelled: {reason}.",
                         "traceback": f"run_code cancelled: {reason}",
                         "cancelled": True,
                     }
                 )
-            return attempts_info(
+            return unfinished(
                 {
                     "error": f"The code timed out after {timeout:g} seconds.",
                     "traceback": f"TimeoutError: run_code exceeded its timeout of {timeout:g} seconds; "
@@ -317,7 +396,7 @@ async def run_in_ray(
         try:
             consumer.result()
         except Exception as exc:  # the task itself failed (worker died, bad runtime_env, ...)
-            return attempts_info({"error": error_summary(exc), "traceback": str(exc)})
+            return unfinished({"error": error_summary(exc), "traceback": str(exc)})
     finally:
         if watcher is not None:
             watcher.cancel()

@@ -20,6 +20,7 @@ from bioengine_common import (
     ConfigurationError,
     HeadOptions,
     InvalidRequest,
+    ResourceUnavailable,
     ServiceUnavailable,
     disconnect_driver,
     error_summary,
@@ -34,10 +35,10 @@ from ._backends import (
     ExternalBackend,
     LocalHeadBackend,
 )
-from ._fit import ResourceRequest, check_fit
-from ._run_code import RUN_CODE_OPTIONS, CallerWatch, RunCodeLog, run_in_ray
+from ._fit import ResourceRequest, check_fit, never_fits
+from ._run_code import CallerWatch, RunCodeLog, parse_remote_options, run_in_ray
 from ._settings import ClusterSettings
-from ._status import ClusterSample, PendingDemand, summarize
+from ._status import ClusterSample, PendingDemand, gpu_summary, summarize, without_float_noise
 
 _GIB = 1024**3
 
@@ -246,6 +247,8 @@ class ClusterService(BioEngineService):
             "sampled_at": latest.sampled_at if latest else None,
             "cluster": latest.cluster.model_dump() if latest else {},
             "nodes": {k: v.model_dump() for k, v in latest.nodes.items()} if latest else {},
+            # The GPU fields above are the public worker's; this says once whether there are any.
+            "gpus": gpu_summary(latest),
             "pending_demand": [d.model_dump() for d in latest.pending_demand] if latest else [],
             # False over Ray Client: per-node "used" figures are then unknown (shown as 0).
             "per_node_usage_known": latest.per_node_usage_known if latest else None,
@@ -253,7 +256,12 @@ class ClusterService(BioEngineService):
         }
 
     def status_details(self) -> dict[str, Any]:
-        return {"mode": self.settings.mode, "ray_cluster": self.ray_cluster(), "run_code": self.runs.status()}
+        details = {
+            "mode": self.settings.mode,
+            "ray_cluster": self.ray_cluster(),
+            "run_code": self.runs.status(),
+        }
+        return without_float_noise(details)
 
     # ---- RPC ----------------------------------------------------------------------------------------
     @schema_method
@@ -266,7 +274,9 @@ class ClusterService(BioEngineService):
         """Recent cluster totals, oldest first: [{sampled_at, cluster}]."""
         self.caller_context(context, caller)
         samples = list(self.history)[-int(limit) :]
-        return [{"sampled_at": s.sampled_at, "cluster": s.cluster.model_dump()} for s in samples]
+        return without_float_noise(
+            [{"sampled_at": s.sampled_at, "cluster": s.cluster.model_dump()} for s in samples]
+        )
 
     @schema_method
     async def get_connection_info(self, caller: dict | None = None, context: dict | None = None) -> dict:
@@ -339,7 +349,9 @@ class ClusterService(BioEngineService):
         args: list | None = Field(None, description="Positional arguments."),
         kwargs: dict | None = Field(None, description="Keyword arguments."),
         remote_options: dict | None = Field(
-            None, description="Ray task options: num_cpus, num_gpus, memory, runtime_env, resources, ..."
+            None,
+            description="Ray task options: num_cpus (default 1), num_gpus, memory (bytes), runtime_env, "
+            "resources, accelerator_type, max_retries.",
         ),
         write_stdout: Any = Field(None, description="Called with each stdout line while the code runs."),
         write_stderr: Any = Field(None, description="Called with each stderr line while the code runs."),
@@ -350,18 +362,17 @@ class ClusterService(BioEngineService):
         """Run a Python function in a Ray task on the cluster (admin only).
 
         Returns {result, stdout, stderr}, or {error, traceback, stdout, stderr}; never raises for
-        errors of the code itself.
+        errors of the code itself. On timeout the task is cancelled and the error result holds
+        the stdout/stderr lines printed before it. Raises InvalidRequest for bad remote_options
+        (naming the field) and ResourceUnavailable, at once and with the reason, for a request
+        no node could ever hold (nor, in slurm mode, a worker job of the configured size); a
+        request that waits for busy nodes or a scale-up is run, not refused.
         """
         resolved = self.require_admin(context, caller, "run_code")
         if not self.connected:
             raise ServiceUnavailable(f"the Ray cluster is not ready: {self.cluster_error}")
-        options = dict(remote_options or {})
-        unknown = set(options) - RUN_CODE_OPTIONS
-        if unknown:
-            return {
-                "error": f"unknown remote_options {sorted(unknown)}; allowed: {sorted(RUN_CODE_OPTIONS)}",
-                "traceback": "",
-            }
+        options, request = parse_remote_options(remote_options)
+        self._refuse_if_never_fits(request)
         clients = self._callers_of(context, caller)
         run = self.runs.start(str((resolved.get("user") or {}).get("id") or ""), clients)
         caller_gone: Callable[[], Awaitable[str]] | None = None
@@ -390,6 +401,15 @@ class ClusterService(BioEngineService):
             return result
         finally:
             self.runs.finish(run, state, reason)
+
+    def _refuse_if_never_fits(self, request: ResourceRequest) -> None:
+        """Raise ResourceUnavailable for a run_code no node (nor a new SLURM worker) could hold."""
+        if not self.history:
+            return
+        shape = self.autoscaler.worker_shape() if self.autoscaler is not None else None
+        reason = never_fits(request, self.history[-1].node_resources(), worker_shape=shape)
+        if reason is not None:
+            raise ResourceUnavailable(f"run_code cannot run on this cluster: {reason}")
 
     @staticmethod
     def _callers_of(context: Any, caller: Any) -> list[str]:

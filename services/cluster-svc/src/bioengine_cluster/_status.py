@@ -1,34 +1,100 @@
-"""The cluster's status in the public worker's shape, built from raw Ray data by pure functions."""
+"""The cluster's status in the public worker's shape, built from raw Ray data by pure functions.
+
+The samples keep Ray's exact figures (the fit check works on them); what a person reads is
+rounded when a sample is dumped: CPUs and GPUs to at most 2 decimals, memory in whole bytes
+(the public worker's fields) plus the same in GB (GiB, as every ``*_gb`` setting here) with 2
+decimals, and any other float without binary noise (``0.30000000000000004`` reads ``0.3``).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, computed_field, field_serializer
 
 from ._fit import NodeResources
 
-__all__ = ["ClusterSample", "ClusterTotals", "NodeStatus", "PendingDemand", "summarize"]
+__all__ = [
+    "ClusterSample",
+    "ClusterTotals",
+    "NodeStatus",
+    "PendingDemand",
+    "gpu_summary",
+    "summarize",
+    "without_float_noise",
+]
+
+_GIB = 1024**3
 
 
-class NodeStatus(BaseModel):
-    node_ip: str | None
-    head: bool
-    alive: bool = True
+def without_float_noise(value: Any) -> Any:
+    """``value`` with every float cut to 12 significant digits, recursively (dicts, lists):
+    binary noise such as ``0.1 + 0.2 == 0.30000000000000004`` goes, real figures stay (an
+    epoch time keeps its hundredths of a second)."""
+    if isinstance(value, float):
+        return float(f"{value:.12g}")
+    if isinstance(value, dict):
+        return {key: without_float_noise(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [without_float_noise(item) for item in value]
+    return value
+
+
+class _Resources(BaseModel):
+    """CPU, GPU and memory figures (the public worker's names), rounded when dumped."""
+
     total_cpu: float = 0.0
     used_cpu: float = 0.0
     total_gpu: float = 0.0
     used_gpu: float = 0.0
-    total_gpu_memory: int | str = "NA"
-    used_gpu_memory: int | str = "NA"
-    total_memory: float = 0.0
-    used_memory: float = 0.0
-    total_object_store_memory: float = 0.0
-    used_object_store_memory: float = 0.0
+    total_memory: float = Field(0.0, description="Bytes.")
+    used_memory: float = Field(0.0, description="Bytes.")
+    total_object_store_memory: float = Field(0.0, description="Bytes.")
+    used_object_store_memory: float = Field(0.0, description="Bytes.")
+
+    @field_serializer("total_cpu", "used_cpu", "total_gpu", "used_gpu")
+    def _count(self, value: float) -> float:
+        return round(value, 2) + 0.0  # + 0.0: no "-0.0"
+
+    @field_serializer("total_memory", "used_memory", "total_object_store_memory", "used_object_store_memory")
+    def _bytes(self, value: float) -> int:
+        return round(value)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def total_memory_gb(self) -> float:
+        return round(self.total_memory / _GIB, 2)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def used_memory_gb(self) -> float:
+        return round(self.used_memory / _GIB, 2)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def total_object_store_memory_gb(self) -> float:
+        return round(self.total_object_store_memory / _GIB, 2)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def used_object_store_memory_gb(self) -> float:
+        return round(self.used_object_store_memory / _GIB, 2)
+
+
+class NodeStatus(_Resources):
+    node_ip: str | None
+    head: bool
+    alive: bool = True
+    total_gpu_memory: int | str = Field("NA", description="Bytes; 0 without GPUs, 'NA' when not known.")
+    used_gpu_memory: int | str = Field("NA", description="Bytes; 0 without GPUs, 'NA' when not known.")
     accelerator_type: str = "NA"
     slurm_job_id: str | None = None
     custom_resources: dict[str, float] = Field(default_factory=dict)
+
+    @field_serializer("custom_resources")
+    def _custom(self, value: dict[str, float]) -> dict[str, float]:
+        return without_float_noise(value)
 
 
 class PendingDemand(BaseModel):
@@ -36,16 +102,12 @@ class PendingDemand(BaseModel):
     count: int
     source: str = Field(description="task_actor, placement_group or request_resources")
 
+    @field_serializer("resources")
+    def _resources(self, value: dict[str, float]) -> dict[str, float]:
+        return without_float_noise(value)
 
-class ClusterTotals(BaseModel):
-    total_cpu: float = 0.0
-    used_cpu: float = 0.0
-    total_gpu: float = 0.0
-    used_gpu: float = 0.0
-    total_memory: float = 0.0
-    used_memory: float = 0.0
-    total_object_store_memory: float = 0.0
-    used_object_store_memory: float = 0.0
+
+class ClusterTotals(_Resources):
     pending_resources: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -85,6 +147,20 @@ class ClusterSample(BaseModel):
 _STANDARD = {"CPU", "GPU", "memory", "object_store_memory"}
 
 
+def gpu_summary(sample: ClusterSample | None) -> str | None:
+    """One line on the cluster's GPUs: "no GPUs", or e.g. "2 GPUs (A100) on 1 node"."""
+    if sample is None:
+        return None
+    gpu_nodes = [n for n in sample.nodes.values() if n.alive and n.total_gpu > 0]
+    if not gpu_nodes:
+        return "no GPUs"
+    count = round(sum(n.total_gpu for n in gpu_nodes), 2) + 0.0
+    kinds = sorted({n.accelerator_type for n in gpu_nodes if n.accelerator_type not in ("NA", "")})
+    plural = "" if count == 1 else "s"
+    nodes = f"{len(gpu_nodes)} node{'' if len(gpu_nodes) == 1 else 's'}"
+    return f"{count:g} GPU{plural}" + (f" ({', '.join(kinds)})" if kinds else "") + f" on {nodes}"
+
+
 def _custom(resources: Mapping[str, float]) -> dict[str, float]:
     return {
         name: value
@@ -121,6 +197,9 @@ def summarize(
             used_cpu=used.get("CPU", 0.0),
             total_gpu=resources.get("GPU", 0.0),
             used_gpu=used.get("GPU", 0.0),
+            # The GPUs' own memory is not sampled: unknown on a GPU node, none without GPUs.
+            total_gpu_memory="NA" if resources.get("GPU", 0.0) else 0,
+            used_gpu_memory="NA" if resources.get("GPU", 0.0) else 0,
             total_memory=resources.get("memory", 0.0),
             used_memory=used.get("memory", 0.0),
             total_object_store_memory=resources.get("object_store_memory", 0.0),
