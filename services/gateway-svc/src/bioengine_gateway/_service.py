@@ -268,15 +268,35 @@ class GatewayService(BioEngineService):
         """Run a Python function in a Ray task on the worker's cluster (admin only).
 
         Returns {result, stdout, stderr} or {error, traceback, stdout, stderr}; stdout and stderr
-        lines reach the callbacks while the code runs.
+        lines reach the callbacks while the code runs. On timeout the task is cancelled and the
+        error result keeps the lines printed before it. Bad remote_options raise InvalidRequest
+        naming the field; a request no node (nor a new SLURM worker) could ever hold raises
+        ResourceUnavailable at once, with the reason.
         """
+        import re
+
+        from bioengine_common import errors
+
         check_permissions(context, self.admin_users, "'run_code' (admin only)")
-        return await self.call(
-            "cluster", "run_code", context, call_timeout=float(timeout) + 30.0,
-            code=code, function_name=function_name, func_bytes=func_bytes, mode=mode, args=args,
-            kwargs=kwargs, remote_options=remote_options, write_stdout=_relay(write_stdout),
-            write_stderr=_relay(write_stderr), timeout=float(timeout),
-        )  # fmt: skip
+        try:
+            return await self.call(
+                "cluster", "run_code", context, call_timeout=float(timeout) + 30.0,
+                code=code, function_name=function_name, func_bytes=func_bytes, mode=mode, args=args,
+                kwargs=kwargs, remote_options=remote_options, write_stdout=_relay(write_stdout),
+                write_stderr=_relay(write_stderr), timeout=float(timeout),
+            )  # fmt: skip
+        except errors.BioEngineError:
+            raise  # raised here (cluster-svc unreachable): already one line
+        except Exception as exc:
+            # cluster-svc's refusal arrives as its whole remote traceback: pass on its last line
+            # as the same error type, not a traceback inside a traceback.
+            last = error_summary(exc)
+            known = re.match(
+                r"(?:[\w.]+\.)?(InvalidRequest|ResourceUnavailable|PermissionDenied): (.*)", last
+            )
+            if known is None:
+                raise
+            raise getattr(errors, known.group(1))(known.group(2)) from None
 
     @schema_method
     async def stop_worker(
