@@ -346,24 +346,8 @@ def _blocks() -> list[Block]:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "block" in metafunc.fixturenames:
         blocks = _blocks()
-        params = [
-            pytest.param(b, id=str(b), marks=[pytest.mark.xfail(reason=KNOWN_FAILING[str(b)], strict=True)])
-            if str(b) in KNOWN_FAILING
-            else pytest.param(b, id=str(b))
-            for b in blocks
-        ]
+        params = [pytest.param(b, id=str(b)) for b in blocks]
         metafunc.parametrize("block", params)
-
-
-#: Blocks of READMEs edited by other parts of the work that do not run as written yet, each with
-#: the reason; strict, so a fixed block (run, or marked skip with its reason) must leave the list.
-KNOWN_FAILING = {
-    "libs/bioengine-worker/README.md:8": "a usage synopsis ([--workspace-dir DIR] ...), not a command",
-    "libs/bioengine-worker/README.md:31": "a usage synopsis (bioengine status [--json] ...), not a command",
-    "services/apps-svc/README.md:8": "placeholders <token>, URL, WS (a service to start by hand)",
-    "services/cluster-svc/README.md:8": "placeholders <token>, URL, WS (a service to start by hand)",
-    "services/gateway-svc/README.md:13": "placeholders <token>, URL, WS (a service to start by hand)",
-}
 
 
 @pytest.fixture
