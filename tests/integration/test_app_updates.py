@@ -195,8 +195,12 @@ async def test_waiting_sees_running_only_with_a_service_and_updates_keep_what_di
         again = await worker.stop_app(application_id=app_id)
     assert again["message"].startswith(f"app '{app_id}' was stopped at ")
     # An app never deployed here is still an error that names it.
-    with pytest.raises(Exception, match="no app 'never-deployed' was deployed by this worker"):
+    with pytest.raises(Exception, match="no app 'never-deployed' was deployed by this worker") as refused:
         await worker.stop_app(application_id="never-deployed")
+    # The gateway passes apps-svc's error on as the same type with its one line, not apps-svc's
+    # traceback inside its own.
+    assert "bioengine_common.errors.NotFound: no app 'never-deployed'" in str(refused.value)
+    assert "bioengine_apps" not in str(refused.value)
     with pytest.raises(Exception, match="no app 'never-deployed' is deployed"):
         await worker.wait_for_app(application_id="never-deployed", timeout=5)
 

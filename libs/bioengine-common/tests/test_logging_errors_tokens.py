@@ -10,9 +10,11 @@ from bioengine_common import (
     ConnectionLost,
     NotFound,
     PermissionDenied,
+    ResourceUnavailable,
     ServiceUnavailable,
     create_logger,
     error_summary,
+    from_remote,
     mask_secrets,
     mint_token,
     setup_telemetry,
@@ -65,6 +67,25 @@ def test_error_summary_takes_the_last_line_of_remote_tracebacks():
     assert error_summary(remote) == "KeyError: 'Service not found: a'"
     assert error_summary(TimeoutError()) == "TimeoutError"
     assert error_summary(ValueError("bad")) == "ValueError: bad"
+
+
+def test_a_remote_bioengine_error_is_rebuilt_with_its_one_line_others_are_not():
+    remote = Exception(
+        "RemoteError:Traceback (most recent call last):\n"
+        '  File "/x/_service.py", line 9, in stop_app\n'
+        "    raise NotFound(...)\n"
+        "bioengine_common.errors.NotFound: no app 'x' was deployed by this worker\n"
+    )
+    rebuilt = from_remote(remote)
+    assert isinstance(rebuilt, NotFound) and isinstance(rebuilt, KeyError)
+    assert str(rebuilt) == "no app 'x' was deployed by this worker"
+    assert isinstance(
+        from_remote(Exception("bioengine_common.errors.ResourceUnavailable: 64 CPUs")), ResourceUnavailable
+    )
+    # Not ours, or already local: left alone.
+    assert from_remote(Exception("Traceback (most recent call last):\nKeyError: 'Service not found'")) is None
+    assert from_remote(PermissionDenied("local")) is None
+    assert from_remote(TimeoutError()) is None
 
 
 def test_minted_tokens_verify_with_the_secret_only():

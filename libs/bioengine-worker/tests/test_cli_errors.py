@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bioengine_worker._cli import error_line
+from bioengine_common import error_summary
 
 # An anonymous client calling run_code (admin only): the gateway's own PermissionDenied.
 ANONYMOUS_RUN_CODE_TEXT = (
@@ -261,9 +261,9 @@ class RemoteException(Exception):
         (BAD_ARGUMENT_TEXT, "TypeError: got an unexpected keyword argument 'bogus'"),
     ],
 )
-def test_a_remote_traceback_becomes_its_error_line(text, expected):
+def test_a_remote_traceback_becomes_its_error_summary(text, expected):
     assert "Traceback (most recent call last)" in text  # the real thing, not a summary
-    assert error_line(RemoteException(text)) == expected
+    assert error_summary(RemoteException(text)) == expected
 
 
 def test_errors_quoted_inside_a_message_lose_their_module_path():
@@ -277,7 +277,7 @@ def test_errors_quoted_inside_a_message_lose_their_module_path():
         "bioengine_common.errors.ServiceUnavailable: the Ray cluster is not ready: starting the Ray "
         "cluster (retrying in 3 s)\n"
     )
-    assert error_line(RemoteException(text)) == (
+    assert error_summary(RemoteException(text)) == (
         "ServiceUnavailable: bioengine-apps is not available: ServiceUnavailable: apps-svc is not "
         "connected to the Ray cluster: ServiceUnavailable: the Ray cluster is not ready: starting "
         "the Ray cluster (retrying in 3 s)"
@@ -292,19 +292,19 @@ def test_a_message_over_several_lines_is_joined_and_a_bare_error_keeps_its_name(
         "ValueError: the manifest is invalid:\n"
         "field 'name' is missing\n"
     )
-    assert error_line(RemoteException(text)) == (
+    assert error_summary(RemoteException(text)) == (
         "ValueError: the manifest is invalid: field 'name' is missing"
     )
     bare = (
         'Traceback (most recent call last):\n  File "/x/a.py", line 1, in f\n    raise KeyError\nKeyError\n'
     )
-    assert error_line(RemoteException(bare)) == "KeyError"
+    assert error_summary(RemoteException(bare)) == "KeyError"
 
 
 def test_local_errors_name_their_own_type():
-    assert error_line(TimeoutError()) == "TimeoutError"
-    assert error_line(ValueError("bad value: 3")) == "ValueError: bad value: 3"
-    assert error_line(RemoteException("bioengine_common.errors.NotFound: no app 'x'")) == (
+    assert error_summary(TimeoutError()) == "TimeoutError"
+    assert error_summary(ValueError("bad value: 3")) == "ValueError: bad value: 3"
+    assert error_summary(RemoteException("bioengine_common.errors.NotFound: no app 'x'")) == (
         "NotFound: no app 'x'"
     )
 

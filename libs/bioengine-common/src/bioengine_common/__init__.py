@@ -47,6 +47,7 @@ from .errors import (
     ResourceUnavailable,
     ServiceUnavailable,
     error_summary,
+    from_remote,
 )
 
 __all__ = [
@@ -86,6 +87,7 @@ __all__ = [
     "find_hypha_project",
     "forwarded_caller",
     "free_port",
+    "from_remote",
     "is_anonymous",
     "is_authorized",
     "load_settings",

@@ -18,6 +18,8 @@ arrives as a remote error carrying the message, so messages name the thing that 
 
 from __future__ import annotations
 
+import re
+
 __all__ = [
     "BioEngineError",
     "ConfigurationError",
@@ -28,6 +30,7 @@ __all__ = [
     "ResourceUnavailable",
     "ServiceUnavailable",
     "error_summary",
+    "from_remote",
 ]
 
 
@@ -67,12 +70,77 @@ class ResourceUnavailable(BioEngineError):
     """The cluster cannot provide the resources a request needs."""
 
 
+# Lines of a traceback that name no error: its header, hypha-rpc's "RemoteError:Traceback ..." /
+# "Exception: Traceback ..." wrappers, and the separators of chained exceptions.
+_FRAMING = re.compile(
+    r"^(Traceback \(most recent call last\)|\w+:\s*Traceback \(most recent call last\)"
+    r"|The above exception was the direct cause|During handling of the above exception)"
+)
+# "package.module.TypeName: message" or a bare "TypeName" (an error raised without a message).
+_ERROR_HEADER = re.compile(r"^(?:[A-Za-z_]\w*\.)*([A-Z]\w*)(?:: ?(.*))?$")
+# A qualified error name inside a message (a service quoting another's error): keep its last part.
+_QUALIFIED_NAME = re.compile(r"\b(?:[a-z_]\w*\.)+([A-Z]\w*): ")
+
+
+def _name_and_message(exc: BaseException) -> tuple[str, str]:
+    lines = [line.rstrip() for line in str(exc).strip().splitlines() if line.strip()]
+    name, message = type(exc).__name__, " ".join(line.strip() for line in lines)
+    if len(lines) > 1:
+        # The last line at column 0 that is an error header; lines after it at column 0 are the
+        # rest of a message that spans lines.
+        top_level = [i for i, line in enumerate(lines) if not line[0].isspace() and not _FRAMING.match(line)]
+        headers = [
+            i
+            for i in top_level
+            if _ERROR_HEADER.match(lines[i])
+            and (":" in lines[i] or lines[i].endswith(("Error", "Exception")))
+        ]
+        if headers:
+            first = headers[-1]
+            match = _ERROR_HEADER.match(lines[first])
+            assert match is not None
+            name = match.group(1)
+            rest = [lines[i].strip() for i in top_level if i > first]
+            message = " ".join(part for part in [match.group(2) or "", *rest] if part)
+    elif lines:
+        match = _ERROR_HEADER.match(lines[0])
+        remote = type(exc).__name__ in ("RemoteException", "Exception")
+        if match and match.group(2) is not None and (remote or "." in lines[0].split(":", 1)[0]):
+            name, message = match.group(1), match.group(2)  # a remote error's one line
+    return name, _QUALIFIED_NAME.sub(r"\1: ", message).strip()
+
+
 def error_summary(exc: BaseException) -> str:
-    """One line for an error, also for one that came back over Hypha with a whole remote
-    traceback in its message: the last non-empty line, e.g. ``KeyError: 'Service not found'``."""
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    if not lines:
-        return type(exc).__name__
-    if len(lines) == 1 and not lines[0].startswith(type(exc).__name__):
-        return f"{type(exc).__name__}: {lines[0]}"
-    return lines[-1]
+    """One line ``TypeName: message`` for an error, also for one raised by a remote service.
+
+    hypha-rpc delivers a remote error as an exception whose text is the server's whole
+    traceback (often twice, wrapped in ``RemoteError:``/``Exception:`` lines); the line that says
+    what went wrong is the last error header of that text, e.g.
+    ``bioengine_common.errors.PermissionDenied: User 'x' is not authorized ...``, summarised as
+    ``PermissionDenied: User 'x' is not authorized ...``. Module paths of errors quoted inside the
+    message are dropped too; a message over several lines is joined.
+    """
+    name, message = _name_and_message(exc)
+    return f"{name}: {message}" if message else name
+
+
+def from_remote(exc: BaseException) -> BioEngineError | None:
+    """The BioEngine error a remote service raised, rebuilt here with its one-line message (so a
+    service passing it on does not wrap a traceback in its own); None for any other error."""
+    name, message = _name_and_message(exc)
+    kind = _BY_NAME.get(name)
+    return kind(message) if kind is not None and not isinstance(exc, BioEngineError) else None
+
+
+_BY_NAME: dict[str, type[BioEngineError]] = {
+    kind.__name__: kind
+    for kind in (
+        ConfigurationError,
+        InvalidRequest,
+        PermissionDenied,
+        NotFound,
+        ServiceUnavailable,
+        ConnectionLost,
+        ResourceUnavailable,
+    )
+}

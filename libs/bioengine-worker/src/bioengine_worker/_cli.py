@@ -14,7 +14,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import sys
 import time
 import traceback
@@ -22,7 +21,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from bioengine_common import ServiceUnavailable, connect
+from bioengine_common import ServiceUnavailable, connect, error_summary
 
 from ._launcher import CONNECTION_FILE
 
@@ -34,56 +33,6 @@ class CliError(Exception):
     def __init__(self, message: str, code: int = 1):
         super().__init__(message)
         self.code = code
-
-
-# Lines of a traceback that name no error: its header, hypha-rpc's "RemoteError:Traceback ..." /
-# "Exception: Traceback ..." wrappers, and the separators of chained exceptions.
-_FRAMING = re.compile(
-    r"^(Traceback \(most recent call last\)|\w+:\s*Traceback \(most recent call last\)"
-    r"|The above exception was the direct cause|During handling of the above exception)"
-)
-# "package.module.TypeName: message" or a bare "TypeName" (an error raised without a message).
-_ERROR_HEADER = re.compile(r"^(?:[A-Za-z_]\w*\.)*([A-Z]\w*)(?:: ?(.*))?$")
-# A qualified error name inside a message (a service quoting another's error): keep its last part.
-_QUALIFIED_NAME = re.compile(r"\b(?:[a-z_]\w*\.)+([A-Z]\w*): ")
-
-
-def error_line(exc: BaseException) -> str:
-    """One line ``TypeName: message`` for an error, also for one raised by a remote service.
-
-    hypha-rpc delivers a remote error as an exception whose text is the server's whole
-    traceback (often twice, wrapped in ``RemoteError:``/``Exception:`` lines); the line that
-    says what went wrong is the last error header of that text, e.g.
-    ``bioengine_common.errors.PermissionDenied: User 'x' is not authorized ...``, shown as
-    ``PermissionDenied: User 'x' is not authorized ...``. Module paths of errors quoted inside
-    the message are dropped too. ``--debug`` shows the whole text.
-    """
-    lines = [line.rstrip() for line in str(exc).strip().splitlines() if line.strip()]
-    name, message = type(exc).__name__, " ".join(line.strip() for line in lines)
-    if len(lines) > 1:
-        # The last line at column 0 that is an error header; lines after it at column 0 are the
-        # rest of a message that spans lines.
-        top_level = [i for i, line in enumerate(lines) if not line[0].isspace() and not _FRAMING.match(line)]
-        headers = [
-            i
-            for i in top_level
-            if _ERROR_HEADER.match(lines[i])
-            and (":" in lines[i] or lines[i].endswith(("Error", "Exception")))
-        ]
-        if headers:
-            first = headers[-1]
-            match = _ERROR_HEADER.match(lines[first])
-            assert match is not None
-            name = match.group(1)
-            rest = [lines[i].strip() for i in top_level if i > first]
-            message = " ".join(part for part in [match.group(2) or "", *rest] if part)
-    elif lines:
-        match = _ERROR_HEADER.match(lines[0])
-        remote = type(exc).__name__ in ("RemoteException", "Exception")
-        if match and match.group(2) is not None and (remote or "." in lines[0].split(":", 1)[0]):
-            name, message = match.group(1), match.group(2)  # a remote error's one line
-    message = _QUALIFIED_NAME.sub(r"\1: ", message).strip()
-    return f"{name}: {message}" if message else name
 
 
 def _connection(args: argparse.Namespace) -> dict[str, Any]:
@@ -501,7 +450,7 @@ class _Worker:
         except TimeoutError as exc:
             raise CallTimeout(f"{service_id}.{method} did not answer within {limit:g} s") from exc
         except Exception as exc:
-            raise CliError(error_line(exc)) from exc
+            raise CliError(error_summary(exc)) from exc
 
 
 def _timeout(args: argparse.Namespace, default: float = 30.0) -> float:
@@ -532,7 +481,7 @@ async def _session(args: argparse.Namespace, service_id: str, timeout: float) ->
         except Exception as exc:
             raise CliError(
                 f"service '{service_id}' is not available at {conn['server_url']} "
-                f"({error_line(exc)}); is the worker running?",
+                f"({error_summary(exc)}); is the worker running?",
                 EXIT_UNAVAILABLE,
             ) from exc
         yield _Worker(service, service_id, timeout)
@@ -928,7 +877,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         _print_error(str(exc), exc, args.debug)
         sys.exit(exc.code)
     except Exception as exc:  # a bug or an unexpected remote error: one line, all of it with --debug
-        _print_error(error_line(exc), exc, args.debug)
+        _print_error(error_summary(exc), exc, args.debug)
         sys.exit(1)
     except KeyboardInterrupt:
         print("interrupted (a deployment in progress goes on in the background)", file=sys.stderr)

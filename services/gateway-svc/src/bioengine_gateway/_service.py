@@ -22,6 +22,7 @@ from bioengine_common import (
     check_permissions,
     error_summary,
     forwarded_caller,
+    from_remote,
     is_authorized,
 )
 
@@ -157,6 +158,11 @@ class GatewayService(BioEngineService):
                 ) from exc
             except Exception as exc:
                 if not _is_stale_proxy(exc):
+                    # The service's own error (PermissionDenied, NotFound, ...) goes on as the same
+                    # type with its one line, not as its traceback inside the gateway's.
+                    known = from_remote(exc)
+                    if known is not None:
+                        raise known from None
                     raise
                 self._proxies.pop(name, None)
                 if attempt == 2:
@@ -273,30 +279,13 @@ class GatewayService(BioEngineService):
         naming the field; a request no node (nor a new SLURM worker) could ever hold raises
         ResourceUnavailable at once, with the reason.
         """
-        import re
-
-        from bioengine_common import errors
-
         check_permissions(context, self.admin_users, "'run_code' (admin only)")
-        try:
-            return await self.call(
-                "cluster", "run_code", context, call_timeout=float(timeout) + 30.0,
-                code=code, function_name=function_name, func_bytes=func_bytes, mode=mode, args=args,
-                kwargs=kwargs, remote_options=remote_options, write_stdout=_relay(write_stdout),
-                write_stderr=_relay(write_stderr), timeout=float(timeout),
-            )  # fmt: skip
-        except errors.BioEngineError:
-            raise  # raised here (cluster-svc unreachable): already one line
-        except Exception as exc:
-            # cluster-svc's refusal arrives as its whole remote traceback: pass on its last line
-            # as the same error type, not a traceback inside a traceback.
-            last = error_summary(exc)
-            known = re.match(
-                r"(?:[\w.]+\.)?(InvalidRequest|ResourceUnavailable|PermissionDenied): (.*)", last
-            )
-            if known is None:
-                raise
-            raise getattr(errors, known.group(1))(known.group(2)) from None
+        return await self.call(
+            "cluster", "run_code", context, call_timeout=float(timeout) + 30.0,
+            code=code, function_name=function_name, func_bytes=func_bytes, mode=mode, args=args,
+            kwargs=kwargs, remote_options=remote_options, write_stdout=_relay(write_stdout),
+            write_stderr=_relay(write_stderr), timeout=float(timeout),
+        )  # fmt: skip
 
     @schema_method
     async def stop_worker(
