@@ -212,8 +212,10 @@ async def test_waiting_reports_the_failure_reason_and_the_last_state_on_timeout(
     )
     with pytest.raises(
         Exception, match=r"is (DEPLOY_FAILED|UNHEALTHY): Slow: ValueError: model weights missing: boom"
-    ):
+    ) as failed:
         await worker.deploy_app(artifact_id=failing, application_id="init-raises", wait=True, timeout=240)
+    assert "bioengine_common.errors.AppFailed: app 'init-raises' is" in str(failed.value)
+    assert "bioengine_apps" not in str(failed.value)  # one line, not apps-svc's traceback too
     status = await _status(worker, "init-raises")
     assert status["status"] in ("DEPLOY_FAILED", "UNHEALTHY")
     assert status["reason"] == "Slow: ValueError: model weights missing: boom"

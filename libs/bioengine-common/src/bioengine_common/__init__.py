@@ -38,6 +38,7 @@ from ._settings import ENV_PREFIX, ServiceSettings, build_parser, load_settings
 from ._telemetry import setup_telemetry, traced
 from ._tokens import mint_token, token_claims
 from .errors import (
+    AppFailed,
     BioEngineError,
     ConfigurationError,
     ConnectionLost,
@@ -56,6 +57,7 @@ __all__ = [
     "EXIT_FAILURE",
     "EXIT_WORKER_STOP",
     "SERVICES_USER",
+    "AppFailed",
     "BioEngineError",
     "BioEngineService",
     "CallerField",

@@ -9,7 +9,8 @@
     ├── NotFound            (KeyError, FileNotFoundError)  a named thing does not exist
     ├── ServiceUnavailable  (ConnectionError)  Hypha or another service cannot be reached
     │   └── ConnectionLost                     the Hypha connection is gone for good
-    └── ResourceUnavailable                    the cluster cannot fit a request
+    ├── ResourceUnavailable                    the cluster cannot fit a request
+    └── AppFailed           (RuntimeError)     an app waited for failed or was stopped
 
 Each also subclasses the matching built-in, so callers that only know the standard library
 (``except KeyError``, ``except PermissionError``) keep working. Over Hypha RPC an exception
@@ -21,6 +22,7 @@ from __future__ import annotations
 import re
 
 __all__ = [
+    "AppFailed",
     "BioEngineError",
     "ConfigurationError",
     "ConnectionLost",
@@ -68,6 +70,10 @@ class ConnectionLost(ServiceUnavailable):
 
 class ResourceUnavailable(BioEngineError):
     """The cluster cannot provide the resources a request needs."""
+
+
+class AppFailed(BioEngineError, RuntimeError):
+    """An app waited for is DEPLOY_FAILED or UNHEALTHY, or was stopped; the message says why."""
 
 
 # Lines of a traceback that name no error: its header, hypha-rpc's "RemoteError:Traceback ..." /
@@ -142,5 +148,6 @@ _BY_NAME: dict[str, type[BioEngineError]] = {
         ServiceUnavailable,
         ConnectionLost,
         ResourceUnavailable,
+        AppFailed,
     )
 }

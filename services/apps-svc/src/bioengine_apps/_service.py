@@ -33,7 +33,7 @@ from pydantic import Field
 
 from bioengine_app_runtime import AppSpec, _kv
 from bioengine_common import (
-    BioEngineError,
+    AppFailed,
     BioEngineService,
     CallerField,
     InvalidRequest,
@@ -98,10 +98,6 @@ _BOOKKEEPING = frozenset(
         "redeploy_attempts", "next_redeploy_at", "gave_up", "recovery_note",
     }
 )  # fmt: skip
-
-
-class AppFailed(BioEngineError, RuntimeError):
-    """An app waited for is DEPLOY_FAILED or UNHEALTHY, or was stopped; the message says why."""
 
 
 def _cluster_gpus() -> float:
@@ -276,7 +272,6 @@ class AppsService(BioEngineService):
         async with self._lock:
             await self._adopt_cluster(session, info)
             self.connected, self.ray_error, self.ray_address, self._failures = True, None, address, 0
-            self._was_connected = True
             self._was_connected = True
             self.ray_down_since, self.head_down, self.session = None, False, session
             self.logger.info(
