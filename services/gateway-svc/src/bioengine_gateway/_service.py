@@ -190,15 +190,18 @@ class GatewayService(BioEngineService):
                 else min(self.settings.status_interval, STARTING_STATUS_INTERVAL)
             )
 
-    def is_ready(self) -> bool:
-        """The worker's readiness: registered, and every internal service up and ready. Also
-        keeps ``ready_since`` (when it last became ready)."""
-        ready = not not_ready_reasons(self.ready, self._services)
-        if not ready:
+    def readiness(self) -> list[str]:
+        """Why the worker is not ready (empty when it is: registered, and every internal service
+        up and ready). Also keeps ``ready_since`` (when it last became ready)."""
+        reasons = not_ready_reasons(self.ready, self._services)
+        if reasons:
             self.ready_since = None
         elif self.ready_since is None:
             self.ready_since = time.time()
-        return ready
+        return reasons
+
+    def is_ready(self) -> bool:
+        return not self.readiness()
 
     # ---- public API ------------------------------------------------------------------------------
     def _is_admin_context(self, context: Any) -> bool:
@@ -210,6 +213,7 @@ class GatewayService(BioEngineService):
         """Status of the worker: versions, uptime, readiness and each internal service (up or down, with the error)."""
         now = time.time()
         cluster = self._services["cluster"].get("status") or {}
+        reasons = self.readiness()
         status: dict[str, Any] = {
             "service_start_time": self.started_at,
             "service_uptime": now - self.started_at if self.started_at else 0.0,
@@ -221,9 +225,9 @@ class GatewayService(BioEngineService):
             "ray_version": (cluster.get("ray_cluster") or {}).get("ray_version"),
             "ray_cluster": cluster.get("ray_cluster"),
             "services": {name: _without_ray_cluster(entry) for name, entry in self._services.items()},
-            "is_ready": self.is_ready(),
+            "is_ready": not reasons,
             "ready_since": self.ready_since,
-            NOT_READY_REASONS: not_ready_reasons(self.ready, self._services),
+            NOT_READY_REASONS: reasons,
         }
         # Admin ids and emails are not for everyone's eyes (the public worker leaks them).
         if self._is_admin_context(context):
