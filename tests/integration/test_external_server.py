@@ -42,7 +42,10 @@ async def test_the_launcher_uses_an_existing_server(hypha_server, ray_head, exte
             await asyncio.sleep(0.3)
         assert status["is_ready"] and status["worker_mode"] == "external-cluster"
         assert await gateway.check_access() is True  # the token's owner is an admin
-        text = output.read_text()
+        # The launcher prints its banner once it has seen is_ready itself (its own poll).
+        deadline = time.monotonic() + 30
+        while "the owner of --token" not in (text := output.read_text()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.3)
         assert "the owner of --token (facility-operator)" in text and token not in text
 
         # stop_worker: the public service goes away, the launcher stops everything and exits;
