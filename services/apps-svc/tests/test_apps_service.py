@@ -7,6 +7,8 @@ import pytest
 from bioengine_common import connect
 from bioengine_common.testing import wait_for_service
 
+pytestmark = pytest.mark.integration
+
 
 async def test_without_a_cluster_it_registers_and_says_why_it_is_not_ready(
     hypha_server, start_service, admin_client, tmp_path

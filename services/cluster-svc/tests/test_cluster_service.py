@@ -11,6 +11,8 @@ import pytest
 from bioengine_common import connect
 from bioengine_common.testing import wait_for_service
 
+pytestmark = pytest.mark.integration
+
 
 def test_help_lists_the_mode_flag():
     out = subprocess.run(

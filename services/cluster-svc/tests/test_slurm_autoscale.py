@@ -24,6 +24,8 @@ from bioengine_cluster._slurm_jobs import SlurmCommands, SlurmSettings, render_j
 from bioengine_common import HeadOptions, LocalHead, connect, short_temp_dir
 from bioengine_common.testing import ADMIN_USER, wait_for_service
 
+pytestmark = pytest.mark.integration
+
 
 def _tag() -> str:
     return f"t{uuid.uuid4().hex[:10]}"

@@ -29,6 +29,8 @@ from bioengine_cluster._slurm_jobs import (
     render_job_script,
 )
 
+pytestmark = pytest.mark.integration
+
 
 def new_tag() -> str:
     return f"test{uuid.uuid4().hex[:10]}"

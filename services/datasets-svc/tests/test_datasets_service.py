@@ -5,6 +5,8 @@ import pytest
 from bioengine_common import SERVICES_USER, connect
 from bioengine_common.testing import ADMIN_USER, wait_for_service
 
+pytestmark = pytest.mark.integration
+
 
 async def test_status_reports_the_data_dir(hypha_server, start_service, admin_client, tmp_path):
     (tmp_path / "data").mkdir()

@@ -8,6 +8,8 @@ import pytest
 from bioengine_common import connect
 from bioengine_common.testing import ADMIN_USER, wait_for_service
 
+pytestmark = pytest.mark.integration
+
 
 async def _status_when(gateway, predicate, timeout=20.0):
     deadline = time.monotonic() + timeout

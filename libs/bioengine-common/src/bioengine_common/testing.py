@@ -18,6 +18,9 @@ Fixtures:
   ``ray_head``, stopped after the module.
 - ``slurm``: skips the test where no SLURM is up, but FAILS it when ``BIOENGINE_REQUIRE_SLURM=1``
   (CI starts SLURM with ``infra/slurm/setup-slurm.sh``).
+
+A test that uses any of these fixtures must be marked ``integration`` (collection stops
+otherwise), so ``pytest -m "not integration"`` is a fast suite that starts nothing.
 """
 
 from __future__ import annotations
@@ -282,3 +285,33 @@ def slurm() -> None:
     if os.environ.get("BIOENGINE_REQUIRE_SLURM") == "1":
         pytest.fail(f"BIOENGINE_REQUIRE_SLURM=1 but {problem}{hint}")
     pytest.skip(problem + hint)
+
+
+#: The fixtures above that start (or need) a real component: a test using one is an integration
+#: test, so ``pytest -m "not integration"`` stays a fast suite without servers or daemons.
+REAL_COMPONENT_FIXTURES = frozenset(
+    {"hypha_server", "hypha_server_factory", "service_tokens", "start_service", "ray_head",
+     "cluster_process", "admin_client", "slurm"}
+)  # fmt: skip
+
+
+def unmarked_integration_tests(items: Sequence[pytest.Item]) -> list[str]:
+    """Ids of tests that use a real-component fixture but lack the ``integration`` marker."""
+    return [
+        item.nodeid
+        for item in items
+        if REAL_COMPONENT_FIXTURES & set(getattr(item, "fixturenames", ()))
+        and item.get_closest_marker("integration") is None
+    ]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Refuse to run a test that starts a real component without saying so by its marker."""
+    unmarked = unmarked_integration_tests(items)
+    if unmarked:
+        listed = "\n  ".join(unmarked)
+        raise pytest.UsageError(
+            "these tests use a real component (a fixture among "
+            f"{', '.join(sorted(REAL_COMPONENT_FIXTURES))}) but are not marked "
+            f'`pytest.mark.integration`, so `-m "not integration"` would run them:\n  {listed}'
+        )
