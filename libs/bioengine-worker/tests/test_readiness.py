@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from bioengine_common import EmbeddedHypha, load_settings
-from bioengine_common._embedded import find_hypha_project
+from bioengine_common import load_settings
+from bioengine_common.local_stack import EmbeddedHypha, find_hypha_project
 from bioengine_worker._cli import format_status
 from bioengine_worker._launcher import Progress, WorkerSettings, _seconds, startup_steps
 

@@ -18,7 +18,8 @@ from typing import Any
 
 import psutil
 
-from bioengine_common import HeadState, connect, error_summary, short_temp_dir
+from bioengine_common import connect, error_summary
+from bioengine_common.local_stack import HeadState, short_temp_dir
 
 from ._process import WorkerProcess
 
