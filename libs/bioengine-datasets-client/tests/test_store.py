@@ -59,6 +59,14 @@ def test_the_store_is_read_only_and_keeps_no_token_in_urls():
         asyncio.run(store.set("k", default_buffer_prototype().buffer.from_bytes(b"x")))
     with pytest.raises(ValueError):
         store.with_read_only(False)
+    # zarr's conventions for read-only stores, as its store test suite checks them
+    with pytest.raises(ValueError, match="store was opened in read-only mode and does not support writing"):
+        asyncio.run(store.delete("k"))
+    with pytest.raises(NotImplementedError, match="with_read_only is not implemented"):
+        store.with_read_only(False)
+    assert store.with_read_only(True) is store
+    with pytest.raises(ValueError, match="cannot be opened with read_only=False"):
+        HttpZarrStore("http://127.0.0.1:9/data/x/a.zarr", read_only=False)
 
 
 def test_bad_settings_are_refused():

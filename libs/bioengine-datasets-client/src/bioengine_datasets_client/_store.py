@@ -103,11 +103,25 @@ def _range_header(byte_range: ByteRequest | None) -> dict[str, str]:
         return {"Range": f"bytes={byte_range.offset}-"}
     if isinstance(byte_range, SuffixByteRequest):
         return {"Range": f"bytes=-{byte_range.suffix}"}
-    raise TypeError(f"unknown byte range {byte_range!r}")
+    raise TypeError(f"Unexpected byte_range, got {byte_range!r}")  # zarr's own wording
 
 
 def _range_spec(byte_range: ByteRequest | None) -> str | None:
     return _range_header(byte_range).get("Range")
+
+
+class _ReadOnly(PermissionError, ValueError):
+    """Writing to an ``HttpZarrStore``: a ``PermissionError``, and the ``ValueError`` that zarr's
+    read-only stores raise, with zarr's message."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "HttpZarrStore is read-only: store was opened in read-only mode and does not support writing"
+        )
+
+
+class _NoWriter(NotImplementedError, ValueError):
+    """``with_read_only(False)``: zarr's answer for a store that has no writable copy."""
 
 
 @dataclass
@@ -167,7 +181,10 @@ class HttpZarrStore(Store):
     start to queue, ``max_batch`` the most keys in one batch. ``retry_for``: seconds a request
     that failed on a refused, reset or dropped connection or a 5xx answer is tried again
     (pauses from 0.1 s doubling to 1 s; 0: never), then ``DatasetUnavailableError``. ``timeout``:
-    seconds one attempt may take (a timeout is not retried).
+    seconds one attempt may take (a timeout is not retried). ``read_only`` is there for zarr's
+    ``Store.open(read_only=...)``: only True. Writing raises an error that is both a
+    ``PermissionError`` and zarr's read-only ``ValueError``. zarr's own store test suite runs
+    against it (services/datasets-svc/tests/test_zarr_store_suite.py).
     """
 
     supports_writes = False
@@ -186,7 +203,10 @@ class HttpZarrStore(Store):
         batch: bool = True,
         pipelines: int = 2,
         max_batch: int = 64,
+        read_only: bool = True,
     ):
+        if not read_only:
+            raise ValueError("HttpZarrStore is read-only: it cannot be opened with read_only=False")
         super().__init__(read_only=True)
         if pipelines < 1 or max_batch < 1 or concurrency < 1:
             raise ValueError("concurrency, pipelines and max_batch must be at least 1")
@@ -228,7 +248,9 @@ class HttpZarrStore(Store):
 
     def with_read_only(self, read_only: bool = False) -> HttpZarrStore:
         if not read_only:
-            raise ValueError("HttpZarrStore is read-only")
+            raise _NoWriter(
+                f"with_read_only is not implemented for the {type(self)} store type: it is read-only"
+            )
         return self
 
     def _state(self) -> _LoopState:
@@ -420,10 +442,10 @@ class HttpZarrStore(Store):
         return status < 400
 
     async def set(self, key: str, value: Buffer) -> None:
-        raise PermissionError("HttpZarrStore is read-only")
+        raise _ReadOnly
 
     async def delete(self, key: str) -> None:
-        raise PermissionError("HttpZarrStore is read-only")
+        raise _ReadOnly
 
     async def _listing(self, prefix: str) -> list[str]:
         """All keys under ``prefix`` (relative to the store), from the server's ``?list=1``."""
