@@ -28,7 +28,8 @@ from pathlib import Path
 from _stats import print_latency_table  # bench/_stats.py
 
 from bioengine_common import connect, connect_driver, ray_environment
-from bioengine_worker import WorkerProcess, read_app_folder
+from bioengine_worker import read_app_folder
+from bioengine_worker.testing import WorkerProcess
 
 # Before Ray is imported: under `uv run`, Ray would otherwise ship the repository to every job.
 os.environ.update(ray_environment())

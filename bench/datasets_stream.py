@@ -28,7 +28,8 @@ import numpy as np
 import psutil
 import zarr
 
-from bioengine_common import EmbeddedHypha, connect, spawn, stop_process
+from bioengine_common import connect, spawn, stop_process
+from bioengine_common.local_stack import EmbeddedHypha
 from bioengine_datasets_client import HttpZarrStore
 
 

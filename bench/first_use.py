@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 
 from bioengine_common import connect
-from bioengine_worker import WorkerProcess
-from bioengine_worker._cli import read_app_folder
+from bioengine_worker import read_app_folder
+from bioengine_worker.testing import WorkerProcess
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "apps" / "demo-app"

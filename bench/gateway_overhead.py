@@ -20,7 +20,7 @@ from pathlib import Path
 from _stats import print_latency_table  # bench/_stats.py
 
 from bioengine_common import connect
-from bioengine_worker import WorkerProcess
+from bioengine_worker.testing import WorkerProcess
 
 
 async def measure(connection: dict, calls: int, block: int) -> dict[str, list[float]]:

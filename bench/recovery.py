@@ -21,8 +21,8 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from bioengine_worker import WorkerProcess
-from bioengine_worker._faults import FAULTS, chaos, make_dataset
+from bioengine_worker.testing import WorkerProcess
+from bioengine_worker.testing.faults import FAULTS, chaos, make_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "apps" / "demo-app"

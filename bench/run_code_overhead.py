@@ -22,7 +22,7 @@ from pathlib import Path
 from _stats import print_latency_table  # bench/_stats.py
 
 from bioengine_common import connect, connect_driver
-from bioengine_worker import WorkerProcess
+from bioengine_worker.testing import WorkerProcess
 
 
 async def wait_cluster_ready(gateway, started: float, timeout: float = 180) -> float:

@@ -28,7 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bioengine_common import EmbeddedHypha, connect, connect_driver, ray_environment
+from bioengine_common import connect, connect_driver, ray_environment
+from bioengine_common.local_stack import EmbeddedHypha
 from bioengine_common.testing import launch_service, slurm_problem, wait_for_service
 
 os.environ.update(ray_environment())  # before Ray is imported

@@ -48,7 +48,7 @@ from sybil.parsers.markdown.lexers import DirectiveInHTMLCommentLexer
 
 from bioengine_common.testing import slurm_problem
 from bioengine_worker._launcher import CONNECTION_FILE
-from bioengine_worker._process import READY_LINE
+from bioengine_worker.testing import READY_LINE
 
 ROOT = Path(__file__).resolve().parents[2]
 #: The documents whose blocks run, in this order (README.md starts the worker).

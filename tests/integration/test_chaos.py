@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from bioengine_worker import WorkerProcess
-from bioengine_worker._faults import FAULTS, chaos, make_dataset
+from bioengine_worker.testing import WorkerProcess
+from bioengine_worker.testing.faults import FAULTS, chaos, make_dataset
 
 DEMO = Path(__file__).resolve().parents[2] / "apps" / "demo-app"
 

@@ -11,7 +11,7 @@ import pytest
 
 from bioengine_common import connect
 from bioengine_common.testing import wait_for_service
-from bioengine_worker import WorkerProcess
+from bioengine_worker.testing import WorkerProcess
 
 pytestmark = pytest.mark.integration
 

@@ -16,7 +16,7 @@ import pytest
 
 from bioengine_common import connect
 from bioengine_common.testing import ADMIN_USER, wait_for_service
-from bioengine_worker import WorkerProcess
+from bioengine_worker.testing import WorkerProcess
 
 pytestmark = pytest.mark.integration
 
@@ -25,7 +25,7 @@ DEMO_APP = Path(__file__).resolve().parents[2] / "apps" / "demo-app"
 
 def _cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", "from bioengine_worker._cli import main; main()", *args],
+        [sys.executable, "-c", "from bioengine_worker.cli import main; main()", *args],
         capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
 

@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from bioengine_common import connect
-from bioengine_common._ray_head import short_temp_dir
+from bioengine_common.local_stack import short_temp_dir
 from bioengine_common.testing import ADMIN_USER, SERVICE_MODULES, wait_for_service
 
 pytestmark = pytest.mark.integration

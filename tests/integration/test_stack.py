@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from bioengine_common import connect
-from bioengine_worker import WorkerProcess
+from bioengine_worker.testing import WorkerProcess
 
 pytestmark = pytest.mark.integration
 
@@ -204,7 +204,7 @@ def test_cli_status_and_call(stack):
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         # The `bioengine` console script's function, in this environment.
         return subprocess.run(
-            [sys.executable, "-c", "from bioengine_worker._cli import main; main()", *args],
+            [sys.executable, "-c", "from bioengine_worker.cli import main; main()", *args],
             capture_output=True,
             text=True,
             timeout=60,
@@ -253,7 +253,7 @@ def test_cli_apps_deploy_status_call_logs_and_stop(stack):
 
     def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-c", "from bioengine_worker._cli import main; main()", *args,
+            [sys.executable, "-c", "from bioengine_worker.cli import main; main()", *args,
              "--workspace-dir", str(stack.dir)],
             capture_output=True, text=True, timeout=timeout,
         )  # fmt: skip

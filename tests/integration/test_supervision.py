@@ -19,7 +19,7 @@ import psutil
 import pytest
 
 from bioengine_common import connect
-from bioengine_worker import WorkerProcess
+from bioengine_worker.testing import WorkerProcess
 
 pytestmark = pytest.mark.integration
 

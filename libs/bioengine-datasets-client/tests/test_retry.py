@@ -12,6 +12,7 @@ from aiohttp import web
 from zarr.core.buffer import default_buffer_prototype
 
 from bioengine_datasets_client import RETRY_FOR, DatasetAccessError, DatasetUnavailableError, HttpZarrStore
+from bioengine_datasets_client.batch import data_entry, frame_head, parse_batch_request
 
 PROTOTYPE = default_buffer_prototype()
 
@@ -42,10 +43,10 @@ def _counting(status: int, body: bytes = b"", *, drop_first: int = 0) -> tuple[w
             request.transport.close()
             return web.Response(status=500)  # never arrives
         if request.method == "POST":  # a batch: every key answered with the same status
-            keys = (await request.json())["get"]
+            keys = parse_batch_request(await request.json())
             if status == 200:
-                header = json.dumps([{"status": 200, "length": len(body)} for _ in keys]).encode()
-                return web.Response(body=len(header).to_bytes(4, "big") + header + body * len(keys))
+                head = frame_head([data_entry(200, len(body)) for _ in keys])
+                return web.Response(body=head + body * len(keys))
         return web.Response(status=status, body=body)
 
     app = web.Application()

@@ -19,8 +19,16 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync as zarr_sync
 
 from bioengine_datasets_client import DatasetAccessError, HttpZarrStore, open_dataset
-from bioengine_datasets_client._store import _range_header, _text, _unframe
+from bioengine_datasets_client._store import _range_header, _text
 from bioengine_datasets_client._wire import BufferPool, WireConnection, WireUnsupported
+from bioengine_datasets_client.batch import (
+    batch_request,
+    data_entry,
+    error_entry,
+    frame_head,
+    parse_batch_request,
+    split_answer,
+)
 
 
 @pytest.mark.parametrize(
@@ -51,6 +59,14 @@ def test_the_store_is_read_only_and_keeps_no_token_in_urls():
         asyncio.run(store.set("k", default_buffer_prototype().buffer.from_bytes(b"x")))
     with pytest.raises(ValueError):
         store.with_read_only(False)
+    # zarr's conventions for read-only stores, as its store test suite checks them
+    with pytest.raises(ValueError, match="store was opened in read-only mode and does not support writing"):
+        asyncio.run(store.delete("k"))
+    with pytest.raises(NotImplementedError, match="with_read_only is not implemented"):
+        store.with_read_only(False)
+    assert store.with_read_only(True) is store
+    with pytest.raises(ValueError, match="cannot be opened with read_only=False"):
+        HttpZarrStore("http://127.0.0.1:9/data/x/a.zarr", read_only=False)
 
 
 def test_bad_settings_are_refused():
@@ -120,10 +136,35 @@ def test_a_server_without_batches_gets_one_request_per_key(tmp_path):
 def test_malformed_batch_answers_are_refused():
     header = json.dumps([{"status": 200, "length": 5}]).encode()
     framed = len(header).to_bytes(4, "big") + header
-    assert [bytes(view) for _, view in _unframe(framed + b"hello")] == [b"hello"]
+    assert [bytes(view) for _, view in split_answer(framed + b"hello")] == [b"hello"]
     for broken in (b"\x00", framed + b"hell", framed + b"hello!"):
         with pytest.raises(ValueError, match="malformed batch answer"):
-            _unframe(broken)
+            split_answer(broken)
+
+
+def test_the_batch_format_both_ways():
+    """What the server frames is what the client splits; the bytes are the documented layout."""
+    head = frame_head([data_entry(206, 3), error_entry(404, "no 'b'"), data_entry(200, 2)])
+    entries = [{"status": 206, "length": 3}, {"status": 404, "error": "no 'b'"}, {"status": 200, "length": 2}]
+    assert head == len(json.dumps(entries)).to_bytes(4, "big") + json.dumps(entries).encode()
+    parts = split_answer(head + b"abcde")
+    assert [(e["status"], None if v is None else bytes(v)) for e, v in parts] == [
+        (206, b"abc"),
+        (404, None),
+        (200, b"de"),
+    ]
+    request = batch_request([("c/0", "bytes=0-2"), ("zarr.json", None)])
+    assert request == {"get": [{"key": "c/0", "range": "bytes=0-2"}, {"key": "zarr.json", "range": None}]}
+    assert parse_batch_request(json.loads(json.dumps(request))) == [("c/0", "bytes=0-2"), ("zarr.json", None)]
+    for bad, message in [
+        ([], "a batch is a JSON object"),
+        ({"get": []}, "a batch is a JSON object"),
+        ({"get": [{"key": "a"}] * 257}, "at most 256 keys"),
+        ({"get": [{"key": ""}]}, "needs a non-empty 'key'"),
+        ({"get": [{"key": "a", "range": 5}]}, "an optional 'range'"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            parse_batch_request(bad)
 
 
 def _batch_server(files, *, chunked=False, peers=None, **runner_kwargs):
@@ -133,15 +174,14 @@ def _batch_server(files, *, chunked=False, peers=None, **runner_kwargs):
         if peers is not None:
             peers.add(request.transport.get_extra_info("peername"))
         entries, bodies = [], []
-        for item in (await request.json())["get"]:
-            data = files.get(item["key"])
+        for key, _range in parse_batch_request(await request.json()):
+            data = files.get(key)
             if data is None:
-                entries.append({"status": 404, "error": "missing"})
+                entries.append(error_entry(404, "missing"))
             else:
-                entries.append({"status": 200, "length": len(data)})
+                entries.append(data_entry(200, len(data)))
                 bodies.append(data)
-        header = json.dumps(entries).encode()
-        body = len(header).to_bytes(4, "big") + header + b"".join(bodies)
+        body = frame_head(entries) + b"".join(bodies)
         if not chunked:
             return web.Response(body=body)
         response = web.StreamResponse()

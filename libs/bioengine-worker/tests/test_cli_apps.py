@@ -3,22 +3,21 @@
 import base64
 import contextlib
 import json
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bioengine_worker import _cli
-from bioengine_worker._cli import (
-    CliError,
+from bioengine_worker import cli
+from bioengine_worker.cli import CliError, build_parser
+from bioengine_worker.cli import apps as cli_apps
+from bioengine_worker.cli.app_output import app_summary, format_app_status, format_apps, format_logs
+from bioengine_worker.cli.apps import (
     DeployFailed,
-    app_summary,
-    build_parser,
     deploy_arguments,
     follow_deployment,
-    format_app_status,
-    format_apps,
-    format_logs,
     parse_app_kwargs,
     parse_env_vars,
     read_app_folder,
@@ -199,9 +198,9 @@ def test_bad_apps_arguments_exit_2(argv, capsys):
     ],
 )
 def test_bad_input_is_a_usage_error_before_connecting(argv, expected, capsys, monkeypatch):
-    monkeypatch.setattr(_cli, "_session", None)  # connecting would fail loudly
+    monkeypatch.setattr(cli_apps, "_session", None)  # connecting would fail loudly
     with pytest.raises(SystemExit) as caught:
-        _cli.main([*argv, "--server-url", "http://127.0.0.1:9"])
+        cli.main([*argv, "--server-url", "http://127.0.0.1:9"])
     assert caught.value.code == 2
     assert expected in capsys.readouterr().err
 
@@ -336,7 +335,7 @@ class FakeWorker:
 async def test_follow_deployment_waits_with_the_worker():
     worker = FakeWorker([_status("DEPLOYING"), _running()])
     lines: list[str] = []
-    status = await follow_deployment(worker, "brave-otter-1a2b", _cli.time.monotonic() + 10, lines.append)
+    status = await follow_deployment(worker, "brave-otter-1a2b", time.monotonic() + 10, lines.append)
     assert status["status"] == "RUNNING"
     assert [method for method, _ in worker.calls] == ["wait_for_app"]
     assert worker.calls[0][1]["application_id"] == "brave-otter-1a2b"
@@ -350,7 +349,7 @@ async def test_follow_deployment_failure_shows_the_reason_and_logs():
     worker = FakeWorker([_status("DEPLOYING"), failed])
     lines: list[str] = []
     with pytest.raises(DeployFailed, match="is DEPLOY_FAILED: boom") as caught:
-        await follow_deployment(worker, "brave-otter-1a2b", _cli.time.monotonic() + 10, lines.append)
+        await follow_deployment(worker, "brave-otter-1a2b", time.monotonic() + 10, lines.append)
     assert caught.value.code == 1 and caught.value.status["status"] == "DEPLOY_FAILED"
     assert "bioengine apps logs brave-otter-1a2b" in str(caught.value)
     assert "Last log lines:" in lines and "Traceback: boom" in lines[-1]
@@ -360,7 +359,7 @@ async def test_follow_deployment_failure_shows_the_reason_and_logs():
 async def test_follow_deployment_times_out_with_the_last_state():
     worker = FakeWorker([_status("DEPLOYING")])
     with pytest.raises(DeployFailed, match=r"last state DEPLOYING \(follow it with `bioengine apps status"):
-        await follow_deployment(worker, "brave-otter-1a2b", _cli.time.monotonic() + 2, lambda line: None)
+        await follow_deployment(worker, "brave-otter-1a2b", time.monotonic() + 2, lambda line: None)
 
 
 # ---- whole commands against a fake worker ----------------------------------------------------------
@@ -373,12 +372,12 @@ def fake_worker(monkeypatch):
         worker.timeout = timeout  # type: ignore[attr-defined]
         yield worker
 
-    monkeypatch.setattr(_cli, "_session", session)
+    monkeypatch.setattr(cli_apps, "_session", session)
     return worker
 
 
 def test_deploy_uploads_deploys_and_follows(fake_worker, capsys):
-    _cli.main(["apps", "deploy", str(DEMO_APP), "--env", "GREETING=hi"])
+    cli.main(["apps", "deploy", str(DEMO_APP), "--env", "GREETING=hi"])
     out = capsys.readouterr().out
     methods = [method for method, _ in fake_worker.calls]
     assert methods == ["upload_app", "deploy_app", "wait_for_app"]
@@ -392,7 +391,7 @@ def test_deploy_uploads_deploys_and_follows(fake_worker, capsys):
 
 
 def test_run_prints_the_id_and_does_not_wait(fake_worker, capsys):
-    _cli.main(["apps", "run", "bioengine/demo-app", "--no-gpu"])
+    cli.main(["apps", "run", "bioengine/demo-app", "--no-gpu"])
     assert capsys.readouterr().out == "brave-otter-1a2b\n"
     assert [m for m, _ in fake_worker.calls] == ["deploy_app"]
     assert fake_worker.calls[0][1] == {"artifact_id": "bioengine/demo-app", "disable_gpu": True}
@@ -401,7 +400,7 @@ def test_run_prints_the_id_and_does_not_wait(fake_worker, capsys):
 def test_deploy_json_reports_failure_with_exit_1(fake_worker, capsys):
     fake_worker.statuses = [_status("DEPLOY_FAILED", "boom")]
     with pytest.raises(SystemExit) as caught:
-        _cli.main(["apps", "deploy", str(DEMO_APP), "--json"])
+        cli.main(["apps", "deploy", str(DEMO_APP), "--json"])
     assert caught.value.code == 1
     captured = capsys.readouterr()
     result = json.loads(captured.out)
@@ -410,28 +409,28 @@ def test_deploy_json_reports_failure_with_exit_1(fake_worker, capsys):
 
 
 def test_upload_list_status_logs_stop(fake_worker, capsys, monkeypatch):
-    _cli.main(["apps", "upload", str(DEMO_APP)])
+    cli.main(["apps", "upload", str(DEMO_APP)])
     assert capsys.readouterr().out == "bioengine/demo-app\n"
     assert fake_worker.timeout == 120.0
-    _cli.main(["apps", "status", "brave-otter-1a2b", "--logs", "3"])
+    cli.main(["apps", "status", "brave-otter-1a2b", "--logs", "3"])
     assert fake_worker.calls[-1] == (
         "get_app_status",
         {"application_ids": ["brave-otter-1a2b"], "logs_tail": 3},
     )
     assert "brave-otter-1a2b: DEPLOYING" in capsys.readouterr().out
-    _cli.main(["apps", "status"])
+    cli.main(["apps", "status"])
     assert fake_worker.calls[-1][1]["application_ids"] is None
     capsys.readouterr()
     fake_worker.statuses = [{"status": "NOT_RUNNING", "message": "No app 'x' is deployed by this worker"}]
     with pytest.raises(SystemExit) as caught:
-        _cli.main(["apps", "logs", "brave-otter-1a2b"])
+        cli.main(["apps", "logs", "brave-otter-1a2b"])
     assert caught.value.code == 1 and "No app 'x'" in capsys.readouterr().err
-    monkeypatch.setattr(_cli.sys.stdin, "isatty", lambda: True)
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
     monkeypatch.setattr("builtins.input", lambda prompt: "n")
     with pytest.raises(SystemExit) as caught:
-        _cli.main(["apps", "stop", "brave-otter-1a2b"])
+        cli.main(["apps", "stop", "brave-otter-1a2b"])
     assert caught.value.code == 1 and fake_worker.calls[-1][0] != "stop_app"
     capsys.readouterr()
-    _cli.main(["apps", "stop", "brave-otter-1a2b", "--yes"])
+    cli.main(["apps", "stop", "brave-otter-1a2b", "--yes"])
     assert fake_worker.calls[-1] == ("stop_app", {"application_id": "brave-otter-1a2b"})
     assert "Stopping brave-otter-1a2b" in capsys.readouterr().out

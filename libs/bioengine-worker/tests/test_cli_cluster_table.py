@@ -1,6 +1,6 @@
 """`bioengine cluster status`: the figures a person reads (rounded; GPU columns only with GPUs)."""
 
-from bioengine_worker._cli import format_cluster
+from bioengine_worker.cli.status import format_cluster
 
 GIB = 1024**3
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bioengine_common import spawn, stop_process
-from bioengine_common._embedded import port_free
+from bioengine_common.local_stack import port_free
 from bioengine_worker._supervisor import Backoff, Dependency, ManagedProcess, Supervisor
 
 

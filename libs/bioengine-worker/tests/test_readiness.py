@@ -7,10 +7,10 @@ import sys
 
 import pytest
 
-from bioengine_common import EmbeddedHypha, load_settings
-from bioengine_common._embedded import find_hypha_project
-from bioengine_worker._cli import format_status
+from bioengine_common import load_settings
+from bioengine_common.local_stack import EmbeddedHypha, find_hypha_project
 from bioengine_worker._launcher import Progress, WorkerSettings, _seconds, startup_steps
+from bioengine_worker.cli.status import format_status
 
 
 def _status(*, head=None, cluster_ready=False, apps_ready=False, datasets_ready=False, slurm=None):

@@ -3,9 +3,11 @@ import time
 
 import pytest
 
-from bioengine_worker._cli import CliError, format_cluster, format_status, parse_arguments
 from bioengine_worker._launcher import WorkerSettings
 from bioengine_worker._supervisor import ManagedProcess, Supervisor
+from bioengine_worker.cli import CliError
+from bioengine_worker.cli.call import parse_arguments
+from bioengine_worker.cli.status import format_cluster, format_status
 
 
 def _managed(tmp_path, code: str) -> ManagedProcess:

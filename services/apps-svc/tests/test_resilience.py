@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from bioengine_common import EmbeddedHypha, connect
-from bioengine_common._ray_head import short_temp_dir
+from bioengine_common import connect
+from bioengine_common.local_stack import EmbeddedHypha, short_temp_dir
 from bioengine_common.testing import ADMIN_USER, TEST_WORKSPACE, launch_service, wait_for_service
 
 pytestmark = pytest.mark.integration

@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from bioengine_common import HeadOptions, LocalHead, ensure_token_file, short_temp_dir
+from bioengine_common.local_stack import HeadOptions, LocalHead, ensure_token_file, short_temp_dir
 from bioengine_common.testing import wait_for_service
 
 pytestmark = pytest.mark.integration

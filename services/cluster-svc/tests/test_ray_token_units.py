@@ -15,14 +15,13 @@ from bioengine_cluster._settings import ClusterSettings
 from bioengine_cluster._slurm_jobs import SlurmCommands, SlurmSettings, render_job_script
 from bioengine_common import (
     ConfigurationError,
-    HeadOptions,
     build_parser,
     check_token_file,
     connect_driver,
-    ensure_token_file,
     ray_environment,
     scrub_environment,
 )
+from bioengine_common.local_stack import HeadOptions, ensure_token_file
 
 
 def test_a_token_file_is_created_once_private_and_reused(tmp_path):

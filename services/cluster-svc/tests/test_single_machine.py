@@ -11,7 +11,7 @@ import time
 import psutil
 import pytest
 
-from bioengine_common import HeadOptions, LocalHead, short_temp_dir
+from bioengine_common.local_stack import HeadOptions, LocalHead, short_temp_dir
 from bioengine_common.testing import wait_for_service
 
 pytestmark = pytest.mark.integration

@@ -21,7 +21,8 @@ from typing import Any
 import pytest
 
 from bioengine_cluster._slurm_jobs import SlurmCommands, SlurmSettings, render_job_script
-from bioengine_common import HeadOptions, LocalHead, connect, short_temp_dir
+from bioengine_common import connect
+from bioengine_common.local_stack import HeadOptions, LocalHead, short_temp_dir
 from bioengine_common.testing import ADMIN_USER, wait_for_service
 
 pytestmark = pytest.mark.integration

@@ -15,6 +15,7 @@ import zarr
 from bioengine_common import SERVICES_USER, connect
 from bioengine_common.testing import ADMIN_USER, launch_service, wait_for_service
 from bioengine_datasets_client import DatasetAccessError, HttpZarrStore, open_dataset
+from bioengine_datasets_client.batch import split_answer
 
 pytestmark = pytest.mark.integration
 
@@ -217,16 +218,11 @@ async def _batch(url, token, payload):
 
 
 def _unframe(body):
-    size = int.from_bytes(body[:4], "big")
-    entries, offset, parts = json.loads(body[4 : 4 + size]), 4 + size, []
-    for entry in entries:
-        length = entry.get("length")
-        parts.append(
-            (entry["status"], body[offset : offset + length] if length is not None else entry["error"])
-        )
-        offset += length or 0
-    assert offset == len(body)
-    return parts
+    """(status, bytes) per key, or (status, error message) for a key without bytes."""
+    return [
+        (entry["status"], entry["error"] if data is None else bytes(data))
+        for entry, data in split_answer(body)
+    ]
 
 
 async def test_batch_reads_many_keys_in_one_request(http_url, tokens, data_dir):

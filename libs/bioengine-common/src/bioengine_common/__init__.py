@@ -1,11 +1,11 @@
 """Shared foundation of the BioEngine services.
 
-Settings, logging, permissions, errors, the Hypha connection, the service lifecycle,
-telemetry and the local stack's infrastructure. Test fixtures live in
+Settings, logging, permissions, errors, the Hypha connection, the service lifecycle, telemetry
+and joining a Ray cluster as a driver. The local stack's infrastructure (the embedded Hypha
+server, a Ray head of our own) is in :mod:`bioengine_common.local_stack`; test fixtures in
 :mod:`bioengine_common.testing` (a pytest plugin), exceptions in :mod:`bioengine_common.errors`.
 """
 
-from ._embedded import EmbeddedHypha, find_hypha_project
 from ._files import write_json_atomic
 from ._hypha import HyphaConnection, connect, trusted_service_id
 from ._lifecycle import EXIT_CONNECTION_LOST, EXIT_FAILURE, EXIT_WORKER_STOP, BioEngineService, CallerField
@@ -20,20 +20,7 @@ from ._permissions import (
     resolve_context,
 )
 from ._processes import free_port, spawn, stop_process, wait_for_port
-from ._ray_head import (
-    HeadOptions,
-    HeadState,
-    LocalHead,
-    RayPorts,
-    check_token_file,
-    choose_ports,
-    connect_driver,
-    disconnect_driver,
-    ensure_token_file,
-    ray_environment,
-    scrub_environment,
-    short_temp_dir,
-)
+from ._ray import check_token_file, connect_driver, disconnect_driver, ray_environment, scrub_environment
 from ._settings import ENV_PREFIX, ServiceSettings, build_parser, load_settings
 from ._telemetry import setup_telemetry, traced
 from ._tokens import mint_token, token_claims
@@ -63,30 +50,22 @@ __all__ = [
     "CallerField",
     "ConfigurationError",
     "ConnectionLost",
-    "EmbeddedHypha",
-    "HeadOptions",
-    "HeadState",
     "HyphaConnection",
     "InvalidRequest",
-    "LocalHead",
     "NotFound",
     "PermissionDenied",
-    "RayPorts",
     "ResourceUnavailable",
     "ServiceSettings",
     "ServiceUnavailable",
     "build_parser",
     "check_permissions",
     "check_token_file",
-    "choose_ports",
     "connect",
     "connect_driver",
     "create_context",
     "create_logger",
     "disconnect_driver",
-    "ensure_token_file",
     "error_summary",
-    "find_hypha_project",
     "forwarded_caller",
     "free_port",
     "from_remote",
@@ -99,7 +78,6 @@ __all__ = [
     "resolve_context",
     "scrub_environment",
     "setup_telemetry",
-    "short_temp_dir",
     "spawn",
     "stop_process",
     "token_claims",

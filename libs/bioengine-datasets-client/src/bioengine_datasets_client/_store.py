@@ -16,9 +16,9 @@ closes the HTTP sessions the store opened on every event loop it was used on.
 Reads coalesce adaptively: a ``get`` goes out at once while fewer than ``pipelines`` requests
 are in flight; the ones that arrive meanwhile wait and leave together as one batch request
 (``POST`` to the store URL, answered by one file-system pass and ``sendfile`` on the server,
-received in place on raw connections, see ``_wire``). A lone read (one tile) is a plain
-``GET``; a whole-array read pays the per-request cost of HTTP once per batch instead of once
-per chunk. A server without the batch endpoint gets plain ``GET``s.
+received in place on raw connections, see ``_wire``; the format is in :mod:`.batch`). A lone
+read (one tile) is a plain ``GET``; a whole-array read pays the per-request cost of HTTP once
+per batch instead of once per chunk. A server without the batch endpoint gets plain ``GET``s.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, Sto
 from zarr.core.buffer import Buffer, BufferPrototype
 
 from ._wire import WirePool, WireUnsupported
+from .batch import batch_request, split_answer
 
 __all__ = ["RETRY_FOR", "DatasetAccessError", "DatasetUnavailableError", "HttpZarrStore"]
 
@@ -102,11 +103,25 @@ def _range_header(byte_range: ByteRequest | None) -> dict[str, str]:
         return {"Range": f"bytes={byte_range.offset}-"}
     if isinstance(byte_range, SuffixByteRequest):
         return {"Range": f"bytes=-{byte_range.suffix}"}
-    raise TypeError(f"unknown byte range {byte_range!r}")
+    raise TypeError(f"Unexpected byte_range, got {byte_range!r}")  # zarr's own wording
 
 
 def _range_spec(byte_range: ByteRequest | None) -> str | None:
     return _range_header(byte_range).get("Range")
+
+
+class _ReadOnly(PermissionError, ValueError):
+    """Writing to an ``HttpZarrStore``: a ``PermissionError``, and the ``ValueError`` that zarr's
+    read-only stores raise, with zarr's message."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "HttpZarrStore is read-only: store was opened in read-only mode and does not support writing"
+        )
+
+
+class _NoWriter(NotImplementedError, ValueError):
+    """``with_read_only(False)``: zarr's answer for a store that has no writable copy."""
 
 
 @dataclass
@@ -158,26 +173,6 @@ async def _close_state(state: _LoopState) -> None:
     await state.session.close()
 
 
-def _unframe(body: bytes | memoryview) -> list[tuple[dict[str, Any], memoryview | None]]:
-    """Split a batch answer: 4-byte length, JSON list of entries, then the bodies in order."""
-    view = memoryview(body)
-    if len(view) < 4:
-        raise ValueError("malformed batch answer: shorter than its header")
-    size = int.from_bytes(view[:4], "big")
-    entries = json.loads(bytes(view[4 : 4 + size]))
-    offset = 4 + size
-    parts: list[tuple[dict[str, Any], memoryview | None]] = []
-    for entry in entries:
-        if "length" in entry:
-            parts.append((entry, view[offset : offset + entry["length"]]))
-            offset += entry["length"]
-        else:
-            parts.append((entry, None))
-    if offset != len(body):
-        raise ValueError(f"malformed batch answer: {len(body)} bytes, entries account for {offset}")
-    return parts
-
-
 class HttpZarrStore(Store):
     """Read-only store for ``<base_url>/<key>``, e.g. ``http://host:port/data/<dataset>/image.zarr``.
 
@@ -186,7 +181,10 @@ class HttpZarrStore(Store):
     start to queue, ``max_batch`` the most keys in one batch. ``retry_for``: seconds a request
     that failed on a refused, reset or dropped connection or a 5xx answer is tried again
     (pauses from 0.1 s doubling to 1 s; 0: never), then ``DatasetUnavailableError``. ``timeout``:
-    seconds one attempt may take (a timeout is not retried).
+    seconds one attempt may take (a timeout is not retried). ``read_only`` is there for zarr's
+    ``Store.open(read_only=...)``: only True. Writing raises an error that is both a
+    ``PermissionError`` and zarr's read-only ``ValueError``. zarr's own store test suite runs
+    against it (services/datasets-svc/tests/test_zarr_store_suite.py).
     """
 
     supports_writes = False
@@ -205,7 +203,10 @@ class HttpZarrStore(Store):
         batch: bool = True,
         pipelines: int = 2,
         max_batch: int = 64,
+        read_only: bool = True,
     ):
+        if not read_only:
+            raise ValueError("HttpZarrStore is read-only: it cannot be opened with read_only=False")
         super().__init__(read_only=True)
         if pipelines < 1 or max_batch < 1 or concurrency < 1:
             raise ValueError("concurrency, pipelines and max_batch must be at least 1")
@@ -247,7 +248,9 @@ class HttpZarrStore(Store):
 
     def with_read_only(self, read_only: bool = False) -> HttpZarrStore:
         if not read_only:
-            raise ValueError("HttpZarrStore is read-only")
+            raise _NoWriter(
+                f"with_read_only is not implemented for the {type(self)} store type: it is read-only"
+            )
         return self
 
     def _state(self) -> _LoopState:
@@ -272,19 +275,19 @@ class HttpZarrStore(Store):
         method: str,
         url: str,
         headers: dict[str, str] | None,
-        batch: list[dict[str, Any]] | None,
+        batch: dict[str, Any] | None,
     ) -> tuple[int, bytes | memoryview]:
         if batch is not None and self._wire:
             try:
                 if state.wire is None:
                     state.wire = WirePool(self.base_url, self.token)
-                return await state.wire.post({"get": batch}, self.timeout)
+                return await state.wire.post(batch, self.timeout)
             except WireUnsupported:
                 self._wire = False  # e.g. a proxy that re-chunks answers: aiohttp from now on
         if batch is None:
             request = state.session.request(method, url, headers=headers)
         else:
-            request = state.session.post(url, json={"get": batch})
+            request = state.session.post(url, json=batch)
         async with request as response:
             return response.status, await response.read()
 
@@ -292,13 +295,14 @@ class HttpZarrStore(Store):
         self,
         url: str,
         headers: dict[str, str] | None = None,
-        batch: list[dict[str, Any]] | None = None,
+        batch: dict[str, Any] | None = None,
         method: str = "GET",
     ) -> tuple[int, bytes | memoryview]:
-        """Status and body of one request (with ``batch``, a batch POST). The one place that
-        retries: a transient failure (see ``_transient``) or a 5xx answer is tried again with
-        growing pauses until ``retry_for`` seconds have passed since the first failure; then
-        ``DatasetUnavailableError``. Any other answer, 4xx included, is returned at once."""
+        """Status and body of one request (with ``batch``, a batch POST of that body, see
+        :mod:`.batch`). The one place that retries: a transient failure (see ``_transient``) or a
+        5xx answer is tried again with growing pauses until ``retry_for`` seconds have passed
+        since the first failure; then ``DatasetUnavailableError``. Any other answer, 4xx
+        included, is returned at once."""
         state = self._state()
         method = "POST" if batch is not None else method
         started = time.monotonic()
@@ -403,8 +407,8 @@ class HttpZarrStore(Store):
         if len(wanted) < 2 or not self.batch:
             await asyncio.gather(*(self._send_one(w) for w in wanted))
             return
-        items = [{"key": w.key, "range": _range_spec(w.byte_range)} for w in wanted]
-        status, body = await self._fetch(self.base_url, batch=items)
+        request = batch_request([(w.key, _range_spec(w.byte_range)) for w in wanted])
+        status, body = await self._fetch(self.base_url, batch=request)
         if status in (401, 403):
             error = DatasetAccessError(status, self.base_url, _text(body))
             for w in wanted:
@@ -415,7 +419,7 @@ class HttpZarrStore(Store):
                 self.batch = False
             await asyncio.gather(*(self._send_one(w) for w in wanted))
             return
-        for w, (entry, data) in zip(wanted, _unframe(body), strict=True):
+        for w, (entry, data) in zip(wanted, split_answer(body), strict=True):
             if data is not None:
                 _settle(w.future, w.prototype.buffer.from_bytes(data))
             elif entry["status"] == 404:
@@ -438,10 +442,10 @@ class HttpZarrStore(Store):
         return status < 400
 
     async def set(self, key: str, value: Buffer) -> None:
-        raise PermissionError("HttpZarrStore is read-only")
+        raise _ReadOnly
 
     async def delete(self, key: str) -> None:
-        raise PermissionError("HttpZarrStore is read-only")
+        raise _ReadOnly
 
     async def _listing(self, prefix: str) -> list[str]:
         """All keys under ``prefix`` (relative to the store), from the server's ``?list=1``."""

@@ -1,7 +1,9 @@
-"""The BioEngine worker launcher and the ``bioengine`` command-line client."""
+"""The BioEngine worker launcher and the ``bioengine`` command-line client.
 
-from ._cli import read_app_folder
+Test support (``WorkerProcess``, the chaos faults) is in :mod:`bioengine_worker.testing`.
+"""
+
 from ._launcher import CONNECTION_FILE, Launcher, WorkerSettings
-from ._process import WorkerProcess
+from .cli import read_app_folder
 
-__all__ = ["CONNECTION_FILE", "Launcher", "WorkerProcess", "WorkerSettings", "read_app_folder"]
+__all__ = ["CONNECTION_FILE", "Launcher", "WorkerSettings", "read_app_folder"]

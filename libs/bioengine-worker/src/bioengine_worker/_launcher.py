@@ -28,14 +28,13 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from bioengine_common import (
     SERVICES_USER,
-    EmbeddedHypha,
     ServiceUnavailable,
     connect,
     free_port,
     load_settings,
     token_claims,
 )
-from bioengine_common._embedded import port_free
+from bioengine_common.local_stack import EmbeddedHypha, port_free
 
 from ._supervisor import Dependency, ManagedProcess, Supervisor
 

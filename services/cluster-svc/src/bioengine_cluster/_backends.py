@@ -13,15 +13,8 @@ import socket
 from pathlib import Path
 from typing import Any, ClassVar
 
-from bioengine_common import (
-    ConfigurationError,
-    HeadOptions,
-    LocalHead,
-    ServiceUnavailable,
-    check_token_file,
-    connect_driver,
-    ensure_token_file,
-)
+from bioengine_common import ConfigurationError, ServiceUnavailable, check_token_file, connect_driver
+from bioengine_common.local_stack import HeadOptions, LocalHead, ensure_token_file
 
 __all__ = ["NAMESPACE", "ClusterBackend", "ExternalBackend", "LocalHeadBackend"]
 

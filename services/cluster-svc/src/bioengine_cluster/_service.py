@@ -18,15 +18,14 @@ from pydantic import Field
 from bioengine_common import (
     BioEngineService,
     ConfigurationError,
-    HeadOptions,
     InvalidRequest,
     ResourceUnavailable,
     ServiceUnavailable,
     disconnect_driver,
     error_summary,
     ray_environment,
-    short_temp_dir,
 )
+from bioengine_common.local_stack import HeadOptions, short_temp_dir
 
 from ._autoscaler import SlurmAutoscaler, demand_of
 from ._backends import (

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import json
 import mimetypes
 import os
 from collections.abc import Awaitable, Callable
@@ -28,6 +27,14 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from bioengine_common import InvalidRequest, NotFound, PermissionDenied
+from bioengine_datasets_client.batch import (
+    BATCH_MAX_BYTES,
+    BATCH_TYPE,
+    data_entry,
+    error_entry,
+    frame_head,
+    parse_batch_request,
+)
 
 from ._access import DatasetUnreadable, TokenValidator, may_read, readable_dataset
 from ._paths import DatasetPaths
@@ -146,9 +153,6 @@ def list_tree(root: Path, directory: Path) -> list[str]:
 
 
 LARGE_FILE = 16 << 20  # a whole file above this goes out with sendfile, not through memory
-BATCH_TYPE = "application/x-bioengine-batch"
-BATCH_MAX_KEYS = 256
-BATCH_MAX_BYTES = 256 << 20
 
 
 class _TooLarge(Exception):
@@ -237,19 +241,10 @@ async def data(request: web.Request) -> web.StreamResponse:
 
 
 def _batch_items(payload: Any) -> list[tuple[str, str | None]]:
-    items = payload.get("get") if isinstance(payload, dict) else None
-    if not isinstance(items, list) or not items:
-        raise InvalidRequest('a batch is a JSON object {"get": [{"key": ..., "range": ...}, ...]}')
-    if len(items) > BATCH_MAX_KEYS:
-        raise InvalidRequest(f"a batch holds at most {BATCH_MAX_KEYS} keys, not {len(items)}")
-    parsed = []
-    for item in items:
-        key = item.get("key") if isinstance(item, dict) else None
-        byte_range = item.get("range") if isinstance(item, dict) else None
-        if not isinstance(key, str) or not key or not (byte_range is None or isinstance(byte_range, str)):
-            raise InvalidRequest(f"bad batch item {item!r}: needs a non-empty 'key' and an optional 'range'")
-        parsed.append((key, byte_range))
-    return parsed
+    try:
+        return parse_batch_request(payload)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc)) from None
 
 
 @dataclass
@@ -281,9 +276,9 @@ def _open_slice(paths: DatasetPaths, relative: str, range_header: str | None) ->
 
 
 def _batch_open(root: Path, prefix: str, items: list[tuple[str, str | None]]) -> tuple[bytes, list[_Slice]]:
-    """Resolve, confine and open every key (run it in a thread). Returns the frame head (a 4-byte
-    big-endian length, then a JSON list with one ``{"status", "length"}`` or ``{"status",
-    "error"}`` per key) and the open file slices whose bytes follow it, in order."""
+    """Resolve, confine and open every key (run it in a thread). Returns the frame head (the
+    entries of every key, see ``bioengine_datasets_client.batch``) and the open file slices
+    whose bytes follow it, in order."""
     entries: list[dict[str, Any]] = []
     slices: list[_Slice] = []
     budget = BATCH_MAX_BYTES
@@ -294,11 +289,11 @@ def _batch_open(root: Path, prefix: str, items: list[tuple[str, str | None]]) ->
             try:
                 status, piece = _open_slice(paths, relative, byte_range)
             except NotFound as exc:
-                entries.append({"status": 404, "error": str(exc)})
+                entries.append(error_entry(404, str(exc)))
             except PermissionDenied as exc:
-                entries.append({"status": 403, "error": str(exc)})
+                entries.append(error_entry(403, str(exc)))
             except RangeNotSatisfiable as exc:
-                entries.append({"status": 416, "error": str(exc)})
+                entries.append(error_entry(416, str(exc)))
             else:
                 slices.append(piece)
                 budget -= piece.count
@@ -307,7 +302,7 @@ def _batch_open(root: Path, prefix: str, items: list[tuple[str, str | None]]) ->
                         f"a batch answer holds at most {BATCH_MAX_BYTES} bytes; '{relative}' does not fit: "
                         "ask for fewer keys"
                     )
-                entries.append({"status": status, "length": piece.count})
+                entries.append(data_entry(status, piece.count))
     except OSError as exc:
         _close(slices)
         if exc.errno == errno.EMFILE:
@@ -316,8 +311,7 @@ def _batch_open(root: Path, prefix: str, items: list[tuple[str, str | None]]) ->
     except BaseException:
         _close(slices)
         raise
-    header = json.dumps(entries).encode()
-    return len(header).to_bytes(4, "big") + header, slices
+    return frame_head(entries), slices
 
 
 def _close(slices: list[_Slice]) -> None:

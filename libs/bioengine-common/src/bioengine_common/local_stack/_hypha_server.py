@@ -26,9 +26,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
-from ._processes import free_port, spawn, stop_process
-from ._tokens import mint_token
-from .errors import ConfigurationError, ServiceUnavailable
+from .._processes import free_port, spawn, stop_process
+from .._tokens import mint_token
+from ..errors import ConfigurationError, ServiceUnavailable
 
 __all__ = ["EmbeddedHypha", "find_hypha_project", "port_free"]
 

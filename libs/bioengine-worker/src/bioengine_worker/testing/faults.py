@@ -18,7 +18,8 @@ from typing import Any
 
 import psutil
 
-from bioengine_common import HeadState, connect, error_summary, short_temp_dir
+from bioengine_common import connect, error_summary
+from bioengine_common.local_stack import HeadState, short_temp_dir
 
 from ._process import WorkerProcess
 
@@ -202,7 +203,7 @@ async def chaos(
     fault; finally watch ``watch_after`` seconds for late failures."""
     from bioengine_datasets_client import open_dataset  # only the chaos scenario needs it
 
-    from ._cli import read_app_folder
+    from ..cli import read_app_folder
 
     c = worker.connection
     admin = await connect(c["server_url"], workspace=c["workspace"], token=c["token"])

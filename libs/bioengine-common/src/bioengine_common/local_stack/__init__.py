@@ -1,0 +1,33 @@
+"""The local stack's infrastructure, for the launcher, bioengine-cluster and the test fixtures.
+
+An embedded Hypha server with its SeaweedFS S3 store (:class:`EmbeddedHypha`, from
+``infra/hypha-server``) and a Ray head of our own (:class:`LocalHead`: free ports, its own short
+temp dir, started and stopped by PID). Services that only *use* a Ray cluster need none of this:
+``bioengine_common.connect_driver`` and ``ray_environment`` are the driver side.
+"""
+
+from ._hypha_server import EmbeddedHypha, find_hypha_project, port_free
+from ._ray_head import (
+    HeadOptions,
+    HeadState,
+    LocalHead,
+    RayPorts,
+    choose_ports,
+    ensure_token_file,
+    short_temp_dir,
+    token_fingerprint,
+)
+
+__all__ = [
+    "EmbeddedHypha",
+    "HeadOptions",
+    "HeadState",
+    "LocalHead",
+    "RayPorts",
+    "choose_ports",
+    "ensure_token_file",
+    "find_hypha_project",
+    "port_free",
+    "short_temp_dir",
+    "token_fingerprint",
+]

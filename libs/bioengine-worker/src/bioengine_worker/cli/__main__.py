@@ -1,0 +1,5 @@
+"""``python -m bioengine_worker.cli``: the ``bioengine`` command."""
+
+from . import main
+
+main()
