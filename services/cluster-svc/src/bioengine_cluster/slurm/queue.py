@@ -11,6 +11,8 @@ from enum import StrEnum
 
 from pydantic import BaseModel, Field
 
+from bioengine_common.cluster_options import MIN_WORKER_MEMORY_GB
+
 from .settings import JobSpec
 
 __all__ = [
@@ -163,7 +165,11 @@ class SlurmJob(BaseModel):
         """The job's size when the listing showed it."""
         if self.cpus is None or self.memory_mb is None:
             return None
-        return JobSpec(cpus=max(1, self.cpus), memory_gb=max(0.5, self.memory_mb / 1024), gpus=self.gpus or 0)
+        return JobSpec(
+            cpus=max(1, self.cpus),
+            memory_gb=max(MIN_WORKER_MEMORY_GB, self.memory_mb / 1024),
+            gpus=self.gpus or 0,
+        )
 
 
 #: The ``squeue --format`` the parser expects: id, name, state, reason, nodes, submit, start, end,

@@ -14,6 +14,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from bioengine_common.cluster_options import MIN_WORKER_MEMORY_GB
+
 from .._resources import GIB, fits
 
 __all__ = [
@@ -70,7 +72,7 @@ class JobSpec(BaseModel):
     cpus: int = Field(1, ge=1, description="CPUs per job (--cpus-per-task) and Ray's --num-cpus.")
     memory_gb: float = Field(
         4.0,
-        ge=0.5,
+        ge=MIN_WORKER_MEMORY_GB,
         description="Memory per job in GB (--mem); Ray gets "
         f"{RAY_MEMORY_FRACTION:.0%} as its memory resource and {OBJECT_STORE_FRACTION:.0%} as object store.",
     )
