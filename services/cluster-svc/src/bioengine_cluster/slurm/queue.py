@@ -286,6 +286,7 @@ def parse_sacct(text: str) -> list[SlurmJob]:
     return jobs
 
 
+# Who cancelled a job: the controller's log, or sacct's state (SLURM accounting only).
 _KILL_RE = re.compile(r"REQUEST_KILL_JOB JobId=(\d+(?:_\d+)?) uid (\d+)")
 _CANCELLED_BY_RE = re.compile(r"^CANCELLED\s+by\s+(\d+)", re.IGNORECASE)
 
