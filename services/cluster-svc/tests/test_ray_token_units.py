@@ -12,7 +12,7 @@ import pytest
 
 from bioengine_cluster._backends import ExternalBackend, LocalHeadBackend
 from bioengine_cluster._settings import ClusterSettings
-from bioengine_cluster._slurm_jobs import SlurmCommands, SlurmSettings, render_job_script
+from bioengine_cluster.slurm import SlurmCommands, SlurmSettings, render_job_script
 from bioengine_common import (
     ConfigurationError,
     build_parser,

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from bioengine_cluster._slurm_jobs import SlurmCommands, SlurmSettings, render_job_script
+from bioengine_cluster.slurm import SlurmCommands, SlurmSettings, render_job_script
 from bioengine_common import connect
 from bioengine_common.local_stack import HeadOptions, LocalHead, short_temp_dir
 from bioengine_common.testing import ADMIN_USER, wait_for_service
@@ -359,8 +359,8 @@ async def test_a_run_code_whose_caller_disconnects_is_cancelled(
 
 # ---- without SLURM: the flags and the tag -------------------------------------------------------
 def test_flags_map_onto_the_job_settings(tmp_path):
-    from bioengine_cluster._autoscaler import SlurmAutoscaler
     from bioengine_cluster._settings import ClusterSettings
+    from bioengine_cluster.slurm import SlurmAutoscaler
     from bioengine_common import ConfigurationError
 
     settings = ClusterSettings(
@@ -521,9 +521,8 @@ async def test_two_workers_in_one_slurm_account_keep_to_their_own_jobs(
 
 
 def test_jobs_gone_from_squeue_take_their_final_state_from_sacct(tmp_path):
-    from bioengine_cluster._autoscaler import SlurmAutoscaler
     from bioengine_cluster._settings import ClusterSettings
-    from bioengine_cluster._slurm_jobs import JobState, SlurmJob
+    from bioengine_cluster.slurm import JobState, SlurmAutoscaler, SlurmJob
 
     scaler = SlurmAutoscaler(
         ClusterSettings(mode="slurm", workspace_dir=tmp_path, slurm_tag="tagx"), logging.getLogger("t")
@@ -542,9 +541,8 @@ def test_jobs_gone_from_squeue_take_their_final_state_from_sacct(tmp_path):
 
 
 def test_only_jobs_seen_active_can_be_lost(tmp_path):
-    from bioengine_cluster._autoscaler import SlurmAutoscaler
     from bioengine_cluster._settings import ClusterSettings
-    from bioengine_cluster._slurm_jobs import JobState, SlurmJob
+    from bioengine_cluster.slurm import JobState, SlurmAutoscaler, SlurmJob
 
     scaler = SlurmAutoscaler(
         ClusterSettings(mode="slurm", workspace_dir=tmp_path, slurm_tag="tagy"), logging.getLogger("t")

@@ -13,7 +13,7 @@ from datetime import datetime
 
 import pytest
 
-from bioengine_cluster._slurm_jobs import (
+from bioengine_cluster.slurm import (
     SQUEUE_FORMAT,
     BackoffState,
     JobSpec,
@@ -276,13 +276,13 @@ def test_infeasible_bundle_is_reported_not_submitted():
     assert result.submit == []
     assert result.infeasible[0].resources == {"CPU": 64} and result.infeasible[0].count == 2
     message = next(d for d in result.decisions if d.action == "infeasible").message
-    assert "needs 64 CPU, a worker job offers 2" in message
+    assert "a worker job has 2 CPUs, 64 CPUs needed" in message
 
 
 def test_gpu_demand_against_cpu_only_spec_is_infeasible():
     result = plan(wanted=[demand(CPU=1, GPU=1)])
     assert result.submit == [] and result.infeasible[0].resources == {"CPU": 1, "GPU": 1}
-    assert "needs 1 GPU, a worker job offers 0" in result.decisions[0].message
+    assert "a worker job has 0 GPUs, 1 GPUs needed" in result.decisions[0].message
 
 
 def test_gpu_demand_with_gpu_spec_submits():
@@ -699,7 +699,7 @@ def test_parsed_squeue_jobs_feed_the_policy():
 # ---------------------------------------------------------------------------------------------
 # Pending reasons that will not clear, the give-up backoff, lost workers
 # ---------------------------------------------------------------------------------------------
-from bioengine_cluster._slurm_jobs import (  # noqa: E402
+from bioengine_cluster.slurm import (  # noqa: E402
     UNRUNNABLE_AFTER_S,
     BlockedSubmission,
     Canceller,

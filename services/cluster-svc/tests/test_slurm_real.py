@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from bioengine_cluster._slurm_jobs import (
+from bioengine_cluster.slurm import (
     BackoffState,
     JobState,
     RayWorkerNode,

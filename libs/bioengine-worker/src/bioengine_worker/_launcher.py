@@ -34,6 +34,7 @@ from bioengine_common import (
     load_settings,
     token_claims,
 )
+from bioengine_common.cluster_options import CLUSTER_OPTIONS, ClusterOptions
 from bioengine_common.local_stack import EmbeddedHypha, port_free
 
 from ._supervisor import Dependency, ManagedProcess, Supervisor
@@ -42,38 +43,9 @@ CONNECTION_FILE = "worker.json"
 _PER_PROCESS_VARIABLES = {"BIOENGINE_CLIENT_ID", "BIOENGINE_LOG_FILE", "BIOENGINE_TOKEN"}
 LOCAL_ADMIN = "bioengine-admin"
 
-#: Launcher flags handed on to bioengine-cluster when set.
-CLUSTER_FLAGS = (
-    "head_address",
-    "ray_token_file",
-    "head_num_cpus",
-    "head_num_gpus",
-    "head_memory_in_gb",
-    "object_store_memory_in_gb",
-    "slurm_worker_cpus",
-    "slurm_worker_memory_gb",
-    "slurm_worker_gpus",
-    "slurm_gpu_flag",
-    "slurm_time_limit",
-    "slurm_partition",
-    "slurm_account",
-    "slurm_extra_sbatch",
-    "slurm_prologue",
-    "slurm_image",
-    "slurm_binds",
-    "slurm_ray_executable",
-    "slurm_min_workers",
-    "slurm_max_workers",
-    "slurm_idle_timeout",
-    "slurm_pending_timeout",
-    "slurm_join_timeout",
-    "slurm_backoff",
-    "slurm_backoff_max",
-    "slurm_tag",
-    "slurm_poll_interval",
-    "run_code_caller_check",
-    "run_code_caller_grace",
-)
+#: Launcher flags handed on to bioengine-cluster when set (``--mode`` always is): every cluster
+#: option, declared once in :mod:`bioengine_common.cluster_options`.
+CLUSTER_FLAGS = tuple(name for name in CLUSTER_OPTIONS if name != "mode")
 
 #: The services in start order; the gateway last (it needs the others to be useful).
 SERVICES: tuple[tuple[str, str], ...] = (
@@ -95,14 +67,11 @@ STARTUP_POLL_S = 0.25
 STARTUP_CALL_TIMEOUT_S = 10.0
 
 
-class WorkerSettings(BaseModel):
-    """Flags of ``bioengine-worker`` (each also a ``BIOENGINE_*`` environment variable)."""
+class LauncherOptions(BaseModel):
+    """The launcher's own flags (the cluster options follow them in ``--help``)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    mode: Literal["single-machine", "slurm", "external-cluster"] = Field(
-        "single-machine", description="How the Ray cluster is provided (passed to bioengine-cluster)."
-    )
     server_url: str | None = Field(
         None, description="Hypha server to use; unset: start an embedded one on loopback."
     )
@@ -127,67 +96,6 @@ class WorkerSettings(BaseModel):
     admin_token_hours: float = Field(
         168.0, gt=0, description="Validity of the admin token printed for the embedded server."
     )
-    head_address: str | None = Field(
-        None,
-        description="external-cluster: the Ray cluster to join (host:port or ray://host:port); "
-        "other modes: the IP the Ray head advertises.",
-    )
-    ray_token_file: Path | None = Field(
-        None,
-        description="The Ray cluster's token file (handed on to bioengine-cluster); default for a head "
-        "started here: <workspace-dir>/ray/auth_token (created, mode 0600); external-cluster: that "
-        "cluster's token file.",
-    )
-    head_num_cpus: float | None = Field(
-        None, ge=0, description="CPUs of the Ray head (default: all; 0 in slurm mode)."
-    )
-    head_num_gpus: float | None = Field(
-        None, ge=0, description="GPUs of the Ray head (default: detected; 0 in slurm mode)."
-    )
-    head_memory_in_gb: float | None = Field(None, gt=0, description="Memory the Ray head offers to tasks.")
-    object_store_memory_in_gb: float | None = Field(
-        None, gt=0, description="Object store size of the Ray head."
-    )
-    # slurm mode: handed on to bioengine-cluster when set (its --help has the defaults).
-    slurm_worker_cpus: int | None = Field(None, ge=1, description="slurm: CPUs per worker job.")
-    slurm_worker_memory_gb: float | None = Field(
-        None, gt=0, description="slurm: memory per worker job in GB."
-    )
-    slurm_worker_gpus: int | None = Field(None, ge=0, description="slurm: GPUs per worker job.")
-    slurm_gpu_flag: str | None = Field(
-        None, description="slurm: sbatch option for GPUs ({gpus} is the count)."
-    )
-    slurm_time_limit: str | None = Field(None, description="slurm: walltime of a worker job.")
-    slurm_partition: str | None = Field(None, description="slurm: --partition of worker jobs.")
-    slurm_account: str | None = Field(None, description="slurm: --account of worker jobs.")
-    slurm_extra_sbatch: list[str] | None = Field(None, description="slurm: more sbatch options.")
-    slurm_prologue: str | None = Field(None, description="slurm: shell code run before Ray in each job.")
-    slurm_image: str | None = Field(None, description="slurm: Apptainer image of the Ray workers.")
-    slurm_binds: list[str] | None = Field(None, description="slurm: Apptainer --bind entries.")
-    slurm_ray_executable: str | None = Field(None, description="slurm: the `ray` command in jobs.")
-    slurm_min_workers: int | None = Field(None, ge=0, description="slurm: worker jobs kept without demand.")
-    slurm_max_workers: int | None = Field(None, ge=0, description="slurm: most worker jobs at once.")
-    slurm_idle_timeout: float | None = Field(
-        None, gt=0, description="slurm: idle seconds before a worker goes."
-    )
-    slurm_pending_timeout: float | None = Field(None, gt=0, description="slurm: seconds a job may pend.")
-    slurm_join_timeout: float | None = Field(
-        None, gt=0, description="slurm: seconds for a job's Ray node to join."
-    )
-    slurm_backoff: float | None = Field(None, gt=0, description="slurm: seconds after a failed sbatch.")
-    slurm_backoff_max: float | None = Field(
-        None, gt=0, description="slurm: longest wait between launch attempts (cap of the doubling)."
-    )
-    slurm_tag: str | None = Field(None, description="slurm: tag of this worker's jobs.")
-    slurm_poll_interval: float | None = Field(
-        None, gt=0, description="slurm: seconds between scaling rounds."
-    )
-    run_code_caller_check: float | None = Field(
-        None, ge=0, description="Seconds between checks that a run_code caller is still connected (0: never)."
-    )
-    run_code_caller_grace: float | None = Field(
-        None, ge=0, description="A run_code whose caller has been gone this long is cancelled."
-    )
     wait: bool = Field(
         True,
         description="Print the banner only once the worker is ready (its gateway's get_status() "
@@ -204,6 +112,12 @@ class WorkerSettings(BaseModel):
     telemetry_exporter: Literal["none", "console", "otlp"] = Field(
         "none", description="OpenTelemetry exporter of every service."
     )
+
+
+class WorkerSettings(ClusterOptions, LauncherOptions):
+    """Flags of ``bioengine-worker`` (each also a ``BIOENGINE_*`` environment variable): its own,
+    then the cluster options, handed on to bioengine-cluster when set (same names, defaults and
+    descriptions as there)."""
 
 
 def _say(message: str) -> None:
@@ -362,15 +276,20 @@ class Launcher:
         return self.settings.token.get_secret_value()
 
     def _cluster_flags(self) -> list[str]:
+        """The cluster options set (by flag, variable or argument) as bioengine-cluster flags; the
+        others keep bioengine-cluster's defaults, which are the same."""
         flags = []
         for name in CLUSTER_FLAGS:
+            if name not in self.settings.model_fields_set:
+                continue
             value = getattr(self.settings, name)
             if isinstance(value, list):
                 # A value starting with '-' would read as a flag: sbatch options go as '#SBATCH -...'.
                 flags += ["--" + name.replace("_", "-")]
                 flags += [f"#SBATCH {v}" if v.startswith("-") else v for v in value]
             elif value is not None:
-                flags += ["--" + name.replace("_", "-"), str(value)]
+                # One word: a value starting with '-' (--slurm-gpu-flag --gpus={gpus}) stays a value.
+                flags.append("--" + name.replace("_", "-") + "=" + str(value))
         return flags
 
     def _processes(self) -> list[ManagedProcess]:

@@ -12,10 +12,9 @@ from pydantic import BaseModel, Field
 
 from bioengine_common import InvalidRequest
 
-__all__ = ["FitResult", "NodeResources", "ResourceRequest", "check_fit", "never_fits"]
+from ._resources import describe_amount, fits, shortfall
 
-_EPSILON = 1e-6
-_GIB = 1024**3
+__all__ = ["FitResult", "NodeResources", "ResourceRequest", "check_fit", "never_fits"]
 
 
 class ResourceRequest(BaseModel):
@@ -48,36 +47,12 @@ class FitResult(BaseModel):
     )
 
 
-def _describe(resource: str, amount: float) -> str:
-    if resource == "memory":
-        return f"{amount / _GIB:.3g} GiB of memory"
-    names = {"CPU": "CPUs", "GPU": "GPUs"}
-    return f"{amount:.3g} {names.get(resource, resource)}"
-
-
-def _fits(needed: Mapping[str, float], offered: Mapping[str, float]) -> bool:
-    return all(offered.get(name, 0.0) + _EPSILON >= amount for name, amount in needed.items())
-
-
 def _validate(request: ResourceRequest) -> dict[str, float]:
     needed = request.as_ray()
     for name, amount in needed.items():
         if amount < 0 or amount != amount:  # negative or NaN
             raise InvalidRequest(f"resource request '{name}' must be a non-negative number, got {amount}")
     return needed
-
-
-def _shortfall(needed: Mapping[str, float], nodes: Sequence[Mapping[str, float]], what: str) -> str:
-    """Name the first resource none of ``nodes`` has enough of.
-
-    e.g. ``largest free node has 1.5 CPUs, 4 CPUs needed`` (``what`` = "largest free node").
-    """
-    for name, amount in needed.items():
-        best = max((node.get(name, 0.0) for node in nodes), default=0.0)
-        if best + _EPSILON < amount:
-            return f"{what} has {_describe(name, best)}, {_describe(name, amount)} needed"
-    wanted = " and ".join(_describe(n, a) for n, a in needed.items())
-    return f"no single node offers {wanted} at once"
 
 
 def check_fit(
@@ -93,28 +68,28 @@ def check_fit(
     needed = _validate(request)
     alive = [node for node in nodes if node.alive]
     for node in sorted(alive, key=lambda n: -n.available.get("CPU", 0.0)):
-        if _fits(needed, node.available):
+        if fits(needed, node.available):
             where = node.node_ip or node.node_id
             return FitResult(verdict="fits", node_id=node.node_id, reason=f"fits now on node {where}")
-    fits_when_idle = any(_fits(needed, node.total) for node in alive)
-    if scale_up_node is not None and _fits(needed, scale_up_node):
+    fits_when_idle = any(fits(needed, node.total) for node in alive)
+    if scale_up_node is not None and fits(needed, scale_up_node):
         return FitResult(
             verdict="fits_after_scale_up",
             fits_when_idle=fits_when_idle,
             reason="no node has it free now; a new worker ("
-            + ", ".join(_describe(n, a) for n, a in scale_up_node.items() if n in needed or n == "CPU")
+            + ", ".join(describe_amount(n, a) for n, a in scale_up_node.items() if n in needed or n == "CPU")
             + ") would fit it",
         )
     if not alive:
         return FitResult(verdict="cannot_fit", reason="the cluster has no alive nodes")
     if fits_when_idle:
-        reason = _shortfall(needed, [n.available for n in alive], "largest free node")
+        reason = shortfall(needed, [n.available for n in alive], "largest free node")
         reason += "; it fits once running work on a node ends"
     else:
-        reason = _shortfall(needed, [n.total for n in alive], "largest node")
+        reason = shortfall(needed, [n.total for n in alive], "largest node")
         reason += "; no node of this cluster is large enough"
     if scale_up_node is not None:
-        reason += f"; nor would a new worker ({_shortfall(needed, [scale_up_node], 'a new worker')})"
+        reason += f"; nor would a new worker ({shortfall(needed, [scale_up_node], 'a new worker')})"
     return FitResult(verdict="cannot_fit", fits_when_idle=fits_when_idle, reason=reason)
 
 

@@ -27,7 +27,6 @@ from bioengine_common import (
 )
 from bioengine_common.local_stack import HeadOptions, short_temp_dir
 
-from ._autoscaler import SlurmAutoscaler, demand_of
 from ._backends import (
     NAMESPACE,
     ClusterBackend,
@@ -38,6 +37,7 @@ from ._fit import ResourceRequest, check_fit, never_fits
 from ._run_code import CallerWatch, RunCodeLog, parse_remote_options, run_in_ray
 from ._settings import ClusterSettings
 from ._status import ClusterSample, PendingDemand, gpu_summary, summarize, without_float_noise
+from .slurm import SlurmAutoscaler, demand_of
 
 _GIB = 1024**3
 

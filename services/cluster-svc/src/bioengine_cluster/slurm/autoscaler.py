@@ -1,10 +1,13 @@
-"""slurm mode's scaling loop: observe, :func:`plan_scaling`, act with :class:`SlurmCommands`.
+"""slurm mode's scaling loop: observe, :func:`plan_scaling`, act with a :class:`SlurmClient`.
 
 One round: this worker's jobs from ``squeue`` (by tag, finished ones too), the Ray nodes with
 their ``slurm_job_id:<id>`` resource and idle time and the pending demand from Ray's autoscaler
 v2 SDK (``get_cluster_status``: task/actor and placement-group demand, ``request_resources``
 constraints); the pure policy decides; jobs are cancelled and submitted here, ``sbatch`` failures
 back off. The decisions of the last rounds are kept (bounded) with what they were based on.
+
+The SLURM commands and the Ray observation are parameters: the service passes
+:class:`SlurmCommands` and :func:`observe_ray`, tests a fake SLURM and hand-made nodes.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import logging
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,26 +26,16 @@ from pydantic import ValidationError
 
 from bioengine_common import ConfigurationError, ray_environment
 
-from ._settings import ClusterSettings
-from ._slurm_jobs import (
-    JOB_RESOURCE_PREFIX,
-    BackoffState,
-    Canceller,
-    Decision,
-    JobState,
-    RayWorkerNode,
-    ScalingInputs,
-    SlurmCommandError,
-    SlurmCommands,
-    SlurmJob,
-    SlurmSettings,
-    describe_loss,
-    plan_scaling,
-    render_job_script,
-)
-from ._status import PendingDemand
+from .._settings import ClusterSettings
+from .._status import PendingDemand
+from .commands import SlurmClient, SlurmCommandError, SlurmCommands
+from .job_script import render_job_script
+from .policy import BackoffState, Decision, RayWorkerNode, ScalingInputs, plan_scaling
+from .queue import JobState, SlurmJob
+from .reasons import Canceller, describe_loss
+from .settings import JOB_RESOURCE_PREFIX, SlurmSettings
 
-__all__ = ["SlurmAutoscaler", "demand_of", "observe_ray"]
+__all__ = ["ObserveRay", "SlurmAutoscaler", "demand_of", "observe_ray"]
 
 #: Decisions kept for the status; finished jobs kept after squeue forgot them.
 DECISIONS_KEPT = 100
@@ -90,6 +84,10 @@ def observe_ray(gcs_address: str) -> tuple[list[RayWorkerNode], list[PendingDema
     return nodes, demand_of(status)
 
 
+#: Reads the Ray nodes and the pending demand from the GCS address (blocking; run in a thread).
+ObserveRay = Callable[[str], tuple[list[RayWorkerNode], list[PendingDemand]]]
+
+
 def _age(since: float | None, now: float) -> float | None:
     return round(now - since, 1) if since is not None else None
 
@@ -97,14 +95,24 @@ def _age(since: float | None, now: float) -> float | None:
 class SlurmAutoscaler:
     """The scaling state of one BioEngine worker in slurm mode."""
 
-    def __init__(self, settings: ClusterSettings, logger: logging.Logger, token_file: Path | None = None):
+    def __init__(
+        self,
+        settings: ClusterSettings,
+        logger: logging.Logger,
+        token_file: Path | None = None,
+        *,
+        commands: SlurmClient | None = None,
+        observe: ObserveRay = observe_ray,
+    ):
         """``token_file``: the head's Ray token file (its path goes in the job script), None when
-        the head runs without token authentication."""
+        the head runs without token authentication. ``commands``: how SLURM is reached (default
+        :class:`SlurmCommands` for this worker's tag); ``observe``: how Ray is read."""
         self.cluster_settings = settings
         self.logger = logger
         self.token_file = token_file
         self.tag = settings.resolved_slurm_tag()
-        self.commands = SlurmCommands(self.tag)
+        self.commands: SlurmClient = commands if commands is not None else SlurmCommands(self.tag)
+        self.observe = observe
         self.backoff = BackoffState()
         self.decisions: collections.deque[dict[str, Any]] = collections.deque(maxlen=DECISIONS_KEPT)
         #: Every job of this worker seen, newest last: the last listing, plus our cancel reason.
@@ -293,7 +301,7 @@ class SlurmAutoscaler:
     async def run_round(self, head_address: str, gcs_address: str) -> None:
         settings = self.slurm_settings(head_address)
         jobs = await self.commands.list_jobs(include_finished=True)
-        nodes, demand = await asyncio.to_thread(observe_ray, gcs_address)
+        nodes, demand = await asyncio.to_thread(self.observe, gcs_address)
         now = time.time()
         final: dict[str, SlurmJob] = {}
         if self.vanished(jobs):
