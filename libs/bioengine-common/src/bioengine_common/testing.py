@@ -305,8 +305,37 @@ def unmarked_integration_tests(items: Sequence[pytest.Item]) -> list[str]:
     ]
 
 
+#: Under pytest-xdist (``-n 2 --dist loadgroup``), each test file is one unit of work, run by one
+#: worker in its own order, so module fixtures (one stack for a file) start once. The files that
+#: submit SLURM jobs form one unit (the single-node SLURM here has 2 CPUs: two such files at once
+#: would wait for each other's jobs). These units are handed out first, longest first (measured
+#: with ``--durations``: the SLURM files about 8 minutes, the chaos test 8, the README blocks 3.5),
+#: so that both workers end at about the same time.
+LONG_GROUPS = ("slurm", "tests/integration/test_chaos.py", "tests/docs/test_readmes.py")
+
+
+def xdist_groups(items: Sequence[pytest.Item]) -> dict[str, str]:
+    """The unit of work of each test file under xdist: ``slurm`` for a file with a test that uses
+    the ``slurm`` fixture, else the file itself."""
+    groups: dict[str, str] = {}
+    for item in items:
+        path = item.nodeid.split("::")[0]
+        if "slurm" in getattr(item, "fixturenames", ()):
+            groups[path] = "slurm"
+        else:
+            groups.setdefault(path, path)
+    return groups
+
+
+def _distributed(config: pytest.Config) -> bool:
+    """A pytest-xdist worker (only workers collect when tests are distributed)."""
+    return hasattr(config, "workerinput")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Refuse to run a test that starts a real component without saying so by its marker."""
+    """Refuse to run a test that starts a real component without saying so by its marker; under
+    xdist, group tests by file (SLURM files together) and start the long groups first."""
     unmarked = unmarked_integration_tests(items)
     if unmarked:
         listed = "\n  ".join(unmarked)
@@ -315,3 +344,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             f"{', '.join(sorted(REAL_COMPONENT_FIXTURES))}) but are not marked "
             f'`pytest.mark.integration`, so `-m "not integration"` would run them:\n  {listed}'
         )
+    if _distributed(config):
+        groups = xdist_groups(items)
+        for item in items:
+            item.add_marker(pytest.mark.xdist_group(groups[item.nodeid.split("::")[0]]))
+
+        def rank(item: pytest.Item) -> int:
+            group = groups[item.nodeid.split("::")[0]]
+            return LONG_GROUPS.index(group) if group in LONG_GROUPS else len(LONG_GROUPS)
+
+        items.sort(key=rank)  # stable: each file keeps its own order
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist sends the report to its controller
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Captured output that holds a lone surrogate (the log-escaping tests log one on purpose;
+    pytest's own log capture keeps the raw message) as ``\\udXXX``: a pytest-xdist worker could
+    not send the report otherwise, and would stop."""
+    report.sections = [
+        (title, text.encode("utf-8", "backslashreplace").decode("utf-8")) for title, text in report.sections
+    ]
