@@ -11,8 +11,8 @@ from bioengine_app_runtime import AppSpec
 from bioengine_apps._state import (
     AppRecord,
     ObservedApp,
-    Plan,
-    plan,
+    ReconcilePlan,
+    plan_reconcile,
     redeploy_delay,
     spec_hash,
 )
@@ -63,20 +63,20 @@ def test_spec_hash_fills_defaults_and_ignores_key_order():
 
 
 def test_plan_nothing_to_do():
-    assert plan({}, {}, now=0.0) == Plan()
+    assert plan_reconcile({}, {}, now=0.0) == ReconcilePlan()
     rec = applied("app-a")
-    result = plan({"app-a": rec}, {"app-a": ours()}, now=0.0)
+    result = plan_reconcile({"app-a": rec}, {"app-a": ours()}, now=0.0)
     assert result.deploy == [] and result.delete == [] and result.decisions == []
 
 
 def test_plan_recorded_app_missing_from_serve_is_deployed():
-    result = plan({"app-a": applied("app-a")}, {}, now=0.0)
+    result = plan_reconcile({"app-a": applied("app-a")}, {}, now=0.0)
     assert result.deploy == ["app-a"] and result.redeploy == []
     assert result.decisions == ["app-a: not in Serve -> deploy"]
 
 
 def test_plan_never_applied_record_is_deployed():
-    result = plan({"app-a": record("app-a")}, {}, now=0.0)
+    result = plan_reconcile({"app-a": record("app-a")}, {}, now=0.0)
     assert result.deploy == ["app-a"]
 
 
@@ -92,50 +92,50 @@ def test_plan_never_applied_record_is_deployed():
 def test_plan_changed_spec_is_deployed(changes):
     rec = applied("app-a")
     rec.spec = spec("app-a", **changes)
-    result = plan({"app-a": rec}, {"app-a": ours()}, now=0.0)
+    result = plan_reconcile({"app-a": rec}, {"app-a": ours()}, now=0.0)
     assert result.deploy == ["app-a"] and result.decisions == ["app-a: spec changed -> deploy"]
 
 
 @pytest.mark.parametrize("status", ["RUNNING", "DEPLOYING", "DEPLOY_FAILED", "UNHEALTHY"])
 def test_plan_applied_spec_is_left_alone_without_auto_redeploy(status):
-    result = plan({"app-a": applied("app-a")}, {"app-a": ours(status)}, now=0.0)
+    result = plan_reconcile({"app-a": applied("app-a")}, {"app-a": ours(status)}, now=0.0)
     assert result.deploy == [] and result.decisions == []
 
 
 def test_plan_a_failed_build_is_not_retried_in_a_loop():
     rec = record("app-a", last_error="ImportError: no module named torch")
     rec.failed_hash = spec_hash(rec.spec)
-    result = plan({"app-a": rec}, {}, now=0.0)
+    result = plan_reconcile({"app-a": rec}, {}, now=0.0)
     assert result.deploy == [] and result.decisions == []
     rec.spec = spec("app-a", init_kwargs={"DemoApp": {"x": 2}})  # a new spec is tried again
-    assert plan({"app-a": rec}, {}, now=0.0).deploy == ["app-a"]
+    assert plan_reconcile({"app-a": rec}, {}, now=0.0).deploy == ["app-a"]
 
 
 @pytest.mark.parametrize("status", ["RUNNING", "DEPLOY_FAILED", "UNHEALTHY", "DEPLOYING"])
 def test_plan_our_app_without_record_is_deleted(status):
-    result = plan({}, {"orphan": ours(status)}, now=100.0)
+    result = plan_reconcile({}, {"orphan": ours(status)}, now=100.0)
     assert result.delete == ["orphan"]
     assert result.decisions == ["orphan: in Serve without a record -> delete"]
 
 
 def test_plan_does_not_repeat_a_removal_serve_is_doing():
-    result = plan({}, {"orphan": ours("DELETING")}, now=100.0)
+    result = plan_reconcile({}, {"orphan": ours("DELETING")}, now=100.0)
     assert result.delete == [] and result.decisions == []
 
 
 @pytest.mark.parametrize("status", ["RUNNING", "DEPLOY_FAILED", "UNHEALTHY"])
 def test_plan_foreign_app_is_untouched(status):
-    result = plan(
+    result = plan_reconcile(
         {"app-a": applied("app-a")}, {"app-a": ours(), "foreign": ObservedApp(status=status)}, now=1.0
     )
-    assert result == Plan()
+    assert result == ReconcilePlan()
 
 
 @pytest.mark.parametrize("status", ["DEPLOY_FAILED", "UNHEALTHY"])
 def test_plan_auto_redeploy_waits_for_the_backoff(status):
     rec = applied("app-a", auto_redeploy=True, redeploy_attempts=2, next_redeploy_at=1000.0)
-    assert plan({"app-a": rec}, {"app-a": ours(status)}, now=999.0).deploy == []
-    result = plan({"app-a": rec}, {"app-a": ours(status)}, now=1000.0)
+    assert plan_reconcile({"app-a": rec}, {"app-a": ours(status)}, now=999.0).deploy == []
+    result = plan_reconcile({"app-a": rec}, {"app-a": ours(status)}, now=1000.0)
     assert result.deploy == ["app-a"] and result.redeploy == ["app-a"]
     assert result.decisions == [f"app-a: {status} -> auto-redeploy attempt 3"]
 
@@ -143,8 +143,8 @@ def test_plan_auto_redeploy_waits_for_the_backoff(status):
 def test_plan_auto_redeploy_retries_a_failed_build_with_backoff():
     rec = record("app-a", auto_redeploy=True, last_error="boom", next_redeploy_at=10.0)
     rec.failed_hash = spec_hash(rec.spec)
-    assert plan({"app-a": rec}, {}, now=5.0).deploy == []
-    result = plan({"app-a": rec}, {}, now=10.0)
+    assert plan_reconcile({"app-a": rec}, {}, now=5.0).deploy == []
+    result = plan_reconcile({"app-a": rec}, {}, now=10.0)
     assert result.redeploy == ["app-a"] and result.decisions == [
         "app-a: BUILD_FAILED -> auto-redeploy attempt 1"
     ]
@@ -152,14 +152,14 @@ def test_plan_auto_redeploy_retries_a_failed_build_with_backoff():
 
 def test_plan_first_auto_redeploy_is_immediate():
     rec = applied("app-a", auto_redeploy=True)
-    assert plan({"app-a": rec}, {"app-a": ours("UNHEALTHY")}, now=0.0).redeploy == ["app-a"]
+    assert plan_reconcile({"app-a": rec}, {"app-a": ours("UNHEALTHY")}, now=0.0).redeploy == ["app-a"]
 
 
 @pytest.mark.parametrize("attempts", [5, 6, 9])
 @pytest.mark.parametrize("status", ["DEPLOY_FAILED", "UNHEALTHY"])
 def test_plan_gives_up_at_the_cap(attempts, status):
     rec = applied("app-a", auto_redeploy=True, redeploy_attempts=attempts)
-    result = plan({"app-a": rec}, {"app-a": ours(status)}, now=1e9)
+    result = plan_reconcile({"app-a": rec}, {"app-a": ours(status)}, now=1e9)
     assert result.deploy == [] and result.give_up == {
         "app-a": f"gave up after {attempts} redeploys (still {status})"
     }
@@ -167,30 +167,30 @@ def test_plan_gives_up_at_the_cap(attempts, status):
 
 def test_plan_one_below_the_cap_still_redeploys():
     rec = applied("app-a", auto_redeploy=True, redeploy_attempts=4)
-    assert plan({"app-a": rec}, {"app-a": ours("DEPLOY_FAILED")}, now=1e9).redeploy == ["app-a"]
+    assert plan_reconcile({"app-a": rec}, {"app-a": ours("DEPLOY_FAILED")}, now=1e9).redeploy == ["app-a"]
 
 
 def test_plan_after_giving_up_does_nothing():
     rec = applied("app-a", auto_redeploy=True, redeploy_attempts=5, gave_up="gave up")
-    assert plan({"app-a": rec}, {"app-a": ours("DEPLOY_FAILED")}, now=1e9) == Plan()
+    assert plan_reconcile({"app-a": rec}, {"app-a": ours("DEPLOY_FAILED")}, now=1e9) == ReconcilePlan()
 
 
 @pytest.mark.parametrize("auto_redeploy", [True, False])
 def test_plan_running_again_resets_the_attempts(auto_redeploy):
     rec = applied("app-a", auto_redeploy=auto_redeploy, redeploy_attempts=3)
-    assert plan({"app-a": rec}, {"app-a": ours("RUNNING")}, now=0.0).reset_attempts == ["app-a"]
+    assert plan_reconcile({"app-a": rec}, {"app-a": ours("RUNNING")}, now=0.0).reset_attempts == ["app-a"]
 
 
 @pytest.mark.parametrize("status", ["DEPLOYING", "UNHEALTHY"])
 def test_plan_no_reset_while_not_running(status):
     rec = applied("app-a", auto_redeploy=True, redeploy_attempts=3, next_redeploy_at=1e12)
-    assert plan({"app-a": rec}, {"app-a": ours(status)}, now=0.0).reset_attempts == []
+    assert plan_reconcile({"app-a": rec}, {"app-a": ours(status)}, now=0.0).reset_attempts == []
 
 
 def test_plan_failed_app_with_a_new_spec_is_updated_not_redeployed():
     rec = applied("app-a", auto_redeploy=True)
     rec.spec = spec("app-a", init_kwargs={"DemoApp": {"x": 9}})
-    result = plan({"app-a": rec}, {"app-a": ours("DEPLOY_FAILED")}, now=0.0)
+    result = plan_reconcile({"app-a": rec}, {"app-a": ours("DEPLOY_FAILED")}, now=0.0)
     assert result.deploy == ["app-a"] and result.redeploy == []
 
 
@@ -210,7 +210,7 @@ def test_plan_many_apps_at_once():
         "orphan": ours("RUNNING"),
         "foreign": ObservedApp(status="RUNNING"),
     }
-    result = plan(records, observed, now=100.0)
+    result = plan_reconcile(records, observed, now=100.0)
     assert result.deploy == ["flaky", "missing"] and result.redeploy == ["flaky"]
     assert result.delete == ["orphan"]
     assert result.give_up == {"hopeless": "gave up after 5 redeploys (still DEPLOY_FAILED)"}

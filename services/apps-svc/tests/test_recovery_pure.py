@@ -15,7 +15,7 @@ from bioengine_apps._state import (
     AppRecord,
     after_head_restart,
     format_time,
-    plan,
+    plan_reconcile,
     session_started_at,
     spec_hash,
     unavailable_message,
@@ -137,7 +137,7 @@ def test_an_app_whose_build_failed_is_not_redeployed_after_a_restart():
 def test_the_reconciler_then_deploys_the_apps_missing_from_the_new_serve():
     records = {"app-a": record("app-a"), "app-b": record("app-b")}
     restart = after_head_restart(records, "s1", "s2", 0.0)
-    result = plan(records, {}, now=0.0)  # a new head's Serve has no apps
+    result = plan_reconcile(records, {}, now=0.0)  # a new head's Serve has no apps
     assert sorted(result.deploy) == sorted(restart.redeploy) == ["app-a", "app-b"]
 
 

@@ -1,7 +1,7 @@
 """App records and the reconciler: pure functions from (desired, observed) to actions.
 
 An :class:`AppRecord` is the desired state of one app (kept in apps-svc's workspace dir, so it
-outlives apps-svc and the Ray head), with the hash of the spec Serve last received. :func:`plan` compares the
+outlives apps-svc and the Ray head), with the hash of the spec Serve last received. :func:`plan_reconcile` compares the
 records with what Serve runs and decides what to deploy or delete, including ``auto_redeploy``
 with backoff and a cap. An unchanged spec is never deployed again.
 """
@@ -13,7 +13,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel, Field
 
@@ -22,13 +22,15 @@ from bioengine_app_runtime import AppSpec
 __all__ = [
     "SECRET_MASK",
     "AppRecord",
+    "AppsKV",
     "ObservedApp",
-    "Plan",
+    "ReconcilePlan",
     "RestartPlan",
     "after_head_restart",
     "failure_reason",
     "format_time",
-    "plan",
+    "newer_records_in_kv",
+    "plan_reconcile",
     "reported_state",
     "resolve_authorized_users",
     "session_started_at",
@@ -85,6 +87,34 @@ class AppRecord(BaseModel):
     spec: dict[str, Any] = Field(default_factory=dict, description="The AppSpec given to the builder.")
 
 
+class AppsKV(Protocol):
+    """Ray's KV store as apps-svc uses it: one JSON record and one JSON secrets entry per app
+    (``bioengine_app_runtime.kv.RayKV``; a dict in tests). Every method may block."""
+
+    def record_ids(self) -> list[str]: ...
+    def get_record(self, application_id: str) -> dict[str, Any] | None: ...
+    def put_record(self, application_id: str, record: dict[str, Any]) -> None: ...
+    def get_secrets(self, application_id: str) -> dict[str, Any] | None: ...
+    def put_secrets(self, application_id: str, secrets: dict[str, Any]) -> None: ...
+    def delete_app(self, application_id: str) -> None: ...
+
+
+def newer_records_in_kv(records: Mapping[str, AppRecord], kv: AppsKV) -> list[AppRecord]:
+    """The records of the KV store that ``records`` lacks or holds an older version of
+    (``last_updated_at``): kept there by another replica of apps-svc, or by a version that kept
+    them only there. Blocks (reads the store)."""
+    newer = []
+    for app_id in kv.record_ids():
+        raw = kv.get_record(app_id)
+        if not raw:
+            continue
+        record = AppRecord.model_validate(raw)
+        mine = records.get(record.application_id)
+        if mine is None or record.last_updated_at > mine.last_updated_at:
+            newer.append(record)
+    return newer
+
+
 class ObservedApp(BaseModel):
     """What Serve reports for one app."""
 
@@ -93,7 +123,7 @@ class ObservedApp(BaseModel):
     ours: bool = False
 
 
-class Plan(BaseModel):
+class ReconcilePlan(BaseModel):
     deploy: list[str] = Field(default_factory=list)
     delete: list[str] = Field(default_factory=list)
     #: Subset of ``deploy``: auto-redeploys, which count against the retry cap.
@@ -175,7 +205,9 @@ def redeploy_delay(attempts: int) -> float:
     return min(REDEPLOY_BASE_DELAY_S * 2**attempts, REDEPLOY_MAX_DELAY_S)
 
 
-def plan(records: Mapping[str, AppRecord], observed: Mapping[str, ObservedApp], now: float) -> Plan:
+def plan_reconcile(
+    records: Mapping[str, AppRecord], observed: Mapping[str, ObservedApp], now: float
+) -> ReconcilePlan:
     """What to do so Serve runs exactly the recorded apps.
 
     - a recorded app that Serve lacks, or whose spec changed since Serve got it -> deploy;
@@ -185,7 +217,7 @@ def plan(records: Mapping[str, AppRecord], observed: Mapping[str, ObservedApp], 
       once its backoff has passed (10 s doubling to 5 min); give up after 5 attempts; RUNNING
       resets the count. Apps of others are never touched.
     """
-    result = Plan()
+    result = ReconcilePlan()
     for app_id, record in sorted(records.items()):
         seen = observed.get(app_id)
         desired = spec_hash(record.spec)
