@@ -18,8 +18,7 @@ from typing import Any
 
 import pytest
 
-from bioengine_common import EmbeddedHypha, connect
-from bioengine_common._ray_head import short_temp_dir
+from bioengine_common import EmbeddedHypha, connect, short_temp_dir
 from bioengine_common.testing import ADMIN_USER, TEST_WORKSPACE, launch_service, wait_for_service
 
 pytestmark = pytest.mark.integration
