@@ -12,6 +12,7 @@ from bioengine_apps._state import (
     AppRecord,
     ObservedApp,
     ReconcilePlan,
+    apply_bookkeeping,
     plan_reconcile,
     redeploy_delay,
     spec_hash,
@@ -228,3 +229,27 @@ def test_plan_many_apps_at_once():
 )
 def test_redeploy_delay_doubles_up_to_five_minutes(attempts, delay):
     assert redeploy_delay(attempts) == delay
+
+
+def test_bookkeeping_of_a_plan_is_written_into_the_records():
+    records = {
+        "back": applied("back", auto_redeploy=True, redeploy_attempts=3, gave_up=None),
+        "hopeless": applied("hopeless", auto_redeploy=True, redeploy_attempts=5),
+        "failing": applied("failing", auto_redeploy=True, redeploy_attempts=1),
+        "fine": applied("fine"),
+    }
+    observed = {
+        "back": ours("RUNNING"),
+        "hopeless": ours("UNHEALTHY"),
+        "failing": ours("DEPLOY_FAILED"),
+        "fine": ours("RUNNING"),
+    }
+    result = plan_reconcile(records, observed, now=100.0)
+    assert apply_bookkeeping(records, result, now=100.0) == ["back", "hopeless", "failing"]
+    assert (records["back"].redeploy_attempts, records["back"].gave_up) == (0, None)
+    assert records["hopeless"].gave_up == "gave up after 5 redeploys (still UNHEALTHY)"
+    failing = records["failing"]
+    assert (failing.redeploy_attempts, failing.next_redeploy_at, failing.spec["redeploy"]) == (2, 120.0, 1)
+    # The bumped spec is a change Serve has not seen: the next round deploys it, not redeploys.
+    assert plan_reconcile(records, observed, now=100.0).deploy == ["failing"]
+    assert apply_bookkeeping(records, ReconcilePlan(), now=0.0) == []

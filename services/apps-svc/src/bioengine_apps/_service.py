@@ -69,11 +69,11 @@ from ._state import (
     AppRecord,
     AppsKV,
     after_head_restart,
+    apply_bookkeeping,
     failure_reason,
     format_time,
     newer_records_in_kv,
     plan_reconcile,
-    redeploy_delay,
     reported_state,
     resolve_authorized_users,
     session_started_at,
@@ -448,20 +448,10 @@ class AppsService(BioEngineService):
             if app_id in self.records:
                 self.last_seen[app_id] = (seen.status, now)
         result = plan_reconcile(self.records, observed, now)
-        for app_id in result.reset_attempts:
-            record = self.records[app_id]
-            record.redeploy_attempts, record.gave_up = 0, None
-            await self._save(record)
         for app_id, reason in result.give_up.items():
-            self.records[app_id].gave_up = reason
-            await self._save(self.records[app_id])
             self.logger.error("App %s: %s", app_id, reason)
-        for app_id in result.redeploy:
-            record = self.records[app_id]
-            record.spec["redeploy"] = int(record.spec.get("redeploy", 0)) + 1
-            record.next_redeploy_at = now + redeploy_delay(record.redeploy_attempts)
-            record.redeploy_attempts += 1
-            await self._save(record)
+        for app_id in apply_bookkeeping(self.records, result, now):
+            await self._save(self.records[app_id])
         for app_id in result.deploy:
             try:
                 await self._deploy_one(self.records[app_id])

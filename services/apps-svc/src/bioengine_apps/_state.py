@@ -27,6 +27,7 @@ __all__ = [
     "ReconcilePlan",
     "RestartPlan",
     "after_head_restart",
+    "apply_bookkeeping",
     "failure_reason",
     "format_time",
     "newer_records_in_kv",
@@ -248,6 +249,30 @@ def plan_reconcile(
             result.delete.append(app_id)
             result.decisions.append(f"{app_id}: in Serve without a record -> delete")
     return result
+
+
+def apply_bookkeeping(records: Mapping[str, AppRecord], plan: ReconcilePlan, now: float) -> list[str]:
+    """Write a plan's auto_redeploy bookkeeping into the records (before anything is deployed);
+    the ids of the changed records, to save.
+
+    RUNNING again resets the attempts; giving up is recorded with its reason; a redeploy bumps
+    the spec's ``redeploy`` (so Serve rebuilds the app), counts the attempt and sets when the
+    next one may come (:func:`redeploy_delay`).
+    """
+    changed: list[str] = []
+    for app_id in plan.reset_attempts:
+        records[app_id].redeploy_attempts, records[app_id].gave_up = 0, None
+        changed.append(app_id)
+    for app_id, reason in plan.give_up.items():
+        records[app_id].gave_up = reason
+        changed.append(app_id)
+    for app_id in plan.redeploy:
+        record = records[app_id]
+        record.spec["redeploy"] = int(record.spec.get("redeploy", 0)) + 1
+        record.next_redeploy_at = now + redeploy_delay(record.redeploy_attempts)
+        record.redeploy_attempts += 1
+        changed.append(app_id)
+    return changed
 
 
 # ---- the Ray head restarting under the apps -------------------------------------------------------
