@@ -821,27 +821,7 @@ class AppsService(BioEngineService):
                 ),
                 previous,
             )
-            await self._save_secrets(application_id, new_secrets)
-            self.records[application_id] = record
-            await self._save(record)
-            if self.stopped.pop(application_id, None) is not None:
-                await asyncio.to_thread(self.store.save_stopped, dict(self.stopped))
-            details = await self._ray(self.serve.details, timeout=SERVE_STATUS_TIMEOUT_S * 2)
-            in_serve = application_id in (details.get("applications") or {})
-            if not (unchanged and in_serve and record.applied_hash == spec_hash(record.spec)):
-                try:
-                    await self._deploy_one(record)
-                except Exception as exc:
-                    # Nothing lost: an update leaves the running version as it was.
-                    if previous is not None:
-                        self.records[application_id] = previous
-                        await self._save(previous)
-                        await self._save_secrets(application_id, old_secrets)
-                    else:
-                        await self._forget(application_id)
-                    raise InvalidRequest(
-                        f"building app '{application_id}' failed: {error_summary(exc)}"
-                    ) from exc
+            await self._submit(record, previous, new_secrets, old_secrets, unchanged)
         self.logger.info(
             "%s app %s (%s, %s)",
             "Unchanged" if unchanged else "Deploying",
@@ -852,6 +832,39 @@ class AppsService(BioEngineService):
         if wait:
             await self._wait(application_id, float(timeout), full=True)
         return application_id
+
+    async def _submit(
+        self,
+        record: AppRecord,
+        previous: AppRecord | None,
+        new_secrets: dict[str, Any],
+        old_secrets: dict[str, Any],
+        unchanged: bool,
+    ) -> None:
+        """Save a deployment's record and secrets, and hand its spec to Serve unless Serve runs it
+        already; a failed build restores the previous deployment (or forgets a new app) and is
+        an InvalidRequest. The caller holds the lock."""
+        application_id = record.application_id
+        await self._save_secrets(application_id, new_secrets)
+        self.records[application_id] = record
+        await self._save(record)
+        if self.stopped.pop(application_id, None) is not None:
+            await asyncio.to_thread(self.store.save_stopped, dict(self.stopped))
+        details = await self._ray(self.serve.details, timeout=SERVE_STATUS_TIMEOUT_S * 2)
+        in_serve = application_id in (details.get("applications") or {})
+        if unchanged and in_serve and record.applied_hash == spec_hash(record.spec):
+            return
+        try:
+            await self._deploy_one(record)
+        except Exception as exc:
+            # Nothing lost: an update leaves the running version as it was.
+            if previous is not None:
+                self.records[application_id] = previous
+                await self._save(previous)
+                await self._save_secrets(application_id, old_secrets)
+            else:
+                await self._forget(application_id)
+            raise InvalidRequest(f"building app '{application_id}' failed: {error_summary(exc)}") from exc
 
     # ---- waiting for an app -------------------------------------------------------------------------
     async def _current_status(self, app_id: str, full: bool) -> dict[str, Any]:
