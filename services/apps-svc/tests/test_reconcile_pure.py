@@ -55,6 +55,10 @@ def ours(status: str = "RUNNING") -> ObservedApp:
     return ObservedApp(status=status, ours=True)
 
 
+def messages(result: ReconcilePlan) -> list[str]:
+    return [decision.message for decision in result.decisions]
+
+
 def test_spec_hash_fills_defaults_and_ignores_key_order():
     full = spec("app-a")
     partial = {k: v for k, v in full.items() if k not in ("redeploy", "disable_gpu", "methods")}
@@ -67,13 +71,13 @@ def test_plan_nothing_to_do():
     assert plan_reconcile({}, {}, now=0.0) == ReconcilePlan()
     rec = applied("app-a")
     result = plan_reconcile({"app-a": rec}, {"app-a": ours()}, now=0.0)
-    assert result.deploy == [] and result.delete == [] and result.decisions == []
+    assert result.deploy == [] and result.delete == [] and messages(result) == []
 
 
 def test_plan_recorded_app_missing_from_serve_is_deployed():
     result = plan_reconcile({"app-a": applied("app-a")}, {}, now=0.0)
     assert result.deploy == ["app-a"] and result.redeploy == []
-    assert result.decisions == ["app-a: not in Serve -> deploy"]
+    assert messages(result) == ["app-a: not in Serve -> deploy"]
 
 
 def test_plan_never_applied_record_is_deployed():
@@ -94,20 +98,20 @@ def test_plan_changed_spec_is_deployed(changes):
     rec = applied("app-a")
     rec.spec = spec("app-a", **changes)
     result = plan_reconcile({"app-a": rec}, {"app-a": ours()}, now=0.0)
-    assert result.deploy == ["app-a"] and result.decisions == ["app-a: spec changed -> deploy"]
+    assert result.deploy == ["app-a"] and messages(result) == ["app-a: spec changed -> deploy"]
 
 
 @pytest.mark.parametrize("status", ["RUNNING", "DEPLOYING", "DEPLOY_FAILED", "UNHEALTHY"])
 def test_plan_applied_spec_is_left_alone_without_auto_redeploy(status):
     result = plan_reconcile({"app-a": applied("app-a")}, {"app-a": ours(status)}, now=0.0)
-    assert result.deploy == [] and result.decisions == []
+    assert result.deploy == [] and messages(result) == []
 
 
 def test_plan_a_failed_build_is_not_retried_in_a_loop():
     rec = record("app-a", last_error="ImportError: no module named torch")
     rec.failed_hash = spec_hash(rec.spec)
     result = plan_reconcile({"app-a": rec}, {}, now=0.0)
-    assert result.deploy == [] and result.decisions == []
+    assert result.deploy == [] and messages(result) == []
     rec.spec = spec("app-a", init_kwargs={"DemoApp": {"x": 2}})  # a new spec is tried again
     assert plan_reconcile({"app-a": rec}, {}, now=0.0).deploy == ["app-a"]
 
@@ -116,12 +120,12 @@ def test_plan_a_failed_build_is_not_retried_in_a_loop():
 def test_plan_our_app_without_record_is_deleted(status):
     result = plan_reconcile({}, {"orphan": ours(status)}, now=100.0)
     assert result.delete == ["orphan"]
-    assert result.decisions == ["orphan: in Serve without a record -> delete"]
+    assert messages(result) == ["orphan: in Serve without a record -> delete"]
 
 
 def test_plan_does_not_repeat_a_removal_serve_is_doing():
     result = plan_reconcile({}, {"orphan": ours("DELETING")}, now=100.0)
-    assert result.delete == [] and result.decisions == []
+    assert result.delete == [] and messages(result) == []
 
 
 @pytest.mark.parametrize("status", ["RUNNING", "DEPLOY_FAILED", "UNHEALTHY"])
@@ -138,7 +142,7 @@ def test_plan_auto_redeploy_waits_for_the_backoff(status):
     assert plan_reconcile({"app-a": rec}, {"app-a": ours(status)}, now=999.0).deploy == []
     result = plan_reconcile({"app-a": rec}, {"app-a": ours(status)}, now=1000.0)
     assert result.deploy == ["app-a"] and result.redeploy == ["app-a"]
-    assert result.decisions == [f"app-a: {status} -> auto-redeploy attempt 3"]
+    assert messages(result) == [f"app-a: {status} -> auto-redeploy attempt 3"]
 
 
 def test_plan_auto_redeploy_retries_a_failed_build_with_backoff():
@@ -146,7 +150,7 @@ def test_plan_auto_redeploy_retries_a_failed_build_with_backoff():
     rec.failed_hash = spec_hash(rec.spec)
     assert plan_reconcile({"app-a": rec}, {}, now=5.0).deploy == []
     result = plan_reconcile({"app-a": rec}, {}, now=10.0)
-    assert result.redeploy == ["app-a"] and result.decisions == [
+    assert result.redeploy == ["app-a"] and messages(result) == [
         "app-a: BUILD_FAILED -> auto-redeploy attempt 1"
     ]
 
@@ -216,7 +220,7 @@ def test_plan_many_apps_at_once():
     assert result.delete == ["orphan"]
     assert result.give_up == {"hopeless": "gave up after 5 redeploys (still DEPLOY_FAILED)"}
     assert result.reset_attempts == ["healed"]
-    assert result.decisions == [
+    assert messages(result) == [
         "flaky: UNHEALTHY -> auto-redeploy attempt 2",
         "hopeless: gave up after 5 redeploys (still DEPLOY_FAILED)",
         "missing: not in Serve -> deploy",
@@ -253,3 +257,27 @@ def test_bookkeeping_of_a_plan_is_written_into_the_records():
     # The bumped spec is a change Serve has not seen: the next round deploys it, not redeploys.
     assert plan_reconcile(records, observed, now=100.0).deploy == ["failing"]
     assert apply_bookkeeping(records, ReconcilePlan(), now=0.0) == []
+
+
+def test_decisions_say_when_what_and_on_which_inputs():
+    records = {
+        "new": record("new"),
+        "failing": applied("failing", auto_redeploy=True, redeploy_attempts=1),
+        "hopeless": applied("hopeless", auto_redeploy=True, redeploy_attempts=5),
+    }
+    observed = {"failing": ours("UNHEALTHY"), "hopeless": ours("DEPLOY_FAILED"), "orphan": ours()}
+    result = plan_reconcile(records, observed, now=42.0)
+    assert [(d.action, d.at) for d in result.decisions] == [
+        ("redeploy", 42.0), ("give_up", 42.0), ("deploy", 42.0), ("delete", 42.0),
+    ]  # fmt: skip
+    redeploy, give_up, deploy, delete = (d.model_dump() for d in result.decisions)
+    assert redeploy["inputs"] == {
+        "application_id": "failing",
+        "serve_status": "UNHEALTHY",
+        "auto_redeploy": True,
+        "redeploy_attempts": 1,
+        "state": "UNHEALTHY",
+    }
+    assert give_up["inputs"]["redeploy_attempts"] == 5
+    assert deploy["inputs"]["serve_status"] is None and deploy["message"] == "new: not in Serve -> deploy"
+    assert delete["inputs"] == {"application_id": "orphan", "serve_status": "RUNNING", "recorded": False}

@@ -308,7 +308,7 @@ class AppsService(BioEngineService):
                 await self._ray(self.kv.put_secrets, app_id, value)
         known = (await asyncio.to_thread(self.store.load_cluster)).get("session")
         started_at = info.get("head_started_at") or session_started_at(session)
-        restart = after_head_restart(self.records, known, session, started_at)
+        restart = after_head_restart(self.records, known, session, started_at, now=time.time())
         if restart.restarted:
             for app_id, note in restart.redeploy.items():
                 record = self.records[app_id]
@@ -316,14 +316,8 @@ class AppsService(BioEngineService):
                 record.redeploy_attempts, record.next_redeploy_at, record.gave_up = 0, 0.0, None
                 await self._save(record)
             for decision in restart.decisions:
-                self.logger.warning("%s", decision)
-            self.decisions.append(
-                {
-                    "time": time.time(),
-                    "decisions": restart.decisions,
-                    "inputs": {"session": session, "previous_session": known, "head_started_at": started_at},
-                }
-            )
+                self.logger.warning("%s", decision.message)
+                self.decisions.append(decision.model_dump())
         await asyncio.to_thread(
             self.store.save_cluster,
             {"session": session, "address": info.get("address"), "head_started_at": started_at},
@@ -461,16 +455,9 @@ class AppsService(BioEngineService):
             await self._ray(self.serve.delete, app_id)
         with contextlib.suppress(Exception):
             self.cluster_gpus = await self._ray(_cluster_gpus, timeout=5)
-        if result.decisions:
-            for decision in result.decisions:
-                self.logger.info("Reconcile: %s", decision)
-            self.decisions.append(
-                {
-                    "time": now,
-                    "decisions": result.decisions,
-                    "inputs": {k: v.status for k, v in observed.items() if k in self.records or v.ours},
-                }
-            )
+        for decision in result.decisions:
+            self.logger.info("Reconcile: %s", decision.message)
+            self.decisions.append(decision.model_dump())
 
     # ---- helpers ------------------------------------------------------------------------------------
     def _worker_facts(self) -> WorkerFacts:
@@ -1266,5 +1253,5 @@ class AppsService(BioEngineService):
                 "deploy_from_artifact": self.is_ready() and artifacts_ok,
             },
             "apps": sorted(self.records),
-            "recent_decisions": list(self.decisions)[-10:],
+            "recent_decisions": list(self.decisions)[-20:],
         }

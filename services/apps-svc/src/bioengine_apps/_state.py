@@ -13,7 +13,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, Field
 
@@ -23,6 +23,7 @@ __all__ = [
     "SECRET_MASK",
     "AppRecord",
     "AppsKV",
+    "Decision",
     "ObservedApp",
     "ReconcilePlan",
     "RestartPlan",
@@ -124,6 +125,16 @@ class ObservedApp(BaseModel):
     ours: bool = False
 
 
+class Decision(BaseModel):
+    """One decision of apps-svc, in the shape of cluster-svc's autoscaler decisions: when, what,
+    why (``message``, for people) and what it was based on (``inputs``)."""
+
+    at: float
+    action: Literal["deploy", "redeploy", "delete", "give_up", "head_restarted", "not_redeployed"]
+    message: str
+    inputs: dict[str, Any] = Field(default_factory=dict)
+
+
 class ReconcilePlan(BaseModel):
     deploy: list[str] = Field(default_factory=list)
     delete: list[str] = Field(default_factory=list)
@@ -131,7 +142,7 @@ class ReconcilePlan(BaseModel):
     redeploy: list[str] = Field(default_factory=list)
     give_up: dict[str, str] = Field(default_factory=dict)
     reset_attempts: list[str] = Field(default_factory=list)
-    decisions: list[str] = Field(default_factory=list)
+    decisions: list[Decision] = Field(default_factory=list)
 
 
 def split_env_vars(
@@ -223,10 +234,18 @@ def plan_reconcile(
         seen = observed.get(app_id)
         desired = spec_hash(record.spec)
         build_failed = record.failed_hash == desired
+        inputs = {
+            "application_id": app_id,
+            "serve_status": seen.status if seen else None,
+            "auto_redeploy": record.auto_redeploy,
+            "redeploy_attempts": record.redeploy_attempts,
+        }
         if not build_failed and (seen is None or record.applied_hash != desired):
             result.deploy.append(app_id)
             reason = "not in Serve" if seen is None else "spec changed"
-            result.decisions.append(f"{app_id}: {reason} -> deploy")
+            result.decisions.append(
+                Decision(at=now, action="deploy", message=f"{app_id}: {reason} -> deploy", inputs=inputs)
+            )
             continue
         status = "BUILD_FAILED" if build_failed else seen.status if seen else "MISSING"
         if status == "RUNNING" and record.redeploy_attempts:
@@ -237,17 +256,22 @@ def plan_reconcile(
         if record.redeploy_attempts >= REDEPLOY_MAX_ATTEMPTS:
             reason = f"gave up after {record.redeploy_attempts} redeploys (still {status})"
             result.give_up[app_id] = reason
-            result.decisions.append(f"{app_id}: {reason}")
+            result.decisions.append(
+                Decision(at=now, action="give_up", message=f"{app_id}: {reason}", inputs=inputs)
+            )
         elif now >= record.next_redeploy_at:
             result.redeploy.append(app_id)
             result.deploy.append(app_id)
+            message = f"{app_id}: {status} -> auto-redeploy attempt {record.redeploy_attempts + 1}"
             result.decisions.append(
-                f"{app_id}: {status} -> auto-redeploy attempt {record.redeploy_attempts + 1}"
+                Decision(at=now, action="redeploy", message=message, inputs={**inputs, "state": status})
             )
     for app_id, seen in sorted(observed.items()):
         if app_id not in records and seen.ours and seen.status != "DELETING":
             result.delete.append(app_id)
-            result.decisions.append(f"{app_id}: in Serve without a record -> delete")
+            message = f"{app_id}: in Serve without a record -> delete"
+            inputs = {"application_id": app_id, "serve_status": seen.status, "recorded": False}
+            result.decisions.append(Decision(at=now, action="delete", message=message, inputs=inputs))
     return result
 
 
@@ -300,7 +324,7 @@ class RestartPlan(BaseModel):
     restarted: bool = False
     #: Apps to deploy again, each with the note its status shows.
     redeploy: dict[str, str] = Field(default_factory=dict)
-    decisions: list[str] = Field(default_factory=list)
+    decisions: list[Decision] = Field(default_factory=list)
 
 
 def after_head_restart(
@@ -308,6 +332,8 @@ def after_head_restart(
     known_session: str | None,
     session: str,
     started_at: float | None,
+    *,
+    now: float,
 ) -> RestartPlan:
     """Compare the Ray session apps-svc last deployed to with the one it just connected to.
 
@@ -325,15 +351,18 @@ def after_head_restart(
     note = f"redeployed after the Ray head restarted at {when}"
     for app_id, record in sorted(records.items()):
         if record.failed_hash is not None and record.failed_hash == spec_hash(record.spec):
-            result.decisions.append(f"{app_id}: its build had failed, not redeployed after the head restart")
+            message = f"{app_id}: its build had failed, not redeployed after the head restart"
+            inputs: dict[str, Any] = {"application_id": app_id, "failed_hash": record.failed_hash}
+            result.decisions.append(Decision(at=now, action="not_redeployed", message=message, inputs=inputs))
             continue
         result.redeploy[app_id] = note
     names = ", ".join(result.redeploy) or "none"
-    result.decisions.insert(
-        0,
+    message = (
         f"Ray head restarted at {when} (session {session}, was {known_session}): "
-        f"redeploying {len(result.redeploy)} app(s): {names}",
+        f"redeploying {len(result.redeploy)} app(s): {names}"
     )
+    inputs = {"session": session, "previous_session": known_session, "head_started_at": started_at}
+    result.decisions.insert(0, Decision(at=now, action="head_restarted", message=message, inputs=inputs))
     return result
 
 
