@@ -209,7 +209,7 @@ async def test_the_proxy_connects_and_registers_anew_when_hypha_rpc_gives_up(mon
         return servers[-1]
 
     monkeypatch.setattr(_proxy, "connect", fake_connect)
-    monkeypatch.setattr(_proxy._kv, "get_json", lambda key: {"proxy_token": f"token-{len(servers)}"})
+    monkeypatch.setattr(_proxy.kv, "get_json", lambda key: {"proxy_token": f"token-{len(servers)}"})
     monkeypatch.setattr(_proxy, "WATCH_INTERVAL_S", 0.01)
     proxy: Any = object.__new__(_proxy.BioEngineProxy.func_or_class)
     proxy.spec = AppSpec(

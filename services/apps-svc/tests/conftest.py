@@ -16,6 +16,22 @@ REPO = Path(__file__).resolve().parents[3]
 APPS = REPO / "apps"
 
 
+def read_example_app(name: str) -> dict[str, bytes]:
+    """An example app's files as apps-svc holds them: {relative name: bytes}."""
+    folder = APPS / name
+    return {
+        path.relative_to(folder).as_posix(): path.read_bytes()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and "__pycache__" not in path.parts
+    }
+
+
+@pytest.fixture
+def read_app() -> Any:
+    """``read_app(name)``: the files of the example app ``apps/<name>`` (pure tests)."""
+    return read_example_app
+
+
 async def wait_for_app(
     apps: Any, app_id: str, states: tuple[str, ...] = ("RUNNING",), timeout: float = 90
 ) -> dict:

@@ -15,7 +15,7 @@ from bioengine_apps._state import (
     AppRecord,
     after_head_restart,
     format_time,
-    plan,
+    plan_reconcile,
     session_started_at,
     spec_hash,
     unavailable_message,
@@ -109,35 +109,41 @@ def test_session_names_give_the_head_start_time():
 
 def test_same_or_unknown_session_redeploys_nothing():
     records = {"app-a": record("app-a")}
-    assert not after_head_restart(records, "session_1", "session_1", 0.0).restarted
-    first = after_head_restart(records, None, "session_1", 0.0)
+    assert not after_head_restart(records, "session_1", "session_1", 0.0, now=0.0).restarted
+    first = after_head_restart(records, None, "session_1", 0.0, now=0.0)
     assert not first.restarted and first.redeploy == {} and first.decisions == []
 
 
 def test_new_session_redeploys_every_deployed_app_and_says_when():
     records = {"app-a": record("app-a"), "app-b": record("app-b", auto_redeploy=True, gave_up="gave up")}
-    result = after_head_restart(records, "session_old", "session_new", 1_800_000_000.0)
+    result = after_head_restart(records, "session_old", "session_new", 1_800_000_000.0, now=0.0)
     note = f"redeployed after the Ray head restarted at {format_time(1_800_000_000.0)}"
     assert result.restarted and result.redeploy == {"app-a": note, "app-b": note}
     assert "2027-01-15T08:00:00+00:00" in note
-    assert result.decisions[0].startswith("Ray head restarted at 2027-01-15T08:00:00+00:00")
-    assert "redeploying 2 app(s): app-a, app-b" in result.decisions[0]
-    assert "session_new" in result.decisions[0] and "session_old" in result.decisions[0]
+    assert result.decisions[0].message.startswith("Ray head restarted at 2027-01-15T08:00:00+00:00")
+    assert "redeploying 2 app(s): app-a, app-b" in result.decisions[0].message
+    assert "session_new" in result.decisions[0].message and "session_old" in result.decisions[0].message
+    assert result.decisions[0].action == "head_restarted"
+    assert result.decisions[0].inputs == {
+        "session": "session_new",
+        "previous_session": "session_old",
+        "head_started_at": 1_800_000_000.0,
+    }
 
 
 def test_an_app_whose_build_failed_is_not_redeployed_after_a_restart():
     failed = record("app-f")
     failed.failed_hash, failed.applied_hash = spec_hash(failed.spec), None
-    result = after_head_restart({"app-f": failed, "app-a": record("app-a")}, "s1", "s2", None)
+    result = after_head_restart({"app-f": failed, "app-a": record("app-a")}, "s1", "s2", None, now=0.0)
     assert list(result.redeploy) == ["app-a"]
     assert "an unknown time" in result.redeploy["app-a"]
-    assert any("app-f: its build had failed" in d for d in result.decisions)
+    assert any("app-f: its build had failed" in d.message for d in result.decisions)
 
 
 def test_the_reconciler_then_deploys_the_apps_missing_from_the_new_serve():
     records = {"app-a": record("app-a"), "app-b": record("app-b")}
-    restart = after_head_restart(records, "s1", "s2", 0.0)
-    result = plan(records, {}, now=0.0)  # a new head's Serve has no apps
+    restart = after_head_restart(records, "s1", "s2", 0.0, now=0.0)
+    result = plan_reconcile(records, {}, now=0.0)  # a new head's Serve has no apps
     assert sorted(result.deploy) == sorted(restart.redeploy) == ["app-a", "app-b"]
 
 

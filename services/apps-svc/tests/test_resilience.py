@@ -148,8 +148,10 @@ async def test_apps_are_redeployed_after_the_ray_head_crashes(stack, client):
     assert new_head["pid"] != head["pid"]
     assert "redeployed after the Ray head restarted at " in after["message"], after
     assert after["recovery_note"] in after["message"]
-    decisions = [d for entry in (await apps.get_status())["recent_decisions"] for d in entry["decisions"]]
-    assert any(d.startswith("Ray head restarted at") and "survivor" in d for d in decisions), decisions
+    decisions = [d for d in (await apps.get_status())["recent_decisions"] if d["action"] == "head_restarted"]
+    assert any(
+        d["message"].startswith("Ray head restarted at") and "survivor" in d["message"] for d in decisions
+    ), decisions
     print(f"\nhead killed -> app answering again through Hypha: {back_after:.1f} s")
 
 

@@ -2,7 +2,10 @@
 
 - :func:`build` (``bioengine_app_runtime:build``): Serve's app builder for an app's spec;
 - :class:`BioEngineProxy`: the ingress deployment that registers the app as a Hypha service;
-- :class:`AppSpec`: the spec apps-svc writes into the app's Serve config.
+- :class:`AppSpec`: the spec apps-svc writes into the app's Serve config;
+- :mod:`bioengine_app_runtime.deployer` (``AppDeployer``, the actor apps-svc asks to build and
+  submit an app) and :mod:`bioengine_app_runtime.kv` (the apps' keys of Ray's KV store and
+  ``RayKV``, apps-svc's view of them): the public modules apps-svc uses.
 
 Nothing here runs in a service process except the plain data classes.
 """

@@ -16,7 +16,7 @@ from typing import Any
 
 from bioengine_common import trusted_service_id
 
-from . import _kv
+from . import kv
 
 __all__ = ["AppDatasets", "DatasetsUnavailable"]
 
@@ -46,7 +46,7 @@ class AppDatasets:
             return self._url
         from hypha_rpc import connect_to_server
 
-        secrets = await asyncio.to_thread(_kv.get_json, _kv.secrets_key(self.application_id)) or {}
+        secrets = await asyncio.to_thread(kv.get_json, kv.secrets_key(self.application_id)) or {}
         server = None
         try:
             server = await asyncio.wait_for(

@@ -29,7 +29,7 @@ from ray import serve
 
 from bioengine_common import connect, is_authorized
 
-from . import _kv
+from . import kv
 from ._spec import PROXY_CONFIG_FIELDS, MethodSpec, ProxySpec
 
 logger = logging.getLogger("ray.serve")
@@ -158,7 +158,7 @@ class BioEngineProxy:
 
     async def _connect_and_register(self) -> None:
         # The token is read each time: apps-svc renews it in the KV store.
-        secrets = await asyncio.to_thread(_kv.get_json, _kv.secrets_key(self.spec.application_id))
+        secrets = await asyncio.to_thread(kv.get_json, kv.secrets_key(self.spec.application_id))
         token = (secrets or {}).get("proxy_token")
         self.server = await connect(
             self.spec.server_url,

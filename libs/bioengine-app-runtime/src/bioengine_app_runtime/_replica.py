@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from . import _kv
+from . import kv
 from ._datasets import AppDatasets
 
 __all__ = ["prepare_replica", "wrap_deployment_class"]
@@ -18,7 +18,7 @@ def prepare_replica(application_id: str, class_name: str, home_dir: str) -> None
     Secrets are never in the Serve config or the runtime_env (both are shown in status and
     dashboards); each replica reads them when it starts.
     """
-    secrets = _kv.get_json(_kv.secrets_key(application_id)) or {}
+    secrets = kv.get_json(kv.secrets_key(application_id)) or {}
     env = secrets.get("env") or {}
     for scope in ("*", class_name):
         for name, value in (env.get(scope) or {}).items():

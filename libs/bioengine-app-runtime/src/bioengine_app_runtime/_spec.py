@@ -2,7 +2,7 @@
 
 The spec is the ``args`` of the app's Serve config, so it must be deterministic (the same
 request gives the same spec, and Serve then changes nothing) and must never hold a secret:
-secret values and tokens travel through Ray's GCS key-value store (:mod:`._kv`).
+secret values and tokens travel through Ray's GCS key-value store (:mod:`.kv`).
 """
 
 from __future__ import annotations

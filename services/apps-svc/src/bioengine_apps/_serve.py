@@ -18,11 +18,12 @@ __all__ = ["ServeAdapter"]
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
-def clean(message: str | None) -> str:
+def plain_message(message: str | None) -> str:
+    """A message of Serve's without its ANSI colour codes and surrounding whitespace."""
     return _ANSI.sub("", message or "").strip()
 
 
-def state(value: Any) -> str:
+def enum_value(value: Any) -> str:
     """Serve's enums (ApplicationStatus.RUNNING) as their plain value ("RUNNING")."""
     return str(getattr(value, "value", value))
 
@@ -78,7 +79,7 @@ class ServeAdapter:
     def deployer(self) -> Any:
         """The detached ``AppDeployer`` actor of this cluster, created on first use."""
         if self._deployer is None:
-            from bioengine_app_runtime._deployer import DEPLOYER_NAME, AppDeployer
+            from bioengine_app_runtime.deployer import DEPLOYER_NAME, AppDeployer
 
             self._deployer = AppDeployer.options(  # type: ignore[attr-defined]
                 name=DEPLOYER_NAME, namespace=self.namespace, lifetime="detached", get_if_exists=True
@@ -112,7 +113,7 @@ class ServeAdapter:
     def observed(details: dict[str, Any]) -> dict[str, ObservedApp]:
         return {
             name: ObservedApp(
-                status=state(app.get("status")), ours=PROXY_DEPLOYMENT in (app.get("deployments") or {})
+                status=enum_value(app.get("status")), ours=PROXY_DEPLOYMENT in (app.get("deployments") or {})
             )
             for name, app in (details.get("applications") or {}).items()
         }

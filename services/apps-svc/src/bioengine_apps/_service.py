@@ -31,7 +31,7 @@ from typing import Any
 from hypha_rpc.utils.schema import schema_method
 from pydantic import Field
 
-from bioengine_app_runtime import AppSpec, _kv
+from bioengine_app_runtime.kv import RayKV
 from bioengine_common import (
     AppFailed,
     BioEngineService,
@@ -50,21 +50,34 @@ from bioengine_common import (
 
 from ._analysis import analyze_app
 from ._artifacts import ArtifactStore
+from ._deploy import (
+    DeployRequest,
+    WorkerFacts,
+    build_record,
+    build_spec,
+    env_scope_problems,
+    merge_with_previous,
+    resolve_env,
+    resources_grow,
+    secrets_revision,
+    settle_unchanged,
+)
 from ._manifest import check_authorized_users, decode_files, load_manifest
-from ._serve import ServeAdapter, clean, state
+from ._serve import ServeAdapter, enum_value, plain_message
 from ._state import (
     FAILED_STATES,
     AppRecord,
+    AppsKV,
     after_head_restart,
+    apply_bookkeeping,
     failure_reason,
     format_time,
-    plan,
-    redeploy_delay,
+    newer_records_in_kv,
+    plan_reconcile,
     reported_state,
     resolve_authorized_users,
     session_started_at,
     spec_hash,
-    split_env_vars,
     unavailable_message,
     wait_outcome,
 )
@@ -90,14 +103,6 @@ WAIT_POLL_S = 0.5
 WAIT_MAX_S = 3600.0
 #: Stopped app ids remembered, so stopping one again is answered plainly.
 STOPPED_MEMORY = 500
-#: Fields of an AppRecord that are bookkeeping, not settings: an update that changes none of the
-#: others is a no-op and leaves the record as it was (last_updated_at included).
-_BOOKKEEPING = frozenset(
-    {
-        "start_time", "last_updated_at", "last_updated_by", "applied_hash", "failed_hash", "last_error",
-        "redeploy_attempts", "next_redeploy_at", "gave_up", "recovery_note",
-    }
-)  # fmt: skip
 
 
 def _cluster_gpus() -> float:
@@ -198,6 +203,8 @@ class AppsService(BioEngineService):
         super().__init__(settings)
         os.environ.update(ray_environment())
         self.serve = ServeAdapter()
+        #: The apps' records and secrets in Ray's KV store (blocking calls: run through _ray).
+        self.kv: AppsKV = RayKV()
         self.store = StateStore(settings.workspace_dir.expanduser().resolve() / "apps-state")
         self.records: dict[str, AppRecord] = {}
         self.connected = False
@@ -287,27 +294,21 @@ class AppsService(BioEngineService):
         after (re)connecting; on a new head, mark every deployed app for redeployment."""
         # Records only in Ray's KV store (a replica of apps-svc, or the state of a version that
         # kept them only there): the newer copy wins and is written to disk.
-        for key in await self._ray(_kv.list_keys, "app/"):
-            raw = await self._ray(_kv.get_json, key.encode())
-            if not raw:
-                continue
-            record = AppRecord.model_validate(raw)
-            mine = self.records.get(record.application_id)
-            if mine is None or record.last_updated_at > mine.last_updated_at:
-                self.records[record.application_id] = record
-                await asyncio.to_thread(self.store.save_record, record)
+        for record in await self._ray(newer_records_in_kv, self.records, self.kv):
+            self.records[record.application_id] = record
+            await asyncio.to_thread(self.store.save_record, record)
         # Replicas read their secrets from the KV store, which a new head starts without.
         for app_id in list(self.records):
             value = await asyncio.to_thread(self.store.load_secrets, app_id)
             if value is None:
-                value = await self._ray(_kv.get_json, _kv.secrets_key(app_id))
+                value = await self._ray(self.kv.get_secrets, app_id)
                 if value is not None:
                     await asyncio.to_thread(self.store.save_secrets, app_id, value)
             if value is not None:
-                await self._ray(_kv.put_json, _kv.secrets_key(app_id), value)
+                await self._ray(self.kv.put_secrets, app_id, value)
         known = (await asyncio.to_thread(self.store.load_cluster)).get("session")
         started_at = info.get("head_started_at") or session_started_at(session)
-        restart = after_head_restart(self.records, known, session, started_at)
+        restart = after_head_restart(self.records, known, session, started_at, now=time.time())
         if restart.restarted:
             for app_id, note in restart.redeploy.items():
                 record = self.records[app_id]
@@ -315,14 +316,8 @@ class AppsService(BioEngineService):
                 record.redeploy_attempts, record.next_redeploy_at, record.gave_up = 0, 0.0, None
                 await self._save(record)
             for decision in restart.decisions:
-                self.logger.warning("%s", decision)
-            self.decisions.append(
-                {
-                    "time": time.time(),
-                    "decisions": restart.decisions,
-                    "inputs": {"session": session, "previous_session": known, "head_started_at": started_at},
-                }
-            )
+                self.logger.warning("%s", decision.message)
+                self.decisions.append(decision.model_dump())
         await asyncio.to_thread(
             self.store.save_cluster,
             {"session": session, "address": info.get("address"), "head_started_at": started_at},
@@ -408,19 +403,19 @@ class AppsService(BioEngineService):
     async def _save(self, record: AppRecord) -> None:
         """On disk (what survives the head), and a copy in Ray's KV store for other replicas."""
         await asyncio.to_thread(self.store.save_record, record)
-        await self._ray(_kv.put_json, _kv.record_key(record.application_id), record.model_dump(mode="json"))
+        await self._ray(self.kv.put_record, record.application_id, record.model_dump(mode="json"))
 
     async def _load_secrets(self, app_id: str) -> dict[str, Any]:
         value = await asyncio.to_thread(self.store.load_secrets, app_id)
         if value is None:
             self._require_ray()  # a clear ServiceUnavailable, not a torn-down driver's AttributeError
-            value = await self._ray(_kv.get_json, _kv.secrets_key(app_id))
+            value = await self._ray(self.kv.get_secrets, app_id)
         return dict(value or {})
 
     async def _save_secrets(self, app_id: str, value: dict[str, Any]) -> None:
         await asyncio.to_thread(self.store.save_secrets, app_id, value)
         self._require_ray()
-        await self._ray(_kv.put_json, _kv.secrets_key(app_id), value)
+        await self._ray(self.kv.put_secrets, app_id, value)
 
     async def _deploy_one(self, record: AppRecord) -> None:
         """Build and submit one app; record the outcome (the caller holds the lock)."""
@@ -446,21 +441,11 @@ class AppsService(BioEngineService):
         for app_id, seen in observed.items():
             if app_id in self.records:
                 self.last_seen[app_id] = (seen.status, now)
-        result = plan(self.records, observed, now)
-        for app_id in result.reset_attempts:
-            record = self.records[app_id]
-            record.redeploy_attempts, record.gave_up = 0, None
-            await self._save(record)
+        result = plan_reconcile(self.records, observed, now)
         for app_id, reason in result.give_up.items():
-            self.records[app_id].gave_up = reason
-            await self._save(self.records[app_id])
             self.logger.error("App %s: %s", app_id, reason)
-        for app_id in result.redeploy:
-            record = self.records[app_id]
-            record.spec["redeploy"] = int(record.spec.get("redeploy", 0)) + 1
-            record.next_redeploy_at = now + redeploy_delay(record.redeploy_attempts)
-            record.redeploy_attempts += 1
-            await self._save(record)
+        for app_id in apply_bookkeeping(self.records, result, now):
+            await self._save(self.records[app_id])
         for app_id in result.deploy:
             try:
                 await self._deploy_one(self.records[app_id])
@@ -470,18 +455,20 @@ class AppsService(BioEngineService):
             await self._ray(self.serve.delete, app_id)
         with contextlib.suppress(Exception):
             self.cluster_gpus = await self._ray(_cluster_gpus, timeout=5)
-        if result.decisions:
-            for decision in result.decisions:
-                self.logger.info("Reconcile: %s", decision)
-            self.decisions.append(
-                {
-                    "time": now,
-                    "decisions": result.decisions,
-                    "inputs": {k: v.status for k, v in observed.items() if k in self.records or v.ours},
-                }
-            )
+        for decision in result.decisions:
+            self.logger.info("Reconcile: %s", decision.message)
+            self.decisions.append(decision.model_dump())
 
     # ---- helpers ------------------------------------------------------------------------------------
+    def _worker_facts(self) -> WorkerFacts:
+        return WorkerFacts(
+            server_url=self.settings.server_url,
+            workspace=self.settings.workspace,
+            datasets_service_id=self.settings.datasets_service_id,
+            default_app_cpus=self.settings.default_app_cpus,
+            services_users=sorted(self.trusted_callers),
+        )
+
     def _user_ids(self, context: dict[str, Any]) -> list[str]:
         user = context.get("user") or {}
         return [str(v) for v in (user.get("id"), user.get("email")) if v]
@@ -749,139 +736,79 @@ class AppsService(BioEngineService):
             previous = self.records.get(application_id) if application_id else None
             if application_id is None:
                 application_id = self._new_id(artifact_id)
-            if previous is not None:
-                version = version if version is not None else previous.version
-                application_kwargs = (
-                    application_kwargs if application_kwargs is not None else previous.application_kwargs
-                )
-                disable_gpu = disable_gpu if disable_gpu is not None else previous.disable_gpu
-                max_ongoing_requests = (
-                    max_ongoing_requests
-                    if max_ongoing_requests is not None
-                    else previous.max_ongoing_requests
-                )
-                auto_redeploy = auto_redeploy if auto_redeploy is not None else previous.auto_redeploy
-                authorized_users = (
-                    authorized_users if authorized_users is not None else previous.requested_authorized_users
-                )
-            manifest, files, source = await self._load_app(artifact_id, version)
-            kwargs = dict(application_kwargs or {})
+            request = merge_with_previous(
+                DeployRequest(
+                    version=version,
+                    application_kwargs=application_kwargs,
+                    disable_gpu=disable_gpu,
+                    max_ongoing_requests=max_ongoing_requests,
+                    auto_redeploy=auto_redeploy,
+                    authorized_users=authorized_users,
+                ),
+                previous,
+            )
+            manifest, files, source = await self._load_app(artifact_id, request.version)
             old_secrets = await self._load_secrets(application_id)
-            if application_env_vars is None and previous is not None:
-                plain = {
-                    c: {k: v for k, v in e.items() if not k.startswith("_")}
-                    for c, e in previous.application_env_vars.items()
-                }
-                secret_env, masked = dict(old_secrets.get("env") or {}), previous.application_env_vars
-            else:
-                try:
-                    plain, secret_env, masked = split_env_vars(application_env_vars)
-                except ValueError as exc:
-                    raise InvalidRequest(str(exc)) from exc
-            token = hypha_token if hypha_token is not None else old_secrets.get("hypha_token")
+            try:
+                env = resolve_env(application_env_vars, hypha_token, previous, old_secrets)
+            except ValueError as exc:
+                raise InvalidRequest(str(exc)) from exc
             analysis = analyze_app(
-                files, manifest["deployments"], kwargs,
-                default_num_cpus=self.settings.default_app_cpus, disable_gpu=bool(disable_gpu),
+                files, manifest["deployments"], dict(request.application_kwargs or {}),
+                default_num_cpus=self.settings.default_app_cpus, disable_gpu=bool(request.disable_gpu),
             )  # fmt: skip
             if analysis.problems:
                 raise InvalidRequest(f"cannot deploy '{artifact_id}': " + "; ".join(analysis.problems))
-            class_names = {d.partition(":")[2] for d in manifest["deployments"]}
-            for scope in (*plain, *secret_env):
-                if scope != "*" and scope not in class_names:
-                    raise InvalidRequest(f"application_env_vars.{scope}: the app has no deployment '{scope}'")
-            grows = previous is None or any(
-                analysis.resources.get(k, 0) > previous.resources.get(k, 0) + 1e-9 for k in analysis.resources
-            )
-            if grows:
+            scope_problems = env_scope_problems(env, manifest["deployments"])
+            if scope_problems:
+                raise InvalidRequest(scope_problems[0])
+            if resources_grow(analysis.resources, previous):
                 await self._check_fit(application_id, analysis.resources, resolved)
             code_hash = _code_hash(files)
             code_dir = await asyncio.to_thread(self._place_files, application_id, code_hash, files)
-            home_dir = self.apps_dir / application_id / "home"
             rules = resolve_authorized_users(
-                authorized_users, manifest.get("authorized_users"), self._user_ids(resolved), self.admin_users
+                request.authorized_users,
+                manifest.get("authorized_users"),
+                self._user_ids(resolved),
+                self.admin_users,
             )
-            new_secrets = {"env": secret_env, "hypha_token": token, **await self._app_token(old_secrets)}
-            revision = int((previous.spec if previous else {}).get("secrets_revision", 0))
-            if (secret_env, token) != (old_secrets.get("env") or {}, old_secrets.get("hypha_token")):
-                revision += 1
-            spec = AppSpec(
-                application_id=application_id,
-                artifact_id=self.artifacts.full_id(artifact_id)
-                if source == "artifact"
-                else f"local/{artifact_id.rsplit('/', 1)[-1]}",
-                version=manifest.get("version") if source == "artifact" else None,
+            new_secrets = {
+                "env": env.secret,
+                "hypha_token": env.hypha_token,
+                **await self._app_token(old_secrets),
+            }
+            spec = build_spec(
+                application_id,
+                self.artifacts.full_id(artifact_id) if source == "artifact" else artifact_id,
+                request,
+                env,
+                manifest,
+                source,
                 code_dir=str(code_dir),
-                home_dir=str(home_dir),
-                deployments=list(manifest["deployments"]),
-                init_kwargs=kwargs,
-                env_vars=plain,
-                secret_env_names={scope: sorted(values) for scope, values in secret_env.items()},
-                disable_gpu=bool(disable_gpu),
-                default_num_cpus=self.settings.default_app_cpus,
-                max_ongoing_requests=int(max_ongoing_requests or 10),
+                home_dir=str(self.apps_dir / application_id / "home"),
                 authorized_users=rules,
-                server_url=self.settings.server_url,
-                workspace=self.settings.workspace,
-                datasets_service_id=self.settings.datasets_service_id,
-                services_users=sorted(self.trusted_callers),
-                secrets_revision=revision,
-                redeploy=int(previous.spec.get("redeploy", 0)) if previous else 0,
+                revision=secrets_revision(previous, env, old_secrets),
+                previous=previous,
+                worker=self._worker_facts(),
             )
-            now = time.time()
-            record = AppRecord(
-                application_id=application_id,
-                artifact_id=spec.artifact_id,
-                version=version or manifest.get("version"),
-                source=source,
-                display_name=str(manifest.get("name", "")),
-                description=str(manifest.get("description", "")),
-                application_kwargs=kwargs,
-                application_env_vars=masked,
-                disable_gpu=bool(disable_gpu),
-                max_ongoing_requests=spec.max_ongoing_requests,
-                auto_redeploy=bool(auto_redeploy),
-                requested_authorized_users=authorized_users,
-                authorized_users=rules,
-                resources=analysis.resources,
-                methods=analysis.methods,
-                code_hash=code_hash,
-                start_time=previous.start_time if previous else now,
-                last_updated_at=now,
-                last_updated_by=(resolved.get("user") or {}).get("email")
-                or (resolved.get("user") or {}).get("id"),
-                spec=spec.model_dump(mode="json"),
+            user = resolved.get("user") or {}
+            record, unchanged = settle_unchanged(
+                build_record(
+                    spec,
+                    request,
+                    env,
+                    manifest,
+                    source,
+                    resources=analysis.resources,
+                    methods=analysis.methods,
+                    code_hash=code_hash,
+                    previous=previous,
+                    now=time.time(),
+                    updated_by=user.get("email") or user.get("id"),
+                ),
+                previous,
             )
-            unchanged = previous is not None and previous.spec == record.spec
-            if unchanged and previous is not None:
-                # Serve keeps what it has; settings outside the spec (auto_redeploy, ...) may
-                # still change. Nothing changed at all: the record stays exactly as it was.
-                kept = {k: getattr(previous, k) for k in _BOOKKEEPING}
-                if record.model_copy(update=kept) == previous:
-                    record = previous
-                else:
-                    kept.pop("last_updated_at"), kept.pop("last_updated_by")
-                    record = record.model_copy(update=kept)
-            await self._save_secrets(application_id, new_secrets)
-            self.records[application_id] = record
-            await self._save(record)
-            if self.stopped.pop(application_id, None) is not None:
-                await asyncio.to_thread(self.store.save_stopped, dict(self.stopped))
-            details = await self._ray(self.serve.details, timeout=SERVE_STATUS_TIMEOUT_S * 2)
-            in_serve = application_id in (details.get("applications") or {})
-            if not (unchanged and in_serve and record.applied_hash == spec_hash(record.spec)):
-                try:
-                    await self._deploy_one(record)
-                except Exception as exc:
-                    # Nothing lost: an update leaves the running version as it was.
-                    if previous is not None:
-                        self.records[application_id] = previous
-                        await self._save(previous)
-                        await self._save_secrets(application_id, old_secrets)
-                    else:
-                        await self._forget(application_id)
-                    raise InvalidRequest(
-                        f"building app '{application_id}' failed: {error_summary(exc)}"
-                    ) from exc
+            await self._submit(record, previous, new_secrets, old_secrets, unchanged)
         self.logger.info(
             "%s app %s (%s, %s)",
             "Unchanged" if unchanged else "Deploying",
@@ -892,6 +819,39 @@ class AppsService(BioEngineService):
         if wait:
             await self._wait(application_id, float(timeout), full=True)
         return application_id
+
+    async def _submit(
+        self,
+        record: AppRecord,
+        previous: AppRecord | None,
+        new_secrets: dict[str, Any],
+        old_secrets: dict[str, Any],
+        unchanged: bool,
+    ) -> None:
+        """Save a deployment's record and secrets, and hand its spec to Serve unless Serve runs it
+        already; a failed build restores the previous deployment (or forgets a new app) and is
+        an InvalidRequest. The caller holds the lock."""
+        application_id = record.application_id
+        await self._save_secrets(application_id, new_secrets)
+        self.records[application_id] = record
+        await self._save(record)
+        if self.stopped.pop(application_id, None) is not None:
+            await asyncio.to_thread(self.store.save_stopped, dict(self.stopped))
+        details = await self._ray(self.serve.details, timeout=SERVE_STATUS_TIMEOUT_S * 2)
+        in_serve = application_id in (details.get("applications") or {})
+        if unchanged and in_serve and record.applied_hash == spec_hash(record.spec):
+            return
+        try:
+            await self._deploy_one(record)
+        except Exception as exc:
+            # Nothing lost: an update leaves the running version as it was.
+            if previous is not None:
+                self.records[application_id] = previous
+                await self._save(previous)
+                await self._save_secrets(application_id, old_secrets)
+            else:
+                await self._forget(application_id)
+            raise InvalidRequest(f"building app '{application_id}' failed: {error_summary(exc)}") from exc
 
     # ---- waiting for an app -------------------------------------------------------------------------
     async def _current_status(self, app_id: str, full: bool) -> dict[str, Any]:
@@ -961,8 +921,7 @@ class AppsService(BioEngineService):
         self.records.pop(app_id, None)
         self.last_seen.pop(app_id, None)
         await asyncio.to_thread(self.store.delete, app_id)
-        await self._ray(_kv.delete, _kv.record_key(app_id))
-        await self._ray(_kv.delete, _kv.secrets_key(app_id))
+        await self._ray(self.kv.delete_app, app_id)
 
     async def _remember_stopped(self, app_ids: list[str]) -> None:
         now = time.time()
@@ -1056,7 +1015,10 @@ class AppsService(BioEngineService):
     # ---- status -------------------------------------------------------------------------------------------
     async def _replica_logs(self, replicas: list[dict[str, Any]], lines: int) -> dict[str, Any]:
         async def one(replica: dict[str, Any]) -> tuple[str, Any]:
-            entry: dict[str, Any] = {"state": state(replica.get("state")), "node_ip": replica.get("node_ip")}
+            entry: dict[str, Any] = {
+                "state": enum_value(replica.get("state")),
+                "node_ip": replica.get("node_ip"),
+            }
             try:
                 entry.update(await self._ray(self.serve.replica_logs, replica, lines, timeout=12))
             except Exception as exc:
@@ -1080,13 +1042,13 @@ class AppsService(BioEngineService):
         service_ids: list[dict[str, Any]] = []
         registration_error: str | None = None
         if app is not None:
-            serve_status, serve_message = state(app.get("status")), clean(app.get("message"))
+            serve_status, serve_message = enum_value(app.get("status")), plain_message(app.get("message"))
             for name, deployment in (app.get("deployments") or {}).items():
                 replicas = deployment.get("replicas") or []
                 entry: dict[str, Any] = {
-                    "status": state(deployment.get("status")),
-                    "message": clean(deployment.get("message")),
-                    "replica_states": dict(collections.Counter(state(r.get("state")) for r in replicas)),
+                    "status": enum_value(deployment.get("status")),
+                    "message": plain_message(deployment.get("message")),
+                    "replica_states": dict(collections.Counter(enum_value(r.get("state")) for r in replicas)),
                     "replica_ids": sorted(str(r.get("replica_id")) for r in replicas),
                 }
                 if full and logs_tail != 0 and replicas:
@@ -1291,5 +1253,5 @@ class AppsService(BioEngineService):
                 "deploy_from_artifact": self.is_ready() and artifacts_ok,
             },
             "apps": sorted(self.records),
-            "recent_decisions": list(self.decisions)[-10:],
+            "recent_decisions": list(self.decisions)[-20:],
         }

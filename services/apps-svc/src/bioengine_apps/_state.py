@@ -1,7 +1,7 @@
 """App records and the reconciler: pure functions from (desired, observed) to actions.
 
 An :class:`AppRecord` is the desired state of one app (kept in apps-svc's workspace dir, so it
-outlives apps-svc and the Ray head), with the hash of the spec Serve last received. :func:`plan` compares the
+outlives apps-svc and the Ray head), with the hash of the spec Serve last received. :func:`plan_reconcile` compares the
 records with what Serve runs and decides what to deploy or delete, including ``auto_redeploy``
 with backoff and a cap. An unchanged spec is never deployed again.
 """
@@ -13,7 +13,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, Field
 
@@ -22,13 +22,17 @@ from bioengine_app_runtime import AppSpec
 __all__ = [
     "SECRET_MASK",
     "AppRecord",
+    "AppsKV",
+    "Decision",
     "ObservedApp",
-    "Plan",
+    "ReconcilePlan",
     "RestartPlan",
     "after_head_restart",
+    "apply_bookkeeping",
     "failure_reason",
     "format_time",
-    "plan",
+    "newer_records_in_kv",
+    "plan_reconcile",
     "reported_state",
     "resolve_authorized_users",
     "session_started_at",
@@ -85,6 +89,34 @@ class AppRecord(BaseModel):
     spec: dict[str, Any] = Field(default_factory=dict, description="The AppSpec given to the builder.")
 
 
+class AppsKV(Protocol):
+    """Ray's KV store as apps-svc uses it: one JSON record and one JSON secrets entry per app
+    (``bioengine_app_runtime.kv.RayKV``; a dict in tests). Every method may block."""
+
+    def record_ids(self) -> list[str]: ...
+    def get_record(self, application_id: str) -> dict[str, Any] | None: ...
+    def put_record(self, application_id: str, record: dict[str, Any]) -> None: ...
+    def get_secrets(self, application_id: str) -> dict[str, Any] | None: ...
+    def put_secrets(self, application_id: str, secrets: dict[str, Any]) -> None: ...
+    def delete_app(self, application_id: str) -> None: ...
+
+
+def newer_records_in_kv(records: Mapping[str, AppRecord], kv: AppsKV) -> list[AppRecord]:
+    """The records of the KV store that ``records`` lacks or holds an older version of
+    (``last_updated_at``): kept there by another replica of apps-svc, or by a version that kept
+    them only there. Blocks (reads the store)."""
+    newer = []
+    for app_id in kv.record_ids():
+        raw = kv.get_record(app_id)
+        if not raw:
+            continue
+        record = AppRecord.model_validate(raw)
+        mine = records.get(record.application_id)
+        if mine is None or record.last_updated_at > mine.last_updated_at:
+            newer.append(record)
+    return newer
+
+
 class ObservedApp(BaseModel):
     """What Serve reports for one app."""
 
@@ -93,14 +125,24 @@ class ObservedApp(BaseModel):
     ours: bool = False
 
 
-class Plan(BaseModel):
+class Decision(BaseModel):
+    """One decision of apps-svc, in the shape of cluster-svc's autoscaler decisions: when, what,
+    why (``message``, for people) and what it was based on (``inputs``)."""
+
+    at: float
+    action: Literal["deploy", "redeploy", "delete", "give_up", "head_restarted", "not_redeployed"]
+    message: str
+    inputs: dict[str, Any] = Field(default_factory=dict)
+
+
+class ReconcilePlan(BaseModel):
     deploy: list[str] = Field(default_factory=list)
     delete: list[str] = Field(default_factory=list)
     #: Subset of ``deploy``: auto-redeploys, which count against the retry cap.
     redeploy: list[str] = Field(default_factory=list)
     give_up: dict[str, str] = Field(default_factory=dict)
     reset_attempts: list[str] = Field(default_factory=list)
-    decisions: list[str] = Field(default_factory=list)
+    decisions: list[Decision] = Field(default_factory=list)
 
 
 def split_env_vars(
@@ -175,7 +217,9 @@ def redeploy_delay(attempts: int) -> float:
     return min(REDEPLOY_BASE_DELAY_S * 2**attempts, REDEPLOY_MAX_DELAY_S)
 
 
-def plan(records: Mapping[str, AppRecord], observed: Mapping[str, ObservedApp], now: float) -> Plan:
+def plan_reconcile(
+    records: Mapping[str, AppRecord], observed: Mapping[str, ObservedApp], now: float
+) -> ReconcilePlan:
     """What to do so Serve runs exactly the recorded apps.
 
     - a recorded app that Serve lacks, or whose spec changed since Serve got it -> deploy;
@@ -185,15 +229,23 @@ def plan(records: Mapping[str, AppRecord], observed: Mapping[str, ObservedApp], 
       once its backoff has passed (10 s doubling to 5 min); give up after 5 attempts; RUNNING
       resets the count. Apps of others are never touched.
     """
-    result = Plan()
+    result = ReconcilePlan()
     for app_id, record in sorted(records.items()):
         seen = observed.get(app_id)
         desired = spec_hash(record.spec)
         build_failed = record.failed_hash == desired
+        inputs = {
+            "application_id": app_id,
+            "serve_status": seen.status if seen else None,
+            "auto_redeploy": record.auto_redeploy,
+            "redeploy_attempts": record.redeploy_attempts,
+        }
         if not build_failed and (seen is None or record.applied_hash != desired):
             result.deploy.append(app_id)
             reason = "not in Serve" if seen is None else "spec changed"
-            result.decisions.append(f"{app_id}: {reason} -> deploy")
+            result.decisions.append(
+                Decision(at=now, action="deploy", message=f"{app_id}: {reason} -> deploy", inputs=inputs)
+            )
             continue
         status = "BUILD_FAILED" if build_failed else seen.status if seen else "MISSING"
         if status == "RUNNING" and record.redeploy_attempts:
@@ -204,18 +256,47 @@ def plan(records: Mapping[str, AppRecord], observed: Mapping[str, ObservedApp], 
         if record.redeploy_attempts >= REDEPLOY_MAX_ATTEMPTS:
             reason = f"gave up after {record.redeploy_attempts} redeploys (still {status})"
             result.give_up[app_id] = reason
-            result.decisions.append(f"{app_id}: {reason}")
+            result.decisions.append(
+                Decision(at=now, action="give_up", message=f"{app_id}: {reason}", inputs=inputs)
+            )
         elif now >= record.next_redeploy_at:
             result.redeploy.append(app_id)
             result.deploy.append(app_id)
+            message = f"{app_id}: {status} -> auto-redeploy attempt {record.redeploy_attempts + 1}"
             result.decisions.append(
-                f"{app_id}: {status} -> auto-redeploy attempt {record.redeploy_attempts + 1}"
+                Decision(at=now, action="redeploy", message=message, inputs={**inputs, "state": status})
             )
     for app_id, seen in sorted(observed.items()):
         if app_id not in records and seen.ours and seen.status != "DELETING":
             result.delete.append(app_id)
-            result.decisions.append(f"{app_id}: in Serve without a record -> delete")
+            message = f"{app_id}: in Serve without a record -> delete"
+            inputs = {"application_id": app_id, "serve_status": seen.status, "recorded": False}
+            result.decisions.append(Decision(at=now, action="delete", message=message, inputs=inputs))
     return result
+
+
+def apply_bookkeeping(records: Mapping[str, AppRecord], plan: ReconcilePlan, now: float) -> list[str]:
+    """Write a plan's auto_redeploy bookkeeping into the records (before anything is deployed);
+    the ids of the changed records, to save.
+
+    RUNNING again resets the attempts; giving up is recorded with its reason; a redeploy bumps
+    the spec's ``redeploy`` (so Serve rebuilds the app), counts the attempt and sets when the
+    next one may come (:func:`redeploy_delay`).
+    """
+    changed: list[str] = []
+    for app_id in plan.reset_attempts:
+        records[app_id].redeploy_attempts, records[app_id].gave_up = 0, None
+        changed.append(app_id)
+    for app_id, reason in plan.give_up.items():
+        records[app_id].gave_up = reason
+        changed.append(app_id)
+    for app_id in plan.redeploy:
+        record = records[app_id]
+        record.spec["redeploy"] = int(record.spec.get("redeploy", 0)) + 1
+        record.next_redeploy_at = now + redeploy_delay(record.redeploy_attempts)
+        record.redeploy_attempts += 1
+        changed.append(app_id)
+    return changed
 
 
 # ---- the Ray head restarting under the apps -------------------------------------------------------
@@ -243,7 +324,7 @@ class RestartPlan(BaseModel):
     restarted: bool = False
     #: Apps to deploy again, each with the note its status shows.
     redeploy: dict[str, str] = Field(default_factory=dict)
-    decisions: list[str] = Field(default_factory=list)
+    decisions: list[Decision] = Field(default_factory=list)
 
 
 def after_head_restart(
@@ -251,6 +332,8 @@ def after_head_restart(
     known_session: str | None,
     session: str,
     started_at: float | None,
+    *,
+    now: float,
 ) -> RestartPlan:
     """Compare the Ray session apps-svc last deployed to with the one it just connected to.
 
@@ -268,15 +351,18 @@ def after_head_restart(
     note = f"redeployed after the Ray head restarted at {when}"
     for app_id, record in sorted(records.items()):
         if record.failed_hash is not None and record.failed_hash == spec_hash(record.spec):
-            result.decisions.append(f"{app_id}: its build had failed, not redeployed after the head restart")
+            message = f"{app_id}: its build had failed, not redeployed after the head restart"
+            inputs: dict[str, Any] = {"application_id": app_id, "failed_hash": record.failed_hash}
+            result.decisions.append(Decision(at=now, action="not_redeployed", message=message, inputs=inputs))
             continue
         result.redeploy[app_id] = note
     names = ", ".join(result.redeploy) or "none"
-    result.decisions.insert(
-        0,
+    message = (
         f"Ray head restarted at {when} (session {session}, was {known_session}): "
-        f"redeploying {len(result.redeploy)} app(s): {names}",
+        f"redeploying {len(result.redeploy)} app(s): {names}"
     )
+    inputs = {"session": session, "previous_session": known_session, "head_started_at": started_at}
+    result.decisions.insert(0, Decision(at=now, action="head_restarted", message=message, inputs=inputs))
     return result
 
 

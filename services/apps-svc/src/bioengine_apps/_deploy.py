@@ -1,0 +1,246 @@
+"""``deploy_app`` as pure steps, beside the reconciler (:func:`._state.plan_reconcile`).
+
+A deploy call is: merge the request with the app's previous deployment
+(:func:`merge_with_previous`, :func:`resolve_env`), check it against the app
+(:func:`env_scope_problems`, :func:`resources_grow`), then build the :class:`AppSpec` Serve gets
+(:func:`build_spec`) and the :class:`AppRecord` apps-svc keeps (:func:`build_record`,
+:func:`settle_unchanged`). No Ray, no Hypha, no files: ``AppsService.deploy_app`` loads the app
+and its secrets, calls these steps, then saves and submits what they give.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from bioengine_app_runtime import AppSpec
+
+from ._state import AppRecord, split_env_vars
+
+__all__ = [
+    "BOOKKEEPING_FIELDS",
+    "AppEnv",
+    "DeployRequest",
+    "WorkerFacts",
+    "build_record",
+    "build_spec",
+    "env_scope_problems",
+    "merge_with_previous",
+    "resolve_env",
+    "resources_grow",
+    "secrets_revision",
+    "settle_unchanged",
+]
+
+#: Fields of an AppRecord that are bookkeeping, not settings: an update that changes none of the
+#: others is a no-op and leaves the record as it was (last_updated_at included).
+BOOKKEEPING_FIELDS = frozenset(
+    {
+        "start_time", "last_updated_at", "last_updated_by", "applied_hash", "failed_hash", "last_error",
+        "redeploy_attempts", "next_redeploy_at", "gave_up", "recovery_note",
+    }
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class DeployRequest:
+    """The settings a ``deploy_app`` call gives, as given: None is "not given" (on an update, the
+    previous value; on a new app, the default)."""
+
+    version: str | None = None
+    application_kwargs: dict[str, Any] | None = None
+    disable_gpu: bool | None = None
+    max_ongoing_requests: int | None = None
+    auto_redeploy: bool | None = None
+    authorized_users: list[str] | dict[str, list[str]] | None = None
+
+
+@dataclass(frozen=True)
+class AppEnv:
+    """An app's env vars split for Serve and the KV store, and its HYPHA_TOKEN."""
+
+    #: {Class or '*': {KEY: value}}: in the spec (Ray's env_vars).
+    plain: dict[str, dict[str, str]]
+    #: {Class or '*': {KEY: value}} of the secrets (names without the '_'): only in the KV store.
+    secret: dict[str, dict[str, str]]
+    #: As the caller gave them, secret values masked: what the record and the status show.
+    masked: dict[str, dict[str, str]]
+    hypha_token: str | None
+
+
+@dataclass(frozen=True)
+class WorkerFacts:
+    """What every app spec of this worker shares (apps-svc's settings and trusted callers)."""
+
+    server_url: str
+    workspace: str
+    datasets_service_id: str
+    default_app_cpus: float
+    services_users: list[str]
+
+
+def merge_with_previous(request: DeployRequest, previous: AppRecord | None) -> DeployRequest:
+    """The request with every setting left out taken from the previous deployment of the app
+    (env vars and the token live with its secrets: see :func:`resolve_env`)."""
+    if previous is None:
+        return request
+
+    def given(value: Any, before: Any) -> Any:
+        return value if value is not None else before
+
+    return replace(
+        request,
+        version=given(request.version, previous.version),
+        application_kwargs=given(request.application_kwargs, previous.application_kwargs),
+        disable_gpu=given(request.disable_gpu, previous.disable_gpu),
+        max_ongoing_requests=given(request.max_ongoing_requests, previous.max_ongoing_requests),
+        auto_redeploy=given(request.auto_redeploy, previous.auto_redeploy),
+        authorized_users=given(request.authorized_users, previous.requested_authorized_users),
+    )
+
+
+def resolve_env(
+    env_vars: Mapping[str, Mapping[str, Any]] | None,
+    hypha_token: str | None,
+    previous: AppRecord | None,
+    old_secrets: Mapping[str, Any],
+) -> AppEnv:
+    """The app's env vars and token: as given, or, left out on an update, the previous
+    deployment's (its record's plain values and masks, the secret values of ``old_secrets``).
+
+    Raises ValueError naming a bad variable (see :func:`._state.split_env_vars`).
+    """
+    if env_vars is None and previous is not None:
+        plain = {
+            scope: {k: v for k, v in variables.items() if not k.startswith("_")}
+            for scope, variables in previous.application_env_vars.items()
+        }
+        secret, masked = dict(old_secrets.get("env") or {}), previous.application_env_vars
+    else:
+        plain, secret, masked = split_env_vars(env_vars)
+    token = hypha_token if hypha_token is not None else old_secrets.get("hypha_token")
+    return AppEnv(plain=plain, secret=secret, masked=masked, hypha_token=token)
+
+
+def env_scope_problems(env: AppEnv, deployments: Iterable[str]) -> list[str]:
+    """Env var scopes that name no deployment class of the app ('*' is every class)."""
+    class_names = {d.partition(":")[2] for d in deployments}
+    return [
+        f"application_env_vars.{scope}: the app has no deployment '{scope}'"
+        for scope in (*env.plain, *env.secret)
+        if scope != "*" and scope not in class_names
+    ]
+
+
+def resources_grow(resources: Mapping[str, float], previous: AppRecord | None) -> bool:
+    """Does the app need more of some resource than its previous deployment (a new app: yes)?
+    Only then is the cluster asked whether it fits."""
+    if previous is None:
+        return True
+    return any(resources.get(k, 0) > previous.resources.get(k, 0) + 1e-9 for k in resources)
+
+
+def secrets_revision(previous: AppRecord | None, env: AppEnv, old_secrets: Mapping[str, Any]) -> int:
+    """The spec's ``secrets_revision``: the previous one, plus one when a secret value or the
+    token changed (so replicas restart and read them)."""
+    revision = int((previous.spec if previous else {}).get("secrets_revision", 0))
+    if (env.secret, env.hypha_token) != (old_secrets.get("env") or {}, old_secrets.get("hypha_token")):
+        revision += 1
+    return revision
+
+
+def build_spec(
+    application_id: str,
+    artifact_id: str,
+    request: DeployRequest,
+    env: AppEnv,
+    manifest: Mapping[str, Any],
+    source: str,
+    code_dir: str,
+    home_dir: str,
+    authorized_users: dict[str, list[str]],
+    revision: int,
+    previous: AppRecord | None,
+    worker: WorkerFacts,
+) -> AppSpec:
+    """The spec Serve's builder gets (no secret values in it) from a merged request.
+
+    ``artifact_id`` is the artifact's full id ('workspace/alias'); an app from the local apps
+    folder (``source`` 'local') is ``local/<alias>`` and has no version.
+    """
+    return AppSpec(
+        application_id=application_id,
+        artifact_id=artifact_id if source == "artifact" else f"local/{artifact_id.rsplit('/', 1)[-1]}",
+        version=manifest.get("version") if source == "artifact" else None,
+        code_dir=code_dir,
+        home_dir=home_dir,
+        deployments=list(manifest["deployments"]),
+        init_kwargs=dict(request.application_kwargs or {}),
+        env_vars=env.plain,
+        secret_env_names={scope: sorted(values) for scope, values in env.secret.items()},
+        disable_gpu=bool(request.disable_gpu),
+        default_num_cpus=worker.default_app_cpus,
+        max_ongoing_requests=int(request.max_ongoing_requests or 10),
+        authorized_users=authorized_users,
+        server_url=worker.server_url,
+        workspace=worker.workspace,
+        datasets_service_id=worker.datasets_service_id,
+        services_users=sorted(worker.services_users),
+        secrets_revision=revision,
+        redeploy=int(previous.spec.get("redeploy", 0)) if previous else 0,
+    )
+
+
+def build_record(
+    spec: AppSpec,
+    request: DeployRequest,
+    env: AppEnv,
+    manifest: Mapping[str, Any],
+    source: str,
+    resources: dict[str, float],
+    methods: list[str],
+    code_hash: str,
+    previous: AppRecord | None,
+    now: float,
+    updated_by: str | None,
+) -> AppRecord:
+    """The record of a deployment (its desired state; secrets masked), new as of ``now``."""
+    return AppRecord(
+        application_id=spec.application_id,
+        artifact_id=spec.artifact_id,
+        version=request.version or manifest.get("version"),
+        source=source,
+        display_name=str(manifest.get("name", "")),
+        description=str(manifest.get("description", "")),
+        application_kwargs=dict(request.application_kwargs or {}),
+        application_env_vars=env.masked,
+        disable_gpu=bool(request.disable_gpu),
+        max_ongoing_requests=spec.max_ongoing_requests,
+        auto_redeploy=bool(request.auto_redeploy),
+        requested_authorized_users=request.authorized_users,
+        authorized_users=spec.authorized_users,
+        resources=resources,
+        methods=methods,
+        code_hash=code_hash,
+        start_time=previous.start_time if previous else now,
+        last_updated_at=now,
+        last_updated_by=updated_by,
+        spec=spec.model_dump(mode="json"),
+    )
+
+
+def settle_unchanged(record: AppRecord, previous: AppRecord | None) -> tuple[AppRecord, bool]:
+    """(the record to keep, whether Serve's spec is unchanged).
+
+    With the spec unchanged Serve keeps what it has, while settings outside the spec
+    (auto_redeploy, ...) may still change: the new record keeps the previous bookkeeping. When
+    nothing changed at all, the previous record stays exactly as it was (last_updated_at too).
+    """
+    if previous is None or previous.spec != record.spec:
+        return record, False
+    kept = {k: getattr(previous, k) for k in BOOKKEEPING_FIELDS}
+    if record.model_copy(update=kept) == previous:
+        return previous, True
+    kept.pop("last_updated_at"), kept.pop("last_updated_by")
+    return record.model_copy(update=kept), True
