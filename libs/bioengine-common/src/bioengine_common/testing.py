@@ -305,53 +305,69 @@ def unmarked_integration_tests(items: Sequence[pytest.Item]) -> list[str]:
     ]
 
 
-#: Under pytest-xdist (``-n 2 --dist loadgroup``), each test file is one unit of work, run by one
-#: worker in its own order, so module fixtures (one stack for a file) start once. The files that
-#: submit SLURM jobs form one unit (the single-node SLURM here has 2 CPUs: two such files at once
-#: would wait for each other's jobs). These units are handed out first, longest first (measured
-#: with ``--durations``: the SLURM files about 8 minutes, the chaos test 8, the README blocks 3.5),
-#: so that both workers end at about the same time.
-LONG_GROUPS = ("slurm", "tests/integration/test_chaos.py", "tests/docs/test_readmes.py")
+#: Under pytest-xdist (``-n 2``), each test file is one unit of work, run by one worker in its
+#: own order, so module fixtures (one stack for a file) start once. The files that submit SLURM
+#: jobs (named ``test_slurm_*.py``; collection checks it) form one unit: the single-node SLURM
+#: here has 2 CPUs, and two such files at once would wait for each other's jobs. The long units
+#: are handed out first (measured with ``--durations``: the SLURM files about 8 minutes, the
+#: chaos test 8, the README blocks 3.5), so that both workers end at about the same time.
+LONG_UNITS = ("slurm", "tests/integration/test_chaos.py", "tests/docs/test_readmes.py")
+SLURM_FILE_PREFIX = "test_slurm"
 
 
-def xdist_groups(items: Sequence[pytest.Item]) -> dict[str, str]:
-    """The unit of work of each test file under xdist: ``slurm`` for a file with a test that uses
-    the ``slurm`` fixture, else the file itself."""
-    groups: dict[str, str] = {}
-    for item in items:
-        path = item.nodeid.split("::")[0]
-        if "slurm" in getattr(item, "fixturenames", ()):
-            groups[path] = "slurm"
-        else:
-            groups.setdefault(path, path)
-    return groups
+def xdist_unit(nodeid: str) -> str:
+    """The unit of work of a test under xdist: ``slurm`` for the SLURM files, else its file."""
+    path = nodeid.split("::")[0]
+    return "slurm" if Path(path).name.startswith(SLURM_FILE_PREFIX) else path
 
 
-def _distributed(config: pytest.Config) -> bool:
-    """A pytest-xdist worker (only workers collect when tests are distributed)."""
-    return hasattr(config, "workerinput")
+def slurm_tests_outside_slurm_files(items: Sequence[pytest.Item]) -> list[str]:
+    """Ids of tests that use the ``slurm`` fixture in a file not named ``test_slurm_*.py``."""
+    return [
+        item.nodeid
+        for item in items
+        if "slurm" in getattr(item, "fixturenames", ()) and xdist_unit(item.nodeid) != "slurm"
+    ]
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Hand out whole units (see :func:`xdist_unit`) in collection order."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class UnitScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_unit(nodeid)
+
+    return UnitScheduling(config, log)
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Refuse to run a test that starts a real component without saying so by its marker; under
-    xdist, group tests by file (SLURM files together) and start the long groups first."""
+    """Refuse to run a test that starts a real component without saying so by its marker, or
+    one that submits SLURM jobs from a file not named for it; on an xdist worker, put the long
+    units first (the controller hands units out in this order)."""
+    problems = []
     unmarked = unmarked_integration_tests(items)
     if unmarked:
-        listed = "\n  ".join(unmarked)
-        raise pytest.UsageError(
+        problems.append(
             "these tests use a real component (a fixture among "
             f"{', '.join(sorted(REAL_COMPONENT_FIXTURES))}) but are not marked "
-            f'`pytest.mark.integration`, so `-m "not integration"` would run them:\n  {listed}'
+            '`pytest.mark.integration`, so `-m "not integration"` would run them:\n  ' + "\n  ".join(unmarked)
         )
-    if _distributed(config):
-        groups = xdist_groups(items)
-        for item in items:
-            item.add_marker(pytest.mark.xdist_group(groups[item.nodeid.split("::")[0]]))
+    misplaced = slurm_tests_outside_slurm_files(items)
+    if misplaced:
+        problems.append(
+            f"these tests use the slurm fixture in a file not named {SLURM_FILE_PREFIX}_*.py, so "
+            "pytest-xdist could run them beside the other SLURM tests:\n  " + "\n  ".join(misplaced)
+        )
+    if problems:
+        raise pytest.UsageError("\n".join(problems))
+    if hasattr(config, "workerinput"):  # an xdist worker: only workers collect when distributed
 
         def rank(item: pytest.Item) -> int:
-            group = groups[item.nodeid.split("::")[0]]
-            return LONG_GROUPS.index(group) if group in LONG_GROUPS else len(LONG_GROUPS)
+            unit = xdist_unit(item.nodeid)
+            return LONG_UNITS.index(unit) if unit in LONG_UNITS else len(LONG_UNITS)
 
         items.sort(key=rank)  # stable: each file keeps its own order
 
