@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import annotated_types
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
@@ -14,12 +13,8 @@ GENERATED = (
 )
 
 _WHO = {Access.ANYONE: "anyone", Access.ADMIN: "admins"}
-_BOUNDS = (
-    (annotated_types.Gt, ">", "gt"),
-    (annotated_types.Ge, ">=", "ge"),
-    (annotated_types.Lt, "<", "lt"),
-    (annotated_types.Le, "<=", "le"),
-)
+#: Bounds of a pydantic field: the attribute of its metadata item (``annotated_types.Gt``...) -> sign.
+_BOUNDS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
 
 
 def _cell(text: str) -> str:
@@ -40,8 +35,8 @@ def _default(field: FieldInfo) -> str:
 def _constraints(field: FieldInfo) -> str:
     parts = []
     for item in field.metadata:
-        for kind, sign, attribute in _BOUNDS:
-            if isinstance(item, kind):
+        for attribute, sign in _BOUNDS.items():
+            if getattr(item, attribute, None) is not None:
                 parts.append(f"{sign} {getattr(item, attribute)}")
     return ", ".join(parts)
 
