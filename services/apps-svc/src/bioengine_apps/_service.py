@@ -85,8 +85,6 @@ RAY_RETRY_MAX_S = 3.0
 RAY_RETRY_STARTING_S = 1.0
 #: Seconds between two looks at an app's state while waiting for it (wait_for_app).
 WAIT_POLL_S = 0.5
-#: Longest wait_for_app / deploy_app(wait=True) a caller may ask for.
-WAIT_MAX_S = 3600.0
 #: Stopped app ids remembered, so stopping one again is answered plainly.
 STOPPED_MEMORY = 500
 #: Fields of an AppRecord that are bookkeeping, not settings: an update that changes none of the

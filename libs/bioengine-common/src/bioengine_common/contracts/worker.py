@@ -19,7 +19,7 @@ from ._model import Access, Api, CallTimeout
 ADMIN = Access.ADMIN
 ANYONE = Access.ANYONE
 
-#: Longest wait for an app to run (deploy_app with wait, wait_for_app), seconds.
+#: Longest wait_for_app / deploy_app(wait=True) a caller may ask for, seconds.
 WAIT_MAX_S = 3600.0
 
 WORKER = Api(
