@@ -28,14 +28,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from hypha_rpc.utils.schema import schema_method
 from pydantic import Field
 
 from bioengine_app_runtime.kv import RayKV
 from bioengine_common import (
     AppFailed,
     BioEngineService,
-    CallerField,
     InvalidRequest,
     NotFound,
     ResourceUnavailable,
@@ -47,6 +45,7 @@ from bioengine_common import (
     error_summary,
     ray_environment,
 )
+from bioengine_common.contracts import worker
 
 from ._analysis import analyze_app
 from ._artifacts import ArtifactStore
@@ -99,8 +98,6 @@ RAY_RETRY_MAX_S = 3.0
 RAY_RETRY_STARTING_S = 1.0
 #: Seconds between two looks at an app's state while waiting for it (wait_for_app).
 WAIT_POLL_S = 0.5
-#: Longest wait_for_app / deploy_app(wait=True) a caller may ask for.
-WAIT_MAX_S = 3600.0
 #: Stopped app ids remembered, so stopping one again is answered plainly.
 STOPPED_MEMORY = 500
 
@@ -606,25 +603,15 @@ class AppsService(BioEngineService):
         if not probe["ok"]:
             raise ServiceUnavailable(f"app artifacts are unavailable: {probe['reason']}")
 
-    @schema_method
+    @worker.upload_app.implementation
     async def upload_app(
         self,
-        files: list = Field(
-            ...,
-            description="The app's files: [{name, content, type: 'text' | 'base64'}], incl. manifest.yaml.",
-        ),
-        workspace: str | None = Field(
-            None, description="Upload into this workspace instead (needs hypha_token)."
-        ),
-        hypha_token: str | None = Field(None, description="Token for `workspace`."),
-        caller: dict | None = CallerField,
+        files: list,
+        workspace: str | None,
+        hypha_token: str | None,
+        caller: dict | None = None,
         context: dict | None = None,
     ) -> str:
-        """Validate and store an app as an artifact of collection 'applications'; returns 'workspace/alias'.
-
-        Admins only, unless both `workspace` and `hypha_token` are given: then the upload goes into
-        that workspace with that token.
-        """
         resolved = self.caller_context(context, caller)
         if (workspace is None) != (hypha_token is None):
             raise InvalidRequest("give both workspace and hypha_token, or neither")
@@ -646,82 +633,54 @@ class AppsService(BioEngineService):
             with contextlib.suppress(Exception):
                 await other.disconnect()
 
-    @schema_method
-    async def list_apps(self, caller: dict | None = CallerField, context: dict | None = None) -> dict:
-        """Uploaded app artifacts: {artifact_id: {manifest, versions, files}} (admin only)."""
+    @worker.list_apps.implementation
+    async def list_apps(self, caller: dict | None = None, context: dict | None = None) -> dict:
         self.require_admin(context, caller, "list_apps")
         await self._require_artifact_store()
         return await self.artifacts.list_apps()
 
-    @schema_method
+    @worker.get_app_manifest.implementation
     async def get_app_manifest(
         self,
-        artifact_id: str = Field(..., description="'alias' or 'workspace/alias'."),
-        version: str | None = Field(None, description="A stored version; default the latest."),
-        caller: dict | None = CallerField,
+        artifact_id: str,
+        version: str | None,
+        caller: dict | None = None,
         context: dict | None = None,
     ) -> dict:
-        """The manifest of an uploaded app (admin only)."""
         self.require_admin(context, caller, "get_app_manifest")
         await self._require_artifact_store()
         return dict((await self.artifacts.get(artifact_id, version)).get("manifest") or {})
 
-    @schema_method
+    @worker.delete_app.implementation
     async def delete_app(
         self,
-        artifact_id: str = Field(..., description="'alias' or 'workspace/alias' in this worker's workspace."),
-        caller: dict | None = CallerField,
+        artifact_id: str,
+        caller: dict | None = None,
         context: dict | None = None,
     ) -> None:
-        """Delete an uploaded app with all its versions (admin only). Running apps keep running."""
         self.require_admin(context, caller, "delete_app")
         await self._require_artifact_store()
         await self.artifacts.delete(artifact_id)
 
     # ---- deployments --------------------------------------------------------------------------------
-    @schema_method
+    @worker.deploy_app.implementation
     async def deploy_app(
         self,
-        artifact_id: str = Field(..., description="App artifact ('alias' or 'workspace/alias')."),
-        version: str | None = Field(None, description="Artifact version; default the latest."),
-        application_id: str | None = Field(
-            None, description="Id of the running app; an existing id updates it."
-        ),
-        application_kwargs: dict | None = Field(
-            None, description="Init kwargs per deployment class: {ClassName: {...}}."
-        ),
-        application_env_vars: dict | None = Field(
-            None, description="Env vars per class ({ClassName or '*': {KEY: value}}); '_KEY' is a secret."
-        ),
-        hypha_token: str | None = Field(
-            None, description="Given to the app's code as the secret HYPHA_TOKEN."
-        ),
-        disable_gpu: bool | None = Field(None, description="Run without GPUs (default False)."),
-        max_ongoing_requests: int | None = Field(
-            None, ge=1, description="Concurrent calls through the app's service (default 10)."
-        ),
-        auto_redeploy: bool | None = Field(None, description="Redeploy when the app fails (default False)."),
-        authorized_users: list | dict | None = Field(
-            None,
-            description="Who may call the app: [users] or {method or '*': [users]}; default the manifest's.",
-        ),
-        wait: bool = Field(
-            False,
-            description="Return only once the app is RUNNING with its Hypha service registered; "
-            "raise with the reason if it fails, or when `timeout` runs out.",
-        ),
-        timeout: float = Field(
-            300.0, gt=0, le=WAIT_MAX_S, description="Seconds to wait for RUNNING (with wait=True)."
-        ),
-        caller: dict | None = CallerField,
+        artifact_id: str,
+        version: str | None,
+        application_id: str | None,
+        application_kwargs: dict | None,
+        application_env_vars: dict | None,
+        hypha_token: str | None,
+        disable_gpu: bool | None,
+        max_ongoing_requests: int | None,
+        auto_redeploy: bool | None,
+        authorized_users: list | dict | None,
+        wait: bool,
+        timeout: float,
+        caller: dict | None = None,
         context: dict | None = None,
     ) -> str:
-        """Deploy or update an app on Ray Serve (admin only); returns its application id.
-
-        Without `wait` it returns at once and the deployment goes on in the background (follow it
-        with wait_for_app or get_app_status). On an update, parameters left out keep their previous
-        values; an unchanged app is not redeployed and its record (last_updated_at) is kept.
-        """
         resolved = self.require_admin(context, caller, "deploy_app")
         self._require_ray()
         if authorized_users is not None:
@@ -891,21 +850,14 @@ class AppsService(BioEngineService):
                 )
             await asyncio.sleep(min(WAIT_POLL_S, remaining))
 
-    @schema_method
+    @worker.wait_for_app.implementation
     async def wait_for_app(
         self,
-        application_id: str = Field(..., description="Id of a deployed app."),
-        timeout: float = Field(300.0, gt=0, le=WAIT_MAX_S, description="Seconds to wait at most."),
-        caller: dict | None = CallerField,
+        application_id: str,
+        timeout: float,
+        caller: dict | None = None,
         context: dict | None = None,
     ) -> dict:
-        """Wait until an app is RUNNING with its Hypha service registered (admin only); its status.
-
-        The status is get_app_status's entry for the app: `service_ids[0]["websocket_service_id"]`
-        is set. Raises with the failure reason when the app is DEPLOY_FAILED or UNHEALTHY (an
-        auto_redeploy app gets its retries first) or is stopped, and a TimeoutError naming the last
-        state when `timeout` runs out (the app keeps deploying).
-        """
         self.require_admin(context, caller, "wait_for_app")
         if not isinstance(application_id, str) or not _APP_ID.match(application_id):
             raise InvalidRequest(f"'{application_id}' is not an application id")
@@ -932,19 +884,13 @@ class AppsService(BioEngineService):
             self.stopped.pop(next(iter(self.stopped)))
         await asyncio.to_thread(self.store.save_stopped, dict(self.stopped))
 
-    @schema_method
+    @worker.stop_app.implementation
     async def stop_app(
         self,
-        application_id: str = Field(..., description="Id of a running app."),
-        caller: dict | None = CallerField,
+        application_id: str,
+        caller: dict | None = None,
         context: dict | None = None,
     ) -> dict:
-        """Stop an app (admin only); Serve removes it in the background.
-
-        Returns {application_id, status, message}: status "stopping", or, for an app stopped
-        before, "already stopping" (Serve is still removing it) or "already stopped". An app this
-        worker never deployed is an error naming it.
-        """
         self.require_admin(context, caller, "stop_app")
         self._require_ray()
         if not isinstance(application_id, str) or not _APP_ID.match(application_id):
@@ -986,14 +932,13 @@ class AppsService(BioEngineService):
                 }
         raise NotFound(f"no app '{application_id}' was deployed by this worker")
 
-    @schema_method
+    @worker.stop_all_apps.implementation
     async def stop_all_apps(
         self,
-        timeout_seconds: float = Field(180.0, gt=0, description="Seconds to wait for the apps to be gone."),
-        caller: dict | None = CallerField,
+        timeout_seconds: float,
+        caller: dict | None = None,
         context: dict | None = None,
     ) -> dict:
-        """Stop every app and wait until Serve has removed them (admin only): {stopped, still_running}."""
         self.require_admin(context, caller, "stop_all_apps")
         self._require_ray()
         async with self._lock:
@@ -1142,18 +1087,14 @@ class AppsService(BioEngineService):
             )
         return result
 
-    @schema_method
+    @worker.get_app_status.implementation
     async def get_app_status(
         self,
-        application_ids: list | str | None = Field(None, description="App ids; default every app."),
-        logs_tail: int = Field(30, ge=-1, description="Log lines per replica (-1 all, 0 none)."),
-        caller: dict | None = CallerField,
+        application_ids: list | str | None,
+        logs_tail: int,
+        caller: dict | None = None,
         context: dict | None = None,
     ) -> dict:
-        """Status of apps, keyed by application id: Serve states, failure reasons, methods, service ids.
-
-        Admins also see kwargs, env vars (secrets masked), access rules and replica logs.
-        """
         resolved = self.caller_context(context, caller)
         full = self.is_admin(resolved.get("user") or {})
         if isinstance(application_ids, str):
@@ -1178,11 +1119,8 @@ class AppsService(BioEngineService):
         return dict(zip(ids, statuses, strict=True))
 
     # ---- working directories -------------------------------------------------------------------------
-    @schema_method
-    async def list_app_directories(
-        self, caller: dict | None = CallerField, context: dict | None = None
-    ) -> list:
-        """Each app's folder under the apps dir: [{name, path, is_running, size_bytes}] (admin only)."""
+    @worker.list_app_directories.implementation
+    async def list_app_directories(self, caller: dict | None = None, context: dict | None = None) -> list:
         self.require_admin(context, caller, "list_app_directories")
 
         def scan() -> list[dict[str, Any]]:
@@ -1201,16 +1139,13 @@ class AppsService(BioEngineService):
 
         return await asyncio.to_thread(scan)
 
-    @schema_method
+    @worker.clear_app_directory.implementation
     async def clear_app_directory(
         self,
-        application_id: str = Field(
-            ..., description="Name of the app's folder; the app must not be running."
-        ),
-        caller: dict | None = CallerField,
+        application_id: str,
+        caller: dict | None = None,
         context: dict | None = None,
     ) -> None:
-        """Delete an app's folder (files, HOME) under the apps dir (admin only)."""
         self.require_admin(context, caller, "clear_app_directory")
         if not isinstance(application_id, str) or not _APP_ID.match(application_id):
             raise InvalidRequest(f"'{application_id}' is not an application id (no paths)")

@@ -25,6 +25,7 @@ from bioengine_common import (
     error_summary,
     ray_environment,
 )
+from bioengine_common.contracts import worker
 from bioengine_common.local_stack import HeadOptions, short_temp_dir
 
 from ._backends import (
@@ -338,35 +339,22 @@ class ClusterService(BioEngineService):
             raise ServiceUnavailable(f"the Ray head is not up yet: {self.cluster_error}")
         return self.autoscaler.render(head)
 
-    @schema_method
+    @worker.run_code.implementation
     async def run_code(
         self,
-        code: str | None = Field(None, description="Python source defining the function (mode 'source')."),
-        function_name: str = Field("analyze", description="Name of the function to call in `code`."),
-        func_bytes: bytes | None = Field(None, description="A cloudpickled callable (mode 'pickle')."),
-        mode: str = Field("source", description="'source' or 'pickle'."),
-        args: list | None = Field(None, description="Positional arguments."),
-        kwargs: dict | None = Field(None, description="Keyword arguments."),
-        remote_options: dict | None = Field(
-            None,
-            description="Ray task options: num_cpus (default 1), num_gpus, memory (bytes), runtime_env, "
-            "resources, accelerator_type, max_retries.",
-        ),
-        write_stdout: Any = Field(None, description="Called with each stdout line while the code runs."),
-        write_stderr: Any = Field(None, description="Called with each stderr line while the code runs."),
-        timeout: float = Field(180.0, gt=0, description="Seconds before the task is cancelled."),
+        code: str | None,
+        function_name: str,
+        func_bytes: bytes | None,
+        mode: str,
+        args: list | None,
+        kwargs: dict | None,
+        remote_options: dict | None,
+        write_stdout: Any,
+        write_stderr: Any,
+        timeout: float,
         caller: dict | None = None,
         context: dict | None = None,
     ) -> dict:
-        """Run a Python function in a Ray task on the cluster (admin only).
-
-        Returns {result, stdout, stderr}, or {error, traceback, stdout, stderr}; never raises for
-        errors of the code itself. On timeout the task is cancelled and the error result holds
-        the stdout/stderr lines printed before it. Raises InvalidRequest for bad remote_options
-        (naming the field) and ResourceUnavailable, at once and with the reason, for a request
-        no node could ever hold (nor, in slurm mode, a worker job of the configured size); a
-        request that waits for busy nodes or a scale-up is run, not refused.
-        """
         resolved = self.require_admin(context, caller, "run_code")
         if not self.connected:
             raise ServiceUnavailable(f"the Ray cluster is not ready: {self.cluster_error}")

@@ -12,6 +12,7 @@ from hypha_rpc.utils.schema import schema_method
 from pydantic import Field
 
 from bioengine_common import BioEngineService, InvalidRequest, ServiceSettings
+from bioengine_common.contracts import worker
 
 from ._access import TokenValidator, may_read, readable_dataset
 from ._endpoint import Endpoint, open_http_socket
@@ -131,9 +132,8 @@ class DatasetsService(BioEngineService):
         user = self.caller_context(context, caller)["user"]
         return readable_dataset(self.registry.datasets, dataset_id, user, self.admin_users)
 
-    @schema_method
+    @worker.list_datasets.implementation
     async def list_datasets(self, caller: dict | None = None, context: dict | None = None) -> dict:
-        """The datasets the caller may read: {dataset_id: info}."""
         user = self.caller_context(context, caller)["user"]
         return {i: d.info() for i, d in self.registry.datasets.items() if may_read(user, d, self.admin_users)}
 

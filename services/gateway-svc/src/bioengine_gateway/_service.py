@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
+from collections.abc import Callable
 from typing import Any
 
-from hypha_rpc.utils.schema import schema_method
 from pydantic import Field
 
 from bioengine_common import (
@@ -25,13 +25,10 @@ from bioengine_common import (
     from_remote,
     is_authorized,
 )
+from bioengine_common.contracts import SERVICE_IDS, WORKER, MethodContract, worker
 
 #: Internal services the gateway composes: short name -> Hypha service id.
-BACKENDS = {
-    "cluster": "bioengine-cluster",
-    "apps": "bioengine-apps",
-    "datasets": "bioengine-datasets",
-}
+BACKENDS = {name: service_id for name, service_id in SERVICE_IDS.items() if name != "gateway"}
 
 
 def _is_stale_proxy(exc: BaseException) -> bool:
@@ -110,9 +107,9 @@ class GatewaySettings(ServiceSettings):
 
 class GatewayService(BioEngineService):
     name = "gateway"
-    service_id = "bioengine-worker"
+    service_id = WORKER.service_id
     distribution = "gateway-svc"
-    description = "BioEngine worker: run bioimage AI apps, datasets and code on this worker's compute."
+    description = WORKER.description
     visibility = "public"
     settings_model = GatewaySettings
     settings: GatewaySettings
@@ -208,9 +205,8 @@ class GatewayService(BioEngineService):
         user = (context or {}).get("user") or {}
         return bool(user) and is_authorized(user, self.admin_users)
 
-    @schema_method
+    @worker.get_status.implementation
     async def get_status(self, context: dict | None = None) -> dict:
-        """Status of the worker: versions, uptime, readiness and each internal service (up or down, with the error)."""
         now = time.time()
         cluster = self._services["cluster"].get("status") or {}
         reasons = self.readiness()
@@ -234,18 +230,12 @@ class GatewayService(BioEngineService):
             status["admin_users"] = list(self.admin_users)
         return status
 
-    @schema_method
+    @worker.check_access.implementation
     async def check_access(self, context: dict | None = None) -> bool:
-        """Whether the caller is an admin of this worker. Never raises."""
         return self._is_admin_context(context)
 
-    @schema_method
-    async def get_logs(
-        self,
-        tail: int = Field(100, description="Number of lines from the end of each log.", ge=1, le=10000),
-        context: dict | None = None,
-    ) -> dict:
-        """The last lines of each service's log, keyed by service (admin only)."""
+    @worker.get_logs.implementation
+    async def get_logs(self, tail: int, context: dict | None = None) -> dict:
         check_permissions(context, self.admin_users, "'get_logs' (admin only)")
         logs: dict[str, Any] = {"gateway": await super().get_logs(tail=tail, context=context)}
 
@@ -258,241 +248,36 @@ class GatewayService(BioEngineService):
         await asyncio.gather(*(one(name) for name in BACKENDS))
         return logs
 
-    @schema_method
-    async def run_code(
-        self,
-        code: str | None = Field(None, description="Python source defining the function (mode 'source')."),
-        function_name: str = Field("analyze", description="Name of the function to call in `code`."),
-        func_bytes: bytes | None = Field(None, description="A cloudpickled callable (mode 'pickle')."),
-        mode: str = Field("source", description="'source' or 'pickle'."),
-        args: list | None = Field(None, description="Positional arguments."),
-        kwargs: dict | None = Field(None, description="Keyword arguments."),
-        remote_options: dict | None = Field(
-            None, description="Ray task options: num_cpus, num_gpus, memory, runtime_env, resources, ..."
-        ),
-        write_stdout: Any = Field(None, description="Called with each stdout line while the code runs."),
-        write_stderr: Any = Field(None, description="Called with each stderr line while the code runs."),
-        timeout: float = Field(180.0, gt=0, description="Seconds before the task is cancelled."),
-        context: dict | None = None,
-    ) -> dict:
-        """Run a Python function in a Ray task on the worker's cluster (admin only).
-
-        Returns {result, stdout, stderr} or {error, traceback, stdout, stderr}; stdout and stderr
-        lines reach the callbacks while the code runs. On timeout the task is cancelled and the
-        error result keeps the lines printed before it. Bad remote_options raise InvalidRequest
-        naming the field; a request no node (nor a new SLURM worker) could ever hold raises
-        ResourceUnavailable at once, with the reason.
-        """
-        check_permissions(context, self.admin_users, "'run_code' (admin only)")
-        return await self.call(
-            "cluster", "run_code", context, call_timeout=float(timeout) + 30.0,
-            code=code, function_name=function_name, func_bytes=func_bytes, mode=mode, args=args,
-            kwargs=kwargs, remote_options=remote_options, write_stdout=_relay(write_stdout),
-            write_stderr=_relay(write_stderr), timeout=float(timeout),
-        )  # fmt: skip
-
-    @schema_method
-    async def stop_worker(
-        self,
-        blocking: bool = Field(
-            False, description="Accepted for compatibility; the call always returns at once."
-        ),
-        context: dict | None = None,
-    ) -> None:
-        """Stop the whole worker gracefully (admin only): this service disappears from Hypha, then
-        the supervisor stops the other services and the cluster."""
+    @worker.stop_worker.implementation
+    async def stop_worker(self, blocking: bool, context: dict | None = None) -> None:
         user = check_permissions(context, self.admin_users, "'stop_worker' (admin only)")
         self.logger.info("stop_worker requested by %s", user.get("email") or user.get("id"))
         # Answer first, then stop: the reply must leave before the connection closes.
         asyncio.get_running_loop().call_later(0.2, self.request_stop, EXIT_WORKER_STOP)
 
-    @schema_method
-    async def list_datasets(self, context: dict | None = None) -> dict:
-        """The datasets the caller may read: {dataset_id: {name, description, public, zarr_stores, manifest}}."""
-        return await self.call("datasets", "list_datasets", context)
 
-    # ---- apps (bioengine-apps) -------------------------------------------------------------------------
-    def _admin(self, context: Any, action: str) -> None:
-        check_permissions(context, self.admin_users, f"'{action}' (admin only)")
+def forwarder(contract: MethodContract) -> Callable[..., Any]:
+    """The gateway's method for a contract an internal service implements: the admin rule, then
+    the call with the original caller, the caller's callbacks relayed, the contract's timeout."""
 
-    @schema_method
-    async def upload_app(
-        self,
-        files: list = Field(
-            ...,
-            description="The app's files: [{name, content, type: 'text' | 'base64'}], incl. manifest.yaml.",
-        ),
-        workspace: str | None = Field(
-            None, description="Upload into this workspace instead (needs hypha_token)."
-        ),
-        hypha_token: str | None = Field(None, description="Token for `workspace`."),
-        context: dict | None = None,
-    ) -> str:
-        """Validate and store an app as an artifact; returns 'workspace/alias'.
-
-        Admins only, unless both `workspace` and `hypha_token` are given (the upload then goes into
-        that workspace with that token).
-        """
-        if workspace is None and hypha_token is None:
-            self._admin(context, "upload_app")
+    async def forward(self: GatewayService, *args: Any, **kwargs: Any) -> Any:
+        arguments, context = contract.call_arguments((self, *args), kwargs)
+        if contract.requires_admin(arguments):
+            check_permissions(context, self.admin_users, f"'{contract.name}' (admin only)")
+        for name in contract.callbacks:
+            arguments[name] = _relay(arguments[name])
         return await self.call(
-            "apps", "upload_app", context, call_timeout=120.0,
-            files=files, workspace=workspace, hypha_token=hypha_token,
-        )  # fmt: skip
-
-    @schema_method
-    async def list_apps(self, context: dict | None = None) -> dict:
-        """Uploaded app artifacts: {artifact_id: {manifest, versions, files}} (admin only)."""
-        self._admin(context, "list_apps")
-        return await self.call("apps", "list_apps", context, call_timeout=30.0)
-
-    @schema_method
-    async def get_app_manifest(
-        self,
-        artifact_id: str = Field(..., description="'alias' or 'workspace/alias'."),
-        version: str | None = Field(None, description="A stored version; default the latest."),
-        context: dict | None = None,
-    ) -> dict:
-        """The manifest of an uploaded app (admin only)."""
-        self._admin(context, "get_app_manifest")
-        return await self.call("apps", "get_app_manifest", context, artifact_id=artifact_id, version=version)
-
-    @schema_method
-    async def delete_app(
-        self,
-        artifact_id: str = Field(..., description="'alias' or 'workspace/alias' in this worker's workspace."),
-        context: dict | None = None,
-    ) -> None:
-        """Delete an uploaded app with all its versions (admin only)."""
-        self._admin(context, "delete_app")
-        await self.call("apps", "delete_app", context, call_timeout=30.0, artifact_id=artifact_id)
-
-    @schema_method
-    async def deploy_app(
-        self,
-        artifact_id: str = Field(..., description="App artifact ('alias' or 'workspace/alias')."),
-        version: str | None = Field(None, description="Artifact version; default the latest."),
-        application_id: str | None = Field(
-            None, description="Id of the running app; an existing id updates it."
-        ),
-        application_kwargs: dict | None = Field(None, description="Init kwargs per deployment class."),
-        application_env_vars: dict | None = Field(
-            None, description="Env vars per class ({ClassName or '*': {KEY: value}}); '_KEY' is a secret."
-        ),
-        hypha_token: str | None = Field(
-            None, description="Given to the app's code as the secret HYPHA_TOKEN."
-        ),
-        disable_gpu: bool | None = Field(None, description="Run without GPUs (default False)."),
-        max_ongoing_requests: int | None = Field(None, ge=1, description="Concurrent calls (default 10)."),
-        auto_redeploy: bool | None = Field(None, description="Redeploy when the app fails (default False)."),
-        authorized_users: list | dict | None = Field(
-            None, description="Who may call the app: [users] or {method or '*': [users]}."
-        ),
-        wait: bool = Field(
-            False,
-            description="Return only once the app is RUNNING with its Hypha service registered; "
-            "raise with the reason if it fails, or when `timeout` runs out.",
-        ),
-        timeout: float = Field(
-            300.0, gt=0, le=3600, description="Seconds to wait for RUNNING (with wait=True)."
-        ),
-        context: dict | None = None,
-    ) -> str:
-        """Deploy or update an app on Ray Serve (admin only); returns its application id.
-
-        Without `wait` it returns at once and the deployment goes on in the background (follow it
-        with wait_for_app or get_app_status). On an update, parameters left out keep their previous
-        values; an unchanged app is not redeployed.
-        """
-        self._admin(context, "deploy_app")
-        return await self.call(
-            "apps", "deploy_app", context, call_timeout=120.0 + (float(timeout) if wait else 0.0),
-            artifact_id=artifact_id, version=version, application_id=application_id,
-            application_kwargs=application_kwargs, application_env_vars=application_env_vars,
-            hypha_token=hypha_token, disable_gpu=disable_gpu, max_ongoing_requests=max_ongoing_requests,
-            auto_redeploy=auto_redeploy, authorized_users=authorized_users, wait=wait, timeout=timeout,
-        )  # fmt: skip
-
-    @schema_method
-    async def wait_for_app(
-        self,
-        application_id: str = Field(..., description="Id of a deployed app."),
-        timeout: float = Field(300.0, gt=0, le=3600, description="Seconds to wait at most."),
-        context: dict | None = None,
-    ) -> dict:
-        """Wait until an app is RUNNING with its Hypha service registered (admin only); its status.
-
-        Returns the app's get_app_status entry, with `service_ids[0]["websocket_service_id"]` set.
-        Raises with the failure reason when the app is DEPLOY_FAILED or UNHEALTHY or is stopped,
-        and a timeout error naming the last state when `timeout` runs out.
-        """
-        self._admin(context, "wait_for_app")
-        return await self.call(
-            "apps", "wait_for_app", context, call_timeout=float(timeout) + 30.0,
-            application_id=application_id, timeout=timeout,
-        )  # fmt: skip
-
-    @schema_method
-    async def stop_app(
-        self,
-        application_id: str = Field(..., description="Id of a running app."),
-        context: dict | None = None,
-    ) -> dict:
-        """Stop an app (admin only); it is removed in the background.
-
-        Returns {application_id, status, message}: "stopping", or "already stopping" / "already
-        stopped" for an app stopped before; an app this worker never deployed is an error.
-        """
-        self._admin(context, "stop_app")
-        return await self.call(
-            "apps", "stop_app", context, call_timeout=30.0, application_id=application_id
-        )  # fmt: skip
-
-    @schema_method
-    async def stop_all_apps(
-        self,
-        timeout_seconds: float = Field(180.0, gt=0, description="Seconds to wait for the apps to be gone."),
-        context: dict | None = None,
-    ) -> dict:
-        """Stop every app and wait until they are gone (admin only): {stopped, still_running}."""
-        self._admin(context, "stop_all_apps")
-        return await self.call(
-            "apps", "stop_all_apps", context, call_timeout=float(timeout_seconds) + 30.0,
-            timeout_seconds=timeout_seconds,
-        )  # fmt: skip
-
-    @schema_method
-    async def get_app_status(
-        self,
-        application_ids: list | str | None = Field(None, description="App ids; default every app."),
-        logs_tail: int = Field(30, ge=-1, description="Log lines per replica (-1 all, 0 none)."),
-        context: dict | None = None,
-    ) -> dict:
-        """Status of apps keyed by id: states, failure reasons, methods, service ids (any caller).
-
-        Admins also see kwargs, env vars (secrets masked), access rules and replica logs.
-        """
-        return await self.call(
-            "apps", "get_app_status", context, call_timeout=60.0,
-            application_ids=application_ids, logs_tail=logs_tail,
-        )  # fmt: skip
-
-    @schema_method
-    async def list_app_directories(self, context: dict | None = None) -> list:
-        """Each app's folder: [{name, path, is_running, size_bytes}] (admin only)."""
-        self._admin(context, "list_app_directories")
-        return await self.call("apps", "list_app_directories", context, call_timeout=30.0)
-
-    @schema_method
-    async def clear_app_directory(
-        self,
-        application_id: str = Field(
-            ..., description="Name of the app's folder; the app must not be running."
-        ),
-        context: dict | None = None,
-    ) -> None:
-        """Delete an app's folder (admin only)."""
-        self._admin(context, "clear_app_directory")
-        await self.call(
-            "apps", "clear_app_directory", context, call_timeout=30.0, application_id=application_id
+            contract.service,
+            contract.name,
+            context,
+            call_timeout=contract.timeout.for_call(arguments),
+            **arguments,
         )
+
+    return contract.as_method(forward, caller=False)
+
+
+# Every method an internal service implements is forwarded as its contract says.
+for _contract in WORKER:
+    if _contract.forwarded:
+        setattr(GatewayService, _contract.name, forwarder(_contract))

@@ -1,0 +1,293 @@
+"""How a method contract is declared and applied.
+
+A contract is a stub function (parameters with pydantic ``Field`` defaults, return annotation,
+docstring) plus the facts around it: which service implements it, who may call it and how long
+the gateway waits for it. Both sides are built from it: the internal service's implementation
+(:meth:`MethodContract.implementation`, which checks the implementation's parameters) and the
+gateway's method (:meth:`MethodContract.as_method`). The schema clients see is hypha-rpc's
+``schema_method`` applied to the contract's signature.
+"""
+
+from __future__ import annotations
+
+import enum
+import inspect
+import typing
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from hypha_rpc.utils.schema import schema_method
+
+from .._lifecycle import CallerField
+
+#: The service id of each short service name a contract may name.
+SERVICE_IDS = {
+    "gateway": "bioengine-worker",
+    "cluster": "bioengine-cluster",
+    "apps": "bioengine-apps",
+    "datasets": "bioengine-datasets",
+}
+
+
+class Access(enum.Enum):
+    """Who may call a method."""
+
+    ANYONE = "anyone"
+    ADMIN = "admin"
+
+
+@dataclass(frozen=True)
+class CallTimeout:
+    """How long the gateway waits for the internal service.
+
+    ``seconds`` (None: the gateway's ``--call-timeout``), plus the value of parameter ``plus``
+    when given (a method that itself waits that long), only when parameter ``when`` is true.
+    """
+
+    seconds: float | None = None
+    plus: str | None = None
+    when: str | None = None
+
+    def for_call(self, arguments: Mapping[str, Any]) -> float | None:
+        """The timeout of one call with these arguments (None: the gateway's default)."""
+        if self.plus is None or (self.when is not None and not arguments.get(self.when)):
+            return self.seconds
+        return (self.seconds or 0.0) + float(arguments[self.plus])
+
+    def describe(self) -> str:
+        base = f"{self.seconds:g} s" if self.seconds is not None else "the gateway's `--call-timeout` (10 s)"
+        if self.plus is None:
+            return base
+        extra = f" + `{self.plus}`"
+        return base + extra + (f" when `{self.when}` is true" if self.when else "")
+
+
+def _hints(function: Callable[..., Any]) -> dict[str, Any]:
+    return typing.get_type_hints(function)
+
+
+@dataclass(frozen=True)
+class MethodContract:
+    """One public method of the worker, declared once."""
+
+    stub: Callable[..., Any]
+    service: str
+    access: Access
+    timeout: CallTimeout = CallTimeout()
+    #: Admin rights are not needed when any of these parameters is given (upload_app into
+    #: another workspace with its token).
+    admin_unless: tuple[str, ...] = ()
+    #: Parameters that are callbacks of the caller: the gateway relays them.
+    callbacks: tuple[str, ...] = ()
+    #: Errors the method raises: error type -> when.
+    raises: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.service not in SERVICE_IDS:
+            raise ValueError(f"{self.name}: unknown service '{self.service}'")
+        if not self.stub.__doc__:
+            raise ValueError(f"{self.name}: a contract needs a docstring")
+        names = set(self.parameters)
+        for name in (*self.admin_unless, *self.callbacks, self.timeout.plus, self.timeout.when):
+            if name is not None and name not in names:
+                raise ValueError(f"{self.name}: '{name}' is not one of its parameters")
+
+    # ---- what it declares -----------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.stub.__name__
+
+    @property
+    def doc(self) -> str:
+        return inspect.cleandoc(self.stub.__doc__ or "")
+
+    @property
+    def summary(self) -> str:
+        """The first paragraph of the docstring, on one line."""
+        return " ".join(self.doc.split("\n\n")[0].split())
+
+    @property
+    def forwarded(self) -> bool:
+        """Implemented by an internal service (the gateway forwards it)."""
+        return self.service != "gateway"
+
+    @property
+    def service_id(self) -> str:
+        return SERVICE_IDS[self.service]
+
+    @property
+    def parameters(self) -> dict[str, inspect.Parameter]:
+        """The contract's own parameters (no self, caller or context), annotations resolved."""
+        hints = _hints(self.stub)
+        return {
+            name: parameter.replace(annotation=hints[name])
+            for name, parameter in inspect.signature(self.stub).parameters.items()
+        }
+
+    @property
+    def annotations(self) -> dict[str, str]:
+        """Each parameter's type as written in the contract (for the docs); ``return`` too."""
+        written = dict(self.stub.__annotations__)
+        return {name: str(value) for name, value in written.items()}
+
+    @property
+    def returns(self) -> Any:
+        return _hints(self.stub).get("return", Any)
+
+    def requires_admin(self, arguments: Mapping[str, Any]) -> bool:
+        """Whether a call with these arguments needs an admin."""
+        if self.access is not Access.ADMIN:
+            return False
+        return not any(arguments.get(name) is not None for name in self.admin_unless)
+
+    def errors(self) -> dict[str, str]:
+        """Every error the method may raise (its own, the admin rule's, the gateway's)."""
+        errors = dict(self.raises)
+        if self.access is Access.ADMIN:
+            rule = "the caller is not an admin"
+            if self.admin_unless:
+                rule += " (and gives none of " + ", ".join(f"`{n}`" for n in self.admin_unless) + ")"
+            errors.setdefault("PermissionDenied", rule)
+        if self.forwarded:
+            errors.setdefault(
+                "ServiceUnavailable",
+                f"`{self.service_id}` is down or does not answer within the call timeout",
+            )
+        return errors
+
+    # ---- building methods from it ---------------------------------------------------------------
+    def signature(self, *, caller: bool) -> inspect.Signature:
+        """``(self, <parameters>, [caller], context)`` with the contract's fields as defaults."""
+        keyword = inspect.Parameter.POSITIONAL_OR_KEYWORD
+        parameters = [inspect.Parameter("self", keyword), *self.parameters.values()]
+        if caller:
+            parameters.append(
+                inspect.Parameter("caller", keyword, default=CallerField, annotation=dict | None)
+            )
+        parameters.append(inspect.Parameter("context", keyword, default=None, annotation=dict | None))
+        return inspect.Signature(parameters, return_annotation=self.returns)
+
+    def call_arguments(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> tuple[dict[str, Any], Any]:
+        """A call ``(self, *args, **kwargs)`` of a method without ``caller``: the contract's
+        parameters by name and the ``context``."""
+        bound = self.signature(caller=False).bind(*args, **kwargs).arguments
+        return {name: bound[name] for name in self.parameters if name in bound}, bound.get("context")
+
+    def as_method(self, function: Callable[..., Any], *, caller: bool) -> Callable[..., Any]:
+        """``function`` as a schema method with the contract's signature, name and docstring.
+
+        ``function`` is called as ``(self, *args, **kwargs)`` with every parameter filled in.
+        """
+
+        async def method(*args: Any, **kwargs: Any) -> Any:
+            return await function(*args, **kwargs)
+
+        method.__signature__ = self.signature(caller=caller)  # type: ignore[attr-defined]
+        method.__doc__ = self.doc
+        method.__name__ = method.__qualname__ = self.name
+        method.__module__ = function.__module__
+        schema = schema_method(method)
+        schema.__contract__ = self
+        return schema
+
+    def implementation(self, function: Callable[..., Any]) -> Callable[..., Any]:
+        """Decorator of the method that implements this contract: checks that its parameters are
+        the contract's (same names, order and types, no defaults of its own) followed by
+        ``caller`` (internal services) and ``context``, and gives it the contract's docstring
+        and schema."""
+        problems = list(self.mismatches(function))
+        if problems:
+            raise TypeError(f"{function.__qualname__} does not match its contract: " + "; ".join(problems))
+        return self.as_method(function, caller=self.forwarded)
+
+    def mismatches(self, function: Callable[..., Any]) -> Iterator[str]:
+        """How ``function``'s parameters differ from the contract's (nothing when they match)."""
+        if function.__name__ != self.name:
+            yield f"its name is '{function.__name__}', the contract's '{self.name}'"
+        names = list(inspect.signature(function).parameters)[1:]
+        expected = [*self.parameters, *(["caller"] if self.forwarded else []), "context"]
+        if names != expected:
+            yield f"parameters {names}, the contract has {expected}"
+            return
+        hints = _hints(function)
+        for name, parameter in self.parameters.items():
+            if hints.get(name) != parameter.annotation:
+                yield f"'{name}' is {hints.get(name)}, the contract says {parameter.annotation}"
+            if inspect.signature(function).parameters[name].default is not inspect.Parameter.empty:
+                yield f"'{name}' has a default of its own (the contract declares it)"
+        if hints.get("return", Any) != self.returns:
+            yield f"returns {hints.get('return')}, the contract says {self.returns}"
+
+    def method_schema(self, *, caller: bool) -> dict[str, Any]:
+        """The ``__schema__`` of a method built from this contract."""
+
+        async def stub(*args: Any, **kwargs: Any) -> Any:
+            raise NotImplementedError
+
+        return dict(self.as_method(stub, caller=caller).__schema__)  # type: ignore[attr-defined]
+
+    def schema(self, *, caller: bool) -> dict[str, Any]:
+        """The schema hypha-rpc registers for a method of this contract, as ``get_service_info``
+        shows it (``context`` is not listed)."""
+        schema = self.method_schema(caller=caller)
+        parameters = dict(schema["parameters"])
+        parameters["properties"] = {k: v for k, v in parameters["properties"].items() if k != "context"}
+        schema["parameters"] = parameters
+        return schema
+
+
+class Api:
+    """The contracts of one public service, in declaration order."""
+
+    def __init__(self, service_id: str, description: str) -> None:
+        self.service_id = service_id
+        self.description = description
+        self.methods: dict[str, MethodContract] = {}
+
+    def method(
+        self,
+        service: str,
+        access: Access,
+        *,
+        timeout: CallTimeout = CallTimeout(),
+        admin_unless: tuple[str, ...] = (),
+        callbacks: tuple[str, ...] = (),
+        raises: Mapping[str, str] | None = None,
+    ) -> Callable[[Callable[..., Any]], MethodContract]:
+        """Decorator: the stub function below declares one method of this API."""
+
+        def declare(stub: Callable[..., Any]) -> MethodContract:
+            contract = MethodContract(
+                stub, service, access, timeout, admin_unless, callbacks, dict(raises or {})
+            )
+            if contract.name in self.methods:
+                raise ValueError(f"{contract.name} is declared twice")
+            self.methods[contract.name] = contract
+            return contract
+
+        return declare
+
+    def __iter__(self) -> Iterator[MethodContract]:
+        return iter(self.methods.values())
+
+    def __getitem__(self, name: str) -> MethodContract:
+        return self.methods[name]
+
+    def of_service(self, service: str) -> list[MethodContract]:
+        return [c for c in self if c.service == service]
+
+
+def check_implementations(cls: type, api: Api, service: str) -> list[str]:
+    """What is wrong with ``cls`` as the implementation of ``service``'s contracts of ``api``
+    (empty when each contract's method is there, built from that contract)."""
+    problems = []
+    for contract in api.of_service(service):
+        method = getattr(cls, contract.name, None)
+        if method is None:
+            problems.append(f"{cls.__name__} has no method '{contract.name}'")
+        elif getattr(method, "__contract__", None) is not contract:
+            problems.append(f"{cls.__name__}.{contract.name} is not built from its contract")
+        elif method.__schema__ != contract.method_schema(caller=contract.forwarded):
+            problems.append(f"{cls.__name__}.{contract.name}'s schema differs from its contract's")
+    return problems

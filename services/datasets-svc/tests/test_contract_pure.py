@@ -1,0 +1,9 @@
+"""DatasetsService's methods are built from their contracts in bioengine_common.contracts."""
+
+from bioengine_common.contracts import WORKER, check_implementations
+from bioengine_datasets._service import DatasetsService
+
+
+def test_each_method_of_the_public_api_implemented_here_matches_its_contract():
+    assert WORKER.of_service("datasets"), "this service implements part of the public API"
+    assert check_implementations(DatasetsService, WORKER, "datasets") == []
