@@ -15,12 +15,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from bioengine_common.contracts.worker import WAIT_MAX_S  # the longest wait_for_app accepts
+
 from ._common import EXIT_USAGE, Caller, CliError, _common_options, _session, _timeout
 from .app_output import app_summary, format_app_status, format_apps, format_logs
 
 MANIFEST_NAMES = ("manifest.yaml", "manifest.yml")
-#: Longest wait the worker's wait_for_app accepts.
-WAIT_MAX_S = 3600.0
 
 
 def read_app_folder(directory: str | os.PathLike[str]) -> list[dict[str, str]]:
