@@ -36,7 +36,7 @@ import psutil
 from pydantic import BaseModel
 
 from .._ray import check_token_file, ray_environment, scrub_environment
-from ..errors import ServiceUnavailable
+from ..errors import ConfigurationError, ServiceUnavailable
 
 __all__ = [
     "HeadOptions",
@@ -256,8 +256,6 @@ class LocalHead:
     def start(self, timeout: float = 90.0) -> HeadState:
         from ray import __version__ as ray_version
         from ray.util import get_node_ip_address
-
-        from .errors import ConfigurationError
 
         self.temp_dir.mkdir(parents=True, exist_ok=True)
         ports = choose_ports()
