@@ -102,10 +102,10 @@ def _write_attacker_app(root: Path) -> None:
                     workspace: str = Field(..., description="the worker's workspace"),
                 ) -> dict:
                     """Use every credential the app can read to act as a worker service."""
-                    from bioengine_app_runtime import _kv
+                    from bioengine_app_runtime import kv
 
                     app_id = os.environ["BIOENGINE_APPLICATION_ID"]
-                    secrets = _kv.get_json(_kv.secrets_key(app_id)) or {}
+                    secrets = kv.get_json(kv.secrets_key(app_id)) or {}
                     report = {
                         "env_with_token_values": sorted(
                             name for name, value in os.environ.items()

@@ -130,10 +130,17 @@ def choose_ports(rng: random.Random | None = None) -> RayPorts:
             block = range(base, base + WORKER_PORT_COUNT)
             if set(block) & set(singles):
                 continue
-            socks = [s for s in (_bindable(p) for p in block) if s is not None]
-            held.extend(socks)
+            socks: list[socket.socket] = []
+            for port in block:
+                sock = _bindable(port)
+                if sock is None:  # a port of this block is taken: let the block go, try another
+                    break
+                socks.append(sock)
             if len(socks) == WORKER_PORT_COUNT:
+                held.extend(socks)
                 break
+            for sock in socks:
+                sock.close()
         else:
             raise ServiceUnavailable(f"no free range of {WORKER_PORT_COUNT} worker ports found")
         names = [name for name in RayPorts.model_fields if name not in ("min_worker", "max_worker")]
