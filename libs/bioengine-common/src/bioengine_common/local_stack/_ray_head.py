@@ -132,15 +132,15 @@ def choose_ports(rng: random.Random | None = None) -> RayPorts:
                 continue
             socks: list[socket.socket] = []
             for port in block:
-                sock = _bindable(port)
-                if sock is None:  # a port of this block is taken: let the block go, try another
+                bound = _bindable(port)
+                if bound is None:  # a port of this block is taken: let the block go, try another
                     break
-                socks.append(sock)
+                socks.append(bound)
             if len(socks) == WORKER_PORT_COUNT:
                 held.extend(socks)
                 break
-            for sock in socks:
-                sock.close()
+            for partial in socks:
+                partial.close()
         else:
             raise ServiceUnavailable(f"no free range of {WORKER_PORT_COUNT} worker ports found")
         names = [name for name in RayPorts.model_fields if name not in ("min_worker", "max_worker")]
