@@ -78,3 +78,26 @@ def test_run_code_log_keeps_running_and_recent_calls():
     status = log.status()
     assert status["running"] == [] and [r["id"] for r in status["recent"]] == [runs[2]["id"], runs[1]["id"]]
     assert status["recent"][0]["state"] == "cancelled" and status["recent"][0]["ended_at"]
+
+
+async def test_a_cancelled_caller_watch_always_ends():
+    """Cancelling the watch (its run_code ended) ends it, even when the cancellation arrives just
+    as a listing returns (Python 3.11's wait_for dropped such a cancellation: the watch then
+    polled forever; before the fix about 4 in 10 of these cancellations were lost)."""
+
+    async def list_clients(workspace: str) -> list[dict[str, str]]:
+        raise PermissionError(f"Permission denied for workspace {workspace}")
+
+    quiet = logging.getLogger("t.quiet")
+    quiet.setLevel(logging.ERROR)
+    lost = 0
+    for i in range(100):
+        watch = CallerWatch(list_clients, interval_s=0.0005, grace_s=0.0, logger=quiet)
+        task = asyncio.create_task(watch.wait_gone(["other-ws/caller"]))
+        await asyncio.sleep(0.003 + (i % 7) * 0.0003)
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=1.0)
+        if not done:
+            lost += 1
+            task.cancel()
+    assert lost == 0, f"{lost} of 100 cancelled watches kept running"

@@ -188,7 +188,11 @@ class CallerWatch:
     async def _present(self, client: str) -> bool | None:
         workspace = client.split("/", 1)[0]
         try:
-            listed = await asyncio.wait_for(self.list_clients(workspace), 10.0)
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for returns the inner result when
+            # a cancellation arrives just as the inner call ends, so a cancelled watch (its
+            # run_code ended) could go on polling forever.
+            async with asyncio.timeout(10.0):
+                listed = await self.list_clients(workspace)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
