@@ -11,6 +11,7 @@ gateway's method (:meth:`MethodContract.as_method`). The schema clients see is h
 from __future__ import annotations
 
 import enum
+import functools
 import inspect
 import typing
 from collections.abc import Callable, Iterator, Mapping
@@ -116,7 +117,7 @@ class MethodContract:
     def service_id(self) -> str:
         return SERVICE_IDS[self.service]
 
-    @property
+    @functools.cached_property  # read on every forwarded call: resolve the hints once
     def parameters(self) -> dict[str, inspect.Parameter]:
         """The contract's own parameters (no self, caller or context), annotations resolved."""
         hints = _hints(self.stub)
@@ -168,10 +169,14 @@ class MethodContract:
         parameters.append(inspect.Parameter("context", keyword, default=None, annotation=dict | None))
         return inspect.Signature(parameters, return_annotation=self.returns)
 
+    @functools.cached_property
+    def _call_signature(self) -> inspect.Signature:
+        return self.signature(caller=False)
+
     def call_arguments(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> tuple[dict[str, Any], Any]:
         """A call ``(self, *args, **kwargs)`` of a method without ``caller``: the contract's
         parameters by name and the ``context``."""
-        bound = self.signature(caller=False).bind(*args, **kwargs).arguments
+        bound = self._call_signature.bind(*args, **kwargs).arguments
         return {name: bound[name] for name in self.parameters if name in bound}, bound.get("context")
 
     def as_method(self, function: Callable[..., Any], *, caller: bool) -> Callable[..., Any]:
