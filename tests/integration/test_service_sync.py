@@ -10,7 +10,6 @@ import inside ``try: ... except ImportError`` or ``if TYPE_CHECKING:`` is option
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -108,21 +107,14 @@ sys.exit(1 if failures else 0)
 """
 
 
-def _uv() -> str:
-    uv = os.environ.get("UV") or shutil.which("uv") or str(Path.home() / ".local/bin/uv")
-    if not Path(uv).exists():
-        pytest.fail("uv is needed to sync a service's environment")
-    return uv
-
-
 @pytest.mark.parametrize(("service", "package"), SERVICES.items())
-def test_service_starts_from_its_own_no_dev_sync(service, package, tmp_path):
+def test_service_starts_from_its_own_no_dev_sync(service, package, tmp_path, uv):
     venv = tmp_path / "venv"
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
     env["UV_PROJECT_ENVIRONMENT"] = str(venv)
     env["UV_PYTHON"] = f"{sys.version_info.major}.{sys.version_info.minor}"
     sync = subprocess.run(
-        [_uv(), "sync", "--package", service, "--no-dev", "--frozen", "--quiet"],
+        [uv, "sync", "--package", service, "--no-dev", "--frozen", "--quiet"],
         cwd=ROOT,
         env=env,
         capture_output=True,

@@ -1,6 +1,5 @@
 """Every workspace member runs with `uv run --package <member>`, from the one lock."""
 
-import shutil
 import subprocess
 import tomllib
 from pathlib import Path
@@ -19,16 +18,10 @@ ENTRY_POINTS = {
 }
 
 
-def _uv() -> str:
-    uv = shutil.which("uv")
-    assert uv, "uv must be on PATH (pip install uv)"
-    return uv
-
-
 @pytest.mark.parametrize(("member", "entry"), sorted(ENTRY_POINTS.items()))
-def test_uv_run_package_help(member, entry):
+def test_uv_run_package_help(member, entry, uv):
     out = subprocess.run(
-        [_uv(), "run", "--frozen", "--package", member, entry, "--help"],
+        [uv, "run", "--frozen", "--package", member, entry, "--help"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -38,10 +31,10 @@ def test_uv_run_package_help(member, entry):
     assert "--server-url" in out.stdout
 
 
-def test_common_runs_alone():
+def test_common_runs_alone(uv):
     out = subprocess.run(
         [
-            _uv(),
+            uv,
             "run",
             "--frozen",
             "--package",
