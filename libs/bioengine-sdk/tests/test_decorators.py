@@ -148,7 +148,7 @@ def test_app_decorates_classes_only():
     "name", ["check_health", "test_deployment", "bioengine_runtime_version", "async_init"]
 )
 def test_reserved_method_names(name):
-    with pytest.raises(bioengine.ReservedMethodNameError, match=f"'{name}' is a name BioEngine reserves"):
+    with pytest.raises(bioengine.ReservedMethodNameError, match=rf"'{name}' is a name BioEngine reserves"):
         bioengine.app(type("R", (), {name: lambda self: None}))
 
 
@@ -180,7 +180,7 @@ def test_async_init_may_be_named_async_init():
 def test_duplicate_hooks_are_refused(kind):
     mark = getattr(bioengine, kind)
     with pytest.raises(
-        bioengine.ReservedMethodNameError, match=f"both 'one' and 'two' are marked @bioengine.{kind}"
+        bioengine.ReservedMethodNameError, match=rf"both 'one' and 'two' are marked @bioengine.{kind}"
     ):
         bioengine.app(type("D", (), {"one": mark(lambda self: None), "two": mark(lambda self: None)}))
 

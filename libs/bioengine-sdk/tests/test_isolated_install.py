@@ -85,7 +85,9 @@ def test_the_sdk_alone_in_a_fresh_venv(tmp_path):
     assert report["ray_installed"] is False
     assert not [m for m in report["loaded"] if m.split(".")[0] in ("ray", "zarr", "aiohttp")]
     assert report["order"] == ["__main__:Worker", "__main__:Entry"]
-    freeze = subprocess.run([uv, "pip", "freeze", "--python", str(python)], capture_output=True, text=True, env=env)
+    freeze = subprocess.run(
+        [uv, "pip", "freeze", "--python", str(python)], capture_output=True, text=True, env=env
+    )
     installed = {line.split("==")[0].split(" @ ")[0].lower() for line in freeze.stdout.splitlines()}
     assert "bioengine-services-sdk" in installed
     assert not installed & {"ray", "bioengine-datasets-client", "bioengine-common", "zarr"}

@@ -70,15 +70,17 @@ async def test_options_remote_and_raw_pass_through():
 
 def test_private_names_raise_and_the_handle_is_read_only():
     handle = BioEngineRuntimeHandle(FakeHandle())
-    with pytest.raises(AttributeError, match="use ._raw"):
+    with pytest.raises(AttributeError, match=r"use ._raw"):
         _ = handle._secret
-    with pytest.raises(AttributeError, match="read-only"):
+    with pytest.raises(AttributeError, match=r"read-only"):
         handle.x = 1
     assert isinstance(pickle.loads(pickle.dumps(BioEngineRuntimeHandle("raw"))), BioEngineRuntimeHandle)
 
 
 def test_wrap_handles_wraps_only_handle_parameters():
-    spec = {"init_params": [{"name": "model", "kind": "handle", "target": "m:M"}, {"name": "n", "kind": "value"}]}
+    spec = {
+        "init_params": [{"name": "model", "kind": "handle", "target": "m:M"}, {"name": "n", "kind": "value"}]
+    }
     raw = FakeHandle()
     kwargs = wrap_handles(spec, {"model": raw, "n": 3})
     assert isinstance(kwargs["model"], BioEngineRuntimeHandle) and kwargs["model"]._raw is raw
@@ -178,7 +180,7 @@ async def test_a_failing_health_check_raises(sync):
     App, _ = make_app(sync=sync, health_fails=True)
     runner = LifecycleRunner(App())
     await runner.check_health()
-    with pytest.raises(RuntimeError, match="GPU lost"):
+    with pytest.raises(RuntimeError, match=r"GPU lost"):
         await runner.check_health()
 
 
@@ -193,9 +195,9 @@ async def test_a_failed_async_init_stays_failed():
             raise OSError("weights missing")
 
     runner = LifecycleRunner(Broken())
-    with pytest.raises(OSError, match="weights missing"):
+    with pytest.raises(OSError, match=r"weights missing"):
         await runner.check_health()
-    with pytest.raises(RuntimeError, match="async_init failed: OSError: weights missing"):
+    with pytest.raises(RuntimeError, match=r"async_init failed: OSError: weights missing"):
         await runner.check_health()
     assert calls == [1]
 
