@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import types
 
 import pytest
 from pydantic import Field
@@ -45,8 +46,19 @@ def test_the_public_surface():
 
 
 def test_logger_outside_and_inside_a_replica(monkeypatch):
+    monkeypatch.delenv("BIOENGINE_REPLICA", raising=False)
     assert bioengine.logger.name == "bioengine.app"
     monkeypatch.setenv("BIOENGINE_REPLICA", "1")
+    assert bioengine.logger.name == "ray.serve"
+
+
+def test_logger_asks_serve_when_it_is_loaded(monkeypatch):
+    monkeypatch.delenv("BIOENGINE_REPLICA", raising=False)
+    serve = types.ModuleType("ray.serve")
+    serve.get_replica_context = lambda: (_ for _ in ()).throw(RuntimeError("not in a replica"))
+    monkeypatch.setitem(sys.modules, "ray.serve", serve)
+    assert bioengine.logger.name == "bioengine.app"
+    serve.get_replica_context = lambda: object()
     assert bioengine.logger.name == "ray.serve"
 
 
