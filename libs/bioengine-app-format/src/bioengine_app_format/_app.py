@@ -22,7 +22,7 @@ from ._analysis import analyze_app
 from ._manifest import MANIFEST_NAMES, validate_manifest, version_key
 from ._problems import AppFormatError, Problem
 from ._replica import replica_files
-from ._sources import check_sources_06
+from ._sources import check_sources_06, syntax_problems
 from ._v06 import ENTRY_PATTERN, FORMAT_06, parse_version, validate_manifest_06
 
 __all__ = [
@@ -242,6 +242,8 @@ def check_app(files: Mapping[str, bytes]) -> AppCheck:
         shipped = replica_files(files)
         if isinstance(entry, str) and ENTRY_PATTERN.match(entry):
             problems += check_sources_06(files, entry, name, lines.get("entry"))
+        else:
+            problems += syntax_problems(files)
     elif (
         format_version == FORMAT_05
         and isinstance(manifest, Mapping)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from ._problems import Problem
 from ._replica import reaches_replicas
 
-__all__ = ["HOOK_MARKERS", "RESERVED_METHODS", "check_sources_06"]
+__all__ = ["HOOK_MARKERS", "RESERVED_METHODS", "check_sources_06", "syntax_problems"]
 
 HOOK_MARKERS = ("async_init", "smoke_test", "health_check")
 RESERVED_METHODS = ("check_health", "async_init", "test_deployment", "bioengine_runtime_version")
@@ -157,6 +157,11 @@ def _parse(files: Mapping[str, bytes]) -> tuple[dict[str, _Module], list[Problem
             continue
         modules[name] = _Module(name, tree, _aliases(name, tree))
     return modules, problems
+
+
+def syntax_problems(files: Mapping[str, bytes]) -> list[Problem]:
+    """The ``.py`` files that reach the replicas and do not parse (what is checked without an entry)."""
+    return _parse(files)[1]
 
 
 def _find_class(
