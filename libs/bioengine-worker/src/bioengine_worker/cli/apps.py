@@ -406,7 +406,9 @@ def add_parser(sub: Any, worker: argparse.ArgumentParser) -> None:
     deploy.add_argument("directory", metavar="DIR", help="App folder with manifest.yaml and code")
     deploy.add_argument("--wait", action=argparse.BooleanOptionalAction, help=wait_help.format("yes"))
 
-    apps_sub.add_parser("list", parents=common(), help="Uploaded apps: artifact id, name, versions")
+    apps_sub.add_parser(
+        "list", parents=common(), help="Uploaded apps: artifact id, name, app format, versions"
+    )
     status = apps_sub.add_parser(
         "status", parents=common(), help="Deployed apps: state, methods, service id, deployments"
     )
