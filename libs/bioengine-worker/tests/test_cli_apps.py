@@ -210,14 +210,18 @@ def test_format_apps():
     assert "No uploaded apps" in format_apps({})
     text = format_apps(
         {
-            "bioengine/demo-app": {"manifest": {"name": "Demo App"}, "versions": ["1.0.0", "1.1.0"]},
+            "bioengine/demo-app": {
+                "manifest": {"name": "Demo App"},
+                "format_version": "0.6.0",
+                "versions": ["1.0.0", "1.1.0"],
+            },
             "bioengine/bare": {"manifest": {}, "files": []},
         }
     )
     lines = text.splitlines()
-    assert lines[0].split() == ["ARTIFACT", "ID", "NAME", "VERSIONS"]
-    assert lines[1].split() == ["bioengine/bare", "-", "-"]
-    assert "Demo App" in lines[2] and "1.0.0, 1.1.0" in lines[2]
+    assert lines[0].split() == ["ARTIFACT", "ID", "NAME", "FORMAT", "VERSIONS"]
+    assert lines[1].split() == ["bioengine/bare", "-", "-", "-"]
+    assert "Demo App" in lines[2] and " 0.6.0 " in lines[2] and "1.0.0, 1.1.0" in lines[2]
 
 
 def test_format_app_status():

@@ -2,6 +2,7 @@
 
 import asyncio
 import time
+from pathlib import Path
 
 import pytest
 
@@ -9,6 +10,9 @@ from bioengine_common import connect
 from bioengine_common.testing import launch_service, wait_for_service
 
 pytestmark = pytest.mark.integration
+
+#: The 0.6.0 example apps of bioengine-app-format's tests (one-file, multi-file, broken).
+APPS_06 = Path(__file__).resolve().parents[3] / "libs/bioengine-app-format/tests/apps_06"
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +65,7 @@ async def test_upload_versions_list_and_delete(worker, files_of, example_apps):
     assert await worker.upload_app(files=files) == artifact_id  # same version: in place
     listed = (await worker.list_apps())[artifact_id]
     assert sorted(listed["files"]) == ["demo_app.py", "manifest.yaml"]
+    assert listed["format_version"] == "0.5.0"
     assert listed["manifest"]["created_by"] == "test-admin" and listed["versions"] == ["1.0.0"]
 
     assert await worker.upload_app(files=_with_version(files, "1.1.0", "versioned-app")) == artifact_id
@@ -123,3 +128,50 @@ async def test_deploy_from_artifact_through_the_gateway(
 async def test_deploying_a_missing_artifact_is_a_clear_error(worker):
     with pytest.raises(Exception, match="no app artifact 'bioengine-test/no-such-app'"):
         await worker.deploy_app(artifact_id="no-such-app")
+
+
+def _set_version(files, version):
+    return [
+        {**f, "content": f["content"].replace('version: "0.2.0"', f'version: "{version}"')}
+        if f["name"] == "manifest.yaml"
+        else f
+        for f in files
+    ]
+
+
+async def test_a_0_6_0_app_uploads_versions_and_lists_but_does_not_deploy_yet(worker, files_of):
+    files = files_of(APPS_06 / "multi-file")
+    artifact_id = await worker.upload_app(files=files)
+    assert artifact_id == "bioengine-test/composed-06"
+    listed = (await worker.list_apps())[artifact_id]
+    assert listed["format_version"] == "0.6.0" and listed["versions"] == ["0.2.0"]
+    assert listed["manifest"]["entry"] == "pkg.service:EntryApp"
+    assert sorted(listed["files"]) == sorted(f["name"] for f in files)  # the artifact keeps them all
+
+    # Versions of a 0.6.0 app only go up (PEP 440): the same one again is refused, not replaced.
+    with pytest.raises(Exception, match="exists already"):
+        await worker.upload_app(files=files)
+    assert await worker.upload_app(files=_set_version(files, "0.10.0")) == artifact_id
+    assert (await worker.list_apps())[artifact_id]["versions"] == ["0.2.0", "0.10.0"]
+    with pytest.raises(Exception, match=r"older than the latest \(0\.10\.0\)"):
+        await worker.upload_app(files=_set_version(files, "0.9"))
+    assert (await worker.get_app_manifest(artifact_id=artifact_id))["version"] == "0.10.0"
+
+    # Problems name the file, the line and the field; nothing is stored.
+    broken = [
+        {**f, "content": f["content"].replace("pkg.service:EntryApp", "pkg.service:entry")}
+        if f["name"] == "manifest.yaml"
+        else f
+        for f in _set_version(files, "0.11.0")
+    ]
+    with pytest.raises(Exception, match=r"manifest\.yaml:8: entry 'pkg\.service:entry' must look like"):
+        await worker.upload_app(files=broken)
+    with pytest.raises(Exception, match=r"main\.py:4: BrokenApp: @bioengine\.app takes gpu_memory_mb"):
+        await worker.upload_app(files=files_of(APPS_06 / "broken"))
+    assert "bioengine-test/broken-06" not in await worker.list_apps()
+    assert (await worker.list_apps())[artifact_id]["versions"] == ["0.2.0", "0.10.0"]
+
+    # Deploying one fails at once and says why.
+    with pytest.raises(Exception, match=r"0\.6\.0 runtime is not available on this worker yet"):
+        await worker.deploy_app(artifact_id=artifact_id)
+    await worker.delete_app(artifact_id=artifact_id)

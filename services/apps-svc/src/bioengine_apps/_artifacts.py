@@ -1,8 +1,9 @@
 """App artifacts in Hypha's artifact manager: collection ``applications`` of the worker's workspace.
 
-Versioning follows the public worker: a manifest ``version`` not stored yet makes a new
-snapshot and keeps the old ones; the latest version again updates in place; an older one is
-refused. Files go to presigned URLs; a failed upload discards the staged changes, so a broken
+Versioning follows the public worker (the rules are ``bioengine_app_format.version_action``):
+current format: a manifest ``version`` not stored yet makes a new snapshot and keeps the old
+ones; the latest version again updates in place; an older one is refused. Format 0.6.0: every
+upload needs a new, strictly higher PEP 440 ``version``. Files go to presigned URLs; a failed upload discards the staged changes, so a broken
 upload never replaces a working app.
 """
 
@@ -14,9 +15,8 @@ from typing import Any
 
 import aiohttp
 
+from bioengine_app_format import format_version_of, load_app_manifest, version_action
 from bioengine_common import InvalidRequest, NotFound, error_summary
-
-from ._manifest import load_manifest, version_key
 
 __all__ = ["COLLECTION", "ArtifactStore"]
 
@@ -124,12 +124,16 @@ class ArtifactStore:
 
     async def upload(self, files: Mapping[str, bytes], created_by: str | None) -> str:
         """Store an app (files incl. manifest.yaml); return its artifact id ``workspace/alias``."""
-        manifest = load_manifest(files)
+        try:
+            app = load_app_manifest(files)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc)) from exc
+        manifest = dict(app.manifest)
         manifest["created_by"] = created_by
         await self.ensure_collection()
         manager = await self.manager()
-        artifact_id = f"{self.workspace}/{manifest['id']}"
-        version: str | None = manifest.get("version")
+        artifact_id = f"{self.workspace}/{app.id}"
+        version = app.version
         existing = await self._read(artifact_id)
         if existing is not None and existing.get("parent_id") != self.collection_id:
             await manager.delete(artifact_id, delete_files=True)
@@ -137,27 +141,19 @@ class ArtifactStore:
         tag: str | None = version
         if existing is None:
             await manager.create(
-                parent_id=self.collection_id, alias=manifest["id"], type="application",
+                parent_id=self.collection_id, alias=app.id, type="application",
                 manifest=manifest, stage=True,
             )  # fmt: skip
         else:
             tags = [str(v.get("version")) for v in existing.get("versions") or [] if v.get("version")]
-            latest = tags[-1] if tags else None
-            if version is None or version == latest:
+            try:
+                action = version_action(app, tags, artifact_id)
+            except ValueError as exc:
+                raise InvalidRequest(str(exc)) from exc
+            if action == "in_place":
                 tag = None  # update the latest version in place
                 await manager.edit(artifact_id, manifest=manifest, stage=True)
-            elif version in tags:
-                raise InvalidRequest(
-                    f"version {version} of {artifact_id} is older than the latest ({latest}); "
-                    "bump the version in manifest.yaml to upload a new one"
-                )
             else:
-                new_key, latest_key = version_key(version), version_key(latest) if latest else None
-                if new_key is not None and latest_key is not None and new_key < latest_key:
-                    raise InvalidRequest(
-                        f"version {version} of {artifact_id} is older than the latest ({latest}); "
-                        "bump the version in manifest.yaml"
-                    )
                 await manager.edit(artifact_id, manifest=manifest, stage=True, version="new")
         try:
             async with aiohttp.ClientSession(timeout=_TIMEOUT) as session:
@@ -191,6 +187,7 @@ class ArtifactStore:
             artifact_id = child["id"]
             apps[artifact_id] = {
                 "manifest": child.get("manifest"),
+                "format_version": format_version_of(child.get("manifest")),
                 "versions": [v.get("version") for v in child.get("versions") or []],
                 "files": await self.file_names(artifact_id),
             }

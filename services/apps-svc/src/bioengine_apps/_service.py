@@ -30,6 +30,15 @@ from typing import Any
 
 from pydantic import Field
 
+from bioengine_app_format import (
+    FORMAT_06,
+    analyze_app,
+    check_authorized_users,
+    decode_files,
+    format_version_of,
+    load_manifest,
+    validate_upload,
+)
 from bioengine_app_runtime.kv import RayKV
 from bioengine_common import (
     AppFailed,
@@ -47,7 +56,6 @@ from bioengine_common import (
 )
 from bioengine_common.contracts import worker
 
-from ._analysis import analyze_app
 from ._artifacts import ArtifactStore
 from ._deploy import (
     DeployRequest,
@@ -61,7 +69,6 @@ from ._deploy import (
     secrets_revision,
     settle_unchanged,
 )
-from ._manifest import check_authorized_users, decode_files, load_manifest
 from ._serve import ServeAdapter, enum_value, plain_message
 from ._state import (
     FAILED_STATES,
@@ -619,7 +626,7 @@ class AppsService(BioEngineService):
             self.require_admin(context, caller, "upload_app")
         try:
             decoded = decode_files(files)
-            load_manifest(decoded)
+            validate_upload(decoded)
         except ValueError as exc:
             raise InvalidRequest(str(exc)) from exc
         uploader = (resolved.get("user") or {}).get("id")
@@ -707,6 +714,12 @@ class AppsService(BioEngineService):
                 previous,
             )
             manifest, files, source = await self._load_app(artifact_id, request.version)
+            if format_version_of(manifest) == FORMAT_06:
+                raise InvalidRequest(
+                    f"cannot deploy '{artifact_id}': it is a format {FORMAT_06} app (entry "
+                    f"{manifest.get('entry')!r}), and the {FORMAT_06} runtime is not available on this "
+                    "worker yet; uploading, validating and listing it work"
+                )
             old_secrets = await self._load_secrets(application_id)
             try:
                 env = resolve_env(application_env_vars, hypha_token, previous, old_secrets)

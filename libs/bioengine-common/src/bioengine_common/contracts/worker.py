@@ -148,7 +148,7 @@ async def upload_app(
     raises={"ServiceUnavailable": "the artifact store is not available"},
 )
 async def list_apps() -> dict:
-    """Uploaded app artifacts: {artifact_id: {manifest, versions, files}} (admin only)."""
+    """Uploaded app artifacts: {artifact_id: {manifest, format_version, versions, files}} (admin only)."""
 
 
 @WORKER.method(

@@ -9,14 +9,15 @@ from ._common import _table
 
 
 def format_apps(apps: dict[str, Any]) -> str:
-    """``list_apps`` as a table: artifact id, name, versions."""
+    """``list_apps`` as a table: artifact id, name, app format, versions."""
     if not apps:
         return "No uploaded apps; upload one with `bioengine apps upload DIR`."
-    rows: list[tuple[str, ...]] = [("ARTIFACT ID", "NAME", "VERSIONS")]
+    rows: list[tuple[str, ...]] = [("ARTIFACT ID", "NAME", "FORMAT", "VERSIONS")]
     for artifact_id, info in sorted(apps.items()):
         manifest = (info or {}).get("manifest") or {}
         versions = [str(v) for v in (info or {}).get("versions") or [] if v]
-        rows.append((artifact_id, str(manifest.get("name") or "-"), ", ".join(versions) or "-"))
+        app_format = str((info or {}).get("format_version") or "-")  # older workers do not say
+        rows.append((artifact_id, str(manifest.get("name") or "-"), app_format, ", ".join(versions) or "-"))
     return "\n".join(_table(rows))
 
 

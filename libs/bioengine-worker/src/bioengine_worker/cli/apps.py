@@ -1,5 +1,6 @@
-"""``bioengine apps upload|run|deploy|list|status|logs|stop``: app folders, deployment options,
-following a deployment until it runs or fails."""
+"""``bioengine apps validate|upload|run|deploy|list|status|logs|stop``: app folders (checked
+without a server by ``validate``), deployment options, following a deployment until it runs or
+fails."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from bioengine_app_format import FORMAT_06, AppCheck, check_app, decode_files
 from bioengine_common.contracts.worker import WAIT_MAX_S  # the longest wait_for_app accepts
 
 from ._common import EXIT_USAGE, Caller, CliError, _common_options, _session, _timeout
@@ -36,7 +38,7 @@ def read_app_folder(directory: str | os.PathLike[str]) -> list[dict[str, str]]:
         raise CliError(f"'{directory}' is not a folder; give the app's folder", EXIT_USAGE)
     if not any((root / name).is_file() for name in MANIFEST_NAMES):
         raise CliError(
-            f"'{directory}' has no manifest.yaml; an app folder needs one (name, id, deployments, ...)",
+            f"'{directory}' has no manifest.yaml; an app folder needs one (name, id, entry or deployments, ...)",
             EXIT_USAGE,
         )
     files: list[dict[str, str]] = []
@@ -57,6 +59,63 @@ def read_app_folder(directory: str | os.PathLike[str]) -> list[dict[str, str]]:
                     {"name": relative, "content": base64.b64encode(data).decode("ascii"), "type": "base64"}
                 )
     return files
+
+
+def validate_app_folder(directory: str | os.PathLike[str]) -> AppCheck:
+    """Check an app folder of either format as it would be uploaded, without a server.
+
+    The files are those ``read_app_folder`` gives ``upload_app``; the checks are
+    ``bioengine_app_format.check_app`` (manifest, and the code read with ``ast``, never imported).
+    """
+    try:
+        files = decode_files(read_app_folder(directory))
+    except ValueError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from exc
+    return check_app(files)
+
+
+def validate_report(directory: str | os.PathLike[str], check: AppCheck) -> list[str]:
+    """What ``apps validate`` prints: a line per problem (``DIR/file:line: message``), or one summary line."""
+    root = Path(directory)
+    if check.problems:
+        return [
+            f"{(root / p.file).as_posix()}{f':{p.line}' if p.line else ''}: {p.message}"
+            for p in check.problems
+        ]
+    app = check.manifest
+    assert app is not None
+    what = (
+        f"entry {app.entry}"
+        if app.format_version == FORMAT_06
+        else "deployments " + ", ".join(app.deployments)
+    )
+    line = f"{root.as_posix()}: valid app '{app.id}'{f' {app.version}' if app.version else ''} (format {app.format_version}, {what})"
+    if check.replica_files is not None:
+        line += f"; {len(check.replica_files)} file(s) reach the replicas"
+    return [line]
+
+
+def _validate(args: argparse.Namespace) -> None:
+    check = validate_app_folder(args.directory)
+    lines = validate_report(args.directory, check)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "valid": not check.problems,
+                    "format_version": check.format_version,
+                    "problems": [
+                        {"file": p.file, "line": p.line, "message": p.message} for p in check.problems
+                    ],
+                    "replica_files": check.replica_files,
+                }
+            )
+        )
+    else:
+        for line in lines:
+            print(line)
+    if check.problems:
+        raise CliError(f"{len(check.problems)} problem(s) in {args.directory}", 1)
 
 
 def parse_env_vars(pairs: Sequence[str], scope: str | None = None) -> dict[str, dict[str, str]] | None:
@@ -259,6 +318,9 @@ async def _apps(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    if args.apps_command == "validate":  # no server
+        _validate(args)
+        return
     asyncio.run(_apps(args))
 
 
@@ -288,6 +350,17 @@ def add_parser(sub: Any, worker: argparse.ArgumentParser) -> None:
 
     def common(timeout_default: str = "30") -> list[argparse.ArgumentParser]:
         return [_common_options(False, f"Seconds to wait for an answer (default: {timeout_default})"), worker]
+
+    validate = apps_sub.add_parser(
+        "validate",
+        help="Check an app folder (format 0.6.0 or deployments:) without a server; every problem "
+        "with file and line, exit 1 when there are any",
+    )
+    validate.add_argument("directory", metavar="DIR", help="App folder with manifest.yaml and code")
+    # SUPPRESS: `bioengine --json apps validate DIR` (the top-level flag) works as well.
+    validate.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="Print the result as one JSON object"
+    )
 
     upload = apps_sub.add_parser(
         "upload", parents=common("120"), help="Upload an app folder; prints the artifact id"
@@ -333,7 +406,9 @@ def add_parser(sub: Any, worker: argparse.ArgumentParser) -> None:
     deploy.add_argument("directory", metavar="DIR", help="App folder with manifest.yaml and code")
     deploy.add_argument("--wait", action=argparse.BooleanOptionalAction, help=wait_help.format("yes"))
 
-    apps_sub.add_parser("list", parents=common(), help="Uploaded apps: artifact id, name, versions")
+    apps_sub.add_parser(
+        "list", parents=common(), help="Uploaded apps: artifact id, name, app format, versions"
+    )
     status = apps_sub.add_parser(
         "status", parents=common(), help="Deployed apps: state, methods, service id, deployments"
     )

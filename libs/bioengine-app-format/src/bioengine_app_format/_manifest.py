@@ -1,9 +1,11 @@
-"""App files and ``manifest.yaml``: decoding and validation, pure functions.
+"""The current app format (``deployments:``, ``format_version: 0.5.0``) and the app files shared by
+both formats: decoding uploads, ``authorized_users`` rules, sortable versions. Pure functions.
 
-The manifest schema follows the public BioEngine worker: required ``name``, ``id``,
+The manifest schema follows the public BioEngine worker before 0.11: required ``name``, ``id``,
 ``id_emoji``, ``description``, ``type: ray-serve`` and ``deployments`` (``"<file stem>:<Class>"``,
 the entry deployment first); optional ``version``, ``authorized_users`` (a list for every
 method, or ``{method_or_*: [users]}``), ``frontend_entry`` and free metadata.
+Format 0.6.0 (``entry: module:Class``) is in :mod:`._v06`; :mod:`._app` picks the format.
 """
 
 from __future__ import annotations
@@ -15,15 +17,12 @@ from collections.abc import Iterable, Mapping
 from pathlib import PurePosixPath
 from typing import Any
 
-import yaml
-
 __all__ = [
     "ID_PATTERN",
     "MANIFEST_NAMES",
     "REQUIRED_FIELDS",
     "check_authorized_users",
     "decode_files",
-    "load_manifest",
     "validate_manifest",
     "version_key",
 ]
@@ -156,24 +155,6 @@ def validate_manifest(manifest: Any, file_names: Iterable[str] | None = None) ->
     ):
         problems.append(f"frontend_entry: {frontend!r} is not a file of the app")
     return problems
-
-
-def load_manifest(files: Mapping[str, bytes]) -> dict[str, Any]:
-    """The parsed and validated manifest of an app's files; ValueError lists every problem."""
-    name = next((n for n in MANIFEST_NAMES if n in files), None)
-    if name is None:
-        raise ValueError("the app has no manifest.yaml")
-    try:
-        manifest = yaml.safe_load(files[name].decode("utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{name} is not valid YAML: {exc}") from exc
-    problems = validate_manifest(manifest, files.keys())
-    if problems:
-        raise ValueError(f"invalid {name}: " + "; ".join(problems))
-    manifest = dict(manifest)
-    if manifest.get("version") is not None:
-        manifest["version"] = str(manifest["version"])
-    return manifest
 
 
 def version_key(version: str) -> tuple[Any, ...] | None:

@@ -1,4 +1,4 @@
-"""Manifest and file checks of apps-svc: validate_manifest, decode_files, load_manifest,
+"""The current format (deployments:): validate_manifest, decode_files, load_manifest,
 version_key and the authorized_users argument. Pure: no Ray, no Hypha."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import yaml
 
-from bioengine_apps import _manifest
-from bioengine_apps._manifest import (
+from bioengine_app_format import (
     REQUIRED_FIELDS,
+    _manifest,
     decode_files,
     load_manifest,
     validate_manifest,
@@ -482,7 +482,7 @@ def test_version_key_sorts_a_list():
 
 
 def test_authorized_users_argument_is_checked_like_the_manifest():
-    from bioengine_apps._manifest import check_authorized_users
+    from bioengine_app_format import check_authorized_users
 
     assert check_authorized_users(["*"]) == [] and check_authorized_users({"ping": ["a@b.c"]}) == []
     assert check_authorized_users({"ping": "alice"}) == [

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from bioengine_apps._analysis import analyze_app
-from bioengine_apps._manifest import (
+from bioengine_app_format import (
+    analyze_app,
     load_manifest,
 )
 
