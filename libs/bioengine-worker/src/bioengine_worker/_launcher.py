@@ -33,11 +33,15 @@ from bioengine_common import (
     free_port,
     load_settings,
     token_claims,
+    within,
 )
 from bioengine_common.cluster_options import CLUSTER_OPTIONS, ClusterOptions
 from bioengine_common.local_stack import EmbeddedHypha, port_free
 
 from ._supervisor import Dependency, ManagedProcess, Supervisor
+
+#: The banner's last line: the worker is ready (tests and scripts wait for it).
+READY_LINE = "Press Ctrl-C to stop."
 
 CONNECTION_FILE = "worker.json"
 _PER_PROCESS_VARIABLES = {"BIOENGINE_CLIENT_ID", "BIOENGINE_LOG_FILE", "BIOENGINE_TOKEN"}
@@ -361,7 +365,7 @@ class Launcher:
                     if name in registered:
                         continue
                     try:
-                        info = await asyncio.wait_for(
+                        info = await within(
                             server.get_service_info(f"{workspace}/{SERVICE_IDS[name]}", {"mode": "last"}),
                             STARTUP_CALL_TIMEOUT_S,
                         )
@@ -375,11 +379,11 @@ class Launcher:
                 if "gateway" in registered:
                     try:
                         if gateway is None:
-                            gateway = await asyncio.wait_for(
+                            gateway = await within(
                                 server.get_service(f"{workspace}/bioengine-worker", {"mode": "last"}),
                                 STARTUP_CALL_TIMEOUT_S,
                             )
-                        status = await asyncio.wait_for(gateway.get_status(), STARTUP_CALL_TIMEOUT_S)
+                        status = await within(gateway.get_status(), STARTUP_CALL_TIMEOUT_S)
                     except Exception:
                         gateway = None  # restarted under a new client id: look it up again
                 if status is not None:
@@ -453,7 +457,7 @@ class Launcher:
             ),
             "Check it with: uv run bioengine status"
             + (f" --workspace-dir {self.dir}" if self.dir != Path("~/.bioengine").expanduser() else ""),
-            "Press Ctrl-C to stop.",
+            READY_LINE,
         ]
         print("\n".join(lines), flush=True)
 
@@ -479,7 +483,7 @@ class Launcher:
                 if startup.done():
                     startup.result()  # raises what made the start-up fail
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=0.5)
+                    await within(stop.wait(), 0.5)
         finally:
             startup.cancel()
             with contextlib.suppress(BaseException):

@@ -24,6 +24,7 @@ from bioengine_common import (
     forwarded_caller,
     from_remote,
     is_authorized,
+    within,
 )
 from bioengine_common.contracts import SERVICE_IDS, WORKER, MethodContract, worker
 
@@ -148,7 +149,7 @@ class GatewayService(BioEngineService):
             except Exception as exc:
                 raise ServiceUnavailable(f"{BACKENDS[name]} is not available: {error_summary(exc)}") from exc
             try:
-                return await asyncio.wait_for(getattr(proxy, method)(**kwargs), timeout)
+                return await within(getattr(proxy, method)(**kwargs), timeout)
             except TimeoutError as exc:
                 raise ServiceUnavailable(
                     f"{BACKENDS[name]}.{method} did not answer within {timeout:g} s"
