@@ -48,5 +48,5 @@ fi
 
 podman import --quiet "$TARBALL" "$ROOTFS_IMAGE" >/dev/null
 echo "--- imported $ROOTFS_IMAGE ($((SECONDS - started)) s)"
-podman build --quiet --network host -t "$BASE" -f Containerfile.base . >/dev/null
+podman build --quiet --format docker --network host -t "$BASE" -f Containerfile.base . >/dev/null
 echo "--- built $BASE in $((SECONDS - started)) s: $(podman image inspect "$BASE" --format '{{.Size}}' | awk '{printf "%.0f MB", $1/1e6}')"

@@ -3,7 +3,8 @@
 # (default: all). NAME is one of: hypha-server gateway-svc cluster-svc apps-svc datasets-svc
 # ray-worker; the image is localhost/bioengine-NAME:latest. Builds the base image first when it
 # is missing (base.sh). Prints each image's build time and size.
-# uv's download cache is a podman cache mount, so a rebuild after a source change is fast.
+# Unchanged steps come from podman's layer cache; uv's download cache is a podman cache mount, so
+# a rebuild after a source change downloads nothing. `--format docker`: OCI images drop HEALTHCHECK.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -23,21 +24,22 @@ uv_bin="$(PATH="$PATH:$HOME/.local/bin" command -v uv || true)"
 
 # The build context: the sources uv needs (no virtualenvs, caches, tests or .git), uv itself,
 # the host's CA bundle (for the build stage's downloads only) and this folder's scripts.
-context="$(mktemp -d)"
-trap 'rm -rf "$context"' EXIT
+# Always the same directory: podman's layer cache misses when the context's path changes.
+context="${XDG_CACHE_HOME:-$HOME/.cache}/bioengine/build-context"
+rm -rf "$context"
 mkdir -p "$context/workspace"
 tar -C "$root" -cf - --exclude=.venv --exclude=__pycache__ --exclude='*.pyc' --exclude=tests \
     --exclude=.pytest_cache --exclude=.mypy_cache --exclude=.ruff_cache \
     pyproject.toml uv.lock libs services infra/hypha-server | tar -C "$context/workspace" -xf -
-cp "$uv_bin" "$context/uv"
-cp "${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}" "$context/host-ca.crt"
-cp "$here"/entrypoint.sh "$here"/healthcheck.py "$here"/server-entrypoint.sh "$context/"
+cp -p "$uv_bin" "$context/uv"
+cp -p "${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}" "$context/host-ca.crt"
+cp -p "$here"/entrypoint.sh "$here"/healthcheck.py "$here"/mint-tokens.py "$here"/server-entrypoint.sh "$context/"
 
 printf '%-34s %10s %10s\n' IMAGE "BUILD (s)" "SIZE (MB)"
 for name in "${names[@]}"; do
   image="localhost/bioengine-$name:latest"
   started=$EPOCHREALTIME
-  if ! podman build --quiet --network host --layers -t "$image" -f "$here/$name.Containerfile" \
+  if ! podman build --quiet --format docker --network host --layers -t "$image" -f "$here/$name.Containerfile" \
       "$context" >"$context/build.log" 2>&1; then
     cat "$context/build.log" >&2
     echo "building $image failed" >&2

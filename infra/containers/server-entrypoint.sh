@@ -1,11 +1,15 @@
 #!/bin/sh
 # Start SeaweedFS (S3 on loopback), wait for it, then run the Hypha server as PID 1 on
 # 0.0.0.0:$HYPHA_PORT with the shared workspace $BIOENGINE_WORKSPACE created at start-up.
-# The JWT secret is $HYPHA_JWT_SECRET, else /data/hypha/jwt_secret (made once, mode 0600), so
-# tokens stay valid across restarts. Extra arguments go to `python -m hypha.server`.
+# The JWT secret is $HYPHA_JWT_SECRET, else the file $HYPHA_JWT_SECRET_FILE (the compose stack's
+# secrets volume), else /data/hypha/jwt_secret (made once, mode 0600), so tokens stay valid
+# across restarts. Extra arguments go to `python -m hypha.server`.
 set -eu
 DATA=/data
 mkdir -p "$DATA/hypha" "$DATA/seaweedfs"
+if [ -z "${HYPHA_JWT_SECRET:-}" ] && [ -n "${HYPHA_JWT_SECRET_FILE:-}" ]; then
+  HYPHA_JWT_SECRET=$(cat "$HYPHA_JWT_SECRET_FILE")
+fi
 if [ -z "${HYPHA_JWT_SECRET:-}" ]; then
   if [ ! -s "$DATA/hypha/jwt_secret" ]; then
     (umask 077; python3 -c 'import secrets; print(secrets.token_hex(32))' >"$DATA/hypha/jwt_secret")
