@@ -49,5 +49,4 @@ for name in "${names[@]}"; do
   size=$(podman image inspect "$image" --format '{{.Size}}')
   printf '%-34s %10.1f %10.0f\n' "$image" "$seconds" "$((size / 1000000))"
 done
-# Dangling layers of earlier builds of the same tags.
-podman image prune --force >/dev/null
+# No `podman image prune` here: the untagged intermediate layers are the build cache.
