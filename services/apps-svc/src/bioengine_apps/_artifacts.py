@@ -5,6 +5,10 @@ current format: a manifest ``version`` not stored yet makes a new snapshot and k
 ones; the latest version again updates in place; an older one is refused. Format 0.6.0: every
 upload needs a new, strictly higher PEP 440 ``version``. Files go to presigned URLs; a failed upload discards the staged changes, so a broken
 upload never replaces a working app.
+
+Frontends: an app whose manifest names a ``frontend_entry`` (either format) gets the artifact's
+``view_config`` set at upload, and Hypha serves the entry's folder statically at
+``<public base URL>/<workspace>/view/<alias>/`` (:func:`view_config_for`, :func:`static_site_url`).
 """
 
 from __future__ import annotations
@@ -12,21 +16,92 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 
 from bioengine_app_format import format_version_of, load_app_manifest, version_action
 from bioengine_common import InvalidRequest, NotFound, error_summary
 
-__all__ = ["COLLECTION", "ArtifactStore"]
+__all__ = [
+    "COLLECTION",
+    "PUBLIC_READ",
+    "ArtifactStore",
+    "dev_version_problem",
+    "static_site_url",
+    "view_config_for",
+]
 
 COLLECTION = "applications"
 _TIMEOUT = aiohttp.ClientTimeout(total=60)
 
 
+#: Artifact permissions of an app uploaded with ``public=True``: anyone may read it (its files
+#: and its frontend page).
+PUBLIC_READ = {"*": "r"}
+
+
+def view_config_for(frontend_entry: str | None) -> dict[str, Any] | None:
+    """The artifact ``view_config`` that makes Hypha serve an app's frontend: the entry's folder
+    is the site's root and the entry its index page (None: the app has no frontend)."""
+    if not frontend_entry:
+        return None
+    folder, _, index = frontend_entry.strip("/").rpartition("/")
+    return {"branch": "main", "root_directory": folder or "/", "index": index, "headers": {}}
+
+
+def static_site_url(
+    public_base_url: str,
+    workspace: str,
+    alias: str,
+    view_config: Any,
+    query: dict[str, str | None] | None = None,
+) -> str | None:
+    """Where Hypha serves an app's frontend (None without a ``view_config``): the index page of
+    the site's root, with ``query`` (the app's server and service ids, the ones set) appended."""
+    if not isinstance(view_config, dict):
+        return None
+    index = str(view_config.get("index") or "index.html")
+    # Hypha serves "index.html" for the bare folder; any other entry page is named in the URL.
+    url = f"{public_base_url.rstrip('/')}/{workspace}/view/{alias}/" + (
+        "" if index == "index.html" else index
+    )
+    params = {k: v for k, v in (query or {}).items() if v}
+    return f"{url}?{urlencode(params)}" if params else url
+
+
+def dev_version_problem(version: str) -> str | None:
+    """Why a version may not be deleted on its own (only development versions may: their tag
+    contains 'dev'), or None."""
+    if "dev" not in str(version):
+        return (
+            f"only development versions (a tag containing 'dev', e.g. '1.2.0.dev1') can be deleted "
+            f"one by one; '{version}' is a release: delete the whole app with delete_app"
+        )
+    return None
+
+
 def _is_not_found(exc: BaseException) -> bool:
     text = str(exc)
     return "does not exist" in text or "not found" in text.lower() or "KeyError" in text
+
+
+def _upload_config(
+    existing: Mapping[str, Any] | None, frontend_entry: str | None, public: bool
+) -> dict[str, Any]:
+    """The artifact config an upload writes: the existing one with the frontend's view_config
+    set (or dropped) and, for a public upload, read access for anyone added."""
+    config = dict((existing or {}).get("config") or {})
+    permissions = dict(config.get("permissions") or {})
+    if public:
+        permissions.update(PUBLIC_READ)
+    view = view_config_for(frontend_entry)
+    if view is None:
+        config.pop("view_config", None)
+    else:
+        config["view_config"] = view
+    config["permissions"] = permissions
+    return config
 
 
 class ArtifactStore:
@@ -122,8 +197,12 @@ class ArtifactStore:
                 names.append(path)
         return names
 
-    async def upload(self, files: Mapping[str, bytes], created_by: str | None) -> str:
-        """Store an app (files incl. manifest.yaml); return its artifact id ``workspace/alias``."""
+    async def upload(self, files: Mapping[str, bytes], created_by: str | None, public: bool = False) -> str:
+        """Store an app (files incl. manifest.yaml); return its artifact id ``workspace/alias``.
+
+        The artifact's ``view_config`` follows the manifest's ``frontend_entry`` (set, changed or
+        removed with each upload); ``public`` lets anyone read the app (its files and its
+        frontend page), and an app once public stays so until deleted."""
         try:
             app = load_app_manifest(files)
         except ValueError as exc:
@@ -139,10 +218,11 @@ class ArtifactStore:
             await manager.delete(artifact_id, delete_files=True)
             existing = None
         tag: str | None = version
+        config = _upload_config(existing, app.frontend_entry, public)
         if existing is None:
             await manager.create(
                 parent_id=self.collection_id, alias=app.id, type="application",
-                manifest=manifest, stage=True,
+                manifest=manifest, config=config, stage=True,
             )  # fmt: skip
         else:
             tags = [str(v.get("version")) for v in existing.get("versions") or [] if v.get("version")]
@@ -152,9 +232,9 @@ class ArtifactStore:
                 raise InvalidRequest(str(exc)) from exc
             if action == "in_place":
                 tag = None  # update the latest version in place
-                await manager.edit(artifact_id, manifest=manifest, stage=True)
+                await manager.edit(artifact_id, manifest=manifest, config=config, stage=True)
             else:
-                await manager.edit(artifact_id, manifest=manifest, stage=True, version="new")
+                await manager.edit(artifact_id, manifest=manifest, config=config, stage=True, version="new")
         try:
             async with aiohttp.ClientSession(timeout=_TIMEOUT) as session:
                 await asyncio.gather(*(self._put(session, artifact_id, n, d) for n, d in files.items()))
@@ -174,6 +254,11 @@ class ArtifactStore:
         return artifact_id
 
     # ---- read -------------------------------------------------------------------------------------
+    async def view_config(self, artifact_id: str) -> Any:
+        """The artifact's ``view_config`` (None: no frontend, or no such artifact)."""
+        record = await self._read(self.full_id(artifact_id))
+        return ((record or {}).get("config") or {}).get("view_config")
+
     async def list_apps(self) -> dict[str, Any]:
         manager = await self.manager()
         try:
@@ -238,6 +323,27 @@ class ArtifactStore:
 
             await asyncio.gather(*(download(name) for name in names))
         return record, files
+
+    async def delete_version(self, artifact_id: str, version: str) -> str:
+        """Delete one development version of an app (see :func:`dev_version_problem`); the
+        artifact's full id. The caller checks that no app runs that version."""
+        full = self.full_id(artifact_id)
+        if not full.startswith(f"{self.workspace}/"):
+            raise InvalidRequest(f"'{full}' is not in this worker's workspace '{self.workspace}'")
+        problem = dev_version_problem(version)
+        if problem:
+            raise InvalidRequest(problem)
+        record = await self.get(full)
+        tags = [str(v.get("version")) for v in record.get("versions") or []]
+        if version not in tags:
+            raise NotFound(f"app '{full}' has no version '{version}' (versions: {', '.join(tags) or 'none'})")
+        if len(tags) == 1:
+            raise InvalidRequest(
+                f"'{version}' is the only version of '{full}'; delete the whole app with delete_app"
+            )
+        manager = await self.manager()
+        await manager.delete(full, version=version, delete_files=True)
+        return full
 
     async def delete(self, artifact_id: str) -> None:
         full = self.full_id(artifact_id)
