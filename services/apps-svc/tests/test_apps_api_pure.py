@@ -39,7 +39,9 @@ def test_scaling_takes_replicas_or_an_autoscaling_config_per_class():
 def test_scaling_names_an_unknown_class_and_the_app_s_classes():
     (problem,) = scaling_problems({"Nope": {"num_replicas": 1}}, CLASSES)
     assert (
-        "scaling.Nope" in problem and "no deployment class 'Nope'" in problem and "Entry, Helper" in problem
+        "scaling['Nope']" in problem
+        and "no deployment class 'Nope'" in problem
+        and "Entry, Helper" in problem
     )
     # Class names not known (yet): only the shape is checked.
     assert scaling_problems({"Nope": {"num_replicas": 1}}, None) == []
@@ -48,11 +50,14 @@ def test_scaling_names_an_unknown_class_and_the_app_s_classes():
 @pytest.mark.parametrize(
     ("rule", "expected"),
     [
-        ({"num_replicas": 0}, "scaling.Entry.num_replicas: must be a whole number >= 1"),
-        ({"num_replicas": True}, "scaling.Entry.num_replicas"),
+        ({"num_replicas": 0}, "scaling['Entry'].num_replicas: must be a whole number >= 1"),
+        ({"num_replicas": True}, "scaling['Entry'].num_replicas"),
         ({"num_replicas": 1, "autoscaling_config": {}}, "exactly one of num_replicas or autoscaling_config"),
         ({"replicas": 2}, "exactly one of"),
-        ({"autoscaling_config": {"min_replicas": 3, "max_replicas": 1}}, "scaling.Entry.autoscaling_config"),
+        (
+            {"autoscaling_config": {"min_replicas": 3, "max_replicas": 1}},
+            "scaling['Entry'].autoscaling_config",
+        ),
         ({"autoscaling_config": {"bogus": 1}}, "unknown option(s) bogus"),
         ({"autoscaling_config": [1]}, "must be a mapping"),
     ],
@@ -157,14 +162,14 @@ def test_static_site_url_with_the_app_s_server_and_service():
 
 def test_an_upload_sets_or_drops_the_view_config_and_keeps_other_config():
     existing = {"config": {"permissions": {"admin": "*"}, "view_config": {"index": "old.html"}, "x": 1}}
-    config = _upload_config(existing, "frontend/index.html", public=False)
+    config = _upload_config(existing, "frontend/index.html")
     assert config == {
         "permissions": {"admin": "*"},
         "view_config": view_config_for("frontend/index.html"),
         "x": 1,
     }
-    assert "view_config" not in _upload_config(existing, None, public=False)
-    assert _upload_config(None, None, public=True) == {"permissions": {"*": "r"}}
+    assert _upload_config(existing, None) == {"permissions": {"admin": "*"}, "x": 1}
+    assert _upload_config(None, None) == {}
 
 
 # ---- development versions ------------------------------------------------------------------------------
@@ -181,10 +186,10 @@ def test_deployment_logs_override_logs_tail_per_deployment():
     assert (lines("Entry"), lines("BioEngineProxy"), lines("Helper")) == (50, -1, 0)
     assert _log_lines(30, None)("Entry") == 30
     with pytest.raises(
-        InvalidRequest, match=r"deployment_logs\.Entry: log lines must be a whole number >= -1"
+        InvalidRequest, match=r"deployment_logs\['Entry'\]: log lines must be a whole number >= -1"
     ):
         _log_lines(0, {"Entry": -2})
-    with pytest.raises(InvalidRequest, match=r"deployment_logs\.Entry"):
+    with pytest.raises(InvalidRequest, match=r"deployment_logs\['Entry'\]"):
         _log_lines(0, {"Entry": "10"})
 
 

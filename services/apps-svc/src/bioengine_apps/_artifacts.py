@@ -9,6 +9,12 @@ upload never replaces a working app.
 Frontends: an app whose manifest names a ``frontend_entry`` (either format) gets the artifact's
 ``view_config`` set at upload, and Hypha serves the entry's folder statically at
 ``<public base URL>/<workspace>/view/<alias>/`` (:func:`view_config_for`, :func:`static_site_url`).
+
+Public apps: Hypha lets a caller read an artifact's files only when the artifact's collection
+lets them too, and a collection that lets anyone read lets anyone read all its children. So an
+app uploaded with ``public=True`` goes into a second collection, ``applications-public``, that
+anyone may read (its files and its frontend page); the others stay in ``applications``, readable
+by the workspace only. An app's collection is chosen when it is first uploaded.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from bioengine_common import InvalidRequest, NotFound, error_summary
 
 __all__ = [
     "COLLECTION",
-    "PUBLIC_READ",
+    "PUBLIC_COLLECTION",
     "ArtifactStore",
     "dev_version_problem",
     "static_site_url",
@@ -36,9 +42,8 @@ COLLECTION = "applications"
 _TIMEOUT = aiohttp.ClientTimeout(total=60)
 
 
-#: Artifact permissions of an app uploaded with ``public=True``: anyone may read it (its files
-#: and its frontend page).
-PUBLIC_READ = {"*": "r"}
+#: The collection of the apps uploaded with ``public=True``: anyone may read them.
+PUBLIC_COLLECTION = "applications-public"
 
 
 def view_config_for(frontend_entry: str | None) -> dict[str, Any] | None:
@@ -86,21 +91,15 @@ def _is_not_found(exc: BaseException) -> bool:
     return "does not exist" in text or "not found" in text.lower() or "KeyError" in text
 
 
-def _upload_config(
-    existing: Mapping[str, Any] | None, frontend_entry: str | None, public: bool
-) -> dict[str, Any]:
+def _upload_config(existing: Mapping[str, Any] | None, frontend_entry: str | None) -> dict[str, Any]:
     """The artifact config an upload writes: the existing one with the frontend's view_config
-    set (or dropped) and, for a public upload, read access for anyone added."""
+    set (or dropped)."""
     config = dict((existing or {}).get("config") or {})
-    permissions = dict(config.get("permissions") or {})
-    if public:
-        permissions.update(PUBLIC_READ)
     view = view_config_for(frontend_entry)
     if view is None:
         config.pop("view_config", None)
     else:
         config["view_config"] = view
-    config["permissions"] = permissions
     return config
 
 
@@ -123,6 +122,10 @@ class ArtifactStore:
     def collection_id(self) -> str:
         return f"{self.workspace}/{COLLECTION}"
 
+    @property
+    def public_collection_id(self) -> str:
+        return f"{self.workspace}/{PUBLIC_COLLECTION}"
+
     def full_id(self, artifact_id: str) -> str:
         if not artifact_id or not isinstance(artifact_id, str):
             raise InvalidRequest("artifact_id must be a non-empty string")
@@ -138,19 +141,27 @@ class ArtifactStore:
                 ) from exc
         return self._manager
 
-    async def ensure_collection(self) -> None:
+    async def ensure_collection(self, public: bool = False) -> None:
+        """Create the apps collection (or the public one) unless it exists."""
         manager = await self.manager()
+        collection_id = self.public_collection_id if public else self.collection_id
         try:
-            await manager.read(self.collection_id)
+            await manager.read(collection_id)
         except Exception as exc:
             if not _is_not_found(exc):
                 raise
+            extra: dict[str, Any] = {"config": {"permissions": {"*": "r"}}} if public else {}
             try:
                 await manager.create(
                     type="collection",
-                    alias=COLLECTION,
+                    alias=PUBLIC_COLLECTION if public else COLLECTION,
                     workspace=self.workspace,
-                    manifest={"name": "Applications", "description": "BioEngine apps of this workspace"},
+                    manifest={
+                        "name": "Public applications" if public else "Applications",
+                        "description": "BioEngine apps of this workspace"
+                        + (" that anyone may read" if public else ""),
+                    },
+                    **extra,
                 )
             except Exception as create_error:  # created meanwhile by another replica
                 if "already exists" not in str(create_error):
@@ -201,27 +212,37 @@ class ArtifactStore:
         """Store an app (files incl. manifest.yaml); return its artifact id ``workspace/alias``.
 
         The artifact's ``view_config`` follows the manifest's ``frontend_entry`` (set, changed or
-        removed with each upload); ``public`` lets anyone read the app (its files and its
-        frontend page), and an app once public stays so until deleted."""
+        removed with each upload). ``public`` puts a new app into the collection anyone may
+        read (its files and its frontend page); an app keeps the collection it was first
+        uploaded to (asking a private one to become public is an InvalidRequest)."""
         try:
             app = load_app_manifest(files)
         except ValueError as exc:
             raise InvalidRequest(str(exc)) from exc
         manifest = dict(app.manifest)
         manifest["created_by"] = created_by
-        await self.ensure_collection()
         manager = await self.manager()
         artifact_id = f"{self.workspace}/{app.id}"
         version = app.version
         existing = await self._read(artifact_id)
-        if existing is not None and existing.get("parent_id") != self.collection_id:
+        parents = (self.collection_id, self.public_collection_id)
+        if existing is not None and existing.get("parent_id") not in parents:
             await manager.delete(artifact_id, delete_files=True)
             existing = None
+        if existing is not None and public and existing.get("parent_id") != self.public_collection_id:
+            raise InvalidRequest(
+                f"app '{artifact_id}' was uploaded without public=True and stays private; to make it "
+                "public, delete it (delete_app) and upload it again with public=True"
+            )
+        parent_id = (existing or {}).get("parent_id") or (
+            self.public_collection_id if public else self.collection_id
+        )
+        await self.ensure_collection(public=parent_id == self.public_collection_id)
         tag: str | None = version
-        config = _upload_config(existing, app.frontend_entry, public)
+        config = _upload_config(existing, app.frontend_entry)
         if existing is None:
             await manager.create(
-                parent_id=self.collection_id, alias=app.id, type="application",
+                parent_id=parent_id, alias=app.id, type="application",
                 manifest=manifest, config=config, stage=True,
             )  # fmt: skip
         else:
@@ -261,21 +282,23 @@ class ArtifactStore:
 
     async def list_apps(self) -> dict[str, Any]:
         manager = await self.manager()
-        try:
-            children = await manager.list(self.collection_id)
-        except Exception as exc:
-            if _is_not_found(exc):
-                return {}
-            raise
         apps: dict[str, Any] = {}
-        for child in children:
-            artifact_id = child["id"]
-            apps[artifact_id] = {
-                "manifest": child.get("manifest"),
-                "format_version": format_version_of(child.get("manifest")),
-                "versions": [v.get("version") for v in child.get("versions") or []],
-                "files": await self.file_names(artifact_id),
-            }
+        for collection_id in (self.collection_id, self.public_collection_id):
+            try:
+                children = await manager.list(collection_id)
+            except Exception as exc:
+                if _is_not_found(exc):
+                    continue
+                raise
+            for child in children:
+                artifact_id = child["id"]
+                apps[artifact_id] = {
+                    "manifest": child.get("manifest"),
+                    "format_version": format_version_of(child.get("manifest")),
+                    "versions": [v.get("version") for v in child.get("versions") or []],
+                    "files": await self.file_names(artifact_id),
+                    "public": collection_id == self.public_collection_id,
+                }
         return apps
 
     async def file_names(self, artifact_id: str, version: str | None = None, dir_path: str = "") -> list[str]:

@@ -52,7 +52,7 @@ def scaling_problems(scaling: Any, class_names: Iterable[str] | None) -> list[st
     known = set(class_names) if class_names is not None else None
     problems = []
     for name, rule in scaling.items():
-        where = f"scaling.{name}"
+        where = f"scaling['{name}']"
         if known is not None and name not in known:
             problems.append(
                 f"{where}: the app has no deployment class '{name}' (it has: {', '.join(sorted(known))})"

@@ -124,7 +124,7 @@ def _log_lines(logs_tail: int, deployment_logs: dict | None) -> Callable[[str], 
     for name, value in (deployment_logs or {}).items():
         if isinstance(value, bool) or not isinstance(value, int) or value < -1:
             raise InvalidRequest(
-                f"deployment_logs.{name}: log lines must be a whole number >= -1 (-1 all, 0 none)"
+                f"deployment_logs['{name}']: log lines must be a whole number >= -1 (-1 all, 0 none)"
             )
         overrides[str(name)] = value
     return lambda name: overrides.get(name, int(logs_tail))

@@ -120,8 +120,9 @@ async def list_datasets() -> dict:
     timeout=CallTimeout(120.0),
     admin_unless=("workspace", "hypha_token"),
     raises={
-        "InvalidRequest": "only one of `workspace` and `hypha_token` is given, or the files or "
-        "the manifest are not valid (the message says what is wrong)",
+        "InvalidRequest": "only one of `workspace` and `hypha_token` is given, the files or "
+        "the manifest are not valid (the message says what is wrong), or `public` for an app "
+        "uploaded private before",
         "ServiceUnavailable": "the artifact store is not available",
     },
 )
@@ -134,7 +135,9 @@ async def upload_app(
     ),
     hypha_token: str | None = Field(None, description="Token for `workspace`."),
     public: bool = Field(
-        False, description="Let anyone read the app's artifact (its files and its frontend page)."
+        False,
+        description="A new app goes into the collection anyone may read ('applications-public'): "
+        "its files and its frontend page. An app keeps the collection of its first upload.",
     ),
 ) -> str:
     """Validate and store an app as an artifact of collection 'applications'; returns 'workspace/alias'.
@@ -153,7 +156,7 @@ async def upload_app(
     raises={"ServiceUnavailable": "the artifact store is not available"},
 )
 async def list_apps() -> dict:
-    """Uploaded app artifacts: {artifact_id: {manifest, format_version, versions, files}} (admin only)."""
+    """Uploaded app artifacts: {artifact_id: {manifest, format_version, versions, files, public}} (admin only)."""
 
 
 @WORKER.method(
