@@ -135,3 +135,37 @@ def test_call_usage_errors(argv, expected, remote, capsys):
     with pytest.raises(SystemExit) as caught:
         cli.main(argv)
     assert caught.value.code == 2 and expected in capsys.readouterr().err
+
+
+# ---- the launcher hands --startup-applications to bioengine-apps ---------------------------------------
+def test_the_launcher_hands_startup_applications_to_apps_svc_only(tmp_path):
+    from bioengine_worker._launcher import Launcher, WorkerSettings
+
+    startup = '[{"artifact_id": "demo-app", "hypha_token": "${MY_TOKEN}"}]'
+    launcher = Launcher(
+        WorkerSettings(workspace_dir=tmp_path, server_url="http://hypha:9527", startup_applications=startup)
+    )
+    argv = {p.name: p.argv for p in launcher._processes()}
+    assert argv["apps"][-2:] == ["--startup-applications", startup]
+    assert all("--startup-applications" not in a for name, a in argv.items() if name != "apps")
+    plain = Launcher(WorkerSettings(workspace_dir=tmp_path, server_url="http://hypha:9527"))
+    assert all("--startup-applications" not in p.argv for p in plain._processes())
+
+
+# ---- an app's frontend in the CLI's status and summary -------------------------------------------------
+def test_status_and_summary_show_the_frontend_url():
+    from bioengine_worker.cli.app_output import app_summary, format_app_status
+
+    url = "http://h/ws/view/demo/?server=http%3A%2F%2Fh&ws_service_id=ws%2Fc%3Ademo"
+    status = {
+        "status": "RUNNING",
+        "available_methods": ["ping"],
+        "service_ids": [{"websocket_service_id": "ws/c:demo", "webrtc_service_id": None}],
+        "static_site_url": url,
+    }
+    assert f"  frontend: {url}" in format_app_status({"demo": status}).splitlines()
+    assert f"  frontend: {url}" in app_summary("demo", status)
+    without = {**status, "static_site_url": None}
+    assert "frontend" not in format_app_status({"demo": without}) and not any(
+        "frontend" in line for line in app_summary("demo", without)
+    )

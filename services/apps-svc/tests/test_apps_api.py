@@ -162,6 +162,8 @@ async def test_scaling_debug_proxy_memory_and_deployment_logs(worker, admin_clie
             break
         assert time.monotonic() < deadline, status
         await asyncio.sleep(0.5)
+    assert status["scaling"] == {"DemoApp": {"num_replicas": 2}}
+    assert (status["debug"], status["proxy_memory_in_gb"]) == (True, 0.1)
     # deployment_logs: DemoApp's replicas' logs, none for the proxy (logs_tail=0).
     assert len(demo["logs"]) == 2
     assert "logs" not in status["deployments"]["BioEngineProxy"]

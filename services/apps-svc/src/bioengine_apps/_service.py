@@ -1261,6 +1261,7 @@ class AppsService(BioEngineService):
             "last_updated_at": record.last_updated_at,
             "auto_redeploy": record.auto_redeploy,
             "recovery_note": record.recovery_note,
+            "scaling": record.scaling,
         }
         # GPU fields only where GPUs mean something: on a cluster with GPUs, or for an app that
         # asked for them (or was told not to use them).
@@ -1275,6 +1276,8 @@ class AppsService(BioEngineService):
                 authorized_users=record.authorized_users,
                 last_updated_by=record.last_updated_by,
                 redeploy_attempts=record.redeploy_attempts,
+                proxy_memory_in_gb=record.proxy_memory_in_gb,
+                debug=bool(record.debug),
             )
         return result
 
