@@ -15,6 +15,7 @@ import pytest
 from bioengine_common.testing import launch_service, wait_for_service
 
 APPS = Path(__file__).resolve().parents[3] / "apps"
+ONE_FILE_06 = Path(__file__).resolve().parents[3] / "libs/bioengine-app-format/tests/apps_06/one-file"
 
 pytestmark = pytest.mark.integration
 
@@ -180,3 +181,32 @@ async def test_scaling_debug_proxy_memory_and_deployment_logs(worker, admin_clie
         assert time.monotonic() < deadline
         await asyncio.sleep(0.5)
     await worker.stop_app(application_id=app_id)
+
+
+async def test_a_0_6_0_app_s_frontend_public_or_for_the_workspace_only(worker, hypha_server, files_of):
+    files = files_of(ONE_FILE_06)
+    page = next(f["content"] for f in files if f["name"] == "frontend/index.html")
+
+    def as_app(app_id: str) -> list[dict]:
+        return [
+            {**f, "content": f["content"].replace("id: hello-06", f"id: {app_id}")}
+            if f["name"] == "manifest.yaml"
+            else f
+            for f in files
+        ]
+
+    base = f"{hypha_server.url}/{hypha_server.workspace}/view"
+    await worker.upload_app(files=as_app("hello-public"), public=True)
+    assert await _get(f"{base}/hello-public/") == (200, page)
+
+    await worker.upload_app(files=as_app("hello-private"))
+    code, _ = await _get(f"{base}/hello-private/")
+    assert code == 403  # not for anyone: the workspace's token opens it
+    assert await _get(f"{base}/hello-private/?token={hypha_server.mint('test-admin')}") == (200, page)
+    with pytest.raises(Exception, match="stays private"):
+        await worker.upload_app(files=as_app("hello-private"), public=True)
+    listed = await worker.list_apps()
+    public = {artifact_id.rsplit("/", 1)[-1]: entry["public"] for artifact_id, entry in listed.items()}
+    assert public["hello-public"] is True and public["hello-private"] is False
+    for app_id in ("hello-public", "hello-private"):
+        await worker.delete_app(artifact_id=app_id)
