@@ -140,7 +140,7 @@ async def upload_app(
         "its files and its frontend page. An app keeps the collection of its first upload.",
     ),
 ) -> str:
-    """Validate and store an app as an artifact of collection 'applications'; returns 'workspace/alias'.
+    """Validate and store an app as an artifact of collection 'applications' ('applications-public' with `public`); returns 'workspace/alias'.
 
     Admins only, unless both `workspace` and `hypha_token` are given: then the upload goes into
     that workspace with that token. An app whose manifest names a `frontend_entry` (a file of
