@@ -36,12 +36,28 @@ from ._proxy import BioEngineProxy
 from ._replica import wrap_deployment_class
 from ._spec import PROXY_CONFIG_FIELDS, PROXY_DEPLOYMENT, AppSpec, MethodSpec, ProxySpec
 
-__all__ = ["PROXY_ENV", "build", "deployment_version", "proxy_version", "schema_methods"]
+__all__ = [
+    "PROXY_ENV",
+    "build",
+    "deployment_version",
+    "proxy_options",
+    "proxy_version",
+    "scaling_options",
+    "schema_methods",
+]
 
 #: Start a deployment's new replicas before stopping the old ones (percent of its replicas).
 MAX_SURGE_PERCENT = 100
-#: Fields of an AppSpec that only the proxy uses (they never restart the app's own replicas).
-_PROXY_ONLY = {"authorized_users", "max_ongoing_requests", "methods"}
+#: Fields of an AppSpec that only the proxy uses, or that Serve applies without new replicas
+#: (scaling): they never restart the app's own replicas.
+_PROXY_ONLY = {
+    "authorized_users",
+    "max_ongoing_requests",
+    "methods",
+    "proxy_memory_in_gb",
+    "debug",
+    "scaling",
+}
 #: Fields of an AppSpec that hold one entry per deployment class ("*" for all of them).
 _PER_CLASS = {"init_kwargs", "env_vars", "secret_env_names"}
 
@@ -167,8 +183,32 @@ def _prepared(deployment: Any, class_name: str, spec: AppSpec) -> Any:
     runtime_env.setdefault("working_dir", f"local://{spec.code_dir}")
     options["runtime_env"] = runtime_env
     wrapped = wrap_deployment_class(deployment.func_or_class, spec.application_id, spec.home_dir)
-    prepared = deployment.options(func_or_class=wrapped, ray_actor_options=options)
+    prepared = deployment.options(
+        func_or_class=wrapped, ray_actor_options=options, **scaling_options(spec, class_name)
+    )
     return _rolling(prepared, deployment_version(spec, class_name))
+
+
+def scaling_options(spec: AppSpec, class_name: str) -> dict[str, Any]:
+    """Serve options of deploy_app's ``scaling`` for one class (none: the decorator's own)."""
+    rule = spec.scaling.get(class_name) or {}
+    if "num_replicas" in rule:
+        return {"num_replicas": int(rule["num_replicas"]), "autoscaling_config": None}
+    if "autoscaling_config" in rule:
+        return {"num_replicas": "auto", "autoscaling_config": dict(rule["autoscaling_config"])}
+    return {}
+
+
+def proxy_options(spec: AppSpec) -> dict[str, Any]:
+    """Serve options of the app's proxy: its 0 CPUs, deploy_app's ``proxy_memory_in_gb`` and
+    ``debug`` (the proxy's log level)."""
+    actor: dict[str, Any] = {"num_cpus": 0, "runtime_env": {"env_vars": PROXY_ENV}}
+    if spec.proxy_memory_in_gb:
+        actor["memory"] = int(spec.proxy_memory_in_gb * 1024**3)
+    options: dict[str, Any] = {"ray_actor_options": actor}
+    if spec.debug:
+        options["logging_config"] = {"log_level": "DEBUG"}
+    return options
 
 
 def build(args: dict[str, Any]) -> Any:
@@ -199,7 +239,7 @@ def build(args: dict[str, Any]) -> Any:
     proxy = BioEngineProxy.options(  # type: ignore[attr-defined]
         name=PROXY_DEPLOYMENT,
         max_ongoing_requests=max(spec.max_ongoing_requests, 1) + 10,
-        ray_actor_options={"num_cpus": 0, "runtime_env": {"env_vars": PROXY_ENV}},
         user_config=proxy_spec.user_config(),
+        **proxy_options(spec),
     )
     return _rolling(proxy, proxy_version(proxy_spec)).bind(entry_app, proxy_spec.model_dump(mode="json"))

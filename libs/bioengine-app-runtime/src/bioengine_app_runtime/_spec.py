@@ -76,6 +76,12 @@ class AppSpec(BaseModel):
     redeploy: int = 0
     #: Bumped when secret values change, so replicas restart and read them.
     secrets_revision: int = 0
+    scaling: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Per class: {num_replicas: n} or {autoscaling_config: {...}} (deploy_app's scaling).",
+    )
+    proxy_memory_in_gb: float | None = Field(None, description="Memory the proxy replica reserves, GiB.")
+    debug: bool = Field(False, description="DEBUG log level for the app's proxy.")
 
     def refs(self) -> list[DeploymentRef]:
         return [DeploymentRef.parse(entry) for entry in self.deployments]
@@ -99,6 +105,8 @@ class ProxySpec(BaseModel):
     methods: list[MethodSpec] = Field(default_factory=list)
     #: auto_redeploy rebuilds everything, the proxy included.
     redeploy: int = 0
+    proxy_memory_in_gb: float | None = None
+    debug: bool = False
 
     @classmethod
     def of(cls, spec: AppSpec) -> ProxySpec:

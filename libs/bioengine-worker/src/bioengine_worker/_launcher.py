@@ -113,6 +113,13 @@ class LauncherOptions(BaseModel):
         "not ready and why.",
     )
     debug: bool = Field(False, description="Log at DEBUG level in every service.")
+    startup_applications: str | None = Field(
+        None,
+        description="Apps to deploy once the worker is ready (handed to bioengine-apps): a JSON "
+        'list of deploy_app keyword arguments, e.g. \'[{"artifact_id": "demo-app"}]\'; ${VAR} '
+        "in a string is taken from the environment. Failures are logged and shown in "
+        "get_status, never fatal.",
+    )
     telemetry_exporter: Literal["none", "console", "otlp"] = Field(
         "none", description="OpenTelemetry exporter of every service."
     )
@@ -316,6 +323,8 @@ class Launcher:
             argv = [sys.executable, "-m", module, *common]
             if name == "cluster":
                 argv += ["--mode", self.settings.mode, *self._cluster_flags()]
+            if name == "apps" and self.settings.startup_applications:
+                argv += ["--startup-applications", self.settings.startup_applications]
 
             def environment(name: str = name) -> dict[str, str]:
                 # Per-process settings must not be shared: four clients with one id evict each other.

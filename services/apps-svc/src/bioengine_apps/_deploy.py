@@ -54,6 +54,10 @@ class DeployRequest:
     max_ongoing_requests: int | None = None
     auto_redeploy: bool | None = None
     authorized_users: list[str] | dict[str, list[str]] | None = None
+    scaling: dict[str, dict[str, Any]] | None = None
+    proxy_memory_in_gb: float | None = None
+    debug: bool | None = None
+    ice_servers: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,10 @@ def merge_with_previous(request: DeployRequest, previous: AppRecord | None) -> D
         max_ongoing_requests=given(request.max_ongoing_requests, previous.max_ongoing_requests),
         auto_redeploy=given(request.auto_redeploy, previous.auto_redeploy),
         authorized_users=given(request.authorized_users, previous.requested_authorized_users),
+        scaling=given(request.scaling, previous.scaling),
+        proxy_memory_in_gb=given(request.proxy_memory_in_gb, previous.proxy_memory_in_gb),
+        debug=given(request.debug, previous.debug),
+        ice_servers=given(request.ice_servers, previous.ice_servers),
     )
 
 
@@ -189,6 +197,9 @@ def build_spec(
         services_users=sorted(worker.services_users),
         secrets_revision=revision,
         redeploy=int(previous.spec.get("redeploy", 0)) if previous else 0,
+        scaling=dict(request.scaling or {}),
+        proxy_memory_in_gb=request.proxy_memory_in_gb,
+        debug=bool(request.debug),
     )
 
 
@@ -223,6 +234,10 @@ def build_record(
         resources=resources,
         methods=methods,
         code_hash=code_hash,
+        scaling=request.scaling,
+        proxy_memory_in_gb=request.proxy_memory_in_gb,
+        debug=request.debug,
+        ice_servers=request.ice_servers,
         start_time=previous.start_time if previous else now,
         last_updated_at=now,
         last_updated_by=updated_by,
