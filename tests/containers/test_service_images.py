@@ -51,7 +51,7 @@ async def test_service_images_make_a_ready_worker_that_deploys_the_demo_app(
     )  # fmt: skip
     containers = {
         "cluster": cluster,
-        # A Ray driver: in the cluster container's PID and IPC namespaces.
+        # A Ray driver: in the cluster container's PID namespace.
         "apps": start_service_container(
             "apps", hypha_server, token=service_tokens["apps"], volume=volume, ray_head=cluster
         ),

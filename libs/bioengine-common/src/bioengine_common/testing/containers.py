@@ -18,10 +18,10 @@ Fixtures:
   container it started is removed after the test.
 
 A Ray driver (apps-svc) finds the head's node by looking for its raylet among the processes
-of its own machine, then talks to it over unix sockets in the head's temp dir and maps its
-objects from ``/dev/shm``: ``ray_head=`` (the cluster container) puts the driver in that
-container's PID and IPC namespaces, and both mount the same workspace volume (the head's temp
-dir is ``/data/ray``). The compose file does the same (``pid``/``ipc: service:cluster``).
+of its own machine, then talks to it on the node's address and over unix sockets in the head's
+temp dir: ``ray_head=`` (the cluster container) puts the driver in that container's PID
+namespace (the network is the host's for both), and both mount the same workspace volume (the
+head's temp dir is ``/data/ray``). The compose file does the same (``pid: container:...``).
 
 The subprocess fixtures of :mod:`bioengine_common.testing` stay the default for the rest of
 the suite.
@@ -145,8 +145,8 @@ def run_service_container(
     The container shares the host's network (the test server listens on loopback), so its
     flags are those of ``launch_service``; ``volume`` is a podman volume mounted on the image's
     workspace dir ``/data`` (share one between the services of a worker). ``ray_head``: the
-    container running the Ray head (cluster-svc in single-machine mode), whose PID and IPC
-    namespaces this one joins, as a Ray driver on the head's node must (give both ``volume``).
+    container running the Ray head (cluster-svc in single-machine mode), whose PID namespace
+    this one joins, as a Ray driver on the head's node must (give both ``volume``).
     """
     from testcontainers.core.container import DockerContainer
 
@@ -169,9 +169,9 @@ def run_service_container(
     if ray_head is not None:
         if not volume or volume != ray_head.volume:
             raise ValueError("a Ray driver container needs the head container's workspace volume")
-        namespace = f"container:{ray_head.id}"
-        # /dev/shm is the head container's (Ray's object store).
-        container = container.with_kwargs(network_mode="host", pid_mode=namespace, ipc_mode=namespace)
+        container = container.with_kwargs(
+            network_mode="host", shm_size="512m", pid_mode=f"container:{ray_head.id}"
+        )
     if extra_args:
         container = container.with_command(list(extra_args))
     container.start()
