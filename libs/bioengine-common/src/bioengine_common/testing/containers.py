@@ -190,7 +190,9 @@ def start_service_container(podman: Any) -> Iterator[Callable[..., ServiceContai
         return service
 
     yield start
-    for service in started:
+    # Last started first: a container that joined another's namespaces (``ray_head=``) must go
+    # before it, or podman refuses to remove the other (and its volume stays in use).
+    for service in reversed(started):
         service.stop()
     volumes = {service.volume for service in started if service.volume}
     for volume in volumes:
