@@ -16,7 +16,8 @@
 # Options:
 #   --image PATH          the image (default: $BIOENGINE_WORKER_IMAGE, else
 #                         <workspace-dir>/images/ray-worker.sif, built from
-#                         infra/apptainer/ray-worker.def, which holds the whole worker)
+#                         infra/apptainer/ray-worker.def, which holds the whole worker: the
+#                         tested OCI image, saved by infra/apptainer/save-images.sh)
 #   --workspace-dir DIR   the worker's state, logs and job files (default: $BIOENGINE_WORKSPACE_DIR,
 #                         else ~/.bioengine); must be on a filesystem the compute nodes share
 #   --apptainer BIN       apptainer or singularity (default: whichever is on PATH)
@@ -136,7 +137,7 @@ mkdir -p "$WORKSPACE_DIR"
 WORKSPACE_DIR="$(cd "$WORKSPACE_DIR" && pwd -P)"
 IMAGE="${IMAGE:-$WORKSPACE_DIR/images/ray-worker.sif}"
 if [ ! -e "$IMAGE" ] && [[ "$IMAGE" != *://* ]]; then
-    die "image $IMAGE not found: build it with 'apptainer build $IMAGE infra/apptainer/ray-worker.def' or pass --image"
+    die "image $IMAGE not found: build it with 'apptainer build $IMAGE infra/apptainer/ray-worker.def' (from the archive infra/apptainer/save-images.sh writes) or pass --image"
 fi
 
 # ---------------------------------------------------------------------------------------------

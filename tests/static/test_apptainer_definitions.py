@@ -2,12 +2,15 @@
 
 Apptainer cannot be installed on the development and CI machines, so the images are not built
 here: these tests parse each ``infra/apptainer/*.def`` (header and sections) and check it against
-the workspace (the member it syncs, the console script it runs), and run
-``infra/slurm/start-worker.sh --dry-run`` with stand-in commands.
+the OCI image it bootstraps from (``infra/containers/<name>.Containerfile``: the member it syncs,
+the console script it runs) and the workspace, check ``save-images.sh`` (which writes the
+archives the definitions read), and run ``infra/slurm/start-worker.sh --dry-run`` with stand-in
+commands.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -20,6 +23,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 APPTAINER_DIR = ROOT / "infra" / "apptainer"
+CONTAINERS_DIR = ROOT / "infra" / "containers"
+SAVE_IMAGES = APPTAINER_DIR / "save-images.sh"
 START_WORKER = ROOT / "infra" / "slurm" / "start-worker.sh"
 
 #: definition file -> (workspace member synced, command its runscript exec's); None: all packages.
@@ -30,7 +35,7 @@ IMAGES: dict[str, tuple[str | None, str]] = {
     "gateway-svc": ("gateway-svc", "bioengine-gateway"),
     "ray-worker": (None, "ray start"),
 }
-REQUIRED_SECTIONS = {"files", "post", "environment", "runscript", "labels", "help"}
+REQUIRED_SECTIONS = {"environment", "runscript", "test", "labels", "help"}
 
 
 def parse_definition(text: str) -> tuple[dict[str, str], dict[str, list[str]]]:
@@ -87,55 +92,103 @@ def test_every_service_has_a_definition():
     assert {p.stem for p in APPTAINER_DIR.glob("*.def")} == set(IMAGES)
 
 
+def containerfile_instructions(text: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of a Containerfile, continuation lines joined."""
+    lines = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    joined = logical_lines([line.strip() for line in lines])
+    return [(line.split(maxsplit=1)[0].upper(), line.split(maxsplit=1)[1]) for line in joined]
+
+
 @pytest.mark.parametrize("image", sorted(IMAGES))
 def test_definition(image):
     member, command = IMAGES[image]
     script = command.split()[0]
     header, sections = parse_definition((APPTAINER_DIR / f"{image}.def").read_text())
 
-    assert header == {"Bootstrap": "docker", "From": "python:3.11-slim"}
+    # Bootstrapped from the tested OCI image, as save-images.sh saves it; nothing installed here.
+    assert header == {"Bootstrap": "docker-archive", "From": f"infra/apptainer/archives/{image}.tar"}
     assert set(sections) >= REQUIRED_SECTIONS, f"missing: {REQUIRED_SECTIONS - set(sections)}"
+    assert not {"files", "post", "setup"} & set(sections), "the image comes as built and tested"
 
-    # %files: the workspace (root project, lock, members), each source present in the repository
-    files = dict(line.split(maxsplit=1) for line in sections["files"])
-    assert set(files) == {"pyproject.toml", "uv.lock", "libs", "services"}
-    for source, target in files.items():
-        assert (ROOT / source).exists(), source
-        assert target == f"/opt/bioengine/{source}"
-
-    # %post: installs uv, syncs exactly the right member from the lock, without dev tools
-    post = logical_lines(sections["post"])
-    assert any(re.search(r"\bpip install\b.*\buv\b", line) for line in post)
-    syncs = [shlex.split(line) for line in post if line.startswith("uv sync")]
-    assert len(syncs) == 1, post
+    # The OCI image: syncs exactly the right member from the lock, without dev tools, and runs
+    # the same command.
+    instructions = containerfile_instructions((CONTAINERS_DIR / f"{image}.Containerfile").read_text())
+    syncs = [shlex.split(args) for kind, args in instructions if kind == "RUN" and "uv sync" in args]
+    assert len(syncs) == 1, syncs
     sync = syncs[0]
-    assert "--frozen" in sync and "--no-dev" in sync
+    assert "--frozen" in sync and "--no-dev" in sync and "--no-editable" in sync
     if member is None:
         assert "--all-packages" in sync and "--package" not in sync
     else:
         assert sync[sync.index("--package") + 1] == member
         assert member in member_scripts()
-    environment_line = next(line for line in post if "UV_PROJECT_ENVIRONMENT=" in line)
-    assert "UV_PROJECT_ENVIRONMENT=/opt/bioengine/.venv" in environment_line
+    labels_of_image = " ".join(args for kind, args in instructions if kind == "LABEL")
+    assert f"bioengine.service={image}" in labels_of_image
+    assert f"bioengine.console-script={script}" in labels_of_image
+    env_of_image = " ".join(args for kind, args in instructions if kind == "ENV")
+    assert "RAY_USAGE_STATS_ENABLED=0" in env_of_image
+    assert "PATH=/opt/bioengine/venv/bin:" in env_of_image
+    entrypoint = json.loads(next(args for kind, args in instructions if kind == "ENTRYPOINT"))
 
-    # %environment: the venv on PATH, no usage stats
-    environment = "\n".join(sections["environment"])
-    assert "RAY_USAGE_STATS_ENABLED=0" in environment
-    assert "PATH=/opt/bioengine/.venv/bin:$PATH" in environment
-
-    # %runscript: exec's the console script with the arguments, which the member really defines
-    assert sections["runscript"] == [f'exec {command} "$@"']
+    # %runscript: what the image's entrypoint runs, with the arguments
     if member is not None:
+        assert entrypoint == ["entrypoint.sh", script]
+        assert sections["runscript"] == [f'exec entrypoint.sh {script} "$@"']
         assert script in member_scripts()[member]
+        # The image's container defaults (/data, console logs) give way to the service's own.
+        assert sections["environment"] == ["unset BIOENGINE_WORKSPACE_DIR BIOENGINE_LOG_FILE"]
     else:
+        assert entrypoint == command.split()
+        assert sections["runscript"] == [f'exec {command} "$@"']
         every_script = {name for scripts in member_scripts().values() for name in scripts}
         assert "bioengine-worker" in every_script  # start-worker.sh runs it from this image
+    assert any(script in line for line in sections["test"])
 
     labels = dict(line.split(maxsplit=1) for line in sections["labels"])
     assert labels["bioengine.service"] == image
     assert labels["bioengine.console-script"] == script
     assert labels["org.opencontainers.image.title"] == image
     assert sections["help"], "empty %help"
+
+
+def test_save_images_writes_the_archives_the_definitions_read(tmp_path):
+    """With a stand-in podman: one ``podman save --format docker-archive`` of each image, to
+    the path its definition's ``From:`` names (relative to the repository root)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls"
+    _stub(
+        bin_dir / "podman",
+        f'echo "$*" >>{calls}\n'
+        'if [ "$1" = save ]; then\n'
+        '  while [ "$#" -gt 0 ]; do [ "$1" = -o ] && out=$2; last=$1; shift; done\n'
+        '  echo "$last" >"$out"\n'
+        "fi",
+    )
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "BIOENGINE_IMAGE_ARCHIVES": str(tmp_path / "archives")}
+    result = subprocess.run(["bash", str(SAVE_IMAGES)], env=env, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    for image in IMAGES:
+        archive = tmp_path / "archives" / f"{image}.tar"
+        assert archive.read_text().strip() == f"localhost/bioengine-{image}:latest"
+        header, _ = parse_definition((APPTAINER_DIR / f"{image}.def").read_text())
+        assert header["From"] == f"infra/apptainer/archives/{image}.tar"
+    saves = [line.split() for line in calls.read_text().splitlines() if line.startswith("save")]
+    assert len(saves) == len(IMAGES)
+    assert all("--format" in save and save[save.index("--format") + 1] == "docker-archive" for save in saves)
+    # Without BIOENGINE_IMAGE_ARCHIVES the archives go where the definitions look for them.
+    assert "${BIOENGINE_IMAGE_ARCHIVES:-$here/archives}" in SAVE_IMAGES.read_text()
+    assert (APPTAINER_DIR / ".gitignore").read_text().split() == ["archives/"]
+
+    # An unknown name is refused before anything is saved.
+    (tmp_path / "archives" / "gateway-svc.tar").unlink()
+    result = subprocess.run(
+        ["bash", str(SAVE_IMAGES), "gateway-svc", "no-such-image"], env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert f"one of: {' '.join(sorted(IMAGES))}" in result.stderr
+    assert not (tmp_path / "archives" / "gateway-svc.tar").exists()
+    assert os.access(SAVE_IMAGES, os.X_OK)
 
 
 def test_parser_rejects_broken_files():

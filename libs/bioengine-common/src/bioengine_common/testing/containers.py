@@ -13,9 +13,15 @@ Fixtures:
 - ``podman`` (session): a Docker API client of the podman service. Skips the test when the
   service or an image is missing, but FAILS it when ``BIOENGINE_REQUIRE_PODMAN=1`` (CI).
 - ``start_service_container``: ``start_service_container(name, server, *flags, token=,
-  admin_users=, env=, volume=)`` runs service ``name`` ("cluster", "apps", "datasets",
-  "gateway") from its image against ``server`` on the host's network; every container it
-  started is removed after the test.
+  admin_users=, env=, volume=, ray_head=)`` runs service ``name`` ("cluster", "apps",
+  "datasets", "gateway") from its image against ``server`` on the host's network; every
+  container it started is removed after the test.
+
+A Ray driver (apps-svc) finds the head's node by looking for its raylet among the processes
+of its own machine, then talks to it on the node's address and over unix sockets in the head's
+temp dir: ``ray_head=`` (the cluster container) puts the driver in that container's PID
+namespace (the network is the host's for both), and both mount the same workspace volume (the
+head's temp dir is ``/data/ray``). The compose file does the same (``pid: container:...``).
 
 The subprocess fixtures of :mod:`bioengine_common.testing` stay the default for the rest of
 the suite.
@@ -132,12 +138,15 @@ def run_service_container(
     admin_users: Sequence[str] = (ADMIN_USER,),
     env: dict[str, str] | None = None,
     volume: str | None = None,
+    ray_head: ServiceContainer | None = None,
 ) -> ServiceContainer:
     """Start service ``name`` from its image against ``server``; the caller stops it.
 
     The container shares the host's network (the test server listens on loopback), so its
     flags are those of ``launch_service``; ``volume`` is a podman volume mounted on the image's
-    workspace dir ``/data`` (share one between the services of a worker).
+    workspace dir ``/data`` (share one between the services of a worker). ``ray_head``: the
+    container running the Ray head (cluster-svc in single-machine mode), whose PID namespace
+    this one joins, as a Ray driver on the head's node must (give both ``volume``).
     """
     from testcontainers.core.container import DockerContainer
 
@@ -157,6 +166,12 @@ def run_service_container(
         container = container.with_env(key, value)
     if volume:
         container = container.with_volume_mapping(volume, "/data", "rw")
+    if ray_head is not None:
+        if not volume or volume != ray_head.volume:
+            raise ValueError("a Ray driver container needs the head container's workspace volume")
+        container = container.with_kwargs(
+            network_mode="host", shm_size="512m", pid_mode=f"container:{ray_head.id}"
+        )
     if extra_args:
         container = container.with_command(list(extra_args))
     container.start()
@@ -175,7 +190,9 @@ def start_service_container(podman: Any) -> Iterator[Callable[..., ServiceContai
         return service
 
     yield start
-    for service in started:
+    # Last started first: a container that joined another's namespaces (``ray_head=``) must go
+    # before it, or podman refuses to remove the other (and its volume stays in use).
+    for service in reversed(started):
         service.stop()
     volumes = {service.volume for service in started if service.volume}
     for volume in volumes:
