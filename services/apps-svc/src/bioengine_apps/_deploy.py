@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from bioengine_app_runtime import AppSpec
+from bioengine_app_runtime import App06, AppSpec
 
 from ._state import AppRecord, split_env_vars
 
@@ -23,11 +23,13 @@ __all__ = [
     "AppEnv",
     "DeployRequest",
     "WorkerFacts",
+    "app06_deployments",
     "build_record",
     "build_spec",
     "env_scope_problems",
     "merge_with_previous",
     "resolve_env",
+    "resolve_scaling",
     "resources_grow",
     "secrets_revision",
     "settle_unchanged",
@@ -54,6 +56,8 @@ class DeployRequest:
     max_ongoing_requests: int | None = None
     auto_redeploy: bool | None = None
     authorized_users: list[str] | dict[str, list[str]] | None = None
+    #: 0.6.0 apps: {class: {num_replicas} or {autoscaling_config}}, replaced whole on an update.
+    scaling: dict[str, dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -97,7 +101,51 @@ def merge_with_previous(request: DeployRequest, previous: AppRecord | None) -> D
         max_ongoing_requests=given(request.max_ongoing_requests, previous.max_ongoing_requests),
         auto_redeploy=given(request.auto_redeploy, previous.auto_redeploy),
         authorized_users=given(request.authorized_users, previous.requested_authorized_users),
+        scaling=given(request.scaling, (previous.spec.get("app06") or {}).get("scaling") or None),
     )
+
+
+def resolve_scaling(scaling: Mapping[str, Any] | None, spec: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """``deploy_app(scaling=...)`` of a 0.6.0 app by ``module:qualname``: keys are class names
+    (or ``module:qualname``), each value ``{num_replicas: n}`` or ``{autoscaling_config: {...}}``.
+    Raises ValueError naming what is wrong."""
+    deployments: Mapping[str, Any] = spec["deployments"]
+    by_name: dict[str, list[str]] = {}
+    for key, deployment in deployments.items():
+        by_name.setdefault(str(deployment["class_name"]), []).append(key)
+    result: dict[str, dict[str, Any]] = {}
+    for given, value in (scaling or {}).items():
+        keys = [given] if given in deployments else by_name.get(given, [])
+        if len(keys) != 1:
+            known = ", ".join(sorted(by_name))
+            raise ValueError(
+                f"scaling: '{given}' is {'ambiguous' if keys else 'not a class of this app'} (classes: {known})"
+            )
+        if (
+            not isinstance(value, Mapping)
+            or len(value) != 1
+            or not set(value) <= {"num_replicas", "autoscaling_config"}
+        ):
+            raise ValueError(
+                f"scaling['{given}'] must be {{'num_replicas': n}} or {{'autoscaling_config': {{...}}}}, not {value!r}"
+            )
+        replicas = value.get("num_replicas")
+        if "num_replicas" in value and (
+            isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1
+        ):
+            raise ValueError(f"scaling['{given}'].num_replicas must be a whole number >= 1, not {replicas!r}")
+        if "autoscaling_config" in value and not isinstance(value["autoscaling_config"], Mapping):
+            raise ValueError(
+                f"scaling['{given}'].autoscaling_config must be a dict of Serve's autoscaling options"
+            )
+        result[keys[0]] = dict(value)
+    return result
+
+
+def app06_deployments(spec: Mapping[str, Any]) -> list[str]:
+    """A 0.6.0 app's classes as ``module:qualname``, the entry first (the AppSpec's ``deployments``)."""
+    entry = str(spec["entry"])
+    return [entry, *(key for key in reversed(spec["order"]) if key != entry)]
 
 
 def resolve_env(
@@ -163,11 +211,13 @@ def build_spec(
     revision: int,
     previous: AppRecord | None,
     worker: WorkerFacts,
+    app06: App06 | None = None,
 ) -> AppSpec:
     """The spec Serve's builder gets (no secret values in it) from a merged request.
 
     ``artifact_id`` is the artifact's full id ('workspace/alias'); an app from the local apps
-    folder (``source`` 'local') is ``local/<alias>`` and has no version.
+    folder (``source`` 'local') is ``local/<alias>`` and has no version. A 0.6.0 app gives
+    ``app06`` (what the discovery task found); its ``init_kwargs`` live there, by class key.
     """
     return AppSpec(
         application_id=application_id,
@@ -175,8 +225,8 @@ def build_spec(
         version=manifest.get("version") if source == "artifact" else None,
         code_dir=code_dir,
         home_dir=home_dir,
-        deployments=list(manifest["deployments"]),
-        init_kwargs=dict(request.application_kwargs or {}),
+        deployments=app06_deployments(app06.spec) if app06 else list(manifest["deployments"]),
+        init_kwargs={} if app06 else dict(request.application_kwargs or {}),
         env_vars=env.plain,
         secret_env_names={scope: sorted(values) for scope, values in env.secret.items()},
         disable_gpu=bool(request.disable_gpu),
@@ -189,6 +239,7 @@ def build_spec(
         services_users=sorted(worker.services_users),
         secrets_revision=revision,
         redeploy=int(previous.spec.get("redeploy", 0)) if previous else 0,
+        app06=app06,
     )
 
 

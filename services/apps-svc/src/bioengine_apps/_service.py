@@ -32,13 +32,18 @@ from pydantic import Field
 
 from bioengine_app_format import (
     FORMAT_06,
+    AppAnalysis,
     analyze_app,
     check_authorized_users,
     decode_files,
     format_version_of,
     load_manifest,
+    replica_files,
     validate_upload,
 )
+from bioengine_app_runtime import App06
+from bioengine_app_runtime import kv as runtime_kv
+from bioengine_app_runtime.app06 import AppCodeError, deployment_resources, discover, entry_methods, size_gpus
 from bioengine_app_runtime.kv import RayKV
 from bioengine_common import (
     AppFailed,
@@ -60,11 +65,13 @@ from ._artifacts import ArtifactStore
 from ._deploy import (
     DeployRequest,
     WorkerFacts,
+    app06_deployments,
     build_record,
     build_spec,
     env_scope_problems,
     merge_with_previous,
     resolve_env,
+    resolve_scaling,
     resources_grow,
     secrets_revision,
     settle_unchanged,
@@ -670,6 +677,40 @@ class AppsService(BioEngineService):
         await self.artifacts.delete(artifact_id)
 
     # ---- deployments --------------------------------------------------------------------------------
+    async def _discover_06(
+        self,
+        application_id: str,
+        artifact_id: str,
+        manifest: dict[str, Any],
+        files: dict[str, bytes],
+        request: DeployRequest,
+    ) -> tuple[App06, AppAnalysis]:
+        """A 0.6.0 app's classes, kwargs, GPUs and resources: its replica files are placed and
+        its entry imported inside Ray (a task of its own), never here. The author's mistakes
+        (an import error, a cycle, bad kwargs or scaling) are an InvalidRequest saying which."""
+        code_dir = await asyncio.to_thread(self._place_files, application_id, _code_hash(files), files)
+        entry = str(manifest["entry"])
+        try:
+            found = await self._ray(
+                discover, str(code_dir), entry, dict(request.application_kwargs or {}), timeout=150
+            )
+            spec = found["spec"]
+            num_gpus = {
+                key: size_gpus(deployment, bool(request.disable_gpu), self.cluster_gpus)
+                for key, deployment in spec["deployments"].items()
+            }
+            scaling = resolve_scaling(request.scaling, spec)
+        except (AppCodeError, ValueError) as exc:
+            raise InvalidRequest(f"cannot deploy '{artifact_id}' (entry '{entry}'): {exc}") from exc
+        app06 = App06(entry=entry, spec=spec, init_kwargs=found["kwargs"], num_gpus=num_gpus, scaling=scaling)
+        analysis = AppAnalysis(
+            entry_class=entry,
+            methods=[m["name"] for m in entry_methods(spec)],
+            resources=deployment_resources(spec, num_gpus, scaling),
+            problems=[] if entry_methods(spec) else [f"'{entry}' publishes no @bioengine.method"],
+        )
+        return app06, analysis
+
     @worker.deploy_app.implementation
     async def deploy_app(
         self,
@@ -714,24 +755,27 @@ class AppsService(BioEngineService):
                 previous,
             )
             manifest, files, source = await self._load_app(artifact_id, request.version)
-            if format_version_of(manifest) == FORMAT_06:
-                raise InvalidRequest(
-                    f"cannot deploy '{artifact_id}': it is a format {FORMAT_06} app (entry "
-                    f"{manifest.get('entry')!r}), and the {FORMAT_06} runtime is not available on this "
-                    "worker yet; uploading, validating and listing it work"
-                )
             old_secrets = await self._load_secrets(application_id)
             try:
                 env = resolve_env(application_env_vars, hypha_token, previous, old_secrets)
             except ValueError as exc:
                 raise InvalidRequest(str(exc)) from exc
-            analysis = analyze_app(
-                files, manifest["deployments"], dict(request.application_kwargs or {}),
-                default_num_cpus=self.settings.default_app_cpus, disable_gpu=bool(request.disable_gpu),
-            )  # fmt: skip
+            app06: App06 | None = None
+            if format_version_of(manifest) == FORMAT_06:
+                files = {name: files[name] for name in replica_files(files)}  # no frontend, docs
+                app06, analysis = await self._discover_06(
+                    application_id, artifact_id, manifest, files, request
+                )
+                deployments = app06_deployments(app06.spec)
+            else:
+                analysis = analyze_app(
+                    files, manifest["deployments"], dict(request.application_kwargs or {}),
+                    default_num_cpus=self.settings.default_app_cpus, disable_gpu=bool(request.disable_gpu),
+                )  # fmt: skip
+                deployments = list(manifest["deployments"])
             if analysis.problems:
                 raise InvalidRequest(f"cannot deploy '{artifact_id}': " + "; ".join(analysis.problems))
-            scope_problems = env_scope_problems(env, manifest["deployments"])
+            scope_problems = env_scope_problems(env, deployments)
             if scope_problems:
                 raise InvalidRequest(scope_problems[0])
             if resources_grow(analysis.resources, previous):
@@ -762,6 +806,7 @@ class AppsService(BioEngineService):
                 revision=secrets_revision(previous, env, old_secrets),
                 previous=previous,
                 worker=self._worker_facts(),
+                app06=app06,
             )
             user = resolved.get("user") or {}
             record, unchanged = settle_unchanged(
@@ -1012,6 +1057,7 @@ class AppsService(BioEngineService):
                 if full and logs_tail != 0 and replicas:
                     entry["logs"] = await self._replica_logs(replicas, logs_tail)
                 deployments[name] = entry
+            await self._add_lifecycle_failures(record, deployments)
             if serve_status == "RUNNING":
                 try:
                     info = await self._ray(self.serve.proxy_info, app_id, timeout=4)
@@ -1038,6 +1084,30 @@ class AppsService(BioEngineService):
         if record.recovery_note:
             message = f"{message}; {record.recovery_note}" if message else record.recovery_note
         return self._status_fields(record, status, message, deployments, service_ids, full, reason)
+
+    async def _add_lifecycle_failures(self, record: AppRecord, deployments: dict[str, Any]) -> None:
+        """A 0.6.0 app's replicas record why their health check failed (a failed smoke test, a
+        failing health_check): an unhealthy deployment's message says it, when it happened since
+        the app's last update."""
+        if not record.spec.get("app06") or all(d["status"] == "HEALTHY" for d in deployments.values()):
+            return
+        with contextlib.suppress(Exception):
+            failures = await self._ray(
+                runtime_kv.get_json, runtime_kv.health_key(record.application_id), timeout=4
+            )
+            failures = dict(failures or {})
+            for name, failure in failures.items():
+                entry = deployments.get(name)
+                if (
+                    entry is None
+                    or entry["status"] == "HEALTHY"
+                    or failure.get("at", 0) < record.last_updated_at
+                ):
+                    continue
+                entry["lifecycle_error"] = failure["reason"]
+                entry["message"] = (
+                    f"{failure['reason']} ({entry['message']})" if entry["message"] else failure["reason"]
+                )
 
     def _offline_status(self, app_id: str, reason: str, full: bool) -> dict[str, Any]:
         """What apps-svc knows of an app while it cannot see Serve: its record, and when and how
