@@ -39,6 +39,7 @@ __all__ = [
     "discover",
     "discovery_task",
     "entry_methods",
+    "installer_error",
     "size_gpus",
     "wrap_class_06",
 ]
@@ -141,6 +142,19 @@ def entry_methods(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
         {"name": name, "accepts_context": name in context, "json_schema": schema}
         for name, schema in entry["method_schemas"].items()
     ]
+
+
+def installer_error(message: str) -> str | None:
+    """From a Serve deployment message, the installer's own words when Ray could not set up a
+    replica's runtime environment (a ``pip`` requirement that cannot be installed), else None."""
+    if "runtime env" not in message and "runtime environment" not in message:
+        return None
+    _, found, output = message.rpartition("Last 50 lines of stdout:")
+    lines = [line.strip() for line in output.splitlines() if line.strip()] if found else []
+    errors = [line for line in lines if line.startswith("ERROR:")] or lines[-3:]
+    if not errors:
+        return "setting up the replica's runtime environment failed"
+    return "installing the app's packages failed: " + " ".join(errors)
 
 
 # ---- the replica -----------------------------------------------------------------------------------

@@ -43,7 +43,14 @@ from bioengine_app_format import (
 )
 from bioengine_app_runtime import App06
 from bioengine_app_runtime import kv as runtime_kv
-from bioengine_app_runtime.app06 import AppCodeError, deployment_resources, discover, entry_methods, size_gpus
+from bioengine_app_runtime.app06 import (
+    AppCodeError,
+    deployment_resources,
+    discover,
+    entry_methods,
+    installer_error,
+    size_gpus,
+)
 from bioengine_app_runtime.kv import RayKV
 from bioengine_common import (
     AppFailed,
@@ -1087,10 +1094,15 @@ class AppsService(BioEngineService):
 
     async def _add_lifecycle_failures(self, record: AppRecord, deployments: dict[str, Any]) -> None:
         """A 0.6.0 app's replicas record why their health check failed (a failed smoke test, a
-        failing health_check): an unhealthy deployment's message says it, when it happened since
-        the app's last update."""
+        failing health_check): an unhealthy deployment's message is that reason, when it happened
+        since the app's last update, or the installer's error when its packages cannot be
+        installed; Serve's own message is kept as ``serve_message``."""
         if not record.spec.get("app06") or all(d["status"] == "HEALTHY" for d in deployments.values()):
             return
+        for entry in deployments.values():
+            installer = installer_error(entry["message"]) if entry["status"] != "HEALTHY" else None
+            if installer:
+                entry.update(lifecycle_error=installer, serve_message=entry["message"], message=installer)
         with contextlib.suppress(Exception):
             failures = await self._ray(
                 runtime_kv.get_json, runtime_kv.health_key(record.application_id), timeout=4
@@ -1104,9 +1116,10 @@ class AppsService(BioEngineService):
                     or failure.get("at", 0) < record.last_updated_at
                 ):
                     continue
-                entry["lifecycle_error"] = failure["reason"]
-                entry["message"] = (
-                    f"{failure['reason']} ({entry['message']})" if entry["message"] else failure["reason"]
+                entry.update(
+                    lifecycle_error=failure["reason"],
+                    serve_message=entry["message"],
+                    message=failure["reason"],
                 )
 
     def _offline_status(self, app_id: str, reason: str, full: bool) -> dict[str, Any]:
