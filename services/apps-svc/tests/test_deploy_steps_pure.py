@@ -12,11 +12,13 @@ from bioengine_apps._deploy import (
     AppEnv,
     DeployRequest,
     WorkerFacts,
+    app06_deployments,
     build_record,
     build_spec,
     env_scope_problems,
     merge_with_previous,
     resolve_env,
+    resolve_scaling,
     resources_grow,
     secrets_revision,
     settle_unchanged,
@@ -288,3 +290,44 @@ def test_newer_records_in_the_kv_store_win():
     newer = newer_records_in_kv(mine, kv)
     assert [(r.application_id, r.last_updated_at) for r in newer] == [("old", 5.0), ("only-there", 2.0)]
     assert newer_records_in_kv({}, FakeKV()) == []
+
+
+SPEC_06 = {
+    "entry": "pipeline:Pipeline",
+    "order": ["steps.tokenizer:Tokenizer", "steps.analyzer:Analyzer", "pipeline:Pipeline"],
+    "deployments": {
+        "steps.tokenizer:Tokenizer": {"class_name": "Tokenizer"},
+        "steps.analyzer:Analyzer": {"class_name": "Analyzer"},
+        "pipeline:Pipeline": {"class_name": "Pipeline"},
+    },
+}
+
+
+def test_a_0_6_0_apps_deployments_list_the_entry_first():
+    assert app06_deployments(SPEC_06) == [
+        "pipeline:Pipeline",
+        "steps.analyzer:Analyzer",
+        "steps.tokenizer:Tokenizer",
+    ]
+    # Env var scopes name the classes of a 0.6.0 app by class name, as for the older format.
+    env = AppEnv(plain={"Tokenizer": {"A": "1"}, "Nope": {"B": "2"}}, secret={}, masked={}, hypha_token=None)
+    assert env_scope_problems(env, app06_deployments(SPEC_06)) == [
+        "application_env_vars.Nope: the app has no deployment 'Nope'"
+    ]
+
+
+def test_scaling_is_given_per_class_and_checked():
+    assert resolve_scaling(None, SPEC_06) == {}
+    assert resolve_scaling(
+        {"Analyzer": {"num_replicas": 2}, "pipeline:Pipeline": {"autoscaling_config": {"max_replicas": 3}}},
+        SPEC_06,
+    ) == {
+        "steps.analyzer:Analyzer": {"num_replicas": 2},
+        "pipeline:Pipeline": {"autoscaling_config": {"max_replicas": 3}},
+    }
+    with pytest.raises(ValueError, match=r"scaling: 'Model' is not a class of this app \(classes: Analyzer"):
+        resolve_scaling({"Model": {"num_replicas": 1}}, SPEC_06)
+    with pytest.raises(ValueError, match=r"scaling\['Analyzer'\] must be \{'num_replicas': n\} or"):
+        resolve_scaling({"Analyzer": {"num_replicas": 1, "autoscaling_config": {}}}, SPEC_06)
+    with pytest.raises(ValueError, match=r"num_replicas must be a whole number >= 1, not 0"):
+        resolve_scaling({"Analyzer": {"num_replicas": 0}}, SPEC_06)
