@@ -67,6 +67,19 @@ class Unbuildable:
         return "pong"
 """
 
+GPU_APP = """
+import bioengine
+
+
+@bioengine.app(num_cpus=0, gpu_memory_mb=2048)
+class Segmenter:
+    @bioengine.method
+    async def device(self) -> str:
+        import os
+
+        return "gpu" if os.environ.get("CUDA_VISIBLE_DEVICES") not in (None, "") else "cpu"
+"""
+
 
 def _manifest(alias: str, entry: str) -> str:
     return (
@@ -84,6 +97,7 @@ def apps_root(tmp_path_factory) -> Path:
         ("cycle-06", "farm", CYCLE_APP, "Chicken"),
         ("import-error-06", "needy", IMPORT_ERROR_APP, "Needy"),
         ("bad-pip-06", "unbuildable", BAD_PIP_APP, "Unbuildable"),
+        ("gpu-06", "segmenter", GPU_APP, "Segmenter"),
     ):
         (root / alias).mkdir()
         (root / alias / f"{module}.py").write_text(source)
@@ -265,4 +279,17 @@ async def test_an_uninstallable_requirement_fails_with_the_installers_message(ap
     # The reason is the installer's own error, naming the requirement.
     assert status["reason"].startswith("Unbuildable: installing the app's packages failed: ERROR:"), status
     assert "bioengine-no-such-package-xyz" in status["reason"], status
+    await apps.stop_app(application_id=app_id)
+
+
+async def test_gpu_memory_needs_a_gpu_or_disable_gpu(apps, admin_client, wait_app):
+    # This machine has no GPU: an app asking for GPU memory is refused unless told to use CPUs.
+    with pytest.raises(Exception, match=r"'Segmenter' needs a GPU \(gpu_memory_mb=2048\).*disable_gpu=True"):
+        await apps.deploy_app(artifact_id="gpu-06", application_id="gpu-06")
+    app_id = await apps.deploy_app(artifact_id="gpu-06", application_id="gpu-06", disable_gpu=True)
+    status = await wait_app(apps, app_id, ("RUNNING", "DEPLOY_FAILED", "UNHEALTHY"), timeout=120)
+    assert status["status"] == "RUNNING", status
+    assert status["application_resources"] == {"num_cpus": 0, "num_gpus": 0, "memory": 0}
+    app = await admin_client.get_service(status["service_ids"][0]["websocket_service_id"])
+    assert await app.device() == "cpu"
     await apps.stop_app(application_id=app_id)
