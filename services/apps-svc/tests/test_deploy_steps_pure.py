@@ -20,6 +20,7 @@ from bioengine_apps._deploy import (
     resolve_env,
     resolve_scaling,
     resources_grow,
+    reusable_spec,
     secrets_revision,
     settle_unchanged,
 )
@@ -331,3 +332,26 @@ def test_scaling_is_given_per_class_and_checked():
         resolve_scaling({"Analyzer": {"num_replicas": 1, "autoscaling_config": {}}}, SPEC_06)
     with pytest.raises(ValueError, match=r"num_replicas must be a whole number >= 1, not 0"):
         resolve_scaling({"Analyzer": {"num_replicas": 0}}, SPEC_06)
+
+
+def test_a_redeploy_of_the_same_code_reuses_the_discovered_spec():
+    from bioengine_app_runtime import App06
+
+    app06 = App06(entry="pipeline:Pipeline", spec=SPEC_06, sdk_version="0.1.0")
+    spec = build_spec(
+        "demo", "ws/demo-app", DeployRequest(), NO_ENV, MANIFEST, "artifact", code_dir="/apps/demo/code-1",
+        home_dir="/apps/demo/home", authorized_users={"*": ["*"]}, revision=0, previous=None, worker=WORKER,
+        app06=app06,
+    )  # fmt: skip
+    assert spec.deployments == app06_deployments(SPEC_06) and spec.init_kwargs == {}
+    previous = build_record(
+        spec, DeployRequest(), NO_ENV, MANIFEST, "artifact", resources={}, methods=["run"], code_hash="abc",
+        previous=None, now=1.0, updated_by=None,
+    )  # fmt: skip
+    assert reusable_spec(previous, "/apps/demo/code-1", "pipeline:Pipeline", "0.1.0") == SPEC_06
+    # New code, another entry, another SDK, or an older-format deployment: discover again.
+    assert reusable_spec(previous, "/apps/demo/code-2", "pipeline:Pipeline", "0.1.0") is None
+    assert reusable_spec(previous, "/apps/demo/code-1", "pipeline:Other", "0.1.0") is None
+    assert reusable_spec(previous, "/apps/demo/code-1", "pipeline:Pipeline", "0.2.0") is None
+    assert reusable_spec(deploy(), "/apps/demo/code-1", "pipeline:Pipeline", "0.1.0") is None
+    assert reusable_spec(None, "/apps/demo/code-1", "pipeline:Pipeline", "0.1.0") is None

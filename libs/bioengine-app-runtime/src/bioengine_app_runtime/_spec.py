@@ -68,6 +68,7 @@ class App06(BaseModel):
         default_factory=dict,
         description="Deploy-time {num_replicas} or {autoscaling_config} by 'module:qualname'.",
     )
+    sdk_version: str = Field("", description="Version of the bioengine SDK that read the spec.")
 
     def own(self, key: str) -> dict[str, Any]:
         """What one deployment's replicas are made of (for its Serve version)."""

@@ -59,7 +59,9 @@ class AppCodeError(ValueError):
 
 # ---- discovery -------------------------------------------------------------------------------------
 def discovery_task(code_dir: str, entry: str, application_kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Inside Ray, in a worker process of its own: ``{"spec": ..., "kwargs": {key: {...}}}``."""
+    """Inside Ray, in a worker process of its own: ``{"spec": ..., "kwargs": {key: {...}},
+    "sdk_version": ...}`` (the spec depends only on the code and the SDK that read it)."""
+    import bioengine
     from bioengine.composition import introspect_app, validate_application_kwargs
 
     sys.path.insert(0, code_dir)
@@ -67,7 +69,7 @@ def discovery_task(code_dir: str, entry: str, application_kwargs: Mapping[str, A
     importlib.invalidate_caches()
     spec = introspect_app(entry)
     kwargs = validate_application_kwargs(spec, dict(application_kwargs or {}))
-    return {"spec": spec, "kwargs": kwargs}
+    return {"spec": spec, "kwargs": kwargs, "sdk_version": bioengine.__version__}
 
 
 def discover(

@@ -31,6 +31,7 @@ __all__ = [
     "resolve_env",
     "resolve_scaling",
     "resources_grow",
+    "reusable_spec",
     "secrets_revision",
     "settle_unchanged",
 ]
@@ -140,6 +141,20 @@ def resolve_scaling(scaling: Mapping[str, Any] | None, spec: Mapping[str, Any]) 
             )
         result[keys[0]] = dict(value)
     return result
+
+
+def reusable_spec(
+    previous: AppRecord | None, code_dir: str, entry: str, sdk_version: str
+) -> dict[str, Any] | None:
+    """The previous deployment's discovered spec of a 0.6.0 app when it still holds: same code
+    (its folder is named by the code's hash), same entry, read by this SDK version. Then a
+    redeploy (new kwargs, env vars, scaling) needs no discovery task."""
+    app06 = (previous.spec.get("app06") if previous else None) or {}
+    if not app06 or previous is None or previous.spec.get("code_dir") != code_dir:
+        return None
+    if app06.get("entry") != entry or not sdk_version or app06.get("sdk_version") != sdk_version:
+        return None
+    return dict(app06["spec"])
 
 
 def app06_deployments(spec: Mapping[str, Any]) -> list[str]:

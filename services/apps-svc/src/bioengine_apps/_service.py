@@ -30,6 +30,9 @@ from typing import Any
 
 from pydantic import Field
 
+from bioengine import BioEngineUserError
+from bioengine import __version__ as SDK_VERSION
+from bioengine.composition import validate_application_kwargs
 from bioengine_app_format import (
     FORMAT_06,
     AppAnalysis,
@@ -80,6 +83,7 @@ from ._deploy import (
     resolve_env,
     resolve_scaling,
     resources_grow,
+    reusable_spec,
     secrets_revision,
     settle_unchanged,
 )
@@ -693,23 +697,34 @@ class AppsService(BioEngineService):
         request: DeployRequest,
     ) -> tuple[App06, AppAnalysis]:
         """A 0.6.0 app's classes, kwargs, GPUs and resources: its replica files are placed and
-        its entry imported inside Ray (a task of its own), never here. The author's mistakes
+        its entry imported inside Ray (a task of its own), never here; a redeploy of the same
+        code reuses the spec found then (:func:`._deploy.reusable_spec`). The author's mistakes
         (an import error, a cycle, bad kwargs or scaling) are an InvalidRequest saying which."""
         code_dir = await asyncio.to_thread(self._place_files, application_id, _code_hash(files), files)
         entry = str(manifest["entry"])
+        kwargs = dict(request.application_kwargs or {})
+        spec = reusable_spec(self.records.get(application_id), str(code_dir), entry, SDK_VERSION)
         try:
-            found = await self._ray(
-                discover, str(code_dir), entry, dict(request.application_kwargs or {}), timeout=150
-            )
-            spec = found["spec"]
+            if spec is None:
+                found = await self._ray(discover, str(code_dir), entry, kwargs, timeout=150)
+                spec, init_kwargs, sdk_version = found["spec"], found["kwargs"], found["sdk_version"]
+            else:  # the same code as deployed: only the kwargs are new (the SDK's pure check)
+                init_kwargs, sdk_version = validate_application_kwargs(spec, kwargs), SDK_VERSION
             num_gpus = {
                 key: size_gpus(deployment, bool(request.disable_gpu), self.cluster_gpus)
                 for key, deployment in spec["deployments"].items()
             }
             scaling = resolve_scaling(request.scaling, spec)
-        except (AppCodeError, ValueError) as exc:
+        except (AppCodeError, BioEngineUserError, ValueError) as exc:
             raise InvalidRequest(f"cannot deploy '{artifact_id}' (entry '{entry}'): {exc}") from exc
-        app06 = App06(entry=entry, spec=spec, init_kwargs=found["kwargs"], num_gpus=num_gpus, scaling=scaling)
+        app06 = App06(
+            entry=entry,
+            spec=spec,
+            init_kwargs=init_kwargs,
+            num_gpus=num_gpus,
+            scaling=scaling,
+            sdk_version=sdk_version,
+        )
         analysis = AppAnalysis(
             entry_class=entry,
             methods=[m["name"] for m in entry_methods(spec)],
