@@ -156,3 +156,65 @@ def test_the_replica_class_wraps_handles_runs_the_lifecycle_and_records_failures
     failure = recorded[app06.kv.health_key("app-1")]["Root"]
     assert failure["reason"] == "Smoke test failed: AssertionError: bad weights"
     os.environ.pop("BIOENGINE_REPLICA", None)
+
+
+def test_the_builder_makes_one_deployment_per_class_bound_by_handles(discovered):
+    from bioengine_app_runtime import App06, AppSpec, _builder
+
+    spec = discovered["spec"]
+    tokenizer, analyzer, pipeline = spec["order"]
+    app_spec = AppSpec(
+        application_id="compose",
+        artifact_id="ws/compose",
+        code_dir=str(COMPOSITION),
+        home_dir="/tmp/compose-home",
+        deployments=[pipeline, analyzer, tokenizer],
+        env_vars={"*": {"SHARED": "1"}, "Tokenizer": {"OWN": "2"}},
+        disable_gpu=True,
+        server_url="http://hypha.test",
+        workspace="ws",
+        app06=App06(
+            entry=pipeline,
+            spec={
+                **spec,
+                "deployments": {
+                    **spec["deployments"],
+                    tokenizer: {
+                        **spec["deployments"][tokenizer],
+                        "ray_actor_options": {
+                            **spec["deployments"][tokenizer]["ray_actor_options"],
+                            "runtime_env": {"pip": ["humanize==4.16.0"], "env_vars": {"OWN": "author"}},
+                        },
+                    },
+                },
+            },
+            init_kwargs=discovered["kwargs"],
+            num_gpus={key: 0.0 for key in spec["deployments"]},
+            scaling={analyzer: {"num_replicas": 2}},
+        ),
+    )
+    try:
+        app = _builder.build(app_spec.model_dump(mode="json"))
+    finally:
+        _builder._previous.update(path=None, modules=set())
+    proxy = app._bound_deployment
+    entry = proxy.init_args[0]._bound_deployment
+    assert entry.name == "Pipeline" and entry.version == _builder.deployment_version_06(app_spec, pipeline)
+    bound_analyzer = entry.init_kwargs["analyzer"]._bound_deployment
+    bound_tokenizer = entry.init_kwargs["tokenizer"]._bound_deployment
+    # Transitive: the Analyzer's own Tokenizer handle is the same deployment.
+    assert bound_analyzer.init_kwargs["tokenizer"]._bound_deployment.name == "Tokenizer"
+    assert bound_analyzer.init_kwargs["top"] == 2 and bound_analyzer.num_replicas == 2
+    options = bound_tokenizer.ray_actor_options
+    assert options["num_gpus"] == 0 and options["num_cpus"] == 0.1 and options["memory"] == 128 * 1024**2
+    runtime_env = options["runtime_env"]
+    assert runtime_env["pip"] == {"packages": ["humanize==4.16.0"], "pip_check": False}
+    assert runtime_env["working_dir"] == f"local://{COMPOSITION}"
+    # The deploy-time env var wins over the author's, and the platform's are set.
+    assert runtime_env["env_vars"]["OWN"] == "2" and runtime_env["env_vars"]["SHARED"] == "1"
+    assert runtime_env["env_vars"]["BIOENGINE_APPLICATION_ID"] == "compose"
+    assert bound_tokenizer.max_ongoing_requests == 8
+    # The proxy publishes the entry's methods only, and refuses calls over capacity.
+    config = proxy._deployment_config.user_config
+    assert [m["name"] for m in config["methods"]] == ["run", "describe"]
+    assert config["refuse_when_full"] is True
