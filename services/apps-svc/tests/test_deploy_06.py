@@ -222,7 +222,7 @@ async def test_a_changed_kwarg_redeploys(apps, admin_client, wait_app, deployed)
     await apps.stop_app(application_id="demo-06")
 
 
-async def test_a_failed_smoke_test_is_reported(apps):
+async def test_a_failed_smoke_test_is_reported(apps, ray_head):
     app_id = await apps.deploy_app(
         artifact_id="demo-app-0.6",
         application_id="smoke-06",
@@ -237,6 +237,10 @@ async def test_a_failed_smoke_test_is_reported(apps):
         assert time.monotonic() < deadline, status
         await asyncio.sleep(1)
     assert "fail_smoke_test=True" in status["deployments"]["DemoApp"]["lifecycle_error"]
+    # Three deployments of the demo so far (two versions of demo-06, then this app), one pip
+    # environment: the same requirements give the same runtime env, which Ray reuses.
+    pip_envs = Path(ray_head.temp_dir) / "session_latest" / "runtime_resources" / "pip"
+    assert len([p for p in pip_envs.iterdir() if p.is_dir()]) == 1
     await apps.stop_app(application_id=app_id)
 
 
