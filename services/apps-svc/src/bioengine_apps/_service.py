@@ -710,6 +710,8 @@ class AppsService(BioEngineService):
                 spec, init_kwargs, sdk_version = found["spec"], found["kwargs"], found["sdk_version"]
             else:  # the same code as deployed: only the kwargs are new (the SDK's pure check)
                 init_kwargs, sdk_version = validate_application_kwargs(spec, kwargs), SDK_VERSION
+            if not request.disable_gpu and any(d.get("gpu_memory_mb") for d in spec["deployments"].values()):
+                self.cluster_gpus = await self._ray(_cluster_gpus, timeout=5)  # the GPUs of this moment
             num_gpus = {
                 key: size_gpus(deployment, bool(request.disable_gpu), self.cluster_gpus)
                 for key, deployment in spec["deployments"].items()
