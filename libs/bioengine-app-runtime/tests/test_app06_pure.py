@@ -190,8 +190,8 @@ def test_the_builder_makes_one_deployment_per_class_bound_by_handles(discovered)
             },
             init_kwargs=discovered["kwargs"],
             num_gpus={key: 0.0 for key in spec["deployments"]},
-            scaling={analyzer: {"num_replicas": 2}},
         ),
+        scaling={"Analyzer": {"num_replicas": 2}},
     )
     try:
         app = _builder.build(app_spec.model_dump(mode="json"))

@@ -4,10 +4,12 @@ rules, and the generated docs kept in step with them."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import Field
 
+from bioengine_common import PermissionDenied
 from bioengine_common.contracts import WORKER, Access, Api, CallTimeout, worker
 from bioengine_common.contracts.__main__ import main
 from bioengine_common.contracts._docs import COMMAND, render
@@ -29,7 +31,22 @@ async def act(
     """Act on a target."""
 
 
+ADMIN = {"user": {"id": "admin"}}
+
+
 class Service:
+    """Implements ``act``; its admin check is the one BioEngineService gives every service."""
+
+    def __init__(self) -> None:
+        self.checked: list[tuple[Any, Any, str]] = []
+
+    def require_admin(self, context: Any, caller: Any, action: str) -> dict:
+        self.checked.append((context, caller, action))
+        who = caller if caller is not None else context
+        if ((who or {}).get("user") or {}).get("id") != "admin":
+            raise PermissionDenied(f"'{action}' (admin only)")
+        return who
+
     @act.implementation
     async def act(
         self,
@@ -72,13 +89,34 @@ def test_an_implementation_gets_the_contracts_docstring_and_schema():
 
 
 async def test_an_implementation_is_called_with_the_contracts_defaults():
-    assert await Service().act("x") == {"target": "x", "wait": False, "timeout": 60.0, "caller": None}
-    assert await Service().act(target="y", timeout=5) == {
+    assert await Service().act("x", context=ADMIN) == {
+        "target": "x",
+        "wait": False,
+        "timeout": 60.0,
+        "caller": None,
+    }
+    assert await Service().act(target="y", timeout=5, context=ADMIN) == {
         "target": "y",
         "wait": False,
         "timeout": 5,
         "caller": None,
     }
+
+
+async def test_an_implementation_applies_the_contracts_admin_rule_itself():
+    service = Service()
+    with pytest.raises(PermissionDenied, match=r"'act' \(admin only\)"):
+        await service.act("x", context={"user": {"id": "someone"}})
+    # A forwarded caller is what the service checks (it decides whether to trust it).
+    forwarded = await service.act("x", caller=ADMIN, context={"user": {"id": "gateway"}})
+    assert forwarded["caller"] == ADMIN
+    with pytest.raises(PermissionDenied):
+        await service.act("x", caller={"user": {"id": "someone"}}, context=ADMIN)
+    # admin_unless: giving the token needs no admin, and the check is not even asked for.
+    before = len(service.checked)
+    assert (await service.act("x", token="t", context={"user": {"id": "someone"}}))["target"] == "x"
+    assert len(service.checked) == before
+    assert [action for _, _, action in service.checked] == ["act"] * before
 
 
 @pytest.mark.parametrize(

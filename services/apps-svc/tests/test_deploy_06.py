@@ -249,17 +249,24 @@ async def test_the_composition_app_answers_through_three_levels(apps, admin_clie
         artifact_id="composition-app-0.6",
         application_id="compose-06",
         application_kwargs={"Analyzer": {"top": 2}, "Pipeline": {"label": "docs"}},
+        scaling={"Tokenizer": {"num_replicas": 2}},
     )
     status = await wait_app(apps, app_id, ("RUNNING", "DEPLOY_FAILED", "UNHEALTHY"), timeout=180)
     assert status["status"] == "RUNNING", status
     assert set(status["deployments"]) == {"Pipeline", "Analyzer", "Tokenizer", "BioEngineProxy"}
     assert set(status["available_methods"]) == {"run", "describe"}  # only the entry's methods
+    assert status["deployments"]["Tokenizer"]["replica_states"] == {"RUNNING": 2}  # deploy-time scaling
     app = await admin_client.get_service(status["service_ids"][0]["websocket_service_id"])
     result = await app.run(text="The cat and the hat, the end")
     assert result["label"] == "docs"
     assert result["words"] == ["the", "cat", "and", "the", "hat", "the", "end"]
     assert result["analysis"] == {"words": 7, "most_common": [["the", 3], ["cat", 1]]}
     assert (await app.describe())["raw_handle"] == "DeploymentHandle"
+    # scaling names the classes found in the code.
+    with pytest.raises(Exception, match=r"scaling\['Model'\]: the app has no deployment class 'Model'"):
+        await apps.deploy_app(
+            artifact_id="composition-app-0.6", application_id=app_id, scaling={"Model": {"num_replicas": 1}}
+        )
     await apps.stop_app(application_id=app_id)
 
 

@@ -18,7 +18,6 @@ from bioengine_apps._deploy import (
     env_scope_problems,
     merge_with_previous,
     resolve_env,
-    resolve_scaling,
     resources_grow,
     reusable_spec,
     secrets_revision,
@@ -315,23 +314,6 @@ def test_a_0_6_0_apps_deployments_list_the_entry_first():
     assert env_scope_problems(env, app06_deployments(SPEC_06)) == [
         "application_env_vars.Nope: the app has no deployment 'Nope'"
     ]
-
-
-def test_scaling_is_given_per_class_and_checked():
-    assert resolve_scaling(None, SPEC_06) == {}
-    assert resolve_scaling(
-        {"Analyzer": {"num_replicas": 2}, "pipeline:Pipeline": {"autoscaling_config": {"max_replicas": 3}}},
-        SPEC_06,
-    ) == {
-        "steps.analyzer:Analyzer": {"num_replicas": 2},
-        "pipeline:Pipeline": {"autoscaling_config": {"max_replicas": 3}},
-    }
-    with pytest.raises(ValueError, match=r"scaling: 'Model' is not a class of this app \(classes: Analyzer"):
-        resolve_scaling({"Model": {"num_replicas": 1}}, SPEC_06)
-    with pytest.raises(ValueError, match=r"scaling\['Analyzer'\] must be \{'num_replicas': n\} or"):
-        resolve_scaling({"Analyzer": {"num_replicas": 1, "autoscaling_config": {}}}, SPEC_06)
-    with pytest.raises(ValueError, match=r"num_replicas must be a whole number >= 1, not 0"):
-        resolve_scaling({"Analyzer": {"num_replicas": 0}}, SPEC_06)
 
 
 def test_a_redeploy_of_the_same_code_reuses_the_discovered_spec():

@@ -174,7 +174,7 @@ async def test_a_forwarder_passes_every_parameter_with_its_default(gateway, monk
         "artifact_id": "my-app", "version": None, "application_id": None, "application_kwargs": None,
         "application_env_vars": None, "hypha_token": None, "disable_gpu": None,
         "max_ongoing_requests": None, "auto_redeploy": None, "authorized_users": None, "wait": False,
-        "timeout": 300.0,
+        "timeout": 300.0, "scaling": None, "proxy_memory_in_gb": None, "debug": None, "ice_servers": None,
     }  # fmt: skip
     assert seen["call_timeout"] == 120.0
     await gateway.deploy_app("my-app", wait=True, timeout=60, context=ADMIN)

@@ -41,15 +41,25 @@ __all__ = [
     "build",
     "deployment_version",
     "deployment_version_06",
+    "proxy_options",
     "proxy_version",
+    "scaling_options",
     "schema_methods",
     "worker_env",
 ]
 
 #: Start a deployment's new replicas before stopping the old ones (percent of its replicas).
 MAX_SURGE_PERCENT = 100
-#: Fields of an AppSpec that only the proxy uses (they never restart the app's own replicas).
-_PROXY_ONLY = {"authorized_users", "max_ongoing_requests", "methods"}
+#: Fields of an AppSpec that only the proxy uses, or that Serve applies without new replicas
+#: (scaling): they never restart the app's own replicas.
+_PROXY_ONLY = {
+    "authorized_users",
+    "max_ongoing_requests",
+    "methods",
+    "proxy_memory_in_gb",
+    "debug",
+    "scaling",
+}
 #: Fields of an AppSpec that hold one entry per deployment class ("*" for all of them).
 _PER_CLASS = {"init_kwargs", "env_vars", "secret_env_names"}
 
@@ -70,7 +80,8 @@ def deployment_version(spec: AppSpec, class_name: str) -> str:
 
 def deployment_version_06(spec: AppSpec, key: str) -> str:
     """:func:`deployment_version` of one class (``module:qualname``) of a 0.6.0 app: also its own
-    part of the discovered spec, kwargs, GPUs and scaling."""
+    part of the discovered spec, kwargs and GPUs (``scaling`` changes in place, as for the
+    older format)."""
     assert spec.app06 is not None
     class_name = spec.app06.spec["deployments"][key]["class_name"]
     return _digest({"base": deployment_version(spec, class_name), "own06": spec.app06.own(key)})
@@ -190,8 +201,32 @@ def _prepared(deployment: Any, class_name: str, spec: AppSpec) -> Any:
     runtime_env.setdefault("working_dir", f"local://{spec.code_dir}")
     options["runtime_env"] = runtime_env
     wrapped = wrap_deployment_class(deployment.func_or_class, spec.application_id, spec.home_dir)
-    prepared = deployment.options(func_or_class=wrapped, ray_actor_options=options)
+    prepared = deployment.options(
+        func_or_class=wrapped, ray_actor_options=options, **scaling_options(spec, class_name)
+    )
     return _rolling(prepared, deployment_version(spec, class_name))
+
+
+def scaling_options(spec: AppSpec, class_name: str) -> dict[str, Any]:
+    """Serve options of deploy_app's ``scaling`` for one class (none: the decorator's own)."""
+    rule = spec.scaling.get(class_name) or {}
+    if "num_replicas" in rule:
+        return {"num_replicas": int(rule["num_replicas"]), "autoscaling_config": None}
+    if "autoscaling_config" in rule:
+        return {"num_replicas": "auto", "autoscaling_config": dict(rule["autoscaling_config"])}
+    return {}
+
+
+def proxy_options(spec: AppSpec) -> dict[str, Any]:
+    """Serve options of the app's proxy: its 0 CPUs, deploy_app's ``proxy_memory_in_gb`` and
+    ``debug`` (the proxy's log level)."""
+    actor: dict[str, Any] = {"num_cpus": 0, "runtime_env": {"env_vars": PROXY_ENV}}
+    if spec.proxy_memory_in_gb:
+        actor["memory"] = int(spec.proxy_memory_in_gb * 1024**3)
+    options: dict[str, Any] = {"ray_actor_options": actor}
+    if spec.debug:
+        options["logging_config"] = {"log_level": "DEBUG"}
+    return options
 
 
 def build(args: dict[str, Any]) -> Any:
@@ -237,6 +272,7 @@ def _build_06(spec: AppSpec) -> Any:
             worker_env=lambda class_name: worker_env(spec, class_name),
             version_of=lambda key: deployment_version_06(spec, key),
             rolling=_rolling,
+            scaling_of=lambda class_name: scaling_options(spec, class_name),
         )
     finally:
         _remember_modules(spec.code_dir)
@@ -251,7 +287,7 @@ def _with_proxy(entry_app: Any, proxy_spec: ProxySpec, spec: AppSpec) -> Any:
     proxy = BioEngineProxy.options(  # type: ignore[attr-defined]
         name=PROXY_DEPLOYMENT,
         max_ongoing_requests=max(spec.max_ongoing_requests, 1) + 10,
-        ray_actor_options={"num_cpus": 0, "runtime_env": {"env_vars": PROXY_ENV}},
         user_config=proxy_spec.user_config(),
+        **proxy_options(spec),
     )
     return _rolling(proxy, proxy_version(proxy_spec)).bind(entry_app, proxy_spec.model_dump(mode="json"))

@@ -64,10 +64,6 @@ class App06(BaseModel):
     num_gpus: dict[str, float] = Field(
         default_factory=dict, description="Sized num_gpus by 'module:qualname'."
     )
-    scaling: dict[str, dict[str, Any]] = Field(
-        default_factory=dict,
-        description="Deploy-time {num_replicas} or {autoscaling_config} by 'module:qualname'.",
-    )
     sdk_version: str = Field("", description="Version of the bioengine SDK that read the spec.")
 
     def own(self, key: str) -> dict[str, Any]:
@@ -77,7 +73,6 @@ class App06(BaseModel):
             "deployment": self.spec["deployments"].get(key),
             "kwargs": self.init_kwargs.get(key),
             "num_gpus": self.num_gpus.get(key),
-            "scaling": self.scaling.get(key),
         }
 
 
@@ -112,6 +107,12 @@ class AppSpec(BaseModel):
     redeploy: int = 0
     #: Bumped when secret values change, so replicas restart and read them.
     secrets_revision: int = 0
+    scaling: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Per class: {num_replicas: n} or {autoscaling_config: {...}} (deploy_app's scaling).",
+    )
+    proxy_memory_in_gb: float | None = Field(None, description="Memory the proxy replica reserves, GiB.")
+    debug: bool = Field(False, description="DEBUG log level for the app's proxy.")
     #: A manifest-0.6.0 app (``deployments`` then lists its classes' 'module:qualname', the entry
     #: first); None for the older format.
     app06: App06 | None = None
@@ -141,6 +142,8 @@ class ProxySpec(BaseModel):
     refuse_when_full: bool = False
     #: auto_redeploy rebuilds everything, the proxy included.
     redeploy: int = 0
+    proxy_memory_in_gb: float | None = None
+    debug: bool = False
 
     @classmethod
     def of(cls, spec: AppSpec) -> ProxySpec:

@@ -256,11 +256,15 @@ def _actor_options(
     return options
 
 
-def build_06(spec: Any, worker_env: Any, version_of: Any, rolling: Any) -> tuple[Any, list[dict[str, Any]]]:
+def build_06(
+    spec: Any, worker_env: Any, version_of: Any, rolling: Any, scaling_of: Any
+) -> tuple[Any, list[dict[str, Any]]]:
     """The entry's bound deployment (every other class bound into it through its handle
     parameters) and the entry's published methods. ``spec`` is an ``AppSpec`` with ``app06``;
     ``worker_env(class_name)`` gives the env vars the platform sets; ``version_of(key)`` a
-    deployment's Serve version; ``rolling(deployment, version)`` applies it."""
+    deployment's Serve version; ``rolling(deployment, version)`` applies it;
+    ``scaling_of(class_name)`` the Serve options of deploy_app's ``scaling`` (changed in place,
+    outside the version)."""
     from ray import serve
 
     app = spec.app06
@@ -273,9 +277,7 @@ def build_06(spec: Any, worker_env: Any, version_of: Any, rolling: Any) -> tuple
         for param in deployment["init_params"]:
             if param["kind"] == "handle":
                 kwargs[param["name"]] = bound[param["target"]]
-        serve_options = {**deployment.get("serve_options", {}), **(app.scaling.get(key) or {})}
-        if "autoscaling_config" in (app.scaling.get(key) or {}):
-            serve_options.pop("num_replicas", None)
+        serve_options = {**deployment.get("serve_options", {}), **scaling_of(deployment["class_name"])}
         serve_options.pop("version", None)
         made = serve.deployment(
             wrap_class_06(user_class, deployment, spec.application_id, spec.home_dir),

@@ -6,6 +6,7 @@ server, a Ray head of our own) is in :mod:`bioengine_common.local_stack`; test f
 :mod:`bioengine_common.testing` (a pytest plugin), exceptions in :mod:`bioengine_common.errors`.
 """
 
+from ._aio import within
 from ._files import write_json_atomic
 from ._hypha import HyphaConnection, connect, trusted_service_id
 from ._lifecycle import EXIT_CONNECTION_LOST, EXIT_FAILURE, EXIT_WORKER_STOP, BioEngineService, CallerField
@@ -84,5 +85,6 @@ __all__ = [
     "traced",
     "trusted_service_id",
     "wait_for_port",
+    "within",
     "write_json_atomic",
 ]

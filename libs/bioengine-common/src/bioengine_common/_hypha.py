@@ -13,6 +13,7 @@ from typing import Any
 
 from hypha_rpc import connect_to_server
 
+from ._aio import within
 from ._settings import ServiceSettings
 from .errors import ConnectionLost, ServiceUnavailable, error_summary
 
@@ -37,7 +38,7 @@ async def connect(
     if client_id:
         config["client_id"] = client_id
     try:
-        server = await asyncio.wait_for(connect_to_server(config), timeout)
+        server = await within(connect_to_server(config), timeout)
     except TimeoutError as exc:
         raise ServiceUnavailable(f"Hypha server {server_url} did not answer within {timeout:.0f} s") from exc
     except ConnectionAbortedError as exc:
@@ -222,7 +223,7 @@ class HyphaConnection:
         await asyncio.sleep(0)
         if self._socket_open():
             return True
-        await asyncio.wait_for(connection.open(), timeout=30)
+        await within(connection.open(), 30)
         return True
 
     async def watch(self, interval: float = 2.0, down_interval: float = 1.0) -> None:
@@ -240,7 +241,7 @@ class HyphaConnection:
                     await self._reconnect_now()
                 if self._socket_open() is False:  # no need to wait for a ping to time out
                     raise ConnectionError("the websocket to the Hypha server is closed")
-                await asyncio.wait_for(self.server.echo("ping"), timeout=5.0)
+                await within(self.server.echo("ping"), 5.0)
             except Exception as exc:  # any failure counts; only its duration matters
                 now = time.monotonic()
                 if self.connected:
@@ -271,7 +272,7 @@ class HyphaConnection:
     async def disconnect(self) -> None:
         if self.server is not None:
             try:
-                await asyncio.wait_for(self.server.disconnect(), timeout=5)
+                await within(self.server.disconnect(), 5)
             except Exception as exc:  # shutting down anyway
                 self.logger.debug("Disconnect failed: %s", exc)
             self.server = None

@@ -209,17 +209,19 @@ class WirePool:
             except ConnectionError:
                 continue  # the server closed it while idle; a read is safe to send again
         loop = asyncio.get_running_loop()
-        _, connection = await asyncio.wait_for(
-            loop.create_connection(lambda: WireConnection(self.buffers), self.host, self.port, ssl=self.ssl),
-            timeout,
-        )
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can lose a cancellation.
+        async with asyncio.timeout(timeout):
+            _, connection = await loop.create_connection(
+                lambda: WireConnection(self.buffers), self.host, self.port, ssl=self.ssl
+            )
         return await self._exchange(connection, request, timeout)
 
     async def _exchange(
         self, connection: WireConnection, request: bytes, timeout: float
     ) -> tuple[int, memoryview]:
         try:
-            answer = await asyncio.wait_for(connection.post(request), timeout)
+            async with asyncio.timeout(timeout):
+                answer = await connection.post(request)
         except BaseException:
             connection.close()  # its state is unknown: never reuse it
             raise

@@ -33,11 +33,15 @@ from bioengine_common import (
     free_port,
     load_settings,
     token_claims,
+    within,
 )
 from bioengine_common.cluster_options import CLUSTER_OPTIONS, ClusterOptions
 from bioengine_common.local_stack import EmbeddedHypha, port_free
 
 from ._supervisor import Dependency, ManagedProcess, Supervisor
+
+#: The banner's last line: the worker is ready (tests and scripts wait for it).
+READY_LINE = "Press Ctrl-C to stop."
 
 CONNECTION_FILE = "worker.json"
 _PER_PROCESS_VARIABLES = {"BIOENGINE_CLIENT_ID", "BIOENGINE_LOG_FILE", "BIOENGINE_TOKEN"}
@@ -109,6 +113,13 @@ class LauncherOptions(BaseModel):
         "not ready and why.",
     )
     debug: bool = Field(False, description="Log at DEBUG level in every service.")
+    startup_applications: str | None = Field(
+        None,
+        description="Apps to deploy once the worker is ready (handed to bioengine-apps): a JSON "
+        'list of deploy_app keyword arguments, e.g. \'[{"artifact_id": "demo-app"}]\'; ${VAR} '
+        "in a string is taken from the environment. Failures are logged and shown in "
+        "get_status, never fatal.",
+    )
     telemetry_exporter: Literal["none", "console", "otlp"] = Field(
         "none", description="OpenTelemetry exporter of every service."
     )
@@ -312,6 +323,8 @@ class Launcher:
             argv = [sys.executable, "-m", module, *common]
             if name == "cluster":
                 argv += ["--mode", self.settings.mode, *self._cluster_flags()]
+            if name == "apps" and self.settings.startup_applications:
+                argv += ["--startup-applications", self.settings.startup_applications]
 
             def environment(name: str = name) -> dict[str, str]:
                 # Per-process settings must not be shared: four clients with one id evict each other.
@@ -361,7 +374,7 @@ class Launcher:
                     if name in registered:
                         continue
                     try:
-                        info = await asyncio.wait_for(
+                        info = await within(
                             server.get_service_info(f"{workspace}/{SERVICE_IDS[name]}", {"mode": "last"}),
                             STARTUP_CALL_TIMEOUT_S,
                         )
@@ -375,11 +388,11 @@ class Launcher:
                 if "gateway" in registered:
                     try:
                         if gateway is None:
-                            gateway = await asyncio.wait_for(
+                            gateway = await within(
                                 server.get_service(f"{workspace}/bioengine-worker", {"mode": "last"}),
                                 STARTUP_CALL_TIMEOUT_S,
                             )
-                        status = await asyncio.wait_for(gateway.get_status(), STARTUP_CALL_TIMEOUT_S)
+                        status = await within(gateway.get_status(), STARTUP_CALL_TIMEOUT_S)
                     except Exception:
                         gateway = None  # restarted under a new client id: look it up again
                 if status is not None:
@@ -453,7 +466,7 @@ class Launcher:
             ),
             "Check it with: uv run bioengine status"
             + (f" --workspace-dir {self.dir}" if self.dir != Path("~/.bioengine").expanduser() else ""),
-            "Press Ctrl-C to stop.",
+            READY_LINE,
         ]
         print("\n".join(lines), flush=True)
 
@@ -479,7 +492,7 @@ class Launcher:
                 if startup.done():
                     startup.result()  # raises what made the start-up fail
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=0.5)
+                    await within(stop.wait(), 0.5)
         finally:
             startup.cancel()
             with contextlib.suppress(BaseException):

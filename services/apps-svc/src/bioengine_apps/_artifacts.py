@@ -5,6 +5,16 @@ current format: a manifest ``version`` not stored yet makes a new snapshot and k
 ones; the latest version again updates in place; an older one is refused. Format 0.6.0: every
 upload needs a new, strictly higher PEP 440 ``version``. Files go to presigned URLs; a failed upload discards the staged changes, so a broken
 upload never replaces a working app.
+
+Frontends: an app whose manifest names a ``frontend_entry`` (either format) gets the artifact's
+``view_config`` set at upload, and Hypha serves the entry's folder statically at
+``<public base URL>/<workspace>/view/<alias>/`` (:func:`view_config_for`, :func:`static_site_url`).
+
+Public apps: Hypha lets a caller read an artifact's files only when the artifact's collection
+lets them too, and a collection that lets anyone read lets anyone read all its children. So an
+app uploaded with ``public=True`` goes into a second collection, ``applications-public``, that
+anyone may read (its files and its frontend page); the others stay in ``applications``, readable
+by the workspace only. An app's collection is chosen when it is first uploaded.
 """
 
 from __future__ import annotations
@@ -12,21 +22,85 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 
 from bioengine_app_format import format_version_of, load_app_manifest, version_action
 from bioengine_common import InvalidRequest, NotFound, error_summary
 
-__all__ = ["COLLECTION", "ArtifactStore"]
+__all__ = [
+    "COLLECTION",
+    "PUBLIC_COLLECTION",
+    "ArtifactStore",
+    "dev_version_problem",
+    "static_site_url",
+    "view_config_for",
+]
 
 COLLECTION = "applications"
 _TIMEOUT = aiohttp.ClientTimeout(total=60)
 
 
+#: The collection of the apps uploaded with ``public=True``: anyone may read them.
+PUBLIC_COLLECTION = "applications-public"
+
+
+def view_config_for(frontend_entry: str | None) -> dict[str, Any] | None:
+    """The artifact ``view_config`` that makes Hypha serve an app's frontend: the entry's folder
+    is the site's root and the entry its index page (None: the app has no frontend)."""
+    if not frontend_entry:
+        return None
+    folder, _, index = frontend_entry.strip("/").rpartition("/")
+    return {"branch": "main", "root_directory": folder or "/", "index": index, "headers": {}}
+
+
+def static_site_url(
+    public_base_url: str,
+    workspace: str,
+    alias: str,
+    view_config: Any,
+    query: dict[str, str | None] | None = None,
+) -> str | None:
+    """Where Hypha serves an app's frontend (None without a ``view_config``): the index page of
+    the site's root, with ``query`` (the app's server and service ids, the ones set) appended."""
+    if not isinstance(view_config, dict):
+        return None
+    index = str(view_config.get("index") or "index.html")
+    # Hypha serves "index.html" for the bare folder; any other entry page is named in the URL.
+    url = f"{public_base_url.rstrip('/')}/{workspace}/view/{alias}/" + (
+        "" if index == "index.html" else index
+    )
+    params = {k: v for k, v in (query or {}).items() if v}
+    return f"{url}?{urlencode(params)}" if params else url
+
+
+def dev_version_problem(version: str) -> str | None:
+    """Why a version may not be deleted on its own (only development versions may: their tag
+    contains 'dev'), or None."""
+    if "dev" not in str(version):
+        return (
+            f"only development versions (a tag containing 'dev', e.g. '1.2.0.dev1') can be deleted "
+            f"one by one; '{version}' is a release: delete the whole app with delete_app"
+        )
+    return None
+
+
 def _is_not_found(exc: BaseException) -> bool:
     text = str(exc)
     return "does not exist" in text or "not found" in text.lower() or "KeyError" in text
+
+
+def _upload_config(existing: Mapping[str, Any] | None, frontend_entry: str | None) -> dict[str, Any]:
+    """The artifact config an upload writes: the existing one with the frontend's view_config
+    set (or dropped)."""
+    config = dict((existing or {}).get("config") or {})
+    view = view_config_for(frontend_entry)
+    if view is None:
+        config.pop("view_config", None)
+    else:
+        config["view_config"] = view
+    return config
 
 
 class ArtifactStore:
@@ -48,6 +122,10 @@ class ArtifactStore:
     def collection_id(self) -> str:
         return f"{self.workspace}/{COLLECTION}"
 
+    @property
+    def public_collection_id(self) -> str:
+        return f"{self.workspace}/{PUBLIC_COLLECTION}"
+
     def full_id(self, artifact_id: str) -> str:
         if not artifact_id or not isinstance(artifact_id, str):
             raise InvalidRequest("artifact_id must be a non-empty string")
@@ -63,19 +141,27 @@ class ArtifactStore:
                 ) from exc
         return self._manager
 
-    async def ensure_collection(self) -> None:
+    async def ensure_collection(self, public: bool = False) -> None:
+        """Create the apps collection (or the public one) unless it exists."""
         manager = await self.manager()
+        collection_id = self.public_collection_id if public else self.collection_id
         try:
-            await manager.read(self.collection_id)
+            await manager.read(collection_id)
         except Exception as exc:
             if not _is_not_found(exc):
                 raise
+            extra: dict[str, Any] = {"config": {"permissions": {"*": "r"}}} if public else {}
             try:
                 await manager.create(
                     type="collection",
-                    alias=COLLECTION,
+                    alias=PUBLIC_COLLECTION if public else COLLECTION,
                     workspace=self.workspace,
-                    manifest={"name": "Applications", "description": "BioEngine apps of this workspace"},
+                    manifest={
+                        "name": "Public applications" if public else "Applications",
+                        "description": "BioEngine apps of this workspace"
+                        + (" that anyone may read" if public else ""),
+                    },
+                    **extra,
                 )
             except Exception as create_error:  # created meanwhile by another replica
                 if "already exists" not in str(create_error):
@@ -122,27 +208,42 @@ class ArtifactStore:
                 names.append(path)
         return names
 
-    async def upload(self, files: Mapping[str, bytes], created_by: str | None) -> str:
-        """Store an app (files incl. manifest.yaml); return its artifact id ``workspace/alias``."""
+    async def upload(self, files: Mapping[str, bytes], created_by: str | None, public: bool = False) -> str:
+        """Store an app (files incl. manifest.yaml); return its artifact id ``workspace/alias``.
+
+        The artifact's ``view_config`` follows the manifest's ``frontend_entry`` (set, changed or
+        removed with each upload). ``public`` puts a new app into the collection anyone may
+        read (its files and its frontend page); an app keeps the collection it was first
+        uploaded to (asking a private one to become public is an InvalidRequest)."""
         try:
             app = load_app_manifest(files)
         except ValueError as exc:
             raise InvalidRequest(str(exc)) from exc
         manifest = dict(app.manifest)
         manifest["created_by"] = created_by
-        await self.ensure_collection()
         manager = await self.manager()
         artifact_id = f"{self.workspace}/{app.id}"
         version = app.version
         existing = await self._read(artifact_id)
-        if existing is not None and existing.get("parent_id") != self.collection_id:
+        parents = (self.collection_id, self.public_collection_id)
+        if existing is not None and existing.get("parent_id") not in parents:
             await manager.delete(artifact_id, delete_files=True)
             existing = None
+        if existing is not None and public and existing.get("parent_id") != self.public_collection_id:
+            raise InvalidRequest(
+                f"app '{artifact_id}' was uploaded without public=True and stays private; to make it "
+                "public, delete it (delete_app) and upload it again with public=True"
+            )
+        parent_id = (existing or {}).get("parent_id") or (
+            self.public_collection_id if public else self.collection_id
+        )
+        await self.ensure_collection(public=parent_id == self.public_collection_id)
         tag: str | None = version
+        config = _upload_config(existing, app.frontend_entry)
         if existing is None:
             await manager.create(
-                parent_id=self.collection_id, alias=app.id, type="application",
-                manifest=manifest, stage=True,
+                parent_id=parent_id, alias=app.id, type="application",
+                manifest=manifest, config=config, stage=True,
             )  # fmt: skip
         else:
             tags = [str(v.get("version")) for v in existing.get("versions") or [] if v.get("version")]
@@ -152,9 +253,9 @@ class ArtifactStore:
                 raise InvalidRequest(str(exc)) from exc
             if action == "in_place":
                 tag = None  # update the latest version in place
-                await manager.edit(artifact_id, manifest=manifest, stage=True)
+                await manager.edit(artifact_id, manifest=manifest, config=config, stage=True)
             else:
-                await manager.edit(artifact_id, manifest=manifest, stage=True, version="new")
+                await manager.edit(artifact_id, manifest=manifest, config=config, stage=True, version="new")
         try:
             async with aiohttp.ClientSession(timeout=_TIMEOUT) as session:
                 await asyncio.gather(*(self._put(session, artifact_id, n, d) for n, d in files.items()))
@@ -174,23 +275,30 @@ class ArtifactStore:
         return artifact_id
 
     # ---- read -------------------------------------------------------------------------------------
+    async def view_config(self, artifact_id: str) -> Any:
+        """The artifact's ``view_config`` (None: no frontend, or no such artifact)."""
+        record = await self._read(self.full_id(artifact_id))
+        return ((record or {}).get("config") or {}).get("view_config")
+
     async def list_apps(self) -> dict[str, Any]:
         manager = await self.manager()
-        try:
-            children = await manager.list(self.collection_id)
-        except Exception as exc:
-            if _is_not_found(exc):
-                return {}
-            raise
         apps: dict[str, Any] = {}
-        for child in children:
-            artifact_id = child["id"]
-            apps[artifact_id] = {
-                "manifest": child.get("manifest"),
-                "format_version": format_version_of(child.get("manifest")),
-                "versions": [v.get("version") for v in child.get("versions") or []],
-                "files": await self.file_names(artifact_id),
-            }
+        for collection_id in (self.collection_id, self.public_collection_id):
+            try:
+                children = await manager.list(collection_id)
+            except Exception as exc:
+                if _is_not_found(exc):
+                    continue
+                raise
+            for child in children:
+                artifact_id = child["id"]
+                apps[artifact_id] = {
+                    "manifest": child.get("manifest"),
+                    "format_version": format_version_of(child.get("manifest")),
+                    "versions": [v.get("version") for v in child.get("versions") or []],
+                    "files": await self.file_names(artifact_id),
+                    "public": collection_id == self.public_collection_id,
+                }
         return apps
 
     async def file_names(self, artifact_id: str, version: str | None = None, dir_path: str = "") -> list[str]:
@@ -238,6 +346,27 @@ class ArtifactStore:
 
             await asyncio.gather(*(download(name) for name in names))
         return record, files
+
+    async def delete_version(self, artifact_id: str, version: str) -> str:
+        """Delete one development version of an app (see :func:`dev_version_problem`); the
+        artifact's full id. The caller checks that no app runs that version."""
+        full = self.full_id(artifact_id)
+        if not full.startswith(f"{self.workspace}/"):
+            raise InvalidRequest(f"'{full}' is not in this worker's workspace '{self.workspace}'")
+        problem = dev_version_problem(version)
+        if problem:
+            raise InvalidRequest(problem)
+        record = await self.get(full)
+        tags = [str(v.get("version")) for v in record.get("versions") or []]
+        if version not in tags:
+            raise NotFound(f"app '{full}' has no version '{version}' (versions: {', '.join(tags) or 'none'})")
+        if len(tags) == 1:
+            raise InvalidRequest(
+                f"'{version}' is the only version of '{full}'; delete the whole app with delete_app"
+            )
+        manager = await self.manager()
+        await manager.delete(full, version=version, delete_files=True)
+        return full
 
     async def delete(self, artifact_id: str) -> None:
         full = self.full_id(artifact_id)

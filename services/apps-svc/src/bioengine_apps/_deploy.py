@@ -29,7 +29,6 @@ __all__ = [
     "env_scope_problems",
     "merge_with_previous",
     "resolve_env",
-    "resolve_scaling",
     "resources_grow",
     "reusable_spec",
     "secrets_revision",
@@ -57,8 +56,10 @@ class DeployRequest:
     max_ongoing_requests: int | None = None
     auto_redeploy: bool | None = None
     authorized_users: list[str] | dict[str, list[str]] | None = None
-    #: 0.6.0 apps: {class: {num_replicas} or {autoscaling_config}}, replaced whole on an update.
     scaling: dict[str, dict[str, Any]] | None = None
+    proxy_memory_in_gb: float | None = None
+    debug: bool | None = None
+    ice_servers: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -102,45 +103,11 @@ def merge_with_previous(request: DeployRequest, previous: AppRecord | None) -> D
         max_ongoing_requests=given(request.max_ongoing_requests, previous.max_ongoing_requests),
         auto_redeploy=given(request.auto_redeploy, previous.auto_redeploy),
         authorized_users=given(request.authorized_users, previous.requested_authorized_users),
-        scaling=given(request.scaling, (previous.spec.get("app06") or {}).get("scaling") or None),
+        scaling=given(request.scaling, previous.scaling),
+        proxy_memory_in_gb=given(request.proxy_memory_in_gb, previous.proxy_memory_in_gb),
+        debug=given(request.debug, previous.debug),
+        ice_servers=given(request.ice_servers, previous.ice_servers),
     )
-
-
-def resolve_scaling(scaling: Mapping[str, Any] | None, spec: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """``deploy_app(scaling=...)`` of a 0.6.0 app by ``module:qualname``: keys are class names
-    (or ``module:qualname``), each value ``{num_replicas: n}`` or ``{autoscaling_config: {...}}``.
-    Raises ValueError naming what is wrong."""
-    deployments: Mapping[str, Any] = spec["deployments"]
-    by_name: dict[str, list[str]] = {}
-    for key, deployment in deployments.items():
-        by_name.setdefault(str(deployment["class_name"]), []).append(key)
-    result: dict[str, dict[str, Any]] = {}
-    for given, value in (scaling or {}).items():
-        keys = [given] if given in deployments else by_name.get(given, [])
-        if len(keys) != 1:
-            known = ", ".join(sorted(by_name))
-            raise ValueError(
-                f"scaling: '{given}' is {'ambiguous' if keys else 'not a class of this app'} (classes: {known})"
-            )
-        if (
-            not isinstance(value, Mapping)
-            or len(value) != 1
-            or not set(value) <= {"num_replicas", "autoscaling_config"}
-        ):
-            raise ValueError(
-                f"scaling['{given}'] must be {{'num_replicas': n}} or {{'autoscaling_config': {{...}}}}, not {value!r}"
-            )
-        replicas = value.get("num_replicas")
-        if "num_replicas" in value and (
-            isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1
-        ):
-            raise ValueError(f"scaling['{given}'].num_replicas must be a whole number >= 1, not {replicas!r}")
-        if "autoscaling_config" in value and not isinstance(value["autoscaling_config"], Mapping):
-            raise ValueError(
-                f"scaling['{given}'].autoscaling_config must be a dict of Serve's autoscaling options"
-            )
-        result[keys[0]] = dict(value)
-    return result
 
 
 def reusable_spec(
@@ -255,6 +222,9 @@ def build_spec(
         secrets_revision=revision,
         redeploy=int(previous.spec.get("redeploy", 0)) if previous else 0,
         app06=app06,
+        scaling=dict(request.scaling or {}),
+        proxy_memory_in_gb=request.proxy_memory_in_gb,
+        debug=bool(request.debug),
     )
 
 
@@ -289,6 +259,10 @@ def build_record(
         resources=resources,
         methods=methods,
         code_hash=code_hash,
+        scaling=request.scaling,
+        proxy_memory_in_gb=request.proxy_memory_in_gb,
+        debug=request.debug,
+        ice_servers=request.ice_servers,
         start_time=previous.start_time if previous else now,
         last_updated_at=now,
         last_updated_by=updated_by,

@@ -65,13 +65,14 @@ from bioengine_common import (
     ServiceUnavailable,
     connect,
     connect_driver,
+    create_context,
     disconnect_driver,
     error_summary,
     ray_environment,
 )
 from bioengine_common.contracts import worker
 
-from ._artifacts import ArtifactStore
+from ._artifacts import ArtifactStore, static_site_url
 from ._deploy import (
     DeployRequest,
     WorkerFacts,
@@ -81,12 +82,12 @@ from ._deploy import (
     env_scope_problems,
     merge_with_previous,
     resolve_env,
-    resolve_scaling,
     resources_grow,
     reusable_spec,
     secrets_revision,
     settle_unchanged,
 )
+from ._options import ice_server_problems, parse_startup_applications, scaling_problems
 from ._serve import ServeAdapter, enum_value, plain_message
 from ._state import (
     FAILED_STATES,
@@ -125,6 +126,25 @@ RAY_RETRY_STARTING_S = 1.0
 WAIT_POLL_S = 0.5
 #: Stopped app ids remembered, so stopping one again is answered plainly.
 STOPPED_MEMORY = 500
+#: Tries of a startup app's deploy while a dependency (the artifact store) is unavailable, and
+#: seconds between them.
+STARTUP_TRIES = 10
+STARTUP_RETRY_S = 3.0
+#: Seconds an artifact's view_config (its frontend) is remembered for get_app_status.
+VIEW_CONFIG_TTL_S = 30.0
+
+
+def _log_lines(logs_tail: int, deployment_logs: dict | None) -> Callable[[str], int]:
+    """Log lines per replica of a deployment: ``deployment_logs``' entry for it, else ``logs_tail``.
+    Raises InvalidRequest for an entry that is not a whole number >= -1."""
+    overrides: dict[str, int] = {}
+    for name, value in (deployment_logs or {}).items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < -1:
+            raise InvalidRequest(
+                f"deployment_logs['{name}']: log lines must be a whole number >= -1 (-1 all, 0 none)"
+            )
+        overrides[str(name)] = value
+    return lambda name: overrides.get(name, int(logs_tail))
 
 
 def _cluster_gpus() -> float:
@@ -155,6 +175,13 @@ class AppsSettings(ServiceSettings):
     reconcile_interval: float = Field(5.0, gt=0, description="Seconds between reconciliations with Serve.")
     app_token_days: float = Field(
         30.0, gt=0, description="Lifetime of the token each app uses to register its Hypha service."
+    )
+    startup_applications: str | None = Field(
+        None,
+        description="Apps to deploy once the Ray cluster is ready: a JSON list of deploy_app "
+        'keyword arguments, e.g. \'[{"artifact_id": "demo-app", "application_id": "demo"}]\'; '
+        "${VAR} in a string is taken from the environment. A bad entry or a failed deploy is "
+        "logged and shown in get_status (startup_applications), never fatal.",
     )
 
 
@@ -257,6 +284,11 @@ class AppsService(BioEngineService):
         #: GPUs in the Ray cluster (refreshed while reconciling); GPU fields of an app's status
         #: are shown only on a cluster with GPUs or for an app that asked for them.
         self.cluster_gpus = 0.0
+        #: The startup apps and how their deploy went: [{artifact_id, application_id, status, error}].
+        self.startup_apps: list[dict[str, Any]] = []
+        self._startup_task: asyncio.Task[None] | None = None
+        #: {artifact id: (monotonic time, view_config)}: the frontends get_app_status shows.
+        self._view_configs: dict[str, tuple[float, Any]] = {}
 
     @property
     def apps_dir(self) -> Path:
@@ -310,6 +342,52 @@ class AppsService(BioEngineService):
                 len(self.records),
             )
             await self._reconcile()
+        if self._startup_task is None and self.settings.startup_applications:
+            self._startup_task = asyncio.create_task(self._deploy_startup_apps(), name="startup-apps")
+
+    async def _deploy_startup_apps(self) -> None:
+        """Deploy the ``--startup-applications`` (once, after the first connection to Ray), as
+        the first admin; every problem is logged and kept in :attr:`startup_apps`, none is fatal."""
+        apps, problems = parse_startup_applications(self.settings.startup_applications)
+        for problem in problems:
+            self.logger.error("Startup app skipped: %s", problem)
+            self.startup_apps.append(
+                {"artifact_id": None, "application_id": None, "status": "invalid", "error": problem}
+            )
+        defaults = {
+            name: getattr(parameter.default, "default", None)
+            for name, parameter in worker.deploy_app.parameters.items()
+        }
+        admin = next((u for u in self.admin_users if u != "*"), None)
+        context = create_context(admin, admin if admin and "@" in admin else None)
+        for kwargs in apps:
+            entry: dict[str, Any] = {
+                "artifact_id": kwargs["artifact_id"],
+                "application_id": kwargs.get("application_id"),
+                "status": "deploying",
+                "error": None,
+            }
+            self.startup_apps.append(entry)
+            app_id: str | None = None
+            for attempt in range(STARTUP_TRIES):
+                try:
+                    app_id = await self.deploy_app(**{**defaults, **kwargs, "wait": False}, context=context)
+                    break
+                except ServiceUnavailable as exc:  # the artifact store may still be starting
+                    entry["error"] = error_summary(exc)
+                    if attempt + 1 < STARTUP_TRIES:
+                        await asyncio.sleep(STARTUP_RETRY_S)
+                except Exception as exc:
+                    entry["error"] = error_summary(exc)
+                    break
+            if app_id is None:
+                entry["status"] = "failed"
+                self.logger.error(
+                    "Startup app %s failed to deploy: %s", kwargs["artifact_id"], entry["error"]
+                )
+                continue
+            entry.update(application_id=app_id, status="submitted", error=None)
+            self.logger.info("Startup app %s submitted as %s", kwargs["artifact_id"], app_id)
 
     async def _adopt_cluster(self, session: str, info: dict[str, Any]) -> None:
         """Bring the records, the secrets in Ray's KV store and the cluster's identity in line
@@ -417,6 +495,8 @@ class AppsService(BioEngineService):
             await asyncio.sleep(0.5)
 
     async def cleanup(self) -> None:
+        if self._startup_task is not None:
+            self._startup_task.cancel()
         if self.connected:
             await self._disconnect_ray("stopping")
         self._ray_pool.shutdown(wait=False, cancel_futures=True)
@@ -634,6 +714,7 @@ class AppsService(BioEngineService):
         files: list,
         workspace: str | None,
         hypha_token: str | None,
+        public: bool,
         caller: dict | None = None,
         context: dict | None = None,
     ) -> str:
@@ -650,10 +731,12 @@ class AppsService(BioEngineService):
         uploader = (resolved.get("user") or {}).get("id")
         if workspace is None:
             await self._require_artifact_store()
-            return await self.artifacts.upload(decoded, uploader)
+            artifact_id = await self.artifacts.upload(decoded, uploader, public=bool(public))
+            self._view_configs.pop(artifact_id, None)
+            return artifact_id
         other = await connect(self.settings.server_url, workspace=workspace, token=hypha_token)
         try:
-            return await ArtifactStore(other, workspace).upload(decoded, uploader)
+            return await ArtifactStore(other, workspace).upload(decoded, uploader, public=bool(public))
         finally:
             with contextlib.suppress(Exception):
                 await other.disconnect()
@@ -687,6 +770,34 @@ class AppsService(BioEngineService):
         await self._require_artifact_store()
         await self.artifacts.delete(artifact_id)
 
+    @worker.delete_app_version.implementation
+    async def delete_app_version(
+        self,
+        artifact_id: str,
+        version: str,
+        caller: dict | None = None,
+        context: dict | None = None,
+    ) -> str:
+        self.require_admin(context, caller, "delete_app_version")
+        await self._require_artifact_store()
+        full = self.artifacts.full_id(artifact_id)
+        record = await self.artifacts.get(full)
+        tags = [str(v.get("version")) for v in record.get("versions") or [] if v.get("version")]
+        latest = tags[-1] if tags else None
+        running = sorted(
+            app_id
+            for app_id, app in self.records.items()
+            if app.artifact_id == full and (app.version or latest) == version
+        )
+        if running:
+            raise InvalidRequest(
+                f"version '{version}' of '{full}' is deployed as {', '.join(running)}; stop it first"
+            )
+        deleted = await self.artifacts.delete_version(full, version)
+        self._view_configs.pop(deleted, None)
+        self.logger.info("Deleted version %s of app %s", version, deleted)
+        return deleted
+
     # ---- deployments --------------------------------------------------------------------------------
     async def _discover_06(
         self,
@@ -699,7 +810,8 @@ class AppsService(BioEngineService):
         """A 0.6.0 app's classes, kwargs, GPUs and resources: its replica files are placed and
         its entry imported inside Ray (a task of its own), never here; a redeploy of the same
         code reuses the spec found then (:func:`._deploy.reusable_spec`). The author's mistakes
-        (an import error, a cycle, bad kwargs or scaling) are an InvalidRequest saying which."""
+        (an import error, a cycle, bad kwargs) are an InvalidRequest saying which; ``scaling`` is
+        checked by the caller against the classes found."""
         code_dir = await asyncio.to_thread(self._place_files, application_id, _code_hash(files), files)
         entry = str(manifest["entry"])
         kwargs = dict(request.application_kwargs or {})
@@ -716,7 +828,10 @@ class AppsService(BioEngineService):
                 key: size_gpus(deployment, bool(request.disable_gpu), self.cluster_gpus)
                 for key, deployment in spec["deployments"].items()
             }
-            scaling = resolve_scaling(request.scaling, spec)
+            by_class = {d["class_name"]: key for key, d in spec["deployments"].items()}
+            scaling = {
+                by_class[name]: rule for name, rule in (request.scaling or {}).items() if name in by_class
+            }
         except (AppCodeError, BioEngineUserError, ValueError) as exc:
             raise InvalidRequest(f"cannot deploy '{artifact_id}' (entry '{entry}'): {exc}") from exc
         app06 = App06(
@@ -724,7 +839,6 @@ class AppsService(BioEngineService):
             spec=spec,
             init_kwargs=init_kwargs,
             num_gpus=num_gpus,
-            scaling=scaling,
             sdk_version=sdk_version,
         )
         analysis = AppAnalysis(
@@ -750,6 +864,10 @@ class AppsService(BioEngineService):
         authorized_users: list | dict | None,
         wait: bool,
         timeout: float,
+        scaling: dict | None,
+        proxy_memory_in_gb: float | None,
+        debug: bool | None,
+        ice_servers: list | None,
         caller: dict | None = None,
         context: dict | None = None,
     ) -> str:
@@ -759,6 +877,9 @@ class AppsService(BioEngineService):
             problems = check_authorized_users(authorized_users)
             if problems:
                 raise InvalidRequest("; ".join(problems))
+        problems = scaling_problems(scaling, None) + ice_server_problems(ice_servers)
+        if problems:
+            raise InvalidRequest("; ".join(problems))
         if application_id is not None and not _APP_ID.match(str(application_id)):
             raise InvalidRequest(
                 f"application_id '{application_id}' must be 1-63 lowercase letters, digits or hyphens"
@@ -775,6 +896,10 @@ class AppsService(BioEngineService):
                     max_ongoing_requests=max_ongoing_requests,
                     auto_redeploy=auto_redeploy,
                     authorized_users=authorized_users,
+                    scaling=scaling,
+                    proxy_memory_in_gb=proxy_memory_in_gb,
+                    debug=debug,
+                    ice_servers=ice_servers,
                 ),
                 previous,
             )
@@ -799,6 +924,15 @@ class AppsService(BioEngineService):
                 deployments = list(manifest["deployments"])
             if analysis.problems:
                 raise InvalidRequest(f"cannot deploy '{artifact_id}': " + "; ".join(analysis.problems))
+            # The current format's classes are known here; a 0.6.0 app's from its discovered spec.
+            class_names = (
+                [d["class_name"] for d in app06.spec["deployments"].values()]
+                if app06
+                else [d.partition(":")[2] for d in manifest["deployments"]]
+            )
+            problems = scaling_problems(request.scaling, class_names)
+            if problems:
+                raise InvalidRequest(f"cannot deploy '{artifact_id}': " + "; ".join(problems))
             scope_problems = env_scope_problems(env, deployments)
             if scope_problems:
                 raise InvalidRequest(scope_problems[0])
@@ -1055,8 +1189,10 @@ class AppsService(BioEngineService):
         return dict(await asyncio.gather(*(one(r) for r in replicas)))
 
     async def _status_of(
-        self, app_id: str, app: dict[str, Any] | None, logs_tail: int, full: bool
+        self, app_id: str, app: dict[str, Any] | None, logs_tail: int | Callable[[str], int], full: bool
     ) -> dict[str, Any]:
+        """``logs_tail``: log lines per replica, or a function of the deployment's name giving them."""
+        lines_of = logs_tail if callable(logs_tail) else (lambda _name, n=int(logs_tail): n)
         record = self.records.get(app_id)
         if record is None:
             return {
@@ -1078,8 +1214,8 @@ class AppsService(BioEngineService):
                     "replica_states": dict(collections.Counter(enum_value(r.get("state")) for r in replicas)),
                     "replica_ids": sorted(str(r.get("replica_id")) for r in replicas),
                 }
-                if full and logs_tail != 0 and replicas:
-                    entry["logs"] = await self._replica_logs(replicas, logs_tail)
+                if full and lines_of(name) != 0 and replicas:
+                    entry["logs"] = await self._replica_logs(replicas, lines_of(name))
                 deployments[name] = entry
             await self._add_lifecycle_failures(record, deployments)
             if serve_status == "RUNNING":
@@ -1107,7 +1243,53 @@ class AppsService(BioEngineService):
             message = f"{message} (auto_redeploy {record.gave_up})".strip()
         if record.recovery_note:
             message = f"{message}; {record.recovery_note}" if message else record.recovery_note
-        return self._status_fields(record, status, message, deployments, service_ids, full, reason)
+        result = self._status_fields(record, status, message, deployments, service_ids, full, reason)
+        result["static_site_url"] = await self._static_site_url(record, service_ids)
+        return result
+
+    async def _static_site_url(self, record: AppRecord, service_ids: list[dict[str, Any]]) -> str | None:
+        """Where Hypha serves the app's frontend, with the query its page connects with; None
+        without a frontend or before the app's service is registered (as the public worker)."""
+        websocket_id = service_ids[0].get("websocket_service_id") if service_ids else None
+        if record.source != "artifact" or not websocket_id:
+            return None
+        view = await self._view_config(record.artifact_id)
+        base = self._public_base_url()
+        workspace, _, alias = record.artifact_id.rpartition("/")
+        return static_site_url(
+            base,
+            workspace,
+            alias,
+            view,
+            {
+                "server": base,
+                "ws_service_id": websocket_id,
+                "webrtc_service_id": service_ids[0].get("webrtc_service_id"),
+            },
+        )
+
+    async def _view_config(self, artifact_id: str) -> Any:
+        """The artifact's view_config, remembered for VIEW_CONFIG_TTL_S (None when unknown)."""
+        cached = self._view_configs.get(artifact_id)
+        if cached is not None and time.monotonic() - cached[0] < VIEW_CONFIG_TTL_S:
+            return cached[1]
+        try:
+            view = await asyncio.wait_for(self.artifacts.view_config(artifact_id), 5)
+        except Exception as exc:
+            self.logger.debug("No view_config of %s: %s", artifact_id, error_summary(exc))
+            return cached[1] if cached else None
+        self._view_configs[artifact_id] = (time.monotonic(), view)
+        return view
+
+    def _public_base_url(self) -> str:
+        """The Hypha server's public URL (its own config says), else the URL apps-svc uses."""
+        config = getattr(self.hypha.server, "config", None) or {}
+        base = (
+            config.get("public_base_url")
+            if isinstance(config, dict)
+            else getattr(config, "public_base_url", None)
+        )
+        return str(base or self.settings.server_url).rstrip("/")
 
     async def _add_lifecycle_failures(self, record: AppRecord, deployments: dict[str, Any]) -> None:
         """A 0.6.0 app's replicas record why their health check failed (a failed smoke test, a
@@ -1152,7 +1334,7 @@ class AppsService(BioEngineService):
         message = unavailable_message(reason, self.ray_down_since, self.head_down, last_status, last_seen)
         if record.recovery_note:
             message = f"{message}; {record.recovery_note}"
-        return self._status_fields(record, "UNAVAILABLE", message, {}, [], full)
+        return {**self._status_fields(record, "UNAVAILABLE", message, {}, [], full), "static_site_url": None}
 
     def _status_fields(
         self,
@@ -1183,6 +1365,7 @@ class AppsService(BioEngineService):
             "last_updated_at": record.last_updated_at,
             "auto_redeploy": record.auto_redeploy,
             "recovery_note": record.recovery_note,
+            "scaling": record.scaling,
         }
         # GPU fields only where GPUs mean something: on a cluster with GPUs, or for an app that
         # asked for them (or was told not to use them).
@@ -1197,6 +1380,8 @@ class AppsService(BioEngineService):
                 authorized_users=record.authorized_users,
                 last_updated_by=record.last_updated_by,
                 redeploy_attempts=record.redeploy_attempts,
+                proxy_memory_in_gb=record.proxy_memory_in_gb,
+                debug=bool(record.debug),
             )
         return result
 
@@ -1205,10 +1390,12 @@ class AppsService(BioEngineService):
         self,
         application_ids: list | str | None,
         logs_tail: int,
+        deployment_logs: dict | None,
         caller: dict | None = None,
         context: dict | None = None,
     ) -> dict:
         resolved = self.caller_context(context, caller)
+        lines = _log_lines(logs_tail, deployment_logs)
         full = self.is_admin(resolved.get("user") or {})
         if isinstance(application_ids, str):
             application_ids = [application_ids]
@@ -1227,7 +1414,7 @@ class AppsService(BioEngineService):
             return {app_id: self._offline_status(app_id, reason, full) for app_id in ids}
         apps = details.get("applications") or {}
         statuses = await asyncio.gather(
-            *(self._status_of(app_id, apps.get(app_id), int(logs_tail), full) for app_id in ids)
+            *(self._status_of(app_id, apps.get(app_id), lines, full) for app_id in ids)
         )
         return dict(zip(ids, statuses, strict=True))
 
@@ -1301,5 +1488,6 @@ class AppsService(BioEngineService):
                 "deploy_from_artifact": self.is_ready() and artifacts_ok,
             },
             "apps": sorted(self.records),
+            "startup_applications": [dict(entry) for entry in self.startup_apps],
             "recent_decisions": list(self.decisions)[-20:],
         }

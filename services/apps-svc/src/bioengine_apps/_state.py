@@ -72,6 +72,12 @@ class AppRecord(BaseModel):
     resources: dict[str, float] = Field(default_factory=dict)
     methods: list[str] = Field(default_factory=list)
     code_hash: str = ""
+    #: deploy_app's scaling (per class), proxy memory (GiB) and debug switch, as requested.
+    scaling: dict[str, dict[str, Any]] | None = None
+    proxy_memory_in_gb: float | None = None
+    debug: bool | None = None
+    #: deploy_app's ice_servers: kept for the app's WebRTC service (none on this worker yet).
+    ice_servers: list[dict[str, Any]] | None = None
     start_time: float = 0.0
     last_updated_at: float = 0.0
     last_updated_by: str | None = None

@@ -19,6 +19,10 @@ from collections.abc import Iterator
 from typing import Any
 
 _END = object()
+#: A function that ends within this many seconds without printing streams only its outcome: one
+#: streamed item instead of two, about 1 ms less per call. Anything longer first says where it
+#: runs, so that a retry after a lost worker can name the node (and SLURM job) it was lost with.
+QUICK_S = 0.05
 
 
 class _LineWriter:
@@ -99,7 +103,8 @@ def run_code_task(
     kwargs: dict[str, Any],
 ) -> Iterator[tuple[str, Any, int]]:
     """Yield ``("start", where, attempt)``, then ``("stdout"|"stderr", line, attempt)`` while the
-    function runs, then ``("done", outcome, attempt)``.
+    function runs, then ``("done", outcome, attempt)``; a function that ends within ``QUICK_S``
+    without printing yields only ``("done", ...)`` (its outcome says where it ran).
 
     ``attempt`` is Ray's attempt number of this execution (0 first, 1 after one retry...): when Ray
     retries the task after its worker was lost, the streamed items it already delivered are not
@@ -107,7 +112,6 @@ def run_code_task(
     """
     where = _where()
     attempt = where["attempt"]
-    yield ("start", where, attempt)
     lines: queue.Queue[Any] = queue.Queue()
     out, err = _LineWriter("stdout", lines), _LineWriter("stderr", lines)
     outcome: dict[str, Any] = {}
@@ -130,8 +134,16 @@ def run_code_task(
 
     thread = threading.Thread(target=target, name="run_code", daemon=True)
     thread.start()
-    while (item := lines.get()) is not _END:
-        yield (*item, attempt)
+    try:
+        first = lines.get(timeout=QUICK_S)
+    except queue.Empty:
+        first = None
+    if first is not _END:
+        yield ("start", where, attempt)
+        if first is not None:
+            yield (*first, attempt)
+        while (item := lines.get()) is not _END:
+            yield (*item, attempt)
     thread.join()
     outcome["stdout"] = "".join(out.text)
     outcome["stderr"] = "".join(err.text)

@@ -24,6 +24,7 @@ from bioengine_common import (
     disconnect_driver,
     error_summary,
     ray_environment,
+    within,
 )
 from bioengine_common.contracts import worker
 from bioengine_common.local_stack import HeadOptions, short_temp_dir
@@ -116,7 +117,7 @@ class ClusterService(BioEngineService):
         await asyncio.to_thread(self.backend.start)
         timeout = self.settings.connect_timeout
         try:
-            await asyncio.wait_for(asyncio.to_thread(self.backend.connect, timeout), timeout + 5)
+            await within(asyncio.to_thread(self.backend.connect, timeout), timeout + 5)
         except TimeoutError as exc:
             raise ServiceUnavailable(
                 f"no Ray driver connection to {self.backend.driver_address} within {timeout:.0f} s"
@@ -215,13 +216,13 @@ class ClusterService(BioEngineService):
         if self.autoscaler is not None:
             # Only this worker's jobs (by tag); before the head goes, so workers drain cleanly.
             try:
-                await asyncio.wait_for(self.autoscaler.shutdown(), 60)
+                await within(self.autoscaler.shutdown(), 60)
             except Exception as exc:
                 self.logger.error("slurm: cancelling this worker's jobs failed: %s", error_summary(exc))
         if self._first_bring_up is not None and not self._first_bring_up.done():
             # Its thread cannot be cancelled: let a head being started come up, then stop it.
             with contextlib.suppress(BaseException):
-                await asyncio.wait_for(asyncio.shield(self._first_bring_up), 12)
+                await within(asyncio.shield(self._first_bring_up), 12)
         if self.connected:
             await asyncio.to_thread(disconnect_driver)
             self.connected = False
@@ -355,7 +356,7 @@ class ClusterService(BioEngineService):
         caller: dict | None = None,
         context: dict | None = None,
     ) -> dict:
-        resolved = self.require_admin(context, caller, "run_code")
+        resolved = self.caller_context(context, caller)  # an admin: the contract's rule was applied
         if not self.connected:
             raise ServiceUnavailable(f"the Ray cluster is not ready: {self.cluster_error}")
         options, request = parse_remote_options(remote_options)

@@ -204,7 +204,28 @@ class MethodContract:
         problems = list(self.mismatches(function))
         if problems:
             raise TypeError(f"{function.__qualname__} does not match its contract: " + "; ".join(problems))
+        if self.access is Access.ADMIN:
+            function = self._admin_checked(function)
         return self.as_method(function, caller=self.forwarded)
+
+    @functools.cached_property
+    def _implementation_signature(self) -> inspect.Signature:
+        return self.signature(caller=self.forwarded)
+
+    def _admin_checked(self, function: Callable[..., Any]) -> Callable[..., Any]:
+        """``function`` behind the contract's admin rule, applied by the implementing service
+        itself (its ``require_admin``, which also decides whether a forwarded ``caller`` is
+        trusted): a call that does not come through the gateway meets the same rule."""
+        contract = self
+
+        @functools.wraps(function)
+        async def checked(*args: Any, **kwargs: Any) -> Any:
+            bound = contract._implementation_signature.bind(*args, **kwargs).arguments
+            if contract.requires_admin(bound):
+                bound["self"].require_admin(bound.get("context"), bound.get("caller"), contract.name)
+            return await function(*args, **kwargs)
+
+        return checked
 
     def mismatches(self, function: Callable[..., Any]) -> Iterator[str]:
         """How ``function``'s parameters differ from the contract's (nothing when they match)."""

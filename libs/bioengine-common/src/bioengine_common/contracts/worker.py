@@ -120,8 +120,9 @@ async def list_datasets() -> dict:
     timeout=CallTimeout(120.0),
     admin_unless=("workspace", "hypha_token"),
     raises={
-        "InvalidRequest": "only one of `workspace` and `hypha_token` is given, or the files or "
-        "the manifest are not valid (the message says what is wrong)",
+        "InvalidRequest": "only one of `workspace` and `hypha_token` is given, the files or "
+        "the manifest are not valid (the message says what is wrong), or `public` for an app "
+        "uploaded private before",
         "ServiceUnavailable": "the artifact store is not available",
     },
 )
@@ -133,11 +134,18 @@ async def upload_app(
         None, description="Upload into this workspace instead (needs hypha_token)."
     ),
     hypha_token: str | None = Field(None, description="Token for `workspace`."),
+    public: bool = Field(
+        False,
+        description="A new app goes into the collection anyone may read ('applications-public'): "
+        "its files and its frontend page. An app keeps the collection of its first upload.",
+    ),
 ) -> str:
-    """Validate and store an app as an artifact of collection 'applications'; returns 'workspace/alias'.
+    """Validate and store an app as an artifact of collection 'applications' ('applications-public' with `public`); returns 'workspace/alias'.
 
     Admins only, unless both `workspace` and `hypha_token` are given: then the upload goes into
-    that workspace with that token.
+    that workspace with that token. An app whose manifest names a `frontend_entry` (a file of
+    the app, e.g. `frontend/index.html`) gets its frontend served by the Hypha server from that
+    file's folder; get_app_status shows its `static_site_url`.
     """
 
 
@@ -148,7 +156,7 @@ async def upload_app(
     raises={"ServiceUnavailable": "the artifact store is not available"},
 )
 async def list_apps() -> dict:
-    """Uploaded app artifacts: {artifact_id: {manifest, format_version, versions, files}} (admin only)."""
+    """Uploaded app artifacts: {artifact_id: {manifest, format_version, versions, files, public}} (admin only)."""
 
 
 @WORKER.method(
@@ -181,6 +189,29 @@ async def delete_app(
     """Delete an uploaded app with all its versions (admin only). Running apps keep running."""
 
 
+@WORKER.method(
+    "apps",
+    ADMIN,
+    timeout=CallTimeout(30.0),
+    raises={
+        "NotFound": "no such app artifact, or it has no such version",
+        "InvalidRequest": "`artifact_id` is not in this worker's workspace, the version is not a "
+        "development version (its tag lacks 'dev'), it is the app's only version, or a deployed "
+        "app runs it",
+    },
+)
+async def delete_app_version(
+    artifact_id: str = Field(..., description="'alias' or 'workspace/alias' in this worker's workspace."),
+    version: str = Field(..., description="A development version of the app: its tag contains 'dev'."),
+) -> str:
+    """Delete one development version of an uploaded app (admin only); returns the artifact id.
+
+    Only versions whose tag contains 'dev' (e.g. '1.2.0.dev3'), never the app's only version,
+    and never one a deployed app runs (stop it first). Releases go with the whole app
+    (delete_app).
+    """
+
+
 # ---- deployments (bioengine-apps) -----------------------------------------------------------------
 
 
@@ -189,8 +220,9 @@ async def delete_app(
     ADMIN,
     timeout=CallTimeout(120.0, plus="timeout", when="wait"),
     raises={
-        "InvalidRequest": "a bad `application_id`, `authorized_users` or `application_env_vars`, "
-        "or an app whose files do not pass the checks (the message lists the problems)",
+        "InvalidRequest": "a bad `application_id`, `authorized_users`, `application_env_vars`, "
+        "`scaling` (an unknown class is named) or `ice_servers`, or an app whose files do not "
+        "pass the checks (the message lists the problems)",
         "NotFound": "no such app artifact or version",
         "ResourceUnavailable": "the app's replicas could never fit on the cluster",
         "AppFailed": "with `wait`: the app failed to deploy (with the reason)",
@@ -225,6 +257,20 @@ async def deploy_app(
     ),
     timeout: float = Field(
         300.0, gt=0, le=WAIT_MAX_S, description="Seconds to wait for RUNNING (with wait=True)."
+    ),
+    scaling: dict | None = Field(
+        None,
+        description="Replicas per deployment class: {ClassName: {num_replicas: n} or "
+        "{autoscaling_config: {...Ray Serve autoscaling options}}}; replaced whole on an update.",
+    ),
+    proxy_memory_in_gb: float | None = Field(
+        None, gt=0, description="Memory the app's proxy replica reserves, GiB (default: none reserved)."
+    ),
+    debug: bool | None = Field(None, description="DEBUG log level for the app's proxy (default False)."),
+    ice_servers: list | None = Field(
+        None,
+        description="ICE servers for the app's WebRTC service: [{urls, username?, credential?}]; "
+        "stored, not used yet (no WebRTC service on this worker).",
     ),
 ) -> str:
     """Deploy or update an app on Ray Serve (admin only); returns its application id.
@@ -296,10 +342,18 @@ async def stop_all_apps(
 async def get_app_status(
     application_ids: list | str | None = Field(None, description="App ids; default every app."),
     logs_tail: int = Field(30, ge=-1, description="Log lines per replica (-1 all, 0 none)."),
+    deployment_logs: dict | None = Field(
+        None,
+        description="Log lines per replica for some deployments, overriding `logs_tail`: "
+        "{deployment name: lines (-1 all, 0 none)}.",
+    ),
 ) -> dict:
     """Status of apps, keyed by application id: Serve states, failure reasons, methods, service ids (anyone).
 
     Admins also see kwargs, env vars (secrets masked), access rules and replica logs.
+    `static_site_url` is where the Hypha server serves the app's frontend, with the query
+    `?server=...&ws_service_id=...` its page connects with (None when the app has no frontend
+    or its service is not registered yet).
     """
 
 

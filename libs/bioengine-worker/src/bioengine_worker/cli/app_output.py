@@ -53,6 +53,8 @@ def format_app_status(statuses: dict[str, Any]) -> str:
             lines.append(f"  methods: {', '.join(map(str, status['available_methods']))}")
         if "service_ids" in status:
             lines.append(f"  service: {', '.join(_service_ids(status)) or '- (not registered)'}")
+        if status.get("static_site_url"):
+            lines.append(f"  frontend: {status['static_site_url']}")
         deployments = status.get("deployments") or {}
         if deployments:
             rows: list[tuple[str, ...]] = [("DEPLOYMENT", "STATUS", "REPLICAS", "MESSAGE")]
@@ -101,5 +103,6 @@ def app_summary(app_id: str, status: dict[str, Any]) -> list[str]:
         f"{app_id}: RUNNING",
         *(f"  service: {service}" for service in services),
         f"  methods: {methods}",
+        *([f"  frontend: {status['static_site_url']}"] if status.get("static_site_url") else []),
         f"  call it: bioengine call {services[0] if services else app_id} METHOD --arg NAME=VALUE",
     ]

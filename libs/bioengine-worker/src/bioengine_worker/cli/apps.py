@@ -254,7 +254,10 @@ async def _apps(args: argparse.Namespace) -> None:
     deadline = time.monotonic() + timeout
     async with _session(args, args.service_id, timeout) as worker:
         if command in ("upload", "deploy"):
-            artifact_id = await worker.call("upload_app", {"files": files})
+            upload: dict[str, Any] = {"files": files}
+            if command == "upload" and getattr(args, "public", False):
+                upload["public"] = True  # only when asked: a worker before 0.6.0 apps lacks it
+            artifact_id = await worker.call("upload_app", upload)
             if command == "upload":
                 print(json.dumps({"artifact_id": artifact_id}) if as_json else artifact_id)
                 return
@@ -366,6 +369,11 @@ def add_parser(sub: Any, worker: argparse.ArgumentParser) -> None:
         "upload", parents=common("120"), help="Upload an app folder; prints the artifact id"
     )
     upload.add_argument("directory", metavar="DIR", help="App folder with manifest.yaml and code")
+    upload.add_argument(
+        "--public",
+        action="store_true",
+        help="Let anyone read the app's artifact: its files and its frontend page (frontend_entry)",
+    )
 
     deploy_options = argparse.ArgumentParser(add_help=False)
     add = deploy_options.add_argument

@@ -14,9 +14,7 @@ from typing import Any
 
 import psutil
 
-from .._launcher import CONNECTION_FILE
-
-READY_LINE = "Press Ctrl-C to stop."
+from .._launcher import CONNECTION_FILE, READY_LINE
 
 
 class WorkerProcess:

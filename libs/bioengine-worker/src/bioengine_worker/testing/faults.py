@@ -18,7 +18,7 @@ from typing import Any
 
 import psutil
 
-from bioengine_common import connect, error_summary
+from bioengine_common import connect, error_summary, within
 from bioengine_common.local_stack import HeadState, short_temp_dir
 
 from ._process import WorkerProcess
@@ -104,18 +104,18 @@ class Probe:
             try:
                 if server is None:
                     server = await self._connect()
-                await asyncio.wait_for(self.call(server), self.timeout)
+                await within(self.call(server), self.timeout)
                 self.results.append((started, True, None))
             except Exception as exc:  # every failure is a result
                 self.results.append((started, False, error_summary(exc)[:300]))
                 if server is not None:
                     with contextlib.suppress(Exception):
-                        await asyncio.wait_for(server.disconnect(), 3)
+                        await within(server.disconnect(), 3)
                     server = None
             await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - started)))
         if server is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(server.disconnect(), 3)
+                await within(server.disconnect(), 3)
 
     def failures(self, since: float, until: float = float("inf")) -> list[tuple[float, bool, str | None]]:
         return [r for r in self.results if since <= r[0] < until and not r[1]]

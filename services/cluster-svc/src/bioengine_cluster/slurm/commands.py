@@ -16,7 +16,7 @@ import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal, Protocol, runtime_checkable
 
-from bioengine_common import scrub_environment
+from bioengine_common import scrub_environment, within
 
 from .queue import (
     SACCT_FIELDS,
@@ -124,7 +124,7 @@ class SlurmCommands:
         except FileNotFoundError:
             raise SlurmCommandError(args, f"{args[0]} not found: is this a SLURM login node?") from None
         try:
-            out, err = await asyncio.wait_for(
+            out, err = await within(
                 proc.communicate(stdin.encode() if stdin is not None else None), self.timeout_s
             )
         except TimeoutError:

@@ -40,11 +40,11 @@ from typing import Any
 
 import pytest
 
-from ._hypha import connect
-from ._permissions import SERVICES_USER
-from ._processes import spawn, stop_process
-from ._ray import ray_environment
-from .local_stack import EmbeddedHypha, HeadOptions, HeadState, LocalHead, short_temp_dir
+from .._hypha import connect
+from .._permissions import SERVICES_USER
+from .._processes import spawn, stop_process
+from .._ray import ray_environment
+from ..local_stack import EmbeddedHypha, HeadOptions, HeadState, LocalHead, short_temp_dir
 
 TEST_WORKSPACE = "bioengine-test"
 ADMIN_USER = "test-admin"

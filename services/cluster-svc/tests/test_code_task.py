@@ -1,0 +1,38 @@
+"""The run_code task body outside Ray: what it streams, in which order."""
+
+from __future__ import annotations
+
+from bioengine_cluster._code_task import QUICK_S, run_code_task
+
+
+def stream(code: str, *args: object) -> list[tuple[str, object, int]]:
+    return list(run_code_task("source", code, None, "analyze", list(args), {}))
+
+
+def test_a_quick_silent_function_streams_only_its_outcome():
+    items = stream("def analyze(x):\n    return x * 2", 21)
+    assert [kind for kind, _, _ in items] == ["done"]
+    outcome = items[0][1]
+    assert isinstance(outcome, dict)
+    assert outcome["result"] == 42 and outcome["attempt"] == 0
+    assert {"node_id", "slurm_job_id"} <= set(outcome)
+
+
+def test_a_function_that_prints_says_where_it_runs_first():
+    items = stream("def analyze():\n    print('hello')\n    return 1")
+    assert [kind for kind, _, _ in items] == ["start", "stdout", "done"]
+    assert items[1][1] == "hello"
+    assert items[2][1]["stdout"] == "hello\n"  # type: ignore[index]
+
+
+def test_a_longer_function_says_where_it_runs_before_it_ends():
+    code = f"import time\ndef analyze():\n    time.sleep({QUICK_S * 4})\n    return 'slow'"
+    items = stream(code)
+    assert [kind for kind, _, _ in items] == ["start", "done"]
+    assert items[1][1]["result"] == "slow"  # type: ignore[index]
+
+
+def test_an_error_is_the_outcome_not_an_exception():
+    items = stream("def analyze():\n    raise ValueError('bad input')")
+    assert [kind for kind, _, _ in items] == ["done"]
+    assert items[0][1]["error"] == "ValueError: bad input"  # type: ignore[index]
