@@ -345,13 +345,16 @@ def test_the_built_app_carries_the_versions_and_starts_new_replicas_first():
         assert deployment._deployment_config.max_surge_percent == 100
     # The proxy gets only what it uses: nothing of the deployments' kwargs or code.
     assert set(proxy.init_args[1]) == set(ProxySpec.model_fields)
-    # Rules, limit and methods also travel as user_config, which Serve changes in place.
+    # Rules, limit (and whether a call over it waits) and methods also travel as user_config,
+    # which Serve changes in place.
     assert proxy._deployment_config.user_config == ProxySpec.of(with_methods).user_config()
     assert set(proxy._deployment_config.user_config) == {
         "authorized_users",
         "max_ongoing_requests",
         "methods",
+        "refuse_when_full",
     }
+    assert proxy._deployment_config.user_config["refuse_when_full"] is False  # the older format waits
 
 
 async def test_the_proxy_takes_on_new_rules_limit_and_methods_in_place():

@@ -86,6 +86,48 @@ async def test_an_app_reads_the_datasets_its_token_may_read(
         await anonymous.total("cells", "image.zarr")
 
 
+SOURCE_06 = """
+import bioengine
+
+
+@bioengine.app(num_cpus=0.1)
+class Lister:
+    @bioengine.method
+    async def datasets(self) -> list:
+        return sorted(await bioengine.datasets.list_datasets())
+
+    @bioengine.method
+    async def files(self, dataset: str) -> list:
+        return await bioengine.datasets.list_files(dataset, recursive=False)
+"""
+MANIFEST_06 = (
+    "format_version: 0.6.0\nname: Lister\nid: dataset-lister-06\nid_emoji: x\ndescription: lists datasets\n"
+    "type: ray-serve\nversion: '1.0.0'\nentry: lister:Lister\n"
+)
+
+
+async def test_a_0_6_0_app_reads_datasets_through_the_sdk(
+    apps, admin_client, wait_app, hypha_server, datasets_holder
+):
+    """The replica's BIOENGINE_DATA_SERVER_URL is the worker's datasets server: bioengine.datasets
+    works, with the deploy-time hypha_token."""
+    await wait_for_service(admin_client, "app-datasets:bioengine-datasets", timeout=60)
+    files = [
+        {"name": "manifest.yaml", "content": MANIFEST_06, "type": "text"},
+        {"name": "lister.py", "content": SOURCE_06, "type": "text"},
+    ]
+    artifact_id = await apps.upload_app(files=files)
+    await apps.deploy_app(
+        artifact_id=artifact_id, application_id="lister-06", hypha_token=hypha_server.mint(READER)
+    )
+    status = await wait_app(apps, "lister-06", ("RUNNING", "DEPLOY_FAILED", "UNHEALTHY"), timeout=120)
+    assert status["status"] == "RUNNING", status
+    app = await admin_client.get_service(status["service_ids"][0]["websocket_service_id"])
+    assert await app.datasets() == ["cells", "open"]
+    assert "image.zarr/" in await app.files(dataset="cells")
+    await apps.stop_app(application_id="lister-06")
+
+
 async def test_a_datasets_outage_does_not_make_apps_unhealthy(apps, admin_client, datasets_holder):
     app = await admin_client.get_service("reader-token")
     datasets_holder["process"].stop()

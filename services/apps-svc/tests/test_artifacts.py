@@ -139,7 +139,7 @@ def _set_version(files, version):
     ]
 
 
-async def test_a_0_6_0_app_uploads_versions_and_lists_but_does_not_deploy_yet(worker, files_of):
+async def test_a_0_6_0_app_uploads_versions_lists_and_is_checked_at_deploy(worker, files_of):
     files = files_of(APPS_06 / "multi-file")
     artifact_id = await worker.upload_app(files=files)
     assert artifact_id == "bioengine-test/composed-06"
@@ -171,7 +171,8 @@ async def test_a_0_6_0_app_uploads_versions_and_lists_but_does_not_deploy_yet(wo
     assert "bioengine-test/broken-06" not in await worker.list_apps()
     assert (await worker.list_apps())[artifact_id]["versions"] == ["0.2.0", "0.10.0"]
 
-    # Deploying one fails at once and says why.
-    with pytest.raises(Exception, match=r"0\.6\.0 runtime is not available on this worker yet"):
-        await worker.deploy_app(artifact_id=artifact_id)
+    # Deploying one reads the artifact's code inside Ray (tests/test_deploy_06.py deploys 0.6.0
+    # apps): application_kwargs that name no class of the app are refused by name.
+    with pytest.raises(Exception, match=r"application_kwargs key 'NoSuchClass' is not a class of this app"):
+        await worker.deploy_app(artifact_id=artifact_id, application_kwargs={"NoSuchClass": {}})
     await worker.delete_app(artifact_id=artifact_id)

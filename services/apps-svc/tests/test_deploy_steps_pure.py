@@ -12,12 +12,14 @@ from bioengine_apps._deploy import (
     AppEnv,
     DeployRequest,
     WorkerFacts,
+    app06_deployments,
     build_record,
     build_spec,
     env_scope_problems,
     merge_with_previous,
     resolve_env,
     resources_grow,
+    reusable_spec,
     secrets_revision,
     settle_unchanged,
 )
@@ -288,3 +290,50 @@ def test_newer_records_in_the_kv_store_win():
     newer = newer_records_in_kv(mine, kv)
     assert [(r.application_id, r.last_updated_at) for r in newer] == [("old", 5.0), ("only-there", 2.0)]
     assert newer_records_in_kv({}, FakeKV()) == []
+
+
+SPEC_06 = {
+    "entry": "pipeline:Pipeline",
+    "order": ["steps.tokenizer:Tokenizer", "steps.analyzer:Analyzer", "pipeline:Pipeline"],
+    "deployments": {
+        "steps.tokenizer:Tokenizer": {"class_name": "Tokenizer"},
+        "steps.analyzer:Analyzer": {"class_name": "Analyzer"},
+        "pipeline:Pipeline": {"class_name": "Pipeline"},
+    },
+}
+
+
+def test_a_0_6_0_apps_deployments_list_the_entry_first():
+    assert app06_deployments(SPEC_06) == [
+        "pipeline:Pipeline",
+        "steps.analyzer:Analyzer",
+        "steps.tokenizer:Tokenizer",
+    ]
+    # Env var scopes name the classes of a 0.6.0 app by class name, as for the older format.
+    env = AppEnv(plain={"Tokenizer": {"A": "1"}, "Nope": {"B": "2"}}, secret={}, masked={}, hypha_token=None)
+    assert env_scope_problems(env, app06_deployments(SPEC_06)) == [
+        "application_env_vars.Nope: the app has no deployment 'Nope'"
+    ]
+
+
+def test_a_redeploy_of_the_same_code_reuses_the_discovered_spec():
+    from bioengine_app_runtime import App06
+
+    app06 = App06(entry="pipeline:Pipeline", spec=SPEC_06, sdk_version="0.1.0")
+    spec = build_spec(
+        "demo", "ws/demo-app", DeployRequest(), NO_ENV, MANIFEST, "artifact", code_dir="/apps/demo/code-1",
+        home_dir="/apps/demo/home", authorized_users={"*": ["*"]}, revision=0, previous=None, worker=WORKER,
+        app06=app06,
+    )  # fmt: skip
+    assert spec.deployments == app06_deployments(SPEC_06) and spec.init_kwargs == {}
+    previous = build_record(
+        spec, DeployRequest(), NO_ENV, MANIFEST, "artifact", resources={}, methods=["run"], code_hash="abc",
+        previous=None, now=1.0, updated_by=None,
+    )  # fmt: skip
+    assert reusable_spec(previous, "/apps/demo/code-1", "pipeline:Pipeline", "0.1.0") == SPEC_06
+    # New code, another entry, another SDK, or an older-format deployment: discover again.
+    assert reusable_spec(previous, "/apps/demo/code-2", "pipeline:Pipeline", "0.1.0") is None
+    assert reusable_spec(previous, "/apps/demo/code-1", "pipeline:Other", "0.1.0") is None
+    assert reusable_spec(previous, "/apps/demo/code-1", "pipeline:Pipeline", "0.2.0") is None
+    assert reusable_spec(deploy(), "/apps/demo/code-1", "pipeline:Pipeline", "0.1.0") is None
+    assert reusable_spec(None, "/apps/demo/code-1", "pipeline:Pipeline", "0.1.0") is None

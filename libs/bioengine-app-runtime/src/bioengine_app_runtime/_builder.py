@@ -40,10 +40,12 @@ __all__ = [
     "PROXY_ENV",
     "build",
     "deployment_version",
+    "deployment_version_06",
     "proxy_options",
     "proxy_version",
     "scaling_options",
     "schema_methods",
+    "worker_env",
 ]
 
 #: Start a deployment's new replicas before stopping the old ones (percent of its replicas).
@@ -69,11 +71,20 @@ def _digest(value: Any) -> str:
 def deployment_version(spec: AppSpec, class_name: str) -> str:
     """Serve version of one user deployment: it changes exactly when what its replicas are made
     of changes (the app's code and settings, and its own entries of the per-class fields)."""
-    shared = spec.model_dump(mode="json", exclude=_PROXY_ONLY | _PER_CLASS)
+    shared = spec.model_dump(mode="json", exclude=_PROXY_ONLY | _PER_CLASS | {"app06"})
     own = {
         field: {scope: getattr(spec, field).get(scope) for scope in ("*", class_name)} for field in _PER_CLASS
     }
     return _digest({"class": class_name, "app": shared, "own": own})
+
+
+def deployment_version_06(spec: AppSpec, key: str) -> str:
+    """:func:`deployment_version` of one class (``module:qualname``) of a 0.6.0 app: also its own
+    part of the discovered spec, kwargs and GPUs (``scaling`` changes in place, as for the
+    older format)."""
+    assert spec.app06 is not None
+    class_name = spec.app06.spec["deployments"][key]["class_name"]
+    return _digest({"base": deployment_version(spec, class_name), "own06": spec.app06.own(key)})
 
 
 def proxy_version(proxy_spec: ProxySpec) -> str:
@@ -157,14 +168,9 @@ def _load(module_name: str, class_name: str) -> Any:
     return deployment
 
 
-def _prepared(deployment: Any, class_name: str, spec: AppSpec) -> Any:
-    """The deployment with the worker's options: env vars, GPU switch, default CPUs, working_dir."""
-    options = dict(deployment.ray_actor_options or {})
-    if spec.disable_gpu:
-        options["num_gpus"] = 0
-    options.setdefault("num_cpus", spec.default_num_cpus)
-    runtime_env = dict(options.get("runtime_env") or {})
-    env_vars = dict(runtime_env.get("env_vars") or {})
+def worker_env(spec: AppSpec, class_name: str) -> dict[str, str]:
+    """The env vars the platform sets in a replica of ``class_name`` (over the author's)."""
+    env_vars: dict[str, str] = {}
     for scope in ("*", class_name):
         env_vars.update(spec.env_vars.get(scope) or {})
     env_vars.update(
@@ -179,6 +185,18 @@ def _prepared(deployment: Any, class_name: str, spec: AppSpec) -> Any:
         BIOENGINE_DATASETS_SERVICE_ID=spec.datasets_service_id,
         BIOENGINE_SERVICES_USERS=",".join(spec.services_users),
     )
+    return env_vars
+
+
+def _prepared(deployment: Any, class_name: str, spec: AppSpec) -> Any:
+    """The deployment with the worker's options: env vars, GPU switch, default CPUs, working_dir."""
+    options = dict(deployment.ray_actor_options or {})
+    if spec.disable_gpu:
+        options["num_gpus"] = 0
+    options.setdefault("num_cpus", spec.default_num_cpus)
+    runtime_env = dict(options.get("runtime_env") or {})
+    env_vars = dict(runtime_env.get("env_vars") or {})
+    env_vars.update(worker_env(spec, class_name))
     runtime_env["env_vars"] = env_vars
     runtime_env.setdefault("working_dir", f"local://{spec.code_dir}")
     options["runtime_env"] = runtime_env
@@ -214,6 +232,8 @@ def proxy_options(spec: AppSpec) -> dict[str, Any]:
 def build(args: dict[str, Any]) -> Any:
     """Serve app builder: ``args`` is an :class:`AppSpec` as a dict."""
     spec = AppSpec.model_validate(args)
+    if spec.app06 is not None:
+        return _build_06(spec)
     refs = spec.refs()
     _enter(spec.code_dir, [ref.module for ref in refs])
     try:
@@ -235,7 +255,35 @@ def build(args: dict[str, Any]) -> Any:
             f"'{entry_ref.class_name}' exposes no methods: decorate the methods callers may use with "
             "hypha_rpc.utils.schema.schema_method"
         )
-    proxy_spec = ProxySpec.of(spec.model_copy(update={"methods": methods}))
+    return _with_proxy(entry_app, ProxySpec.of(spec.model_copy(update={"methods": methods})), spec)
+
+
+def _build_06(spec: AppSpec) -> Any:
+    """A 0.6.0 app: every class of the discovered spec a deployment, the proxy in front
+    publishing the entry's ``@bioengine.method``s and refusing calls over capacity."""
+    from .app06 import build_06
+
+    assert spec.app06 is not None
+    modules = sorted({str(d["module"]).split(".")[0] for d in spec.app06.spec["deployments"].values()})
+    _enter(spec.code_dir, modules)
+    try:
+        entry_app, methods = build_06(
+            spec,
+            worker_env=lambda class_name: worker_env(spec, class_name),
+            version_of=lambda key: deployment_version_06(spec, key),
+            rolling=_rolling,
+            scaling_of=lambda class_name: scaling_options(spec, class_name),
+        )
+    finally:
+        _remember_modules(spec.code_dir)
+    proxy_spec = ProxySpec.of(spec).model_copy(
+        update={"methods": [MethodSpec.model_validate(m) for m in methods], "refuse_when_full": True}
+    )
+    return _with_proxy(entry_app, proxy_spec, spec)
+
+
+def _with_proxy(entry_app: Any, proxy_spec: ProxySpec, spec: AppSpec) -> Any:
+    """``BioEngineProxy`` bound in front of the entry deployment."""
     proxy = BioEngineProxy.options(  # type: ignore[attr-defined]
         name=PROXY_DEPLOYMENT,
         max_ongoing_requests=max(spec.max_ongoing_requests, 1) + 10,

@@ -3,7 +3,8 @@
 Each replica connects to Hypha with the app's token (read from the KV store, so apps-svc can
 renew it) and registers service ``<application_id>`` with one function per schema method of
 the entry deployment. A call is checked against the per-method ``authorized_users`` rules,
-bounded by ``max_ongoing_requests`` and forwarded through a Serve ``DeploymentHandle``. It runs
+bounded by ``max_ongoing_requests`` (a 0.6.0 app's proxy refuses a call over it at once, as the
+public worker's does; the older format's waits for a free slot) and forwarded through a Serve ``DeploymentHandle``. It runs
 inside Ray, so apps keep answering while apps-svc restarts. Rules, limit and methods are the
 deployment's Serve ``user_config``: an update of them reaches the running replica through
 ``reconfigure`` (new methods are registered again on the same connection), so the app keeps
@@ -105,6 +106,12 @@ class BioEngineProxy:
                 )
             if method.accepts_context:
                 kwargs["context"] = context
+            if self.spec.refuse_when_full and self.ongoing >= self.spec.max_ongoing_requests:
+                raise RuntimeError(
+                    f"App '{self.spec.application_id}' is busy: it is running its maximum of "
+                    f"{self.spec.max_ongoing_requests} concurrent requests (max_ongoing_requests); "
+                    "try again later"
+                )
             async with self.semaphore:
                 self.ongoing += 1
                 try:

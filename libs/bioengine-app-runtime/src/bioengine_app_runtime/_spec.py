@@ -11,13 +11,21 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-__all__ = ["PROXY_CONFIG_FIELDS", "PROXY_DEPLOYMENT", "AppSpec", "DeploymentRef", "MethodSpec", "ProxySpec"]
+__all__ = [
+    "PROXY_CONFIG_FIELDS",
+    "PROXY_DEPLOYMENT",
+    "App06",
+    "AppSpec",
+    "DeploymentRef",
+    "MethodSpec",
+    "ProxySpec",
+]
 
 #: Name of the deployment that exposes an app as a Hypha service (the app's ingress).
 PROXY_DEPLOYMENT = "BioEngineProxy"
 #: Fields of a ProxySpec that a running proxy replica takes on in place (Serve's user_config and
 #: the proxy's reconfigure), so changing them keeps the replica and the app's Hypha service id.
-PROXY_CONFIG_FIELDS = ("authorized_users", "max_ongoing_requests", "methods")
+PROXY_CONFIG_FIELDS = ("authorized_users", "max_ongoing_requests", "methods", "refuse_when_full")
 
 
 class DeploymentRef(BaseModel):
@@ -43,6 +51,29 @@ class MethodSpec(BaseModel):
     name: str
     accepts_context: bool = False
     json_schema: dict[str, Any] | None = Field(None, description="hypha-rpc's schema of the method.")
+
+
+class App06(BaseModel):
+    """The part of an AppSpec only a manifest-0.6.0 app has: what the discovery task found."""
+
+    entry: str = Field(description="'module.sub:Class' of the manifest.")
+    spec: dict[str, Any] = Field(description="bioengine.composition.introspect_app's spec.")
+    init_kwargs: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="__init__ arguments by 'module:qualname' (validated)."
+    )
+    num_gpus: dict[str, float] = Field(
+        default_factory=dict, description="Sized num_gpus by 'module:qualname'."
+    )
+    sdk_version: str = Field("", description="Version of the bioengine SDK that read the spec.")
+
+    def own(self, key: str) -> dict[str, Any]:
+        """What one deployment's replicas are made of (for its Serve version)."""
+        return {
+            "entry": self.entry,
+            "deployment": self.spec["deployments"].get(key),
+            "kwargs": self.init_kwargs.get(key),
+            "num_gpus": self.num_gpus.get(key),
+        }
 
 
 class AppSpec(BaseModel):
@@ -82,6 +113,9 @@ class AppSpec(BaseModel):
     )
     proxy_memory_in_gb: float | None = Field(None, description="Memory the proxy replica reserves, GiB.")
     debug: bool = Field(False, description="DEBUG log level for the app's proxy.")
+    #: A manifest-0.6.0 app (``deployments`` then lists its classes' 'module:qualname', the entry
+    #: first); None for the older format.
+    app06: App06 | None = None
 
     def refs(self) -> list[DeploymentRef]:
         return [DeploymentRef.parse(entry) for entry in self.deployments]
@@ -103,6 +137,9 @@ class ProxySpec(BaseModel):
     max_ongoing_requests: int = 10
     authorized_users: dict[str, list[str]] = Field(default_factory=lambda: {"*": ["*"]})
     methods: list[MethodSpec] = Field(default_factory=list)
+    #: Refuse a call at once when max_ongoing_requests calls are running (0.6.0 apps, as the
+    #: public worker's proxy does); otherwise it waits for a free slot.
+    refuse_when_full: bool = False
     #: auto_redeploy rebuilds everything, the proxy included.
     redeploy: int = 0
     proxy_memory_in_gb: float | None = None

@@ -11,7 +11,17 @@ from __future__ import annotations
 import json
 from typing import Any
 
-__all__ = ["NAMESPACE", "RayKV", "delete", "get_json", "list_keys", "put_json", "record_key", "secrets_key"]
+__all__ = [
+    "NAMESPACE",
+    "RayKV",
+    "delete",
+    "get_json",
+    "health_key",
+    "list_keys",
+    "put_json",
+    "record_key",
+    "secrets_key",
+]
 
 NAMESPACE = "bioengine_apps"
 _RECORD_PREFIX = "app/"
@@ -23,6 +33,11 @@ def record_key(application_id: str) -> bytes:
 
 def secrets_key(application_id: str) -> bytes:
     return f"secrets/{application_id}".encode()
+
+
+def health_key(application_id: str) -> bytes:
+    """The last lifecycle failure of each deployment of a 0.6.0 app (written by its replicas)."""
+    return f"health/{application_id}".encode()
 
 
 def get_json(key: bytes) -> Any:
@@ -71,6 +86,7 @@ class RayKV:
         put_json(secrets_key(application_id), secrets)
 
     def delete_app(self, application_id: str) -> None:
-        """Remove the app's record and secrets."""
+        """Remove the app's record, secrets and recorded failures."""
         delete(record_key(application_id))
         delete(secrets_key(application_id))
+        delete(health_key(application_id))

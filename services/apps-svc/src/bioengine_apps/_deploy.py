@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from bioengine_app_runtime import AppSpec
+from bioengine_app_runtime import App06, AppSpec
 
 from ._state import AppRecord, split_env_vars
 
@@ -23,12 +23,14 @@ __all__ = [
     "AppEnv",
     "DeployRequest",
     "WorkerFacts",
+    "app06_deployments",
     "build_record",
     "build_spec",
     "env_scope_problems",
     "merge_with_previous",
     "resolve_env",
     "resources_grow",
+    "reusable_spec",
     "secrets_revision",
     "settle_unchanged",
 ]
@@ -108,6 +110,26 @@ def merge_with_previous(request: DeployRequest, previous: AppRecord | None) -> D
     )
 
 
+def reusable_spec(
+    previous: AppRecord | None, code_dir: str, entry: str, sdk_version: str
+) -> dict[str, Any] | None:
+    """The previous deployment's discovered spec of a 0.6.0 app when it still holds: same code
+    (its folder is named by the code's hash), same entry, read by this SDK version. Then a
+    redeploy (new kwargs, env vars, scaling) needs no discovery task."""
+    app06 = (previous.spec.get("app06") if previous else None) or {}
+    if not app06 or previous is None or previous.spec.get("code_dir") != code_dir:
+        return None
+    if app06.get("entry") != entry or not sdk_version or app06.get("sdk_version") != sdk_version:
+        return None
+    return dict(app06["spec"])
+
+
+def app06_deployments(spec: Mapping[str, Any]) -> list[str]:
+    """A 0.6.0 app's classes as ``module:qualname``, the entry first (the AppSpec's ``deployments``)."""
+    entry = str(spec["entry"])
+    return [entry, *(key for key in reversed(spec["order"]) if key != entry)]
+
+
 def resolve_env(
     env_vars: Mapping[str, Mapping[str, Any]] | None,
     hypha_token: str | None,
@@ -171,11 +193,13 @@ def build_spec(
     revision: int,
     previous: AppRecord | None,
     worker: WorkerFacts,
+    app06: App06 | None = None,
 ) -> AppSpec:
     """The spec Serve's builder gets (no secret values in it) from a merged request.
 
     ``artifact_id`` is the artifact's full id ('workspace/alias'); an app from the local apps
-    folder (``source`` 'local') is ``local/<alias>`` and has no version.
+    folder (``source`` 'local') is ``local/<alias>`` and has no version. A 0.6.0 app gives
+    ``app06`` (what the discovery task found); its ``init_kwargs`` live there, by class key.
     """
     return AppSpec(
         application_id=application_id,
@@ -183,8 +207,8 @@ def build_spec(
         version=manifest.get("version") if source == "artifact" else None,
         code_dir=code_dir,
         home_dir=home_dir,
-        deployments=list(manifest["deployments"]),
-        init_kwargs=dict(request.application_kwargs or {}),
+        deployments=app06_deployments(app06.spec) if app06 else list(manifest["deployments"]),
+        init_kwargs={} if app06 else dict(request.application_kwargs or {}),
         env_vars=env.plain,
         secret_env_names={scope: sorted(values) for scope, values in env.secret.items()},
         disable_gpu=bool(request.disable_gpu),
@@ -197,6 +221,7 @@ def build_spec(
         services_users=sorted(worker.services_users),
         secrets_revision=revision,
         redeploy=int(previous.spec.get("redeploy", 0)) if previous else 0,
+        app06=app06,
         scaling=dict(request.scaling or {}),
         proxy_memory_in_gb=request.proxy_memory_in_gb,
         debug=bool(request.debug),

@@ -30,14 +30,29 @@ from typing import Any
 
 from pydantic import Field
 
+from bioengine import BioEngineUserError
+from bioengine import __version__ as SDK_VERSION
+from bioengine.composition import validate_application_kwargs
 from bioengine_app_format import (
     FORMAT_06,
+    AppAnalysis,
     analyze_app,
     check_authorized_users,
     decode_files,
     format_version_of,
     load_manifest,
+    replica_files,
     validate_upload,
+)
+from bioengine_app_runtime import App06
+from bioengine_app_runtime import kv as runtime_kv
+from bioengine_app_runtime.app06 import (
+    AppCodeError,
+    deployment_resources,
+    discover,
+    entry_methods,
+    installer_error,
+    size_gpus,
 )
 from bioengine_app_runtime.kv import RayKV
 from bioengine_common import (
@@ -61,12 +76,14 @@ from ._artifacts import ArtifactStore, static_site_url
 from ._deploy import (
     DeployRequest,
     WorkerFacts,
+    app06_deployments,
     build_record,
     build_spec,
     env_scope_problems,
     merge_with_previous,
     resolve_env,
     resources_grow,
+    reusable_spec,
     secrets_revision,
     settle_unchanged,
 )
@@ -782,6 +799,56 @@ class AppsService(BioEngineService):
         return deleted
 
     # ---- deployments --------------------------------------------------------------------------------
+    async def _discover_06(
+        self,
+        application_id: str,
+        artifact_id: str,
+        manifest: dict[str, Any],
+        files: dict[str, bytes],
+        request: DeployRequest,
+    ) -> tuple[App06, AppAnalysis]:
+        """A 0.6.0 app's classes, kwargs, GPUs and resources: its replica files are placed and
+        its entry imported inside Ray (a task of its own), never here; a redeploy of the same
+        code reuses the spec found then (:func:`._deploy.reusable_spec`). The author's mistakes
+        (an import error, a cycle, bad kwargs) are an InvalidRequest saying which; ``scaling`` is
+        checked by the caller against the classes found."""
+        code_dir = await asyncio.to_thread(self._place_files, application_id, _code_hash(files), files)
+        entry = str(manifest["entry"])
+        kwargs = dict(request.application_kwargs or {})
+        spec = reusable_spec(self.records.get(application_id), str(code_dir), entry, SDK_VERSION)
+        try:
+            if spec is None:
+                found = await self._ray(discover, str(code_dir), entry, kwargs, timeout=150)
+                spec, init_kwargs, sdk_version = found["spec"], found["kwargs"], found["sdk_version"]
+            else:  # the same code as deployed: only the kwargs are new (the SDK's pure check)
+                init_kwargs, sdk_version = validate_application_kwargs(spec, kwargs), SDK_VERSION
+            if not request.disable_gpu and any(d.get("gpu_memory_mb") for d in spec["deployments"].values()):
+                self.cluster_gpus = await self._ray(_cluster_gpus, timeout=5)  # the GPUs of this moment
+            num_gpus = {
+                key: size_gpus(deployment, bool(request.disable_gpu), self.cluster_gpus)
+                for key, deployment in spec["deployments"].items()
+            }
+            by_class = {d["class_name"]: key for key, d in spec["deployments"].items()}
+            scaling = {
+                by_class[name]: rule for name, rule in (request.scaling or {}).items() if name in by_class
+            }
+        except (AppCodeError, BioEngineUserError, ValueError) as exc:
+            raise InvalidRequest(f"cannot deploy '{artifact_id}' (entry '{entry}'): {exc}") from exc
+        app06 = App06(
+            entry=entry,
+            spec=spec,
+            init_kwargs=init_kwargs,
+            num_gpus=num_gpus,
+            sdk_version=sdk_version,
+        )
+        analysis = AppAnalysis(
+            entry_class=entry,
+            methods=[m["name"] for m in entry_methods(spec)],
+            resources=deployment_resources(spec, num_gpus, scaling),
+            problems=[] if entry_methods(spec) else [f"'{entry}' publishes no @bioengine.method"],
+        )
+        return app06, analysis
+
     @worker.deploy_app.implementation
     async def deploy_app(
         self,
@@ -837,31 +904,36 @@ class AppsService(BioEngineService):
                 previous,
             )
             manifest, files, source = await self._load_app(artifact_id, request.version)
-            if format_version_of(manifest) == FORMAT_06:
-                raise InvalidRequest(
-                    f"cannot deploy '{artifact_id}': it is a format {FORMAT_06} app (entry "
-                    f"{manifest.get('entry')!r}), and the {FORMAT_06} runtime is not available on this "
-                    "worker yet; uploading, validating and listing it work"
-                )
             old_secrets = await self._load_secrets(application_id)
             try:
                 env = resolve_env(application_env_vars, hypha_token, previous, old_secrets)
             except ValueError as exc:
                 raise InvalidRequest(str(exc)) from exc
-            analysis = analyze_app(
-                files, manifest["deployments"], dict(request.application_kwargs or {}),
-                default_num_cpus=self.settings.default_app_cpus, disable_gpu=bool(request.disable_gpu),
-            )  # fmt: skip
+            app06: App06 | None = None
+            if format_version_of(manifest) == FORMAT_06:
+                files = {name: files[name] for name in replica_files(files)}  # no frontend, docs
+                app06, analysis = await self._discover_06(
+                    application_id, artifact_id, manifest, files, request
+                )
+                deployments = app06_deployments(app06.spec)
+            else:
+                analysis = analyze_app(
+                    files, manifest["deployments"], dict(request.application_kwargs or {}),
+                    default_num_cpus=self.settings.default_app_cpus, disable_gpu=bool(request.disable_gpu),
+                )  # fmt: skip
+                deployments = list(manifest["deployments"])
             if analysis.problems:
                 raise InvalidRequest(f"cannot deploy '{artifact_id}': " + "; ".join(analysis.problems))
-            # The classes are known here for the current format; a 0.6.0 app's are known once
-            # its spec is discovered inside Ray (the 0.6.0 deploy path checks them there).
-            problems = scaling_problems(
-                request.scaling, [d.partition(":")[2] for d in manifest["deployments"]]
+            # The current format's classes are known here; a 0.6.0 app's from its discovered spec.
+            class_names = (
+                [d["class_name"] for d in app06.spec["deployments"].values()]
+                if app06
+                else [d.partition(":")[2] for d in manifest["deployments"]]
             )
+            problems = scaling_problems(request.scaling, class_names)
             if problems:
                 raise InvalidRequest(f"cannot deploy '{artifact_id}': " + "; ".join(problems))
-            scope_problems = env_scope_problems(env, manifest["deployments"])
+            scope_problems = env_scope_problems(env, deployments)
             if scope_problems:
                 raise InvalidRequest(scope_problems[0])
             if resources_grow(analysis.resources, previous):
@@ -892,6 +964,7 @@ class AppsService(BioEngineService):
                 revision=secrets_revision(previous, env, old_secrets),
                 previous=previous,
                 worker=self._worker_facts(),
+                app06=app06,
             )
             user = resolved.get("user") or {}
             record, unchanged = settle_unchanged(
@@ -1144,6 +1217,7 @@ class AppsService(BioEngineService):
                 if full and lines_of(name) != 0 and replicas:
                     entry["logs"] = await self._replica_logs(replicas, lines_of(name))
                 deployments[name] = entry
+            await self._add_lifecycle_failures(record, deployments)
             if serve_status == "RUNNING":
                 try:
                     info = await self._ray(self.serve.proxy_info, app_id, timeout=4)
@@ -1216,6 +1290,36 @@ class AppsService(BioEngineService):
             else getattr(config, "public_base_url", None)
         )
         return str(base or self.settings.server_url).rstrip("/")
+
+    async def _add_lifecycle_failures(self, record: AppRecord, deployments: dict[str, Any]) -> None:
+        """A 0.6.0 app's replicas record why their health check failed (a failed smoke test, a
+        failing health_check): an unhealthy deployment's message is that reason, when it happened
+        since the app's last update, or the installer's error when its packages cannot be
+        installed; Serve's own message is kept as ``serve_message``."""
+        if not record.spec.get("app06") or all(d["status"] == "HEALTHY" for d in deployments.values()):
+            return
+        for entry in deployments.values():
+            installer = installer_error(entry["message"]) if entry["status"] != "HEALTHY" else None
+            if installer:
+                entry.update(lifecycle_error=installer, serve_message=entry["message"], message=installer)
+        with contextlib.suppress(Exception):
+            failures = await self._ray(
+                runtime_kv.get_json, runtime_kv.health_key(record.application_id), timeout=4
+            )
+            failures = dict(failures or {})
+            for name, failure in failures.items():
+                entry = deployments.get(name)
+                if (
+                    entry is None
+                    or entry["status"] == "HEALTHY"
+                    or failure.get("at", 0) < record.last_updated_at
+                ):
+                    continue
+                entry.update(
+                    lifecycle_error=failure["reason"],
+                    serve_message=entry["message"],
+                    message=failure["reason"],
+                )
 
     def _offline_status(self, app_id: str, reason: str, full: bool) -> dict[str, Any]:
         """What apps-svc knows of an app while it cannot see Serve: its record, and when and how
