@@ -721,8 +721,8 @@ class AppsService(BioEngineService):
         resolved = self.caller_context(context, caller)
         if (workspace is None) != (hypha_token is None):
             raise InvalidRequest("give both workspace and hypha_token, or neither")
-        if workspace is None:
-            self.require_admin(context, caller, "upload_app")
+        # Admin only without workspace and hypha_token: the contract's rule, applied by
+        # ``implementation`` before this body runs.
         try:
             decoded = decode_files(files)
             validate_upload(decoded)
@@ -743,7 +743,6 @@ class AppsService(BioEngineService):
 
     @worker.list_apps.implementation
     async def list_apps(self, caller: dict | None = None, context: dict | None = None) -> dict:
-        self.require_admin(context, caller, "list_apps")
         await self._require_artifact_store()
         return await self.artifacts.list_apps()
 
@@ -755,7 +754,6 @@ class AppsService(BioEngineService):
         caller: dict | None = None,
         context: dict | None = None,
     ) -> dict:
-        self.require_admin(context, caller, "get_app_manifest")
         await self._require_artifact_store()
         return dict((await self.artifacts.get(artifact_id, version)).get("manifest") or {})
 
@@ -766,7 +764,6 @@ class AppsService(BioEngineService):
         caller: dict | None = None,
         context: dict | None = None,
     ) -> None:
-        self.require_admin(context, caller, "delete_app")
         await self._require_artifact_store()
         await self.artifacts.delete(artifact_id)
 
@@ -778,7 +775,6 @@ class AppsService(BioEngineService):
         caller: dict | None = None,
         context: dict | None = None,
     ) -> str:
-        self.require_admin(context, caller, "delete_app_version")
         await self._require_artifact_store()
         full = self.artifacts.full_id(artifact_id)
         record = await self.artifacts.get(full)
@@ -871,7 +867,7 @@ class AppsService(BioEngineService):
         caller: dict | None = None,
         context: dict | None = None,
     ) -> str:
-        resolved = self.require_admin(context, caller, "deploy_app")
+        resolved = self.caller_context(context, caller)  # an admin: the contract's rule was applied
         self._require_ray()
         if authorized_users is not None:
             problems = check_authorized_users(authorized_users)
@@ -1074,7 +1070,6 @@ class AppsService(BioEngineService):
         caller: dict | None = None,
         context: dict | None = None,
     ) -> dict:
-        self.require_admin(context, caller, "wait_for_app")
         if not isinstance(application_id, str) or not _APP_ID.match(application_id):
             raise InvalidRequest(f"'{application_id}' is not an application id")
         return await self._wait(application_id, float(timeout), full=True)
@@ -1107,7 +1102,6 @@ class AppsService(BioEngineService):
         caller: dict | None = None,
         context: dict | None = None,
     ) -> dict:
-        self.require_admin(context, caller, "stop_app")
         self._require_ray()
         if not isinstance(application_id, str) or not _APP_ID.match(application_id):
             raise InvalidRequest(f"'{application_id}' is not an application id")
@@ -1155,7 +1149,6 @@ class AppsService(BioEngineService):
         caller: dict | None = None,
         context: dict | None = None,
     ) -> dict:
-        self.require_admin(context, caller, "stop_all_apps")
         self._require_ray()
         async with self._lock:
             stopped = sorted(self.records)
@@ -1421,7 +1414,6 @@ class AppsService(BioEngineService):
     # ---- working directories -------------------------------------------------------------------------
     @worker.list_app_directories.implementation
     async def list_app_directories(self, caller: dict | None = None, context: dict | None = None) -> list:
-        self.require_admin(context, caller, "list_app_directories")
 
         def scan() -> list[dict[str, Any]]:
             if not self.apps_dir.is_dir():
@@ -1446,7 +1438,6 @@ class AppsService(BioEngineService):
         caller: dict | None = None,
         context: dict | None = None,
     ) -> None:
-        self.require_admin(context, caller, "clear_app_directory")
         if not isinstance(application_id, str) or not _APP_ID.match(application_id):
             raise InvalidRequest(f"'{application_id}' is not an application id (no paths)")
         folder = self.apps_dir / application_id
