@@ -5,6 +5,7 @@ the cluster container), and the demo app deploys through the gateway and answers
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,25 @@ async def test_service_images_make_a_ready_worker_that_deploys_the_demo_app(
         service_id = await _until(app_service, 240, "the demo app RUNNING")
         answer = await (await admin_client.get_service(service_id)).ping()
         assert answer["status"] == "ok", answer
+
+        # Each image's HEALTHCHECK passes on a running service (podman runs it on demand here:
+        # its timers need systemd), and each service stops by itself on the image's STOPSIGNAL.
+        for name, container in containers.items():
+            check = await asyncio.to_thread(
+                subprocess.run,
+                ["podman", "healthcheck", "run", container.id],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert check.returncode == 0, f"{name}: health check failed: {check.stdout}{check.stderr}"
+        for name in ("gateway", "datasets", "apps"):
+            wrapped = containers[name].container.get_wrapped_container()
+            await asyncio.to_thread(wrapped.stop, timeout=30)  # the STOPSIGNAL, then SIGKILL after 30 s
+            await asyncio.to_thread(wrapped.reload)
+            assert wrapped.attrs["State"]["ExitCode"] == 0, (
+                f"{name} did not stop by itself on its stop signal: {wrapped.attrs['State']}"
+            )
     except BaseException:
         for name, container in containers.items():
             print(f"--- {name} container log\n{container.logs()[-4000:]}")

@@ -54,8 +54,14 @@ def test_common_runs_alone(uv):
 def test_members_have_the_layout():
     for pyproject in [*ROOT.glob("libs/*/pyproject.toml"), *ROOT.glob("services/*/pyproject.toml")]:
         member = pyproject.parent
-        project = tomllib.loads(pyproject.read_text())["project"]
+        config = tomllib.loads(pyproject.read_text())
+        project = config["project"]
+        # The package is named after the member (bioengine_<name>), except the SDK: its module is
+        # `bioengine`, the public SDK's import name, so that apps written for it run unchanged.
         package = "bioengine_" + member.name.removesuffix("-svc").removeprefix("bioengine-").replace("-", "_")
+        if member.name == "bioengine-sdk":
+            package = "bioengine"
+        assert config["tool"]["hatch"]["build"]["targets"]["wheel"]["packages"] == [f"src/{package}"], member
         assert (member / "README.md").stat().st_size > 200, member
         assert (member / "src" / package / "__init__.py").exists(), member
         assert list((member / "tests").glob("test_*.py")), member
