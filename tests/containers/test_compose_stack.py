@@ -14,7 +14,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ import numpy as np
 import pytest
 from hypha_rpc import connect_to_server
 
+from bioengine_common.testing import eventually
 from bioengine_worker.cli import read_app_folder
 from bioengine_worker.testing.faults import make_dataset
 
@@ -121,20 +121,6 @@ def stack(podman: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sta
         _compose(project, env, "down", "-v", "-t", "10")
 
 
-async def _until(predicate: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = await predicate()
-            if last:
-                return last
-        except Exception as exc:  # not there yet
-            last = exc
-        await asyncio.sleep(1)
-    raise AssertionError(f"{what} not within {timeout:.0f} s (last: {last!r})")
-
-
 async def _read(url: str, stack: Stack) -> np.ndarray:
     from bioengine_datasets_client import open_dataset
 
@@ -150,10 +136,10 @@ async def _read(url: str, stack: Stack) -> np.ndarray:
 
 async def test_compose_stack_gets_ready_deploys_the_demo_app_and_serves_a_dataset(stack: Stack):
     # The server needs a few seconds after `up -d` returns.
-    server = await _until(stack.connect, 120, "the Hypha server of the stack")
+    server = await eventually(stack.connect, 120, "the Hypha server of the stack")
     try:
-        worker = await _until(lambda: server.get_service("bioengine-worker"), 120, "the gateway")
-        status = await _until(lambda: _ready_status(worker), 240, "the worker ready")
+        worker = await eventually(lambda: server.get_service("bioengine-worker"), 120, "the gateway")
+        status = await eventually(lambda: _ready_status(worker), 240, "the worker ready")
         assert status["worker_mode"] == "single-machine"
         replicas = [
             s for s in await server.list_services("bioengine") if s["id"].endswith(":bioengine-datasets")
@@ -172,7 +158,7 @@ async def test_compose_stack_gets_ready_deploys_the_demo_app_and_serves_a_datase
             ids = app.get("service_ids") or []
             return ids[0].get("websocket_service_id") if app.get("status") == "RUNNING" and ids else None
 
-        service_id = await _until(app_service, 240, "the demo app RUNNING")
+        service_id = await eventually(app_service, 240, "the demo app RUNNING")
         answer = await (await server.get_service(service_id)).ping()
         assert answer["status"] == "ok", answer
     except BaseException:
@@ -185,10 +171,10 @@ async def test_compose_stack_gets_ready_deploys_the_demo_app_and_serves_a_datase
 async def test_a_killed_datasets_replica_leaves_the_gateway_answering_and_the_dataset_readable(
     stack: Stack, podman: Any
 ):
-    server = await _until(stack.connect, 120, "the Hypha server of the stack")
+    server = await eventually(stack.connect, 120, "the Hypha server of the stack")
     try:
-        worker = await _until(lambda: server.get_service("bioengine-worker"), 120, "the gateway")
-        status = await _until(lambda: _ready_status(worker), 240, "the worker ready")
+        worker = await eventually(lambda: server.get_service("bioengine-worker"), 120, "the gateway")
+        status = await eventually(lambda: _ready_status(worker), 240, "the worker ready")
         url = status["services"]["datasets"]["status"]["http_url"]
         # The replica behind the URL the gateway reports: its log names the URL.
         replicas = podman.containers.list(
@@ -216,7 +202,7 @@ async def test_a_killed_datasets_replica_leaves_the_gateway_answering_and_the_da
             http_url = (current["services"]["datasets"].get("status") or {}).get("http_url")
             return bool(http_url) and np.array_equal(await _read(http_url, stack), stack.expected)
 
-        await _until(readable, 60, "the dataset readable after killing a replica")
+        await eventually(readable, 60, "the dataset readable after killing a replica")
         assert not failures, failures
         assert (await worker.list_datasets())[stack.dataset[0]]
     except BaseException:

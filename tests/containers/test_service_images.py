@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bioengine_common.testing import wait_for_service
+from bioengine_common.testing import eventually, wait_for_service
 from bioengine_common.testing.containers import new_volume_name
 from bioengine_worker.cli import read_app_folder
 
@@ -26,20 +25,6 @@ SERVICE_IDS = {
     "datasets": "bioengine-datasets",
     "gateway": "bioengine-worker",
 }
-
-
-async def _until(predicate: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = await predicate()
-            if last:
-                return last
-        except Exception as exc:  # not there yet
-            last = exc
-        await asyncio.sleep(1)
-    raise AssertionError(f"{what} not within {timeout:.0f} s (last: {last!r})")
 
 
 async def test_service_images_make_a_ready_worker_that_deploys_the_demo_app(
@@ -72,7 +57,7 @@ async def test_service_images_make_a_ready_worker_that_deploys_the_demo_app(
             status = dict(await worker.get_status())
             return status if status["is_ready"] else None
 
-        status = await _until(ready, 180, "the worker ready through the gateway")
+        status = await eventually(ready, 180, "the worker ready through the gateway")
         services = status["services"]
         assert services["cluster"]["status"]["mode"] == "single-machine"
         assert services["apps"]["status"]["ray_connected"] is True
@@ -86,7 +71,7 @@ async def test_service_images_make_a_ready_worker_that_deploys_the_demo_app(
             ids = app.get("service_ids") or []
             return ids[0].get("websocket_service_id") if app.get("status") == "RUNNING" and ids else None
 
-        service_id = await _until(app_service, 240, "the demo app RUNNING")
+        service_id = await eventually(app_service, 240, "the demo app RUNNING")
         answer = await (await admin_client.get_service(service_id)).ping()
         assert answer["status"] == "ok", answer
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from bioengine_common import connect
-from bioengine_common.testing import launch_service, wait_for_service
+from bioengine_common.testing import launch_service, ready_worker
 
 pytestmark = pytest.mark.integration
 
@@ -53,14 +53,7 @@ def stack(hypha_server, cluster_process, tmp_path_factory):
 
 @pytest.fixture
 async def worker(stack, admin_client):
-    await wait_for_service(admin_client, "bioengine-apps", timeout=60)
-    await wait_for_service(admin_client, "bioengine-worker", timeout=60)
-    apps = await admin_client.get_service("bioengine-apps")
-    deadline = time.monotonic() + 120
-    while not (await apps.get_status())["ready"]:
-        assert time.monotonic() < deadline, stack["apps"].console_output()[-5000:]
-        await asyncio.sleep(0.5)
-    return await admin_client.get_service("bioengine-worker")
+    return await ready_worker(admin_client, stack["apps"], timeout=120)
 
 
 async def _status(worker: Any, app_id: str) -> dict:

@@ -65,10 +65,12 @@ __all__ = [
     "ServiceProcess",
     "admin_client",
     "cluster_process",
+    "eventually",
     "hypha_server",
     "hypha_server_factory",
     "launch_service",
     "ray_head",
+    "ready_worker",
     "service_tokens",
     "slurm",
     "slurm_problem",
@@ -124,6 +126,34 @@ async def wait_for_service(
             last_error = exc
         await asyncio.sleep(0.25)
     raise TimeoutError(f"{service_id} not registered within {timeout:.0f} s (last error: {last_error})")
+
+
+async def eventually(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll ``await predicate()`` every second until it returns something truthy (returned);
+    errors count as "not yet". AssertionError naming ``what`` and the last answer on timeout."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = await predicate()
+            if last:
+                return last
+        except Exception as exc:  # not there yet
+            last = exc
+        await asyncio.sleep(1)
+    raise AssertionError(f"{what} not within {timeout:.0f} s (last: {last!r})")
+
+
+async def ready_worker(admin_client: Any, apps: ServiceProcess, timeout: float = 120.0) -> Any:
+    """The gateway of a stack whose apps-svc (``apps``) says it is ready: the gateway's proxy."""
+    await wait_for_service(admin_client, "bioengine-apps", timeout=60)
+    await wait_for_service(admin_client, "bioengine-worker", timeout=60)
+    service = await admin_client.get_service("bioengine-apps")
+    deadline = time.monotonic() + timeout
+    while not (await service.get_status())["ready"]:
+        assert time.monotonic() < deadline, apps.console_output()[-5000:]
+        await asyncio.sleep(0.5)
+    return await admin_client.get_service("bioengine-worker")
 
 
 def _new_server(base: Path, *, s3: bool = False) -> EmbeddedHypha:
