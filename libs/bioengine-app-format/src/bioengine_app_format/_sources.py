@@ -20,13 +20,16 @@ import ast
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from bioengine.decorators import HOOK_KINDS, RESERVED_METHOD_NAMES
+
 from ._problems import Problem
 from ._replica import reaches_replicas
 
 __all__ = ["HOOK_MARKERS", "RESERVED_METHODS", "check_sources_06", "syntax_problems"]
 
-HOOK_MARKERS = ("async_init", "smoke_test", "health_check")
-RESERVED_METHODS = ("check_health", "async_init", "test_deployment", "bioengine_runtime_version")
+#: The SDK's lifecycle hooks and the method names it reserves: declared once, by the SDK.
+HOOK_MARKERS = HOOK_KINDS
+RESERVED_METHODS = RESERVED_METHOD_NAMES
 
 
 @dataclass

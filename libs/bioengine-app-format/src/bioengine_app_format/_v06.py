@@ -9,11 +9,12 @@ Where the public worker stops at the first problem, this reports all of them, in
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from packaging.version import InvalidVersion, Version
+
+from bioengine.composition import ENTRY_PATTERN  # the SDK loads entries by the same rule
 
 from ._manifest import ID_PATTERN, check_authorized_users
 
@@ -21,8 +22,6 @@ __all__ = ["ENTRY_PATTERN", "FORMAT_06", "REQUIRED_FIELDS_06", "parse_version", 
 
 FORMAT_06 = "0.6.0"
 REQUIRED_FIELDS_06 = ("name", "id", "id_emoji", "description", "type", "entry")
-#: ``module.sub:ClassName``: lower-case dotted module path, class name starting upper-case.
-ENTRY_PATTERN = re.compile(r"^[a-z_]\w*(\.[a-z_]\w*)*:[A-Z]\w*\Z")
 
 _DEPLOYMENTS_MOVED = (
     "deployments is the older format's list; format 0.6.0 names one class instead: remove "

@@ -267,13 +267,7 @@ def _build_06(spec: AppSpec) -> Any:
     modules = sorted({str(d["module"]).split(".")[0] for d in spec.app06.spec["deployments"].values()})
     _enter(spec.code_dir, modules)
     try:
-        entry_app, methods = build_06(
-            spec,
-            worker_env=lambda class_name: worker_env(spec, class_name),
-            version_of=lambda key: deployment_version_06(spec, key),
-            rolling=_rolling,
-            scaling_of=lambda class_name: scaling_options(spec, class_name),
-        )
+        entry_app, methods = build_06(spec)
     finally:
         _remember_modules(spec.code_dir)
     proxy_spec = ProxySpec.of(spec).model_copy(

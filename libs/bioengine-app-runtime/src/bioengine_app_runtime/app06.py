@@ -30,6 +30,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from bioengine_common import within
+
 from . import kv
 
 __all__ = [
@@ -50,7 +52,6 @@ logger = logging.getLogger("ray.serve")
 DISCOVERY_TIMEOUT_S = 120.0
 #: Seconds a replica waits for the datasets server's URL before starting without it.
 DATASETS_LOOKUP_TIMEOUT_S = 10.0
-_RUNNER_ATTR = "_bioengine_lifecycle_runner"
 
 
 class AppCodeError(ValueError):
@@ -168,7 +169,7 @@ async def _datasets_url(application_id: str) -> None:
     from ._datasets import AppDatasets
 
     try:
-        url = await asyncio.wait_for(AppDatasets(application_id).server_url(), DATASETS_LOOKUP_TIMEOUT_S)
+        url = await within(AppDatasets(application_id).server_url(), DATASETS_LOOKUP_TIMEOUT_S)
     except Exception as exc:
         logger.info("No datasets server for this app: %s", exc)
         return
@@ -187,7 +188,7 @@ def wrap_class_06(
 ) -> type:
     """The class a replica of ``deployment`` (a spec entry) runs: ``user_class`` with the
     platform's ``__init__`` and ``check_health`` (see the module docstring)."""
-    from bioengine.runtime import LifecycleRunner, wrap_handles
+    from bioengine.runtime import lifecycle_runner, wrap_handles
 
     from ._replica import prepare_replica
 
@@ -206,13 +207,12 @@ def wrap_class_06(
             result = user_init(self, *args, **kwargs)
             if inspect.isawaitable(result):
                 await result
-        runner = LifecycleRunner(self, hooks)
-        self.__dict__[_RUNNER_ATTR] = runner
-        await runner.check_health()  # async_init now; the smoke test starts in the background
+        # async_init now; the smoke test starts in the background
+        await lifecycle_runner(self, hooks).check_health()
 
     async def check_health(self: Any) -> None:
         try:
-            await self.__dict__[_RUNNER_ATTR].check_health()
+            await lifecycle_runner(self).check_health()
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}" if not isinstance(exc, RuntimeError) else str(exc)
             with contextlib.suppress(Exception):
@@ -256,16 +256,14 @@ def _actor_options(
     return options
 
 
-def build_06(
-    spec: Any, worker_env: Any, version_of: Any, rolling: Any, scaling_of: Any
-) -> tuple[Any, list[dict[str, Any]]]:
+def build_06(spec: Any) -> tuple[Any, list[dict[str, Any]]]:
     """The entry's bound deployment (every other class bound into it through its handle
-    parameters) and the entry's published methods. ``spec`` is an ``AppSpec`` with ``app06``;
-    ``worker_env(class_name)`` gives the env vars the platform sets; ``version_of(key)`` a
-    deployment's Serve version; ``rolling(deployment, version)`` applies it;
-    ``scaling_of(class_name)`` the Serve options of deploy_app's ``scaling`` (changed in place,
-    outside the version)."""
+    parameters) and the entry's published methods. ``spec`` is an ``AppSpec`` with ``app06``.
+    Each class gets the platform's env vars, its own Serve version and deploy_app's ``scaling``
+    (changed in place, outside the version) as the older format's deployments do."""
     from ray import serve
+
+    from ._builder import _rolling, deployment_version_06, scaling_options, worker_env
 
     app = spec.app06
     app_spec = app.spec
@@ -277,7 +275,10 @@ def build_06(
         for param in deployment["init_params"]:
             if param["kind"] == "handle":
                 kwargs[param["name"]] = bound[param["target"]]
-        serve_options = {**deployment.get("serve_options", {}), **scaling_of(deployment["class_name"])}
+        serve_options = {
+            **deployment.get("serve_options", {}),
+            **scaling_options(spec, deployment["class_name"]),
+        }
         serve_options.pop("version", None)
         made = serve.deployment(
             wrap_class_06(user_class, deployment, spec.application_id, spec.home_dir),
@@ -285,11 +286,11 @@ def build_06(
             ray_actor_options=_actor_options(
                 deployment,
                 float(app.num_gpus.get(key, 0.0)),
-                worker_env(deployment["class_name"]),
+                worker_env(spec, deployment["class_name"]),
                 spec.code_dir,
             ),
             max_ongoing_requests=deployment["max_ongoing_requests"],
             **serve_options,
         )
-        bound[key] = rolling(made, version_of(key)).bind(**kwargs)
+        bound[key] = _rolling(made, deployment_version_06(spec, key)).bind(**kwargs)
     return bound[app_spec["entry"]], entry_methods(app_spec)

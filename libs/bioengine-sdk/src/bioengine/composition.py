@@ -47,8 +47,9 @@ __all__ = [
 ]
 
 SPEC_FORMAT = "0.6.0"
-#: ``entry`` of a 0.6.0 manifest: ``module.sub:Class``.
-ENTRY_PATTERN = re.compile(r"^[a-z_]\w*(\.[a-z_]\w*)*:[A-Z]\w*$")
+#: ``entry`` of a 0.6.0 manifest: ``module.sub:Class`` (lower-case dotted module path, class name
+#: starting upper-case). ``\Z``, not ``$``, which also matches before a trailing newline.
+ENTRY_PATTERN = re.compile(r"^[a-z_]\w*(\.[a-z_]\w*)*:[A-Z]\w*\Z")
 
 
 def class_key(cls: type) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 
 from .decorators import app_definition
 
-__all__ = ["BioEngineRuntimeHandle", "LifecycleRunner", "check_health", "wrap_handles"]
+__all__ = ["BioEngineRuntimeHandle", "LifecycleRunner", "check_health", "lifecycle_runner", "wrap_handles"]
 
 
 class _MethodCaller:
@@ -159,11 +159,16 @@ class LifecycleRunner:
 _RUNNER_ATTR = "_bioengine_lifecycle_runner"
 
 
+def lifecycle_runner(instance: Any, hooks: Mapping[str, str | None] | None = None) -> LifecycleRunner:
+    """The instance's ``LifecycleRunner``, made on first use (with ``hooks``, else its class's)."""
+    runner = instance.__dict__.get(_RUNNER_ATTR)
+    if runner is None:
+        runner = LifecycleRunner(instance, hooks)
+        instance.__dict__[_RUNNER_ATTR] = runner
+    return runner
+
+
 async def check_health(self: Any) -> None:
     """The ``check_health`` method the platform installs on a deployment class (Ray Serve calls
     it periodically): one ``LifecycleRunner`` per instance."""
-    runner = self.__dict__.get(_RUNNER_ATTR)
-    if runner is None:
-        runner = LifecycleRunner(self)
-        self.__dict__[_RUNNER_ATTR] = runner
-    await runner.check_health()
+    await lifecycle_runner(self).check_health()

@@ -16,6 +16,8 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from bioengine_common.contracts import worker
+
 __all__ = [
     "STARTUP_APP_FIELDS",
     "expand_env",
@@ -25,13 +27,7 @@ __all__ = [
 ]
 
 #: ``deploy_app`` parameters a startup app may set (``wait``/``timeout`` are the service's own).
-STARTUP_APP_FIELDS = frozenset(
-    {
-        "artifact_id", "version", "application_id", "application_kwargs", "application_env_vars",
-        "hypha_token", "disable_gpu", "max_ongoing_requests", "auto_redeploy", "authorized_users",
-        "scaling", "proxy_memory_in_gb", "debug", "ice_servers",
-    }
-)  # fmt: skip
+STARTUP_APP_FIELDS = frozenset(worker.deploy_app.parameters) - {"wait", "timeout"}
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -58,15 +54,7 @@ def scaling_problems(scaling: Any, class_names: Iterable[str] | None) -> list[st
                 f"{where}: the app has no deployment class '{name}' (it has: {', '.join(sorted(known))})"
             )
             continue
-        if (
-            not isinstance(rule, Mapping)
-            or len(rule) != 1
-            or next(iter(rule))
-            not in (
-                "num_replicas",
-                "autoscaling_config",
-            )
-        ):
+        if not isinstance(rule, Mapping) or set(rule) not in ({"num_replicas"}, {"autoscaling_config"}):
             problems.append(f"{where}: give exactly one of num_replicas or autoscaling_config")
             continue
         if "num_replicas" in rule:

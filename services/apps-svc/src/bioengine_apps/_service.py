@@ -69,6 +69,7 @@ from bioengine_common import (
     disconnect_driver,
     error_summary,
     ray_environment,
+    within,
 )
 from bioengine_common.contracts import worker
 
@@ -1267,7 +1268,7 @@ class AppsService(BioEngineService):
         if cached is not None and time.monotonic() - cached[0] < VIEW_CONFIG_TTL_S:
             return cached[1]
         try:
-            view = await asyncio.wait_for(self.artifacts.view_config(artifact_id), 5)
+            view = await within(self.artifacts.view_config(artifact_id), 5)
         except Exception as exc:
             self.logger.debug("No view_config of %s: %s", artifact_id, error_summary(exc))
             return cached[1] if cached else None
