@@ -91,6 +91,11 @@ class ServiceSettings(BaseModel):
             return Path(self.log_file).expanduser()
         return self.workspace_dir.expanduser() / "logs" / f"{service_name}.log"
 
+    def default_apps_dir(self) -> Path:
+        """Where bioengine-apps keeps app code and HOME dirs unless ``--apps-dir`` says otherwise;
+        a sandboxed Ray head keeps it visible to app code inside the hidden workspace dir."""
+        return self.workspace_dir.expanduser() / "apps"
+
     def token_value(self) -> str | None:
         return self.token.get_secret_value() if self.token else None
 

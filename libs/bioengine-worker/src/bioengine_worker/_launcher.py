@@ -297,7 +297,7 @@ class Launcher:
             if isinstance(value, list):
                 # A value starting with '-' would read as a flag: sbatch options go as '#SBATCH -...'.
                 flags += ["--" + name.replace("_", "-")]
-                flags += [f"#SBATCH {v}" if v.startswith("-") else v for v in value]
+                flags += [f"#SBATCH {v}" if str(v).startswith("-") else str(v) for v in value]
             elif value is not None:
                 # One word: a value starting with '-' (--slurm-gpu-flag --gpus={gpus}) stays a value.
                 flags.append("--" + name.replace("_", "-") + "=" + str(value))

@@ -293,7 +293,7 @@ class AppsService(BioEngineService):
 
     @property
     def apps_dir(self) -> Path:
-        return (self.settings.apps_dir or self.settings.workspace_dir / "apps").expanduser().resolve()
+        return (self.settings.apps_dir or self.settings.default_apps_dir()).expanduser().resolve()
 
     @property
     def artifacts(self) -> ArtifactStore:

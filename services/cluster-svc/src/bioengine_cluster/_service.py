@@ -10,6 +10,7 @@ import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from hypha_rpc.utils.schema import schema_method
@@ -27,7 +28,7 @@ from bioengine_common import (
     within,
 )
 from bioengine_common.contracts import worker
-from bioengine_common.local_stack import HeadOptions, short_temp_dir
+from bioengine_common.local_stack import HeadOptions, Sandbox, sandbox_unavailable, short_temp_dir
 
 from ._backends import (
     NAMESPACE,
@@ -59,7 +60,29 @@ def make_backend(settings: ClusterSettings, logger: Any) -> ClusterBackend:
         dashboard=settings.dashboard,
     )
     temp_dir = short_temp_dir(settings.ray_temp_dir or settings.workspace_dir / "ray")
-    return LocalHeadBackend(settings.mode, temp_dir, options, logger, settings.resolved_ray_token_file())
+    token_file = settings.resolved_ray_token_file()
+    sandbox, why_not = sandbox_for(settings, [temp_dir, *([token_file] if token_file else [])])
+    if why_not:
+        logger.warning("App code is not sandboxed: %s", why_not)
+    options.sandbox = sandbox
+    return LocalHeadBackend(settings.mode, temp_dir, options, logger, token_file, sandbox_off=why_not)
+
+
+def sandbox_for(settings: ClusterSettings, ray_paths: list[Path]) -> tuple[Sandbox | None, str | None]:
+    """The sandbox of this worker's Ray processes (hide the workspace dir and --app-sandbox-hide;
+    keep Ray's own files and the apps' dirs), or None and why not."""
+    if settings.app_sandbox == "off":
+        return None, "--app-sandbox off"
+    unavailable = sandbox_unavailable()
+    if unavailable:
+        if settings.app_sandbox == "on":
+            raise ConfigurationError(f"--app-sandbox on, but {unavailable}")
+        return None, unavailable
+    workspace = settings.workspace_dir.expanduser().resolve()
+    workspace.mkdir(parents=True, exist_ok=True)
+    apps = settings.default_apps_dir().expanduser().resolve()
+    apps.mkdir(parents=True, exist_ok=True)
+    return Sandbox(hide=[workspace, *settings.app_sandbox_hide], keep=[*ray_paths, apps]), None
 
 
 def _sample_blocking(gcs_address: str | None) -> ClusterSample:
@@ -104,7 +127,7 @@ class ClusterService(BioEngineService):
         self._last_sample = 0.0
         self._first_bring_up: asyncio.Task[None] | None = None
         self.autoscaler = (
-            SlurmAutoscaler(settings, self.logger, self.backend.token_file)
+            SlurmAutoscaler(settings, self.logger, self.backend.token_file, sandbox=self.backend.sandbox)
             if settings.mode == "slurm"
             else None
         )
@@ -243,6 +266,7 @@ class ClusterService(BioEngineService):
             "mode": self.settings.mode,
             "ray_version": ray.__version__,
             "auth_mode": self.backend.auth_mode,
+            "app_sandbox": self.backend.app_sandbox(),
             "ready": self.connected and latest is not None,
             "error": self.cluster_error,
             "sampled_at": latest.sampled_at if latest else None,

@@ -37,6 +37,7 @@ from pydantic import BaseModel
 
 from .._ray import check_token_file, ray_environment, scrub_environment
 from ..errors import ConfigurationError, ServiceUnavailable
+from ._sandbox import Sandbox, sandbox_command
 
 __all__ = [
     "HeadOptions",
@@ -159,6 +160,8 @@ class HeadOptions(BaseModel):
     object_store_bytes: int | None = None
     node_ip: str | None = None
     dashboard: bool = False
+    #: Start the head (and so every Ray worker process) in namespaces that hide these paths.
+    sandbox: Sandbox | None = None
 
 
 class HeadState(BaseModel):
@@ -175,6 +178,8 @@ class HeadState(BaseModel):
     #: The token file the head reads (a path), and a digest telling a changed token apart.
     token_file: str | None = None
     token_fingerprint: str | None = None
+    #: The paths hidden from the head's processes (None: not sandboxed).
+    hidden_paths: list[str] | None = None
 
     @property
     def address(self) -> str:
@@ -244,6 +249,15 @@ class LocalHead:
             if self.token_file
             else ("disabled", None, None)
         )
+        wanted_hidden = self._hidden_paths()
+        if state.hidden_paths != wanted_hidden:
+            self.logger.warning(
+                "Stopping the running Ray head (pid %s): it hides %s from app code, this service "
+                "asks for %s", state.pid, state.hidden_paths or "nothing", wanted_hidden or "nothing",
+            )  # fmt: skip
+            self.state = state
+            self.stop()
+            return False
         if (state.auth_mode, state.token_file, state.token_fingerprint) != wanted:
             # Never keep serving a head whose authentication differs from what is asked for
             # (e.g. one started without a token by an older version, or a replaced token file).
@@ -259,6 +273,11 @@ class LocalHead:
         self.state = state
         self.logger.info("Adopted the running Ray head (pid %s, GCS %s)", state.pid, state.address)
         return True
+
+    def _hidden_paths(self) -> list[str] | None:
+        if self.options.sandbox is None:
+            return None
+        return [str(path) for path in self.options.sandbox.plan()[0]]
 
     def start(self, timeout: float = 90.0) -> HeadState:
         from ray import __version__ as ray_version
@@ -307,6 +326,9 @@ class LocalHead:
             "AUTOSCALER_METRIC_PORT": str(ports.autoscaler_metrics),
             "DASHBOARD_METRIC_PORT": str(ports.dashboard_metrics),
         }
+        hidden = self._hidden_paths()
+        if self.options.sandbox is not None:
+            argv = sandbox_command(argv, self.options.sandbox)
         started = time.monotonic()
         # Not tied to our life: the head must survive a restart of this service.
         with open(self.temp_dir / "ray-head.log", "ab") as log:
@@ -329,19 +351,33 @@ class LocalHead:
                 raise ServiceUnavailable(f"the Ray head did not open its GCS port within {timeout:.0f} s")
             time.sleep(0.2)
         self.state = HeadState(
-            pid=self._process.pid, temp_dir=str(self.temp_dir), node_ip=node_ip, ports=ports,
+            pid=self._head_pid(), temp_dir=str(self.temp_dir), node_ip=node_ip, ports=ports,
             started_at=time.time(), ray_version=ray_version,
             auth_mode="token" if self.token_file else "disabled",
             token_file=str(self.token_file) if self.token_file else None,
             token_fingerprint=token_fingerprint(self.token_file) if self.token_file else None,
+            hidden_paths=hidden,
         )  # fmt: skip
         self.state_file.write_text(self.state.model_dump_json(indent=2))
         self.logger.info(
-            "Ray head started in %.1f s at %s (authentication: %s)",
+            "Ray head started in %.1f s at %s (authentication: %s; hidden from app code: %s)",
             time.monotonic() - started, self.state.address,
             f"token from {self.token_file}" if self.token_file else "disabled",
+            ", ".join(hidden) if hidden else "nothing (no sandbox)",
         )  # fmt: skip
         return self.state
+
+    def _head_pid(self) -> int:
+        """The PID of ``ray start`` as this PID namespace sees it: the process started, or in a
+        sandbox its only child (PID 1 of the sandbox's namespace), which gets the stop signal."""
+        assert self._process is not None
+        if self.options.sandbox is None:
+            return self._process.pid
+        with contextlib.suppress(psutil.Error):
+            children = psutil.Process(self._process.pid).children()
+            if children:
+                return children[0].pid
+        return self._process.pid
 
     def _leftovers(self) -> list[psutil.Process]:
         """Processes of this cluster only: their command line names our temp dir or GCS port."""

@@ -25,6 +25,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from bioengine_common import ConfigurationError, ray_environment
+from bioengine_common.local_stack import Sandbox
 
 from .._settings import ClusterSettings
 from .._status import PendingDemand
@@ -103,11 +104,14 @@ class SlurmAutoscaler:
         *,
         commands: SlurmClient | None = None,
         observe: ObserveRay = observe_ray,
+        sandbox: Sandbox | None = None,
     ):
         """``token_file``: the head's Ray token file (its path goes in the job script), None when
         the head runs without token authentication. ``commands``: how SLURM is reached (default
-        :class:`SlurmCommands` for this worker's tag); ``observe``: how Ray is read."""
+        :class:`SlurmCommands` for this worker's tag); ``observe``: how Ray is read; ``sandbox``:
+        what the jobs' Ray processes must not see (None: no sandbox)."""
         self.cluster_settings = settings
+        self.sandbox = sandbox
         self.logger = logger
         self.token_file = token_file
         self.tag = settings.resolved_slurm_tag()
@@ -174,6 +178,8 @@ class SlurmAutoscaler:
             prologue=prologue,
             apptainer_image=s.slurm_image,
             apptainer_binds=list(s.slurm_binds),
+            sandbox=self.sandbox,
+            sandbox_required=s.app_sandbox == "on",
             head_address=head_address,
             ray_token_file=str(token_file) if token_file else None,
             ray_executable=self.ray_executable(),
