@@ -379,6 +379,7 @@ async def test_the_proxy_takes_on_new_rules_limit_and_methods_in_place():
     )
     proxy.entry, proxy.server, proxy.connected, proxy.error, proxy.ongoing = Handle(), Server(), True, None, 0
     proxy.semaphore = _proxy.asyncio.Semaphore(10)
+    proxy.peers = _proxy.PeerConnections("ws", proxy.service_api, None)  # type: ignore[arg-type]
     same = proxy.spec.user_config()
     await proxy.reconfigure(same)  # Serve's first call after __init__: nothing to do
     assert proxy.server.registered == []
@@ -391,5 +392,6 @@ async def test_the_proxy_takes_on_new_rules_limit_and_methods_in_place():
         proxy.spec = proxy.spec.model_copy(update={"methods": [_builder.MethodSpec(name="ping")]})
         await proxy.service_api()["ping"](context={"user": {"id": "bob"}})
     await proxy.reconfigure({**proxy.spec.user_config(), "methods": [{"name": "ping"}, {"name": "run"}]})
-    assert proxy.server.registered == [["get_load", "ping", "run"]]  # registered again, same connection
+    # registered again, same connection
+    assert proxy.server.registered == [["get_load", "get_num_pcs", "get_rtc_service_id", "ping", "run"]]
     assert api["id"] == "app-x"
