@@ -202,3 +202,60 @@ async def test_an_offer_beyond_the_peer_limit_is_refused(monkeypatch):
     monkeypatch.setattr(_rtc, "MAX_PEERS", 0)
     with pytest.raises(RuntimeError, match="already has 0 WebRTC peers"):
         await proxy.peers.offer({"sdp": "v=0", "type": "offer"}, context={"user": ALICE})
+
+
+async def test_a_webrtc_registration_failure_only_warns_and_is_reported(monkeypatch):
+    from bioengine_app_runtime import _proxy
+
+    class Server:
+        async def register_service(self, api: dict, config: dict) -> dict:
+            if api["id"].endswith("-rtc"):
+                raise RuntimeError("no room for it")
+            return {"id": f"ws/app-x-r1:{api['id']}"}
+
+    async def fake_connect(server_url: str, **kwargs: object) -> Server:
+        return Server()
+
+    monkeypatch.setattr(_proxy, "connect", fake_connect)
+    monkeypatch.setattr(_proxy.kv, "get_json", lambda key: {"proxy_token": "t"})
+    proxy = _proxy_with_state(_Entry())
+    await proxy._connect_and_register()
+    info = await proxy.get_info()
+    assert info["websocket_service_id"] == "ws/app-x-r1:app-x" and info["connected"]
+    assert info["webrtc_service_id"] is None
+    assert info["webrtc_error"] == "WebRTC service not registered: RuntimeError: no room for it"
+    assert info["webrtc_peers"] == 0
+
+
+async def test_the_webrtc_service_is_registered_next_to_the_websocket_one(monkeypatch):
+    from bioengine_app_runtime import _proxy
+
+    registered: list[dict] = []
+
+    class Server:
+        async def register_service(self, api: dict, config: dict) -> dict:
+            registered.append(api)
+            return {"id": f"ws/app-x-r1:{api['id']}"}
+
+    async def fake_connect(server_url: str, **kwargs: object) -> Server:
+        return Server()
+
+    monkeypatch.setattr(_proxy, "connect", fake_connect)
+    monkeypatch.setattr(_proxy.kv, "get_json", lambda key: {"proxy_token": "t"})
+    proxy = _proxy_with_state(_Entry())
+    await proxy._connect_and_register()
+    rtc = registered[1]
+    assert rtc["id"] == "app-x-rtc" and rtc["config"] == {"visibility": "public", "require_context": True}
+    assert rtc["offer"] == proxy.peers.offer
+    info = await proxy.get_info()
+    assert info["webrtc_service_id"] == "ws/app-x-r1:app-x-rtc" and info["webrtc_error"] is None
+    assert proxy.service_api()["get_rtc_service_id"]() == "ws/app-x-r1:app-x-rtc"
+
+
+def _proxy_with_state(entry: _Entry) -> Any:
+    """A proxy as __init__ leaves it, before it connects."""
+    proxy = _proxy(entry)
+    proxy.server, proxy.service_id, proxy.error, proxy.connected = None, None, None, False
+    proxy.registrations, proxy.client_id, proxy.replica_id = 0, "app-x-r1", "r1"
+    proxy.rtc_service_id = None
+    return proxy
