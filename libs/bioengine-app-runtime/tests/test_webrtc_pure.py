@@ -93,7 +93,7 @@ class _Entry:
         self.ping, self.secret, self.whoami, self.slow = map(_Method, (ping, secret, whoami, slow))
 
 
-def _proxy(entry: _Entry) -> Any:
+def _make_proxy(entry: _Entry) -> Any:
     proxy: Any = object.__new__(BioEngineProxy.func_or_class)
     proxy.entry = entry
     proxy.spec = ProxySpec(
@@ -158,7 +158,7 @@ def _forge_context(pc: Any, user: dict[str, Any]) -> None:
 
 async def test_calls_over_a_peer_connection_are_checked_as_the_offers_caller():
     entry = _Entry()
-    proxy = _proxy(entry)
+    proxy = _make_proxy(entry)
     async with _peer(proxy, ALICE) as pc:
         app = await pc.get_service("app-x")
         assert await app.ping() == "pong"
@@ -181,7 +181,7 @@ async def test_calls_over_a_peer_connection_are_checked_as_the_offers_caller():
 
 async def test_the_call_limit_is_shared_with_the_websocket():
     entry = _Entry()
-    proxy = _proxy(entry)
+    proxy = _make_proxy(entry)
     async with _peer(proxy, ALICE) as pc:
         app = await pc.get_service("app-x")
         # A websocket call holds the app's only slot.
@@ -198,7 +198,7 @@ async def test_the_call_limit_is_shared_with_the_websocket():
 async def test_an_offer_beyond_the_peer_limit_is_refused(monkeypatch):
     from bioengine_app_runtime import _rtc
 
-    proxy = _proxy(_Entry())
+    proxy = _make_proxy(_Entry())
     monkeypatch.setattr(_rtc, "MAX_PEERS", 0)
     with pytest.raises(RuntimeError, match="already has 0 WebRTC peers"):
         await proxy.peers.offer({"sdp": "v=0", "type": "offer"}, context={"user": ALICE})
@@ -254,8 +254,47 @@ async def test_the_webrtc_service_is_registered_next_to_the_websocket_one(monkey
 
 def _proxy_with_state(entry: _Entry) -> Any:
     """A proxy as __init__ leaves it, before it connects."""
-    proxy = _proxy(entry)
+    proxy = _make_proxy(entry)
     proxy.server, proxy.service_id, proxy.error, proxy.connected = None, None, None, False
     proxy.registrations, proxy.client_id, proxy.replica_id = 0, "app-x-r1", "r1"
     proxy.rtc_service_id = None
     return proxy
+
+
+async def test_the_peer_connection_uses_deploy_apps_ice_servers(monkeypatch):
+    import aiortc
+
+    from bioengine_app_runtime import _proxy
+
+    turn = [{"urls": ["turn:turn.example.org:3478"], "username": "u", "credential": "c"}]
+    secrets: dict[str, Any] = {"proxy_token": "t", "ice_servers": turn}
+    monkeypatch.setattr(_proxy.kv, "get_json", lambda key: secrets)
+    proxy = _make_proxy(_Entry())
+    proxy.peers = PeerConnections("ws", proxy.service_api, proxy._ice_servers)
+    assert await proxy._ice_servers() == turn
+    secrets["ice_servers"] = None  # none given: the proxy's server is on loopback
+    assert await proxy._ice_servers() == []
+
+    secrets["ice_servers"] = turn
+    configurations: list[Any] = []
+    plain = aiortc.RTCPeerConnection
+
+    class Recorded(plain):  # type: ignore[misc,valid-type]
+        def __init__(self, configuration: Any = None) -> None:
+            configurations.append(configuration)
+            super().__init__(configuration)
+
+    monkeypatch.setattr(aiortc, "RTCPeerConnection", Recorded)
+    caller = plain()  # the peer making the offer
+    caller.createDataChannel("x")
+    await caller.setLocalDescription(await caller.createOffer())
+    offer = {"sdp": caller.localDescription.sdp, "type": "offer"}
+    try:
+        answer = await proxy.peers.offer(offer, context={"user": ALICE})
+        assert answer["type"] == "answer" and answer["workspace"] == "ws"
+        [server] = configurations[0].iceServers
+        assert (server.urls, server.username, server.credential) == (turn[0]["urls"], "u", "c")
+    finally:
+        await caller.close()
+        await proxy.peers.close_all()
+    assert proxy.peers.count() == 0
