@@ -946,6 +946,8 @@ class AppsService(BioEngineService):
             new_secrets = {
                 "env": env.secret,
                 "hypha_token": env.hypha_token,
+                # The proxy's WebRTC service reads them at each offer (TURN credentials are secrets).
+                "ice_servers": request.ice_servers,
                 **await self._app_token(old_secrets),
             }
             spec = build_spec(
@@ -1198,6 +1200,7 @@ class AppsService(BioEngineService):
         serve_message = ""
         service_ids: list[dict[str, Any]] = []
         registration_error: str | None = None
+        webrtc_error: str | None = None
         if app is not None:
             serve_status, serve_message = enum_value(app.get("status")), plain_message(app.get("message"))
             for name, deployment in (app.get("deployments") or {}).items():
@@ -1220,6 +1223,7 @@ class AppsService(BioEngineService):
                             {k: info.get(k) for k in ("websocket_service_id", "webrtc_service_id")}
                         )
                     registration_error = info.get("error")
+                    webrtc_error = info.get("webrtc_error")
                 except Exception as exc:
                     registration_error = f"cannot reach the app's proxy: {error_summary(exc)}"
         build_failed = record.last_error and record.failed_hash == spec_hash(record.spec)
@@ -1239,6 +1243,7 @@ class AppsService(BioEngineService):
             message = f"{message}; {record.recovery_note}" if message else record.recovery_note
         result = self._status_fields(record, status, message, deployments, service_ids, full, reason)
         result["static_site_url"] = await self._static_site_url(record, service_ids)
+        result["webrtc_error"] = webrtc_error
         return result
 
     async def _static_site_url(self, record: AppRecord, service_ids: list[dict[str, Any]]) -> str | None:
@@ -1353,6 +1358,8 @@ class AppsService(BioEngineService):
             "deployments": deployments,
             "available_methods": record.methods,
             "service_ids": service_ids or [{"websocket_service_id": None, "webrtc_service_id": None}],
+            # Why the app's WebRTC service is not registered (the app still answers over the websocket).
+            "webrtc_error": None,
             "max_ongoing_requests": record.max_ongoing_requests,
             "application_resources": _rounded(record.resources),
             "start_time": record.start_time,

@@ -269,8 +269,8 @@ async def deploy_app(
     debug: bool | None = Field(None, description="DEBUG log level for the app's proxy (default False)."),
     ice_servers: list | None = Field(
         None,
-        description="ICE servers for the app's WebRTC service: [{urls, username?, credential?}]; "
-        "stored, not used yet (no WebRTC service on this worker).",
+        description="ICE servers for the app's WebRTC service: [{urls, username?, credential?}] "
+        "(default: hypha-rpc's public STUN server; none when Hypha is on loopback).",
     ),
 ) -> str:
     """Deploy or update an app on Ray Serve (admin only); returns its application id.
@@ -352,8 +352,8 @@ async def get_app_status(
 
     Admins also see kwargs, env vars (secrets masked), access rules and replica logs.
     `static_site_url` is where the Hypha server serves the app's frontend, with the query
-    `?server=...&ws_service_id=...` its page connects with (None when the app has no frontend
-    or its service is not registered yet).
+    `?server=...&ws_service_id=...&webrtc_service_id=...` its page connects with (None when the
+    app has no frontend or its service is not registered yet).
     """
 
 
