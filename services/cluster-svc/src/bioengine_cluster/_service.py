@@ -370,6 +370,7 @@ class ClusterService(BioEngineService):
         self._refuse_if_never_fits(request)
         clients = self._callers_of(context, caller)
         run = self.runs.start(str((resolved.get("user") or {}).get("id") or ""), clients)
+        self.logger.info("run_code %s: started for user '%s'", run["id"], run["user"])
         caller_gone: Callable[[], Awaitable[str]] | None = None
         if clients and self.settings.run_code_caller_check > 0:
             watch = CallerWatch(
