@@ -226,15 +226,18 @@ class BioEngineService:
 
     def rpc_methods(self) -> dict[str, Callable[..., Any]]:
         """Every ``@schema_method`` of this object, each wrapped in a tracing span, in the check
-        that only the worker's own services pass a caller on, and in the Prometheus metrics."""
+        that only the worker's own services pass a caller on, and (with --metrics-port) in the
+        Prometheus metrics."""
         methods = {}
         for attr in dir(type(self)):
             if attr.startswith("_"):
                 continue
             function = getattr(type(self), attr, None)
             if callable(function) and hasattr(function, "__schema__"):
-                guarded = self._guarded(traced(getattr(self, attr), f"{self.service_id}.{attr}"))
-                methods[attr] = metered(guarded, self.service_id, attr, self._caller_kind)
+                method = self._guarded(traced(getattr(self, attr), f"{self.service_id}.{attr}"))
+                if self.settings.metrics_port is not None:  # counted only where someone can scrape
+                    method = metered(method, self.service_id, attr, self._caller_kind)
+                methods[attr] = method
         return methods
 
     def _start_metrics(self) -> None:
