@@ -87,11 +87,11 @@ def main() -> None:
         worker = WorkerProcess(Path(tmp) / "off", "--hypha-port", "0", "--no-metrics")
         observed: WorkerProcess | None = None
         try:
-            worker.wait_ready()
+            worker.wait_ready(timeout=600)  # a busy machine: Ray alone can take minutes
             startup = time.monotonic() - worker.started
             # Started once the first is up: its start-up does not slow the first one's.
             observed = WorkerProcess(Path(tmp) / "on", "--hypha-port", "0", "--otlp-endpoint", collector)
-            observed.wait_ready()
+            observed.wait_ready(timeout=600)
             reported = next((line for line in worker.text().splitlines() if "ready in" in line), "").strip()
             time.sleep(5)  # let the services settle before reading idle memory
             modules = {"bioengine_cluster", "bioengine_apps", "bioengine_datasets", "bioengine_gateway"}
