@@ -34,7 +34,7 @@ from typing import Any
 
 from ray import serve
 
-from bioengine_common import connect, is_authorized
+from bioengine_common import connect, continue_trace, is_authorized
 
 from . import kv
 from ._rtc import PeerConnections, ice_servers_for, rtc_service_name
@@ -130,7 +130,12 @@ class BioEngineProxy:
             async with self.semaphore:
                 self.ongoing += 1
                 try:
-                    return await target.remote(*args, **kwargs)
+                    # A trace per app call (exported when Serve's tracing is on, see
+                    # bioengine_common.tracing); Serve carries it into the replica.
+                    with continue_trace(
+                        f"app.{method.name}", None, **{"bioengine.app": self.spec.application_id}
+                    ):
+                        return await target.remote(*args, **kwargs)
                 finally:
                     self.ongoing -= 1
 

@@ -72,6 +72,7 @@ from bioengine_common import (
     within,
 )
 from bioengine_common.contracts import worker
+from bioengine_common.tracing import trace_carrier
 
 from ._artifacts import ArtifactStore, static_site_url
 from ._deploy import (
@@ -88,6 +89,8 @@ from ._deploy import (
     secrets_revision,
     settle_unchanged,
 )
+from ._metrics import ServeCounts, count_serve
+from ._metrics import families as metric_families
 from ._options import ice_server_problems, parse_startup_applications, scaling_problems
 from ._serve import ServeAdapter, enum_value, plain_message
 from ._state import (
@@ -269,6 +272,8 @@ class AppsService(BioEngineService):
         self.session: str | None = None
         #: Last status Serve reported for each app, and when: {app_id: (status, time)}.
         self.last_seen: dict[str, tuple[str, float]] = {}
+        #: Apps and replicas by state at the last look at Serve, for the Prometheus gauges.
+        self.serve_counts: ServeCounts | None = None
         self.artifact_probe: dict[str, Any] = {"ok": None, "reason": "not checked yet", "checked_at": None}
         self._artifact_probe_at = -1e9
         self._slow_probes = 0
@@ -524,7 +529,8 @@ class AppsService(BioEngineService):
         """Build and submit one app; record the outcome (the caller holds the lock)."""
         digest = spec_hash(record.spec)
         try:
-            outcome = await self._ray(self.serve.deploy, record.spec, timeout=150)
+            deploy = partial(self.serve.deploy, telemetry=trace_carrier(self.otlp_endpoint))
+            outcome = await self._ray(deploy, record.spec, timeout=150)
         except Exception as exc:
             record.failed_hash, record.last_error = digest, error_summary(exc)
             await self._save(record)
@@ -540,6 +546,7 @@ class AppsService(BioEngineService):
         """Make Serve run exactly the recorded apps (caller holds the lock)."""
         details = await self._ray(self.serve.details, timeout=SERVE_STATUS_TIMEOUT_S * 2)
         observed = self.serve.observed(details)
+        self.serve_counts = count_serve(details, list(self.records))
         now = time.time()
         for app_id, seen in observed.items():
             if app_id in self.records:
@@ -1458,6 +1465,9 @@ class AppsService(BioEngineService):
     # ---- service status ---------------------------------------------------------------------------------
     def is_ready(self) -> bool:
         return self.ready and self.connected
+
+    def collect_metrics(self) -> Any:
+        return metric_families(self.serve_counts, len(self.records))
 
     def status_details(self) -> dict[str, Any]:
         artifacts_ok = bool(self.artifact_probe["ok"])

@@ -29,6 +29,7 @@ from bioengine_common import (
 )
 from bioengine_common.contracts import worker
 from bioengine_common.local_stack import HeadOptions, Sandbox, sandbox_unavailable, short_temp_dir
+from bioengine_common.tracing import trace_carrier
 
 from ._backends import (
     NAMESPACE,
@@ -37,6 +38,7 @@ from ._backends import (
     LocalHeadBackend,
 )
 from ._fit import ResourceRequest, check_fit, never_fits
+from ._metrics import families as metric_families
 from ._run_code import CallerWatch, RunCodeLog, parse_remote_options, run_in_ray
 from ._settings import ClusterSettings
 from ._status import ClusterSample, PendingDemand, gpu_summary, summarize, without_float_noise
@@ -280,6 +282,11 @@ class ClusterService(BioEngineService):
             **({"slurm": self.autoscaler.status()} if self.autoscaler is not None else {}),
         }
 
+    def collect_metrics(self) -> Any:
+        latest = self.history[-1] if self.history else None
+        jobs = list(self.autoscaler.jobs.values()) if self.autoscaler is not None else None
+        return metric_families(latest, jobs)
+
     def status_details(self) -> dict[str, Any]:
         details = {
             "mode": self.settings.mode,
@@ -387,6 +394,7 @@ class ClusterService(BioEngineService):
         self._refuse_if_never_fits(request)
         clients = self._callers_of(context, caller)
         run = self.runs.start(str((resolved.get("user") or {}).get("id") or ""), clients)
+        self.logger.info("run_code %s: started for user '%s'", run["id"], run["user"])
         caller_gone: Callable[[], Awaitable[str]] | None = None
         if clients and self.settings.run_code_caller_check > 0:
             watch = CallerWatch(
@@ -403,6 +411,7 @@ class ClusterService(BioEngineService):
                 mode, code, func_bytes, function_name, list(args or []), dict(kwargs or {}),
                 options, write_stdout, write_stderr, float(timeout),
                 caller_gone=caller_gone, run=run, logger=self.logger,
+                telemetry=trace_carrier(self.otlp_endpoint),
             )  # fmt: skip
             if result.get("cancelled"):
                 state, reason = "cancelled", run.get("cancelled")

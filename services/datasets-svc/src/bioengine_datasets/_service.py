@@ -13,6 +13,7 @@ from pydantic import Field
 
 from bioengine_common import BioEngineService, InvalidRequest, ServiceSettings
 from bioengine_common.contracts import worker
+from bioengine_common.metrics import gauge
 
 from ._access import TokenValidator, may_read, readable_dataset
 from ._endpoint import Endpoint, open_http_socket
@@ -115,6 +116,11 @@ class DatasetsService(BioEngineService):
             self.endpoint.sock.close()
             if self.endpoint.slot is not None:
                 self.endpoint.slot.release()
+
+    def collect_metrics(self) -> Any:
+        datasets = gauge("bioengine_datasets", "Datasets served (folders with a valid manifest).")
+        datasets.add_metric([], len(self.registry.datasets))
+        return [datasets]
 
     def status_details(self) -> dict[str, Any]:
         return {

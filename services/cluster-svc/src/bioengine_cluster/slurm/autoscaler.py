@@ -18,6 +18,7 @@ import logging
 import shlex
 import sys
 import time
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from pydantic import ValidationError
 
 from bioengine_common import ConfigurationError, ray_environment
 from bioengine_common.local_stack import Sandbox
+from bioengine_common.metrics import counter
 
 from .._settings import ClusterSettings
 from .._status import PendingDemand
@@ -41,6 +43,16 @@ __all__ = ["ObserveRay", "SlurmAutoscaler", "demand_of", "observe_ray"]
 #: Decisions kept for the status; finished jobs kept after squeue forgot them.
 DECISIONS_KEPT = 100
 FINISHED_KEPT = 30
+
+
+#: Every decision the autoscaler records (submit, cancel, lost, backoff, blocked...), by action.
+SCALING_ACTIONS = counter(
+    "bioengine_slurm_scaling_actions",
+    "Decisions recorded by the SLURM autoscaler (repeats of the same wait/keep not counted), by action.",
+    ["action"],
+)
+for _action in typing.get_args(Decision.model_fields["action"].annotation):
+    SCALING_ACTIONS.labels(_action)  # every action shows, at 0 until it happens
 
 
 def demand_of(status: Any) -> list[PendingDemand]:
@@ -219,6 +231,7 @@ class SlurmAutoscaler:
         entry = decision.model_dump()
         entry["inputs"] = {**entry["inputs"], "observed": observed}
         self.decisions.append(entry)
+        SCALING_ACTIONS.labels(decision.action).inc()
 
     def not_lost(self, jobs: list[SlurmJob]) -> list[str]:
         """Ended jobs that are no loss: cancelled by this service, or already ended when this
