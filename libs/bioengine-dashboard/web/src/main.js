@@ -246,7 +246,7 @@ function renderOverview(panel, status) {
     reasons.length
       ? card("Why it is not ready", el("ul", { class: "reasons" }, reasons.map((r) => el("li", { text: r }))))
       : null,
-    card("Services", table(["Service", "Hypha service id", "State", "Readiness", "Version", "Uptime", "Error"], [gateway, ...rows], { id: "services-table" })),
+    card("Services", table(["Service", "Service id", "State", "Readiness", "Version", "Uptime", "Error"], [gateway, ...rows], { id: "services-table" })),
   );
 }
 
@@ -326,7 +326,12 @@ function renderCluster(panel, status) {
     state.charts = Object.fromEntries(CHARTS.map(([key, title, unit]) => [key, usageChart(state.canvases[key], title, unit)]));
   }
   const now = rc.sampled_at || Date.now() / 1000;
-  for (const [key, , , used, total] of CHARTS) setUsage(state.charts[key], usagePoints(rc, used, total), now);
+  for (const [key, , , used, total] of CHARTS) {
+    const points = usagePoints(rc, used, total);
+    setUsage(state.charts[key], points, now);
+    // No GPUs in the last hour: no GPU chart (the summary says "no GPUs").
+    if (key === "gpu") charts.querySelector('[data-chart="gpu"]').hidden = !points.some((p) => p.total > 0);
+  }
   charts.dataset.points = String(state.charts.cpu.data.datasets[0].data.length);
 }
 
