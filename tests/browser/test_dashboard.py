@@ -63,6 +63,7 @@ def _write_datasets(data_dir: Path) -> None:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
     chromium_path()  # before minutes of start-up
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     base = tmp_path_factory.mktemp("dashboard")
     _write_datasets(base / "datasets")
     stack = WorkerProcess(base, "--mode", "single-machine", "--hypha-port", "0")
@@ -93,7 +94,6 @@ def tokens(stack: WorkerProcess) -> dict[str, str]:
 async def browser(stack: WorkerProcess) -> AsyncIterator[Any]:
     from playwright.async_api import async_playwright
 
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox"])
         yield browser
