@@ -18,7 +18,7 @@ def test_the_folder_and_index_html_answer_the_page():
         answer = respond(path, CONFIG)
         assert answer["status"] == 200
         assert answer["headers"]["Content-Type"].startswith("text/html")
-        assert b'src="./dashboard.js"' in answer["body"]
+        assert b'src="./dashboard.js?_mode=random"' in answer["body"]
 
 
 def test_built_files_with_their_types_and_a_policy_that_allows_only_own_files():

@@ -46,7 +46,8 @@ function say(text, kind = "info") {
 // ---- start: config, then the stored token (if any) or the sign-in form ------------------------
 async function main() {
   try {
-    const response = await fetch("./config.json", { cache: "no-store" });
+    // _mode=random: Hypha picks one when several gateway replicas registered the page.
+    const response = await fetch("./config.json?_mode=random", { cache: "no-store" });
     if (!response.ok) throw new Error(`config.json: HTTP ${response.status}`);
     state.config = await response.json();
   } catch (error) {
@@ -241,7 +242,7 @@ function renderOverview(panel, status) {
     duration(status.service_uptime),
     "",
   ]);
-  fill(panel, 
+  fill(panel,
     card("Worker", summary),
     reasons.length
       ? card("Why it is not ready", el("ul", { class: "reasons" }, reasons.map((r) => el("li", { text: r }))))
@@ -315,7 +316,7 @@ function renderCluster(panel, status) {
     row({ "data-demand": d.source }, [json(d.resources), String(d.count), d.source]),
   );
   const charts = chartsBox();
-  fill(panel, 
+  fill(panel,
     rc.error ? el("p", { class: "message error inline", text: `Cluster: ${rc.error}` }) : null,
     card("Cluster", summary),
     charts,
@@ -380,7 +381,7 @@ function renderSlurm(panel, status) {
   const script = slurm.job_script
     ? el("pre", { class: "script", id: "job-script", text: slurm.job_script })
     : empty(state.isAdmin ? "No job script yet (the Ray head is not up)." : "The job script is shown to admins.");
-  fill(panel, 
+  fill(panel,
     slurm.error ? el("p", { class: "message error inline", text: `SLURM: ${slurm.error}` }) : null,
     slurm.blocked ? el("p", { class: "message error inline", text: `Submission blocked: ${json(slurm.blocked)}` }) : null,
     card("SLURM", summary),
@@ -485,7 +486,7 @@ function appCard(appId, app) {
 function renderApps(panel) {
   const apps = state.apps || {};
   const ids = Object.keys(apps).sort();
-  fill(panel, 
+  fill(panel,
     state.appsError ? el("p", { class: "message error inline", text: `Apps: ${state.appsError}` }) : null,
     ids.length ? el("div", { class: "apps" }, ids.map((id) => appCard(id, apps[id]))) : card("Apps", empty(state.apps ? "No apps are deployed on this worker." : "Loading...")),
   );
@@ -497,6 +498,8 @@ function renderDatasets(panel, status) {
   const datasets = state.datasets || {};
   const ds = ((status.services || {}).datasets || {}).status || {};
   const httpUrl = ds.http_url;
+  // Sizes only where the API gives them (list_datasets has no size today).
+  const sized = Object.values(datasets).some((d) => d.size_bytes !== undefined);
   const rows = Object.entries(datasets)
     .sort(([a], [b]) => a.localeCompare(b))
     .map(([id, d]) => {
@@ -506,15 +509,16 @@ function renderDatasets(panel, status) {
         d.description || "",
         d.public ? badge("public", "ok") : badge("restricted", ""),
         (d.zarr_stores || []).join(", ") || "-",
-        d.size_bytes !== undefined ? bytes(d.size_bytes) : "-",
+        ...(sized ? [d.size_bytes !== undefined ? bytes(d.size_bytes) : "-"] : []),
         url ? el("code", { class: "url", text: url }) : "-",
       ]);
     });
-  fill(panel, 
+  const headers = ["Dataset", "Description", "Access", "Zarr stores", ...(sized ? ["Size"] : []), "Access URL"];
+  fill(panel,
     state.datasetsError ? el("p", { class: "message error inline", text: `Datasets: ${state.datasetsError}` }) : null,
     card(
       "Datasets you may read",
-      rows.length ? table(["Dataset", "Description", "Access", "Zarr stores", "Size", "Access URL"], rows, { id: "datasets-table" }) : empty(state.datasets ? "No dataset is readable with this token." : "Loading..."),
+      rows.length ? table(headers, rows, { id: "datasets-table" }) : empty(state.datasets ? "No dataset is readable with this token." : "Loading..."),
       el("p", { class: "muted", text: "Open a store with bioengine-datasets-client: HttpZarrStore(f\"{access URL}{store}\", token=...)." }),
     ),
   );
