@@ -6,8 +6,6 @@ Stop button stops an app. Screenshots go to the artifacts folder (``tests/browse
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -25,7 +23,6 @@ from bioengine_worker.testing import WorkerProcess
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 ROOT = Path(__file__).resolve().parents[2]
-ARTIFACTS = Path(os.environ.get("BIOENGINE_BROWSER_ARTIFACTS") or Path(__file__).parent / "artifacts")
 APP_ID = "dash-demo"
 VIEWER = "viewer-1"
 LAPTOP = {"width": 1280, "height": 860}
@@ -39,18 +36,6 @@ DATASETS = {
 }
 
 
-def chromium_path() -> str:
-    """Debian's chromium (Playwright cannot download a browser here): skip without one, or fail
-    when ``BIOENGINE_REQUIRE_CHROMIUM=1`` (CI installs it)."""
-    path = os.environ.get("BIOENGINE_CHROMIUM") or shutil.which("chromium")
-    if path:
-        return path
-    message = "chromium is not installed (apt-get install -y chromium)"
-    if os.environ.get("BIOENGINE_REQUIRE_CHROMIUM") == "1":
-        pytest.fail(f"BIOENGINE_REQUIRE_CHROMIUM=1 but {message}")
-    pytest.skip(message)
-
-
 def _write_datasets(data_dir: Path) -> None:
     for name, rules in DATASETS.items():
         store = data_dir / name / "image.zarr"
@@ -61,9 +46,8 @@ def _write_datasets(data_dir: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
-    chromium_path()  # before minutes of start-up
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+def stack(tmp_path_factory: pytest.TempPathFactory, chromium: str) -> Iterator[WorkerProcess]:
+    # ``chromium`` first: no minutes of start-up without a browser.
     base = tmp_path_factory.mktemp("dashboard")
     _write_datasets(base / "datasets")
     stack = WorkerProcess(base, "--mode", "single-machine", "--hypha-port", "0")
@@ -91,11 +75,11 @@ def tokens(stack: WorkerProcess) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-async def browser(stack: WorkerProcess) -> AsyncIterator[Any]:
+async def browser(stack: WorkerProcess, chromium: str, artifacts: Path) -> AsyncIterator[Any]:
     from playwright.async_api import async_playwright
 
     async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox"])
+        browser = await playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
         yield browser
         await browser.close()
 
@@ -129,11 +113,11 @@ async def _panel(page: Any, name: str, ready: str) -> Any:
     return page.locator(f"#panel-{name}")
 
 
-async def _shot(page: Any, name: str) -> None:
-    await page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+async def _shot(page: Any, artifacts: Path, name: str) -> None:
+    await page.screenshot(path=str(artifacts / f"{name}.png"), full_page=True)
 
 
-async def test_admin_sees_each_panel_as_the_api_answers(stack, tokens, browser):
+async def test_admin_sees_each_panel_as_the_api_answers(stack, tokens, browser, artifacts):
     server, worker = await _api(stack, tokens["admin"])
     page = await _page(browser, stack, tokens["admin"])
     try:
@@ -146,7 +130,7 @@ async def test_admin_sees_each_panel_as_the_api_answers(stack, tokens, browser):
             assert entry["service_id"] in await shown.inner_text()
         assert status["bioengine_version"] in await page.inner_text('[data-field="version"]')
         assert await page.inner_text("#worker-state") == "ready"
-        await _shot(page, "admin-overview")
+        await _shot(page, artifacts, "admin-overview")
 
         # Cluster: the API's nodes and totals, charts with at least the current point.
         panel = await _panel(page, "cluster", "#nodes-table")
@@ -160,12 +144,12 @@ async def test_admin_sees_each_panel_as_the_api_answers(stack, tokens, browser):
         assert f"/ {total_cpu:g}" in await panel.locator('[data-field="cpu"]').inner_text()
         assert int(await panel.locator(".charts").get_attribute("data-points")) >= 1
         assert await panel.locator(".charts canvas").count() == 3
-        await _shot(page, "admin-cluster")
+        await _shot(page, artifacts, "admin-cluster")
 
         # SLURM: this worker runs single-machine, and the page says so.
         panel = await _panel(page, "slurm", ".card")
         assert "single-machine mode" in await panel.inner_text()
-        await _shot(page, "admin-slurm")
+        await _shot(page, artifacts, "admin-slurm")
 
         # Apps: the app with its state, methods and log tail; admin buttons.
         apps = await worker.get_app_status(logs_tail=5)
@@ -181,7 +165,7 @@ async def test_admin_sees_each_panel_as_the_api_answers(stack, tokens, browser):
         assert apps[APP_ID]["service_ids"][0]["websocket_service_id"] in text
         assert await card.locator('button[data-action="stop"]').count() == 1
         assert await card.locator("details").count() >= 1  # replica logs
-        await _shot(page, "admin-apps")
+        await _shot(page, artifacts, "admin-apps")
 
         # Datasets: what list_datasets answers the admin (all of them), with the access URL.
         datasets = await worker.list_datasets()
@@ -192,7 +176,7 @@ async def test_admin_sees_each_panel_as_the_api_answers(stack, tokens, browser):
         assert sorted(shown) == sorted(datasets) == sorted(DATASETS)
         http_url = status["services"]["datasets"]["status"]["http_url"]
         assert f"{http_url}/data/cells/" in await panel.inner_text()
-        await _shot(page, "admin-datasets")
+        await _shot(page, artifacts, "admin-datasets")
 
         # A phone's width: one column, no horizontal scrolling of the page.
         await page.set_viewport_size(PHONE)
@@ -200,14 +184,14 @@ async def test_admin_sees_each_panel_as_the_api_answers(stack, tokens, browser):
             await _panel(page, name, ready)
             width = await page.evaluate("document.documentElement.scrollWidth")
             assert width <= PHONE["width"], f"{name} panel is {width} px wide at {PHONE['width']} px"
-            await _shot(page, f"phone-{name}")
+            await _shot(page, artifacts, f"phone-{name}")
         assert page.errors == []
     finally:
         await page.close()
         await server.disconnect()
 
 
-async def test_a_viewer_sees_what_the_api_gives_them_and_no_admin_controls(stack, tokens, browser):
+async def test_a_viewer_sees_what_the_api_gives_them_and_no_admin_controls(stack, tokens, browser, artifacts):
     server, worker = await _api(stack, tokens["viewer"])
     page = await _page(browser, stack, tokens["viewer"])
     try:
@@ -219,21 +203,21 @@ async def test_a_viewer_sees_what_the_api_gives_them_and_no_admin_controls(stack
             "rows => rows.map(r => r.dataset.dataset)"
         )
         assert sorted(shown) == sorted(datasets) == ["cells", "open-data"]
-        await _shot(page, "viewer-datasets")
+        await _shot(page, artifacts, "viewer-datasets")
 
         apps = await worker.get_app_status()
         panel = await _panel(page, "apps", ".card")
         assert await panel.locator("article[data-app]").count() == len(apps)
         assert await panel.locator("button[data-action]").count() == 0
         assert await panel.locator("details").count() == 0  # no replica logs for non-admins
-        await _shot(page, "viewer-apps")
+        await _shot(page, artifacts, "viewer-apps")
         assert page.errors == []
     finally:
         await page.close()
         await server.disconnect()
 
 
-async def test_sign_in_errors_and_the_token_stay_in_the_page(stack, tokens, browser):
+async def test_sign_in_errors_and_the_token_stay_in_the_page(stack, tokens, browser, artifacts):
     page = await browser.new_page(viewport=LAPTOP)
     url = dashboard_url(stack.connection["server_url"], stack.connection["workspace"])
     try:
@@ -243,7 +227,7 @@ async def test_sign_in_errors_and_the_token_stay_in_the_page(stack, tokens, brow
         await page.wait_for_selector(".message.error", timeout=30_000)
         assert "Sign-in failed" in await page.inner_text("#message")
         assert await page.is_visible("#login-form")
-        await _shot(page, "sign-in-failed")
+        await _shot(page, artifacts, "sign-in-failed")
 
         await page.fill("#token", tokens["admin"])
         await page.click("#login-button")
@@ -273,7 +257,7 @@ async def test_anonymous_viewers_see_public_datasets_only(stack, browser):
         await page.close()
 
 
-async def test_stop_on_the_page_stops_the_app(stack, tokens, browser):
+async def test_stop_on_the_page_stops_the_app(stack, tokens, browser, artifacts):
     server, worker = await _api(stack, tokens["admin"])
     page = await _page(browser, stack, tokens["admin"])
     try:
@@ -286,7 +270,7 @@ async def test_stop_on_the_page_stops_the_app(stack, tokens, browser):
         apps = await worker.get_app_status()
         assert APP_ID not in apps or apps[APP_ID]["status"] == "NOT_RUNNING"
         assert "being removed" in await panel.inner_text() or "stopp" in await panel.inner_text()
-        await _shot(page, "admin-app-stopped")
+        await _shot(page, artifacts, "admin-app-stopped")
         assert page.errors == []
     finally:
         await page.close()

@@ -370,12 +370,12 @@ function renderSlurm(panel, status) {
       j.ray_node_id ? el("code", { title: j.ray_node_id, text: j.ray_node_id.slice(0, 12) }) : "-",
     ]),
   );
-  const decisions = [...(slurm.decisions || [])].reverse().map((d, i) =>
+  const decisions = [...(slurm.decisions || [])].reverse().map((d) =>
     row({ "data-decision": d.action }, [
       time(d.at),
       badge(d.action, d.action === "submit" ? "ok" : d.action === "cancel" || d.action === "lost" ? "warn" : ""),
       d.message,
-      details(`decision-${d.at}-${i}`, "inputs", el("pre", { text: json(d.inputs) })),
+      details(`decision-${d.at}-${d.action}`, "inputs", el("pre", { text: json(d.inputs) })),
     ]),
   );
   const script = slurm.job_script
