@@ -5,6 +5,7 @@ Stop button stops an app. Screenshots go to the artifacts folder (``tests/browse
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -275,3 +276,27 @@ async def test_stop_on_the_page_stops_the_app(stack, tokens, browser, artifacts)
     finally:
         await page.close()
         await server.disconnect()
+
+
+async def test_the_page_finds_a_restarted_gateway_by_itself(stack, tokens, browser, artifacts):
+    import psutil
+
+    page = await _page(browser, stack, tokens["admin"])
+    try:
+        row = page.locator('#services-table tr[data-service="gateway"]')
+        before = await row.inner_text()
+        (gateway,) = [p for p in stack.descendants() if "bioengine_gateway" in " ".join(p.cmdline())]
+        gateway.send_signal(9)  # SIGKILL: the launcher starts a new one under a new client id
+        await asyncio.to_thread(psutil.wait_procs, [gateway], 10)
+
+        async def new_gateway_shown() -> bool:
+            text = await page.locator('#services-table tr[data-service="gateway"]').inner_text()
+            return text.split()[1] != before.split()[1] and "ok" in (
+                await page.get_attribute("#message", "class")
+            )
+
+        await eventually(new_gateway_shown, 120, "the page on the restarted gateway")
+        await _shot(page, artifacts, "admin-after-gateway-restart")
+        assert page.errors == []
+    finally:
+        await page.close()

@@ -182,10 +182,27 @@ async function refresh() {
   state.datasetsError = datasets.status === "rejected" ? errorText(datasets.reason) : null;
   if (datasets.status === "fulfilled") state.datasets = datasets.value || {};
   state.refreshedAt = Date.now();
-  if (state.statusError) say(`The worker did not answer: ${state.statusError} (retrying every ${REFRESH_MS / 1000} s)`, "error");
+  if (state.statusError) {
+    say(`The worker did not answer: ${state.statusError} (retrying every ${REFRESH_MS / 1000} s)`, "error");
+    await findWorkerAgain();
+  }
   else say(`Updated ${new Date().toLocaleTimeString()}; refreshes every ${REFRESH_MS / 1000} s.`, "ok");
   render();
   state.timer = setTimeout(refresh, REFRESH_MS);
+}
+
+// A restarted gateway registers under a new client id: ask the page's config.json for it again.
+async function findWorkerAgain() {
+  try {
+    const response = await fetch("./config.json?_mode=random", { cache: "no-store" });
+    if (!response.ok) return;
+    const config = await response.json();
+    if (config.worker_service_id === state.config.worker_service_id || !state.server) return;
+    state.worker = await state.server.getService(config.worker_service_id);
+    state.config = config;
+  } catch (_error) {
+    // still down: the next refresh tries again
+  }
 }
 
 function render() {
