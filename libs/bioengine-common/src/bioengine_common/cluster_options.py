@@ -66,7 +66,7 @@ class ClusterOptions(BaseModel):
     )
     app_sandbox_hide: list[Path] = Field(
         default_factory=list,
-        description="More paths hidden from app code, e.g. a datasets --data-dir outside the "
+        description="More paths hidden from app code, e.g. the data folder of bioengine-datasets when it is outside the "
         "workspace dir (one per value).",
     )
 

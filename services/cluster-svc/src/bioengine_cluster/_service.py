@@ -41,7 +41,7 @@ from ._fit import ResourceRequest, check_fit, never_fits
 from ._metrics import families as metric_families
 from ._run_code import CallerWatch, RunCodeLog, parse_remote_options, run_in_ray
 from ._settings import ClusterSettings
-from ._status import ClusterSample, PendingDemand, gpu_summary, summarize, without_float_noise
+from ._status import ClusterSample, PendingDemand, UsageHistory, gpu_summary, summarize, without_float_noise
 from .slurm import SlurmAutoscaler, demand_of
 
 _GIB = 1024**3
@@ -122,6 +122,8 @@ class ClusterService(BioEngineService):
         # Before anything imports Ray: it reads some of these once, at import.
         os.environ.update(ray_environment(token_file=self.backend.token_file))
         self.history: collections.deque[ClusterSample] = collections.deque(maxlen=settings.status_history)
+        #: The last hour of cluster totals, one point per 30 s (the dashboard's charts).
+        self.usage = UsageHistory()
         self.connected = False
         self.cluster_error: str | None = "not started yet"
         self._retry_at = 0.0
@@ -172,6 +174,7 @@ class ClusterService(BioEngineService):
     async def _sample(self) -> None:
         sample = await asyncio.to_thread(_sample_blocking, self.backend.gcs_address())
         self.history.append(sample)
+        self.usage.add(sample)
         self._last_sample = time.monotonic()
 
     async def initialize(self) -> None:
@@ -279,13 +282,28 @@ class ClusterService(BioEngineService):
             "pending_demand": [d.model_dump() for d in latest.pending_demand] if latest else [],
             # False over Ray Client: per-node "used" figures are then unknown (shown as 0).
             "per_node_usage_known": latest.per_node_usage_known if latest else None,
-            **({"slurm": self.autoscaler.status()} if self.autoscaler is not None else {}),
+            # One point per 30 s over the last hour: {at, used_/total_cpu, _gpu, _memory_gb, pending_demand}.
+            "usage_history": self.usage.dump(),
+            **({"slurm": self.slurm_status()} if self.autoscaler is not None else {}),
         }
 
     def collect_metrics(self) -> Any:
         latest = self.history[-1] if self.history else None
         jobs = list(self.autoscaler.jobs.values()) if self.autoscaler is not None else None
         return metric_families(latest, jobs)
+
+    def slurm_status(self) -> dict[str, Any]:
+        """The autoscaler's status plus the job script it would submit now (``job_script``,
+        ``None`` before the head is up; the gateway shows it to admins only)."""
+        assert self.autoscaler is not None
+        status = self.autoscaler.status()
+        head = self.backend.head_address
+        try:
+            status["job_script"] = self.autoscaler.render(head) if head else None
+        except ValueError as exc:
+            status["job_script"] = None
+            status["job_script_error"] = str(exc)
+        return status
 
     def status_details(self) -> dict[str, Any]:
         details = {

@@ -38,6 +38,9 @@ async def get_status() -> dict:
 
     `is_ready` is true when every internal service is up and ready; `not_ready_reasons` says
     why not, one `"<service>: <reason>"` line per cause. `admin_users` is shown to admins only.
+    `ray_cluster.usage_history` is the last hour of cluster totals, one point per 30 s; in slurm
+    mode `ray_cluster.slurm.job_script` (the script a new worker job gets) is shown to admins
+    only. `dashboard_url` is where the Hypha server serves the worker's dashboard page.
     """
 
 
