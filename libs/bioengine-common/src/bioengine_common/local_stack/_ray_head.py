@@ -167,6 +167,8 @@ class HeadOptions(BaseModel):
 class HeadState(BaseModel):
     """What is written to ``bioengine-head.json``: enough to adopt or stop the head later."""
 
+    #: The process started: `ray start`, or in a sandbox the `unshare` wrapper whose only child
+    #: it is; either leads the head's process group.
     pid: int
     temp_dir: str
     node_ip: str
@@ -351,7 +353,7 @@ class LocalHead:
                 raise ServiceUnavailable(f"the Ray head did not open its GCS port within {timeout:.0f} s")
             time.sleep(0.2)
         self.state = HeadState(
-            pid=self._head_pid(), temp_dir=str(self.temp_dir), node_ip=node_ip, ports=ports,
+            pid=self._process.pid, temp_dir=str(self.temp_dir), node_ip=node_ip, ports=ports,
             started_at=time.time(), ray_version=ray_version,
             auth_mode="token" if self.token_file else "disabled",
             token_file=str(self.token_file) if self.token_file else None,
@@ -366,18 +368,6 @@ class LocalHead:
             ", ".join(hidden) if hidden else "nothing (no sandbox)",
         )  # fmt: skip
         return self.state
-
-    def _head_pid(self) -> int:
-        """The PID of ``ray start`` as this PID namespace sees it: the process started, or in a
-        sandbox its only child (PID 1 of the sandbox's namespace), which gets the stop signal."""
-        assert self._process is not None
-        if self.options.sandbox is None:
-            return self._process.pid
-        with contextlib.suppress(psutil.Error):
-            children = psutil.Process(self._process.pid).children()
-            if children:
-                return children[0].pid
-        return self._process.pid
 
     def _leftovers(self) -> list[psutil.Process]:
         """Processes of this cluster only: their command line names our temp dir or GCS port."""
@@ -397,8 +387,15 @@ class LocalHead:
         processes), then SIGKILL whatever of this cluster is left."""
         if self.state is None:
             return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(self.state.pid, signal.SIGTERM)
+        targets = [self.state.pid]
+        if self.state.hidden_paths is not None:
+            # In the sandbox, `ray start` is the only child of the `unshare` wrapper (which
+            # ignores SIGTERM while it waits): the signal goes to it, PID 1 of the namespace.
+            with contextlib.suppress(psutil.Error):
+                targets += [child.pid for child in psutil.Process(self.state.pid).children()]
+        for pid in targets:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and psutil.pid_exists(self.state.pid):
             if self._process is not None and self._process.poll() is not None:
