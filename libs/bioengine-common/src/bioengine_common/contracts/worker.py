@@ -111,7 +111,8 @@ async def run_code(
 
 @WORKER.method("datasets", ANYONE)
 async def list_datasets() -> dict:
-    """The datasets the caller may read: {dataset_id: {name, description, public, zarr_stores, manifest}}."""
+    """The datasets the caller may read: {dataset_id: {name, description, public, zarr_stores, manifest,
+    size_bytes}} (size_bytes once measured: a walk of its files, repeated every --size-interval)."""
 
 
 # ---- app artifacts (bioengine-apps) ---------------------------------------------------------------
