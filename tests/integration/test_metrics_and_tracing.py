@@ -240,7 +240,8 @@ async def test_run_code_deploy_app_and_an_app_call_each_form_one_trace(stack, re
         gateway = await admin.get_service("bioengine-worker")
 
         # run_code: gateway -> bioengine-cluster -> the Ray task.
-        result = await gateway.run_code(code="def f(x):\n    return x + 1\n", function_name="f", args=[1])
+        code = "import logging\n\ndef f(x):\n    logging.getLogger('probe').warning('probe line')\n    return x + 1\n"
+        result = await gateway.run_code(code=code, function_name="f", args=[1])
         assert result.get("result") == 2, result
 
         async def run_code_tree() -> Any:
@@ -263,6 +264,20 @@ async def test_run_code_deploy_app_and_an_app_call_each_form_one_trace(stack, re
         assert any(
             f"[trace={root['trace_id']}]" in line and "run_code" in line for line in cluster_log.splitlines()
         )
+        # ... and in the log line the task wrote inside Ray (the worker's log file).
+        cluster = await admin.get_service("bioengine-cluster", {"mode": "random"})
+        logs = Path((await cluster.get_connection_info())["temp_dir"]) / "session_latest" / "logs"
+
+        async def probe_lines() -> list[str]:
+            return [
+                line
+                for path in logs.glob("worker-*")
+                for line in path.read_text(errors="replace").splitlines()
+                if "probe line" in line
+            ]
+
+        lines = await _eventually(probe_lines, timeout=30)
+        assert lines and all(f"probe line [trace={root['trace_id']}]" in line for line in lines), lines
 
         # deploy_app: gateway -> bioengine-apps -> the app deployer actor.
         artifact_id = await gateway.upload_app(files=read_app_folder(REPO / "apps" / "demo-app"))

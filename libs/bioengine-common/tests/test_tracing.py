@@ -48,3 +48,34 @@ def test_serve_tracing_follows_the_variable(monkeypatch):
     assert module == "bioengine_common.tracing" and name == "serve_span_processors"
     (processor,) = serve_span_processors()
     processor.shutdown()
+
+
+def test_log_lines_of_a_ray_worker_carry_the_trace_id_once_and_only_inside_a_span():
+    import io
+    import logging
+
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from bioengine_common._logging import trace_ids_in_process_logs
+
+    root = logging.getLogger()
+    streams = [io.StringIO(), io.StringIO()]
+    handlers = [logging.StreamHandler(stream) for stream in streams]  # as Ray's worker sets up
+    for handler in handlers:
+        root.addHandler(handler)
+    try:
+        trace_ids_in_process_logs()
+        trace_ids_in_process_logs()  # idempotent: one filter per handler
+        assert all(len(h.filters) == 1 for h in handlers)
+        user_logger = logging.getLogger("user.code")
+        user_logger.warning("outside %s", "a span")
+        tracer = TracerProvider().get_tracer("test")
+        with tracer.start_as_current_span("run_code.task") as span:
+            user_logger.warning("inside %s", "the span")
+            trace_id = f"{span.get_span_context().trace_id:032x}"
+    finally:
+        for handler in handlers:
+            root.removeHandler(handler)
+    for stream in streams:
+        lines = stream.getvalue().splitlines()
+        assert lines == ["outside a span", f"inside the span [trace={trace_id}]"]

@@ -26,6 +26,7 @@ from opentelemetry.sdk.trace.export import (
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Status, StatusCode
 
+from ._logging import trace_ids_in_process_logs
 from .errors import ConfigurationError
 
 __all__ = [
@@ -152,6 +153,7 @@ def continue_trace(span_name: str, carrier: Mapping[str, str] | None, **attribut
     :func:`current_trace_context`); a new trace without one. For the parts of a request that run
     in other processes: a Ray task, the app deployer, an app's replica."""
     parent = propagate.extract(dict(carrier)) if carrier else None
+    trace_ids_in_process_logs()
     with _tracer().start_as_current_span(span_name, context=parent, record_exception=True) as span:
         for key, value in attributes.items():
             if value is not None:
@@ -197,6 +199,7 @@ def remote_span(
         provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=1000))
         _remote_providers[key] = provider
     parent = propagate.extract(dict((carrier or {}).get("trace") or {}))
+    trace_ids_in_process_logs()
     tracer = provider.get_tracer(_TRACER_NAME)
     with tracer.start_as_current_span(name, context=parent, record_exception=True) as span:
         for attribute, value in attributes.items():
@@ -215,6 +218,7 @@ def serve_span_processors() -> list[Any]:
     workers inherit from the head's environment)."""
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
+    trace_ids_in_process_logs()  # this runs in every replica: its log lines name the trace too
     endpoint = os.environ.get(OTLP_ENDPOINT_VARIABLE)
     exporter = OTLPSpanExporter(endpoint=otlp_traces_url(endpoint) if endpoint else None)
     return [BatchSpanProcessor(exporter, schedule_delay_millis=1000)]

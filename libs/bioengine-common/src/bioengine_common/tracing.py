@@ -9,6 +9,7 @@ into a Ray task, the app deployer or a Serve replica.
 The services' own spans (one per RPC method) are :func:`bioengine_common.traced`'s.
 """
 
+from ._logging import trace_ids_in_process_logs
 from ._telemetry import (
     OTLP_ENDPOINT_VARIABLE,
     continue_trace,
@@ -36,5 +37,6 @@ __all__ = [
     "serve_tracing_config",
     "setup_telemetry",
     "trace_carrier",
+    "trace_ids_in_process_logs",
     "traced",
 ]
