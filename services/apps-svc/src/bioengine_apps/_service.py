@@ -88,6 +88,7 @@ from ._deploy import (
     reusable_spec,
     secrets_revision,
     settle_unchanged,
+    token_owner_problem,
 )
 from ._metrics import ServeCounts, count_serve
 from ._metrics import families as metric_families
@@ -908,6 +909,9 @@ class AppsService(BioEngineService):
                 previous,
             )
             manifest, files, source = await self._load_app(artifact_id, request.version)
+            problem = token_owner_problem(hypha_token, self.trusted_callers)
+            if problem:
+                raise InvalidRequest(problem)
             old_secrets = await self._load_secrets(application_id)
             try:
                 env = resolve_env(application_env_vars, hypha_token, previous, old_secrets)
