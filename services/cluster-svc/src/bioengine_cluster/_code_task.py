@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import inspect
 import os
 import queue
@@ -164,7 +165,11 @@ def _run(
             err.close_line()
             lines.put(_END)
 
-    thread = threading.Thread(target=target, name="run_code", daemon=True)
+    # The caller's context goes with the code into its thread: its log lines and spans belong
+    # to the run_code span (a new thread would otherwise start with an empty context).
+    thread = threading.Thread(
+        target=contextvars.copy_context().run, args=(target,), name="run_code", daemon=True
+    )
     thread.start()
     try:
         first = lines.get(timeout=QUICK_S)
