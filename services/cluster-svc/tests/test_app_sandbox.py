@@ -75,20 +75,6 @@ print(json.dumps([seen, ray.get(read.remote(kept), timeout=60)]))
 """
 
 
-@pytest.fixture
-def workspace(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("sbx")
-    yield directory
-    head = LocalHead(
-        short_temp_dir(directory / "ray"),
-        HeadOptions(),
-        logging.getLogger("test"),
-        token_file=directory / "ray" / "auth_token" if (directory / "ray" / "auth_token").exists() else None,
-    )
-    if head.adopt():
-        head.stop()
-
-
 def _secrets(workspace, outside):
     (workspace / "hypha").mkdir()
     (workspace / "hypha" / "jwt_secret").write_text(SECRET)

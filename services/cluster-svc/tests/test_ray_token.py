@@ -70,20 +70,6 @@ def _get(url: str, token: str | None) -> int:
         return exc.code
 
 
-@pytest.fixture
-def workspace(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("tok")
-    yield directory
-    head = LocalHead(
-        short_temp_dir(directory / "ray"),
-        HeadOptions(),
-        logging.getLogger("test"),
-        token_file=directory / "ray" / "auth_token" if (directory / "ray" / "auth_token").exists() else None,
-    )
-    if head.adopt():
-        head.stop()
-
-
 async def test_a_head_started_by_the_service_runs_behind_its_token(
     hypha_server, start_service, admin_client, workspace, monkeypatch
 ):
