@@ -2,7 +2,7 @@
 
 A deploy call is: merge the request with the app's previous deployment
 (:func:`merge_with_previous`, :func:`resolve_env`), check it against the app
-(:func:`env_scope_problems`, :func:`resources_grow`), then build the :class:`AppSpec` Serve gets
+(:func:`env_scope_problems`, :func:`fit_request`, :func:`resources_grow`), then build the :class:`AppSpec` Serve gets
 (:func:`build_spec`) and the :class:`AppRecord` apps-svc keeps (:func:`build_record`,
 :func:`settle_unchanged`). No Ray, no Hypha, no files: ``AppsService.deploy_app`` loads the app
 and its secrets, calls these steps, then saves and submits what they give.
@@ -27,6 +27,7 @@ __all__ = [
     "build_record",
     "build_spec",
     "env_scope_problems",
+    "fit_request",
     "merge_with_previous",
     "resolve_env",
     "resources_grow",
@@ -163,12 +164,24 @@ def env_scope_problems(env: AppEnv, deployments: Iterable[str]) -> list[str]:
     ]
 
 
-def resources_grow(resources: Mapping[str, float], previous: AppRecord | None) -> bool:
-    """Does the app need more of some resource than its previous deployment (a new app: yes)?
-    Only then is the cluster asked whether it fits."""
+def fit_request(resources: Mapping[str, float], proxy_memory_in_gb: float | None) -> dict[str, float]:
+    """What the fit check asks the cluster for: the app's replicas together (``resources``: CPUs,
+    GPUs as sized, memory in bytes, custom resources) and its proxy replica, which reserves 0 CPUs
+    and ``proxy_memory_in_gb`` GiB of memory (none when not given)."""
+    needed = {name: float(amount) for name, amount in resources.items()}
+    if proxy_memory_in_gb:
+        needed["memory"] = needed.get("memory", 0.0) + float(proxy_memory_in_gb) * 1024**3
+    return needed
+
+
+def resources_grow(needed: Mapping[str, float], previous: AppRecord | None) -> bool:
+    """Does the app need more of some resource (``needed``: its :func:`fit_request`) than its
+    previous deployment, proxy included (a new app: yes)? Only then is the cluster asked whether
+    it fits."""
     if previous is None:
         return True
-    return any(resources.get(k, 0) > previous.resources.get(k, 0) + 1e-9 for k in resources)
+    before = fit_request(previous.resources, previous.proxy_memory_in_gb)
+    return any(needed.get(k, 0) > before.get(k, 0) + 1e-9 for k in needed)
 
 
 def secrets_revision(previous: AppRecord | None, env: AppEnv, old_secrets: Mapping[str, Any]) -> int:

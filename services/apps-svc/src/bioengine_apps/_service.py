@@ -81,6 +81,7 @@ from ._deploy import (
     build_record,
     build_spec,
     env_scope_problems,
+    fit_request,
     merge_with_previous,
     resolve_env,
     resources_grow,
@@ -933,8 +934,9 @@ class AppsService(BioEngineService):
             scope_problems = env_scope_problems(env, deployments)
             if scope_problems:
                 raise InvalidRequest(scope_problems[0])
-            if resources_grow(analysis.resources, previous):
-                await self._check_fit(application_id, analysis.resources, resolved)
+            needed = fit_request(analysis.resources, request.proxy_memory_in_gb)
+            if resources_grow(needed, previous):
+                await self._check_fit(application_id, needed, resolved)
             code_hash = _code_hash(files)
             code_dir = await asyncio.to_thread(self._place_files, application_id, code_hash, files)
             rules = resolve_authorized_users(
