@@ -10,6 +10,7 @@ and its secrets, calls these steps, then saves and submits what they give.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -22,6 +23,7 @@ __all__ = [
     "BOOKKEEPING_FIELDS",
     "AppEnv",
     "DeployRequest",
+    "DiscoveredSpecs",
     "WorkerFacts",
     "app06_deployments",
     "build_record",
@@ -123,6 +125,31 @@ def reusable_spec(
     if app06.get("entry") != entry or not sdk_version or app06.get("sdk_version") != sdk_version:
         return None
     return dict(app06["spec"])
+
+
+class DiscoveredSpecs:
+    """The specs discovery tasks found, by (code hash, entry, SDK version), the newest ``size``:
+    a spec depends only on the code and the SDK that read it, so deploying the same code again
+    under another application id needs no discovery task either (:func:`reusable_spec` covers
+    an app's own redeploys, also after a restart)."""
+
+    def __init__(self, size: int = 32) -> None:
+        self.size = size
+        self._specs: OrderedDict[tuple[str, str, str], dict[str, Any]] = OrderedDict()
+
+    def get(self, code_hash: str, entry: str, sdk_version: str) -> dict[str, Any] | None:
+        key = (code_hash, entry, sdk_version)
+        if key not in self._specs:
+            return None
+        self._specs.move_to_end(key)
+        return dict(self._specs[key])
+
+    def put(self, code_hash: str, entry: str, sdk_version: str, spec: Mapping[str, Any]) -> None:
+        if not sdk_version:
+            return
+        self._specs[(code_hash, entry, sdk_version)] = dict(spec)
+        while len(self._specs) > self.size:
+            self._specs.popitem(last=False)
 
 
 def app06_deployments(spec: Mapping[str, Any]) -> list[str]:
