@@ -4,6 +4,7 @@ manager and a local HTTP server stand in for Hypha and S3."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -70,7 +71,19 @@ async def test_a_version_is_downloaded_once_until_the_artifact_changes(files_ser
     assert (await store.fetch("ws/app"))[1] == {"app.py": b"print('v2')"}
     assert "get_file" in manager.calls
 
-    # A change made through this store within the same second of last_modified: forgotten too.
+    # Just changed (last_modified within the last seconds): not kept, as a change within the
+    # same second would leave the key as it was.
+    manager.last_modified = int(time.time())
+    await store.fetch("ws/app")
+    manager.calls.clear()
+    await store.fetch("ws/app")
+    assert "get_file" in manager.calls
+    manager.last_modified = 102
+    assert (await store.fetch("ws/app"))[1] == {"app.py": b"print('v2')"}  # kept again
+
+    # A change made through this store, even one its record would not show: files forgotten.
     content["app.py"] = b"print('v3')"
     await store.delete("ws/app")
+    manager.calls.clear()
     assert (await store.fetch("ws/app"))[1] == {"app.py": b"print('v3')"}
+    assert "get_file" in manager.calls

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
@@ -108,12 +109,17 @@ def _upload_config(existing: Mapping[str, Any] | None, frontend_entry: str | Non
 #: Artifact versions whose files ``ArtifactStore.fetch`` keeps in memory, and the largest kept.
 FILES_CACHE_ENTRIES = 16
 FILES_CACHE_BYTES = 16 * 1024**2
+#: Seconds an artifact must have been unchanged for its files to be kept: ``last_modified``
+#: counts whole seconds, so a change within the same second (by another apps-svc replica, say)
+#: would otherwise leave the key as it was.
+FILES_CACHE_SETTLED_S = 5.0
 
 
 def _files_key(record: Mapping[str, Any], version: str | None) -> str | None:
     """What identifies an artifact version's files besides the artifact's id: the version asked
     for, the record's ``last_modified`` and its versions (an upload or a deletion by anyone
-    changes them; ``last_modified`` counts seconds, so ``ArtifactStore`` also forgets an
+    changes them; ``last_modified`` counts seconds, so files are kept only once the artifact
+    has been unchanged for :data:`FILES_CACHE_SETTLED_S`, and ``ArtifactStore`` forgets an
     artifact's files whenever it changes that artifact itself). None: not cacheable."""
     if not record.get("id") or record.get("last_modified") is None:
         return None
@@ -377,7 +383,8 @@ class ArtifactStore:
                     files[name] = await response.read()
 
             await asyncio.gather(*(download(name) for name in names))
-        if stamp is not None and sum(map(len, files.values())) <= FILES_CACHE_BYTES:
+        settled = time.time() - float(record["last_modified"] or 0) >= FILES_CACHE_SETTLED_S
+        if stamp is not None and settled and sum(map(len, files.values())) <= FILES_CACHE_BYTES:
             self._files[key] = dict(files)
             while len(self._files) > FILES_CACHE_ENTRIES:
                 self._files.popitem(last=False)
