@@ -28,7 +28,7 @@ uv_bin="$(PATH="$PATH:$HOME/.local/bin" command -v uv || true)"
 context="${XDG_CACHE_HOME:-$HOME/.cache}/bioengine/build-context"
 rm -rf "$context"
 mkdir -p "$context/workspace"
-tar -C "$root" -cf - --exclude=.venv --exclude=__pycache__ --exclude='*.pyc' --exclude=tests \
+tar -C "$root" -cf - --exclude=.venv --exclude=node_modules --exclude=__pycache__ --exclude='*.pyc' --exclude=tests \
     --exclude=.pytest_cache --exclude=.mypy_cache --exclude=.ruff_cache \
     pyproject.toml uv.lock libs services infra/hypha-server | tar -C "$context/workspace" -xf -
 cp -p "$uv_bin" "$context/uv"

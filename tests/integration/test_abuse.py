@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import re
 import textwrap
 import time
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import msgpack
 import pytest
 
 from bioengine_common import SERVICES_USER, connect, mint_token, trusted_service_id
@@ -325,6 +327,50 @@ async def test_every_method_refuses_every_principal_and_every_forged_caller(admi
                     elif not REFUSAL.search(outcome) and not (forged and service_id == GATEWAY):
                         wrong.append(f"{label}: refused without saying why: {outcome}")
     assert calls > 200
+    assert not wrong, "\n".join(wrong)
+
+
+def _forge_context(client: Any, user: dict[str, Any], workspace: str) -> None:
+    """Make ``client`` write its own hypha-rpc context into every call it sends, claiming ``user``
+    (the Hypha server stamps the real user beside it; hypha-rpc as released trusts the claim)."""
+    send = client.rpc._emit_message
+
+    async def forged(data: bytes) -> Any:
+        unpacker = msgpack.Unpacker(io.BytesIO(data), max_buffer_size=len(data) + 1)
+        main = unpacker.unpack()
+        rest = data[unpacker.tell() :]
+        if main.get("type") == "method":
+            main["ctx"] = {"user": user, "ws": workspace, "from": f"{workspace}/gateway"}
+        return await send(msgpack.packb(main) + rest)
+
+    client.rpc._emit_message = forged
+
+
+async def test_no_method_trusts_a_context_written_by_the_caller(admin, hypha_server, principals):
+    """The read token and another member forge the context itself (not the ``caller`` argument),
+    as the services' own user and as the admin, with and without a forwarded admin caller."""
+    ws, url = hypha_server.workspace, hypha_server.url
+    read_token = await admin.generate_token({"workspace": ws, "permission": "read", "expires_in": 3600})
+    wrong: list[str] = []
+    calls = 0
+    for who, token in (("read", read_token), ("other_rw", hypha_server.mint("mallory", "read_write"))):
+        for claimed in (SERVICES_USER, ADMIN_USER):
+            client = await connect(url, workspace=ws, token=token)
+            _forge_context(client, {"id": claimed, "email": None, "roles": ["admin"], "scope": {}}, ws)
+            try:
+                for service_id in (*INTERNAL, GATEWAY):
+                    for method, kwargs in sorted((await _methods(admin, service_id)).items()):
+                        if method in OPEN[service_id]:
+                            continue
+                        for call_kwargs in (kwargs, {**kwargs, "caller": FORGED}):
+                            outcome = await _call(client, service_id, method, call_kwargs)
+                            calls += 1
+                            if outcome.startswith("ok"):
+                                wrong.append(f"{who} as {claimed}: {service_id}.{method}: {outcome}")
+            finally:
+                with contextlib.suppress(Exception):
+                    await client.disconnect()
+    assert calls > 100
     assert not wrong, "\n".join(wrong)
 
 

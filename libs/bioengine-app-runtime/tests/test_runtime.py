@@ -218,6 +218,8 @@ async def test_the_proxy_connects_and_registers_anew_when_hypha_rpc_gives_up(mon
     )  # fmt: skip
     proxy.server, proxy.service_id, proxy.error, proxy.connected = None, None, None, False
     proxy.registrations, proxy.ongoing, proxy.client_id = 0, 0, "app-x-r1"
+    proxy.peers = _proxy.PeerConnections("ws", proxy.service_api, proxy._ice_servers)
+    proxy.rtc_service_id, proxy.rtc_error = None, None
     task = asyncio.create_task(proxy._register())
 
     async def until(condition: Any, timeout: float = 5.0) -> None:
@@ -229,6 +231,7 @@ async def test_the_proxy_connects_and_registers_anew_when_hypha_rpc_gives_up(mon
     try:
         await until(lambda: proxy.registrations == 1)
         assert proxy.connected and proxy.service_id == "ws/app-x-r1:app-x"
+        assert proxy.rtc_service_id == "ws/app-x-r1:app-x-rtc" and proxy.rtc_error is None
         servers[0].rpc._connection._closed = True  # the server refused hypha-rpc's reconnect
         await until(lambda: not proxy.connected)
         assert "gave up" in proxy.error
@@ -379,6 +382,7 @@ async def test_the_proxy_takes_on_new_rules_limit_and_methods_in_place():
     )
     proxy.entry, proxy.server, proxy.connected, proxy.error, proxy.ongoing = Handle(), Server(), True, None, 0
     proxy.semaphore = _proxy.asyncio.Semaphore(10)
+    proxy.peers = _proxy.PeerConnections("ws", proxy.service_api, None)  # type: ignore[arg-type]
     same = proxy.spec.user_config()
     await proxy.reconfigure(same)  # Serve's first call after __init__: nothing to do
     assert proxy.server.registered == []
@@ -391,5 +395,6 @@ async def test_the_proxy_takes_on_new_rules_limit_and_methods_in_place():
         proxy.spec = proxy.spec.model_copy(update={"methods": [_builder.MethodSpec(name="ping")]})
         await proxy.service_api()["ping"](context={"user": {"id": "bob"}})
     await proxy.reconfigure({**proxy.spec.user_config(), "methods": [{"name": "ping"}, {"name": "run"}]})
-    assert proxy.server.registered == [["get_load", "ping", "run"]]  # registered again, same connection
+    # registered again, same connection
+    assert proxy.server.registered == [["get_load", "get_num_pcs", "get_rtc_service_id", "ping", "run"]]
     assert api["id"] == "app-x"

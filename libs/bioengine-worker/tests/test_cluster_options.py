@@ -24,6 +24,8 @@ NON_DEFAULT: dict[str, Any] = {
     "head_num_gpus": 1.0,
     "head_memory_in_gb": 8.0,
     "object_store_memory_in_gb": 2.0,
+    "app_sandbox": "on",
+    "app_sandbox_hide": [Path("/data/private")],
     "run_code_caller_check": 2.0,
     "run_code_caller_grace": 30.0,
     "slurm_worker_cpus": 4,

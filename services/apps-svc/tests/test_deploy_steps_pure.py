@@ -356,3 +356,17 @@ def test_discovered_specs_are_kept_by_code_entry_and_sdk_version():
     assert specs.get("hash-1", "m:A", "0.1.0") == spec
     specs.put("hash-4", "m:A", "", spec)  # no SDK version: nothing to key it on
     assert specs.get("hash-4", "m:A", "") is None
+
+
+def test_a_token_of_the_services_own_user_is_never_given_to_an_app():
+    from bioengine_apps._deploy import token_owner_problem
+    from bioengine_common import SERVICES_USER, mint_token
+
+    services = mint_token("secret", SERVICES_USER, "ws", "read_write")
+    someone = mint_token("secret", "alice", "ws", "read_write")
+    problem = token_owner_problem(services, {SERVICES_USER, "other-service-user"})
+    assert problem and SERVICES_USER in problem and "act as a worker service" in problem
+    assert "secret" not in problem and services not in problem  # never the token itself
+    assert token_owner_problem(someone, {SERVICES_USER}) is None
+    assert token_owner_problem(None, {SERVICES_USER}) is None
+    assert token_owner_problem("not-a-jwt", {SERVICES_USER}) is None  # Hypha judges it when used

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from bioengine_cluster._status import gpu_summary, summarize, without_float_noise
+from bioengine_cluster._status import UsageHistory, gpu_summary, summarize, without_float_noise
 
 GIB = 1024**3
 
@@ -52,3 +52,33 @@ def test_gpu_summary_says_no_gpus_once_or_counts_them():
 def test_without_float_noise_keeps_real_figures():
     value = {"a": [0.1 + 0.2, 1715000000.123456], "b": 3, "c": "x", "d": (1.0 - 0.9,)}
     assert without_float_noise(value) == {"a": [0.3, 1715000000.12], "b": 3, "c": "x", "d": [0.1]}
+
+
+def test_usage_history_keeps_one_point_per_interval_for_the_last_hour():
+    history = UsageHistory(interval=30.0, keep=120)
+    available = {"n1": {"CPU": 3.0, "memory": 1.0 * GIB, "object_store_memory": 2.5 * GIB}}
+    kept = [
+        history.add(summarize([raw_node("n1", 4.0, head=True)], available, [], t)) for t in range(0, 4000, 10)
+    ]
+    assert kept[:4] == [True, False, False, True]  # one sample in three, every 30 s
+    points = history.dump()
+    assert len(points) == 120 and points[-1]["at"] - points[0]["at"] == 119 * 30
+    assert points[-1] == {
+        "at": 3990,
+        "used_cpu": 1.0,
+        "total_cpu": 4.0,
+        "used_gpu": 0.0,
+        "total_gpu": 0.0,
+        "used_memory_gb": 5.12,
+        "total_memory_gb": 6.12,
+        "pending_demand": 0,
+    }
+    json.dumps(points)  # plain figures, for get_status
+
+
+def test_usage_history_refuses_nonsense_settings():
+    import pytest
+
+    for interval, keep in ((0, 10), (30, 0)):
+        with pytest.raises(ValueError, match="interval must be > 0"):
+            UsageHistory(interval=interval, keep=keep)

@@ -151,3 +151,28 @@ def test_refresh_sees_added_changed_and_removed(tmp_path):
     assert registry.datasets["one"].manifest.name == "One again"
     (tmp_path / "one" / "manifest.yaml").unlink()
     assert registry.refresh() == (set(), {"one"})
+
+
+def test_sizes_are_measured_once_then_again_when_due_or_changed(tmp_path):
+    folder = tmp_path / "cells"
+    (folder / "img.zarr" / "c" / "0").mkdir(parents=True)
+    (folder / "manifest.yaml").write_text("name: Cells\n")
+    (folder / "img.zarr" / "zarr.json").write_bytes(b"x" * 100)
+    (folder / "img.zarr" / "c" / "0" / "0").write_bytes(b"y" * 1000)
+    (folder / "link").symlink_to(tmp_path)  # not followed: no loop, not counted twice
+    registry = DatasetRegistry(tmp_path)
+    registry.refresh()
+    assert registry.size_of("cells") is None and "size_bytes" not in registry.datasets["cells"].info()
+    manifest_bytes = (folder / "manifest.yaml").stat().st_size
+    assert registry.measure_sizes(max_age=300, now=1000.0) == ["cells"]
+    assert registry.size_of("cells") == 1100 + manifest_bytes
+    assert registry.datasets["cells"].info(registry.size_of("cells"))["size_bytes"] == 1100 + manifest_bytes
+    (folder / "img.zarr" / "c" / "0" / "1").write_bytes(b"z" * 50)
+    assert registry.measure_sizes(max_age=300, now=1100.0) == []  # not due yet: the old figure
+    assert registry.size_of("cells") == 1100 + manifest_bytes
+    assert registry.measure_sizes(max_age=300, now=1300.0) == ["cells"]
+    assert registry.size_of("cells") == 1150 + manifest_bytes
+    (folder / "manifest.yaml").write_text("name: Cells, renamed\n")
+    os.utime(folder / "manifest.yaml", (2000.0, 2000.0))
+    registry.refresh()  # a changed dataset is measured afresh
+    assert registry.size_of("cells") is None

@@ -10,6 +10,12 @@ deployment's Serve ``user_config``: an update of them reaches the running replic
 ``reconfigure`` (new methods are registered again on the same connection), so the app keeps
 its replica and its Hypha service id.
 
+WebRTC: next to it each replica registers ``<application_id>-rtc`` (:mod:`._rtc`), through
+which a caller opens a peer connection and calls the same methods, checked the same way (as the
+identity Hypha vouched for when the peer connection was offered) and within the same call
+limit. Registering it may fail (aiortc missing, say): the replica then only warns, keeps its
+websocket service and reports the reason (``webrtc_error``).
+
 Hypha outages: hypha-rpc reconnects and registers the service again by itself. A watch makes
 sure of it: when hypha-rpc gives up (the server refused the reconnect), when the connection
 stays down while the server answers its readiness check, or when the service is missing after
@@ -28,9 +34,10 @@ from typing import Any
 
 from ray import serve
 
-from bioengine_common import connect, is_authorized
+from bioengine_common import connect, continue_trace, is_authorized
 
 from . import kv
+from ._rtc import PeerConnections, ice_servers_for, rtc_service_name
 from ._spec import PROXY_CONFIG_FIELDS, MethodSpec, ProxySpec
 
 logger = logging.getLogger("ray.serve")
@@ -90,13 +97,21 @@ class BioEngineProxy:
         context = serve.get_replica_context()
         self.replica_id = context.replica_id.unique_id
         self.client_id = f"{self.spec.application_id}-{self.replica_id}"
+        self.peers = PeerConnections(self.spec.workspace, self.service_api, self._ice_servers)
+        self.rtc_service_id: str | None = None
+        self.rtc_error: str | None = None
         self._registering = asyncio.get_running_loop().create_task(self._register())
 
     # ---- Hypha -----------------------------------------------------------------------------------
-    def _function(self, method: MethodSpec) -> Any:
+    def _function(self, method: MethodSpec, trusted: dict[str, Any] | None = None) -> Any:
+        """The Hypha function of one method. ``trusted``: over WebRTC, the context every call is
+        checked as (the caller of the peer connection's offer); over the websocket, None (the
+        context Hypha gives each call)."""
         target = getattr(self.entry, method.name)  # one handle method per exposed method
 
         async def call(*args: Any, context: dict | None = None, **kwargs: Any) -> Any:
+            if trusted is not None:
+                context = trusted  # never what a peer's message says
             user = (context or {}).get("user") or {}
             # The rule of the moment: reconfigure may have changed it since registration.
             if not is_authorized(user, method_rule(self.spec.authorized_users, method.name)):
@@ -115,7 +130,12 @@ class BioEngineProxy:
             async with self.semaphore:
                 self.ongoing += 1
                 try:
-                    return await target.remote(*args, **kwargs)
+                    # A trace per app call (exported when Serve's tracing is on, see
+                    # bioengine_common.tracing); Serve carries it into the replica.
+                    with continue_trace(
+                        f"app.{method.name}", None, **{"bioengine.app": self.spec.application_id}
+                    ):
+                        return await target.remote(*args, **kwargs)
                 finally:
                     self.ongoing -= 1
 
@@ -124,7 +144,8 @@ class BioEngineProxy:
             call.__schema__ = method.json_schema  # type: ignore[attr-defined]
         return call
 
-    def service_api(self) -> dict[str, Any]:
+    def service_api(self, trusted: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The app's service: over the websocket (``trusted`` None) or one WebRTC peer's."""
         api: dict[str, Any] = {
             "id": self.spec.application_id,
             "name": self.spec.application_id,
@@ -133,14 +154,52 @@ class BioEngineProxy:
             "config": {"visibility": "public", "require_context": True},
         }
         for method in self.spec.methods:
-            api[method.name] = self._function(method)
+            api[method.name] = self._function(method, trusted)
 
         def get_load(context: dict | None = None) -> float:
             """Share of max_ongoing_requests in use (0-1), for Hypha's load balancing."""
             return self.ongoing / max(self.spec.max_ongoing_requests, 1)
 
+        def get_num_pcs(context: dict | None = None) -> int:
+            """Number of open WebRTC peer connections of this replica."""
+            return self.peers.count()
+
+        def get_rtc_service_id(context: dict | None = None) -> str | None:
+            """Id of this replica's WebRTC service (None when it is not registered)."""
+            return self.rtc_service_id
+
         api["get_load"] = get_load
+        api["get_num_pcs"] = get_num_pcs
+        api["get_rtc_service_id"] = get_rtc_service_id
         return api
+
+    async def _ice_servers(self) -> list[dict[str, Any]]:
+        """deploy_app's ice_servers (kept with the app's secrets: TURN credentials), or the default."""
+        secrets = await asyncio.to_thread(kv.get_json, kv.secrets_key(self.spec.application_id))
+        return ice_servers_for((secrets or {}).get("ice_servers"), self.spec.server_url)
+
+    async def _register_rtc(self) -> None:
+        """Register ``<application_id>-rtc``; a failure only warns (the app stays reachable over
+        the websocket) and is reported as ``webrtc_error``."""
+        try:
+            import aiortc  # noqa: F401
+
+            info = await self.server.register_service(
+                {
+                    "id": rtc_service_name(self.spec.application_id),
+                    "name": f"{self.spec.application_id} (WebRTC)",
+                    "description": f"WebRTC peer connections to BioEngine app '{self.spec.application_id}'",
+                    "config": {"visibility": "public", "require_context": True},
+                    "offer": self.peers.offer,
+                },
+                {"overwrite": True},
+            )
+            self.rtc_service_id, self.rtc_error = str(info["id"]), None
+            logger.info("Registered WebRTC service %s", self.rtc_service_id)
+        except Exception as exc:
+            self.rtc_service_id = None
+            self.rtc_error = f"WebRTC service not registered: {type(exc).__name__}: {exc}"
+            logger.warning("%s; the app stays reachable over the websocket", self.rtc_error)
 
     async def _register(self) -> None:
         """Connect and register, then watch the connection; start over (with backoff) whenever
@@ -178,6 +237,7 @@ class BioEngineProxy:
         self.service_id, self.error, self.connected = str(info["id"]), None, True
         self.registrations += 1
         logger.info("Registered Hypha service %s", self.service_id)
+        await self._register_rtc()
 
     async def _drop_connection(self) -> None:
         server, self.server = self.server, None
@@ -246,6 +306,8 @@ class BioEngineProxy:
             except Exception as exc:  # the watch connects anew if the connection is gone
                 self.error = f"registering the new methods failed: {type(exc).__name__}: {exc}"
                 logger.warning("%s", self.error)
+        if methods_changed:
+            self.peers.refresh()
 
     async def check_health(self) -> None:
         if self.service_id is None and time.monotonic() - self.started > REGISTER_GRACE_S:
@@ -256,7 +318,9 @@ class BioEngineProxy:
         return {
             "replica_id": self.replica_id,
             "websocket_service_id": self.service_id,
-            "webrtc_service_id": None,
+            "webrtc_service_id": self.rtc_service_id,
+            "webrtc_error": self.rtc_error,
+            "webrtc_peers": self.peers.count(),
             "error": self.error,
             "connected": self.connected,
             "registrations": self.registrations,
@@ -266,4 +330,5 @@ class BioEngineProxy:
 
     async def __del__(self) -> None:
         self._registering.cancel()
+        await self.peers.close_all()
         await self._drop_connection()

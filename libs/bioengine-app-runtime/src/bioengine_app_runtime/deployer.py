@@ -24,18 +24,27 @@ class AppDeployer:
     def ping(self) -> int:
         return os.getpid()
 
-    def deploy(self, spec: dict[str, Any]) -> dict[str, Any]:
-        """Build the app of ``spec`` and start deploying it; return what the build found."""
+    def deploy(self, spec: dict[str, Any], telemetry: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Build the app of ``spec`` and start deploying it; return what the build found.
+        ``telemetry`` (a trace carrier): the build and submission are a span of that trace."""
         from ray import serve
+
+        from bioengine_common.tracing import remote_span
 
         from ._builder import build
 
-        started = time.perf_counter()
-        app = build(spec)
-        built = time.perf_counter()
-        serve.run_many(
-            [serve.RunTarget(app, name=spec["application_id"], route_prefix=None)],
-            wait_for_ingress_deployment_creation=False,
-            wait_for_applications_running=False,
-        )
+        with remote_span(
+            "app_deployer.deploy",
+            telemetry,
+            "bioengine-app-deployer",
+            application_id=spec.get("application_id"),
+        ):
+            started = time.perf_counter()
+            app = build(spec)
+            built = time.perf_counter()
+            serve.run_many(
+                [serve.RunTarget(app, name=spec["application_id"], route_prefix=None)],
+                wait_for_ingress_deployment_creation=False,
+                wait_for_applications_running=False,
+            )
         return {"build_s": built - started, "submit_s": time.perf_counter() - built, "pid": os.getpid()}

@@ -1,7 +1,8 @@
 """Shared foundation of the BioEngine services.
 
 Settings, logging, permissions, errors, the Hypha connection, the service lifecycle, telemetry
-and joining a Ray cluster as a driver. The local stack's infrastructure (the embedded Hypha
+and joining a Ray cluster as a driver. Prometheus metrics are in
+:mod:`bioengine_common.metrics`. The local stack's infrastructure (the embedded Hypha
 server, a Ray head of our own) is in :mod:`bioengine_common.local_stack`; test fixtures in
 :mod:`bioengine_common.testing` (a pytest plugin), exceptions in :mod:`bioengine_common.errors`.
 """
@@ -23,7 +24,7 @@ from ._permissions import (
 from ._processes import free_port, spawn, stop_process, wait_for_port
 from ._ray import check_token_file, connect_driver, disconnect_driver, ray_environment, scrub_environment
 from ._settings import ENV_PREFIX, ServiceSettings, build_parser, load_settings
-from ._telemetry import setup_telemetry, traced
+from ._telemetry import continue_trace, current_trace_context, flush_spans, setup_telemetry, traced
 from ._tokens import mint_token, token_claims
 from .errors import (
     AppFailed,
@@ -63,10 +64,13 @@ __all__ = [
     "check_token_file",
     "connect",
     "connect_driver",
+    "continue_trace",
     "create_context",
     "create_logger",
+    "current_trace_context",
     "disconnect_driver",
     "error_summary",
+    "flush_spans",
     "forwarded_caller",
     "free_port",
     "from_remote",

@@ -13,6 +13,7 @@ from typing import Any
 
 from hypha_rpc import connect_to_server
 
+from . import _trusted_context
 from ._aio import within
 from ._settings import ServiceSettings
 from .errors import ConnectionLost, ServiceUnavailable, error_summary
@@ -29,7 +30,12 @@ async def connect(
     method_timeout: float = 30.0,
     timeout: float = 20.0,
 ) -> Any:
-    """Connect to a Hypha server; failures become :class:`ServiceUnavailable` with the reason."""
+    """Connect to a Hypha server; failures become :class:`ServiceUnavailable` with the reason.
+
+    Every connection of the process takes the context of a call only from what the Hypha
+    server stamps on it (see :mod:`bioengine_common._trusted_context`).
+    """
+    _trusted_context.install()
     config: dict[str, Any] = {"server_url": server_url, "method_timeout": method_timeout}
     if workspace:
         config["workspace"] = workspace

@@ -19,7 +19,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from hypha_rpc.utils.schema import schema_method
@@ -29,8 +29,9 @@ from ._hypha import HyphaConnection
 from ._logging import create_logger
 from ._permissions import check_permissions, is_authorized, resolve_context
 from ._settings import ServiceSettings, load_settings
-from ._telemetry import setup_telemetry, traced
+from ._telemetry import OTLP_ENDPOINT_VARIABLE, exporter_for, flush_spans, setup_telemetry, traced
 from .errors import ConnectionLost, InvalidRequest, PermissionDenied, ServiceUnavailable
+from .metrics import REGISTRY, ScrapeCollector, caller_kind, metered, serve_metrics
 
 __all__ = ["EXIT_CONNECTION_LOST", "EXIT_FAILURE", "EXIT_WORKER_STOP", "BioEngineService", "CallerField"]
 
@@ -93,6 +94,13 @@ class BioEngineService:
         #: True while cleaning up after the Hypha connection was lost for good: the process is
         #: restarted by its supervisor, so :meth:`cleanup` leaves running what users deployed.
         self.leaving_for_successor = False
+        #: The OTLP collector of this process's spans (--otlp-endpoint or the standard variable),
+        #: for the parts of a request that run in Ray (see ``bioengine_common.tracing``).
+        self.otlp_endpoint = exporter_for(settings.telemetry_exporter, settings.otlp_endpoint)[1]
+        #: Where Prometheus scrapes this service (None without --metrics-port).
+        self.metrics_url: str | None = None
+        self._metrics_server: Any = None
+        self._collector: ScrapeCollector | None = None
 
     # ---- hooks for subclasses -------------------------------------------------------------
     async def initialize(self) -> None:
@@ -113,6 +121,11 @@ class BioEngineService:
     def is_ready(self) -> bool:
         """Registered and able to do its job; subclasses add their own conditions."""
         return self.ready
+
+    def collect_metrics(self) -> Iterable[Any]:
+        """Gauges read at each Prometheus scrape (``bioengine_common.metrics.gauge`` families);
+        runs in the metrics server's thread, so it reads state and never awaits."""
+        return ()
 
     # ---- helpers for RPC methods --------------------------------------------------------------
     def caller_context(self, context: Any, caller: Any) -> dict[str, Any]:
@@ -208,17 +221,44 @@ class BioEngineService:
 
         return guarded
 
+    def _caller_kind(self, context: Any, caller: Any) -> str:
+        return caller_kind(context, caller, self.admin_users, self.trusted_callers)
+
     def rpc_methods(self) -> dict[str, Callable[..., Any]]:
-        """Every ``@schema_method`` of this object, each wrapped in a tracing span and in the
-        check that only the worker's own services pass a caller on."""
+        """Every ``@schema_method`` of this object, each wrapped in a tracing span, in the check
+        that only the worker's own services pass a caller on, and (with --metrics-port) in the
+        Prometheus metrics."""
         methods = {}
         for attr in dir(type(self)):
             if attr.startswith("_"):
                 continue
             function = getattr(type(self), attr, None)
             if callable(function) and hasattr(function, "__schema__"):
-                methods[attr] = self._guarded(traced(getattr(self, attr), f"{self.service_id}.{attr}"))
+                method = self._guarded(traced(getattr(self, attr), f"{self.service_id}.{attr}"))
+                if self.settings.metrics_port is not None:  # counted only where someone can scrape
+                    method = metered(method, self.service_id, attr, self._caller_kind)
+                methods[attr] = method
         return methods
+
+    def _start_metrics(self) -> None:
+        """The Prometheus endpoint, when --metrics-port is set; the gauges of
+        :meth:`collect_metrics` join the process's registry."""
+        self._collector = ScrapeCollector(self.collect_metrics)
+        REGISTRY.register(self._collector)
+        if self.settings.metrics_port is None:
+            return
+        self._metrics_server, port = serve_metrics(self.settings.metrics_host, self.settings.metrics_port)
+        self.metrics_url = f"http://{self.settings.metrics_host}:{port}/metrics"
+        self.logger.info("Prometheus metrics at %s", self.metrics_url)
+
+    def _stop_metrics(self) -> None:
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
+            self._metrics_server = None
+        if self._collector is not None:
+            REGISTRY.unregister(self._collector)
+            self._collector = None
 
     # ---- lifecycle ---------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -240,6 +280,7 @@ class BioEngineService:
         tasks: list[asyncio.Task[Any]] = []
         code = 0
         try:
+            self._start_metrics()
             await self.initialize()
             await self.hypha.connect()
             for identity in (self.hypha.user.get("id"), self.hypha.user.get("email")):
@@ -285,13 +326,20 @@ class BioEngineService:
             except Exception:
                 self.logger.exception("Cleanup of %s failed", self.service_id)
             await self.hypha.disconnect()
+            self._stop_metrics()
+            await asyncio.to_thread(flush_spans)
         return code
 
     @classmethod
     def main(cls, argv: Sequence[str] | None = None) -> None:
         """Console entry point: settings from flags and environment, then :meth:`run`."""
         settings = load_settings(cls.settings_model, argv, prog=cls.service_id, description=cls.description)
-        setup_telemetry(cls.service_id, settings.telemetry_exporter)
+        exporter, endpoint = exporter_for(settings.telemetry_exporter, settings.otlp_endpoint)
+        if endpoint:
+            # The standard variable, for what this process starts: a Ray head (every Ray worker,
+            # app replicas included, inherits it) and Ray Serve's tracing hook.
+            os.environ[OTLP_ENDPOINT_VARIABLE] = endpoint
+        setup_telemetry(cls.service_id, exporter, endpoint)
         code = asyncio.run(cls(settings).run())
         logging.shutdown()
         # Skip interpreter teardown: hypha-rpc leaves background tasks that delay exit.

@@ -116,6 +116,31 @@ class _ContextFilter(logging.Filter):
         return True
 
 
+class TraceIdSuffix(logging.Filter):
+    """For log lines this package does not format (Ray workers: the run_code task, the app
+    deployer, app replicas, user code): `` [trace=<id>]`` after each record made while a span is
+    current, so those lines join the request's trace too. Once per record, whatever the number
+    of handlers it passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "_trace_suffixed", False) or hasattr(record, "trace_id"):
+            return True  # already suffixed, or one of ours (its format has the trace id)
+        trace_id = _trace_id()
+        if trace_id != "-":
+            record.msg, record.args = f"{record.getMessage()} [trace={trace_id}]", None
+        record._trace_suffixed = True
+        return True
+
+
+def trace_ids_in_process_logs() -> None:
+    """Add :class:`TraceIdSuffix` to every handler of the root, ``ray`` and ``ray.serve`` loggers
+    of this process (idempotent; cheap enough to call on each request)."""
+    for name in (None, "ray", "ray.serve"):
+        for handler in logging.getLogger(name).handlers:
+            if not any(isinstance(f, TraceIdSuffix) for f in handler.filters):
+                handler.addFilter(TraceIdSuffix())
+
+
 def create_logger(
     name: str,
     level: int | str = logging.INFO,

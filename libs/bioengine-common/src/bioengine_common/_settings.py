@@ -64,6 +64,24 @@ class ServiceSettings(BaseModel):
     telemetry_exporter: Literal["none", "console", "otlp"] = Field(
         "none", description="Where OpenTelemetry spans go: nowhere, stderr, or OTLP over HTTP."
     )
+    otlp_endpoint: str | None = Field(
+        None,
+        description="Base URL of an OpenTelemetry collector taking OTLP over HTTP (e.g. "
+        "http://127.0.0.1:4318; spans go to <url>/v1/traces); setting it turns the otlp exporter "
+        "on. The standard OTEL_EXPORTER_OTLP_ENDPOINT variable does the same.",
+    )
+    metrics_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Port of the Prometheus endpoint (http://<metrics-host>:<port>/metrics); "
+        "0: any free port (logged); unset: no endpoint.",
+    )
+    metrics_host: str = Field(
+        "127.0.0.1",
+        description="Address the Prometheus endpoint listens on; loopback by default (the metrics "
+        "need no token: expose them beyond the machine only to your scraper).",
+    )
     reconnect_timeout: float = Field(
         0.0,
         ge=0,
@@ -90,6 +108,11 @@ class ServiceSettings(BaseModel):
         if self.log_file:
             return Path(self.log_file).expanduser()
         return self.workspace_dir.expanduser() / "logs" / f"{service_name}.log"
+
+    def default_apps_dir(self) -> Path:
+        """Where bioengine-apps keeps app code and HOME dirs unless ``--apps-dir`` says otherwise;
+        a sandboxed Ray head keeps it visible to app code inside the hidden workspace dir."""
+        return self.workspace_dir.expanduser() / "apps"
 
     def token_value(self) -> str | None:
         return self.token.get_secret_value() if self.token else None

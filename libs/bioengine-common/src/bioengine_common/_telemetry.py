@@ -7,9 +7,11 @@ request through gateway and service is one trace.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
-from collections.abc import Callable, Mapping
+import os
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Literal
 
 from opentelemetry import propagate, trace
@@ -24,21 +26,56 @@ from opentelemetry.sdk.trace.export import (
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Status, StatusCode
 
+from ._logging import trace_ids_in_process_logs
 from .errors import ConfigurationError
 
-__all__ = ["setup_telemetry", "traced"]
+__all__ = [
+    "OTLP_ENDPOINT_VARIABLE",
+    "continue_trace",
+    "current_trace_context",
+    "exporter_for",
+    "flush_spans",
+    "otlp_traces_url",
+    "remote_span",
+    "serve_span_processors",
+    "serve_tracing_config",
+    "setup_telemetry",
+    "trace_carrier",
+    "traced",
+]
+
+#: The standard variable for the collector's base URL (OTLP over HTTP).
+OTLP_ENDPOINT_VARIABLE = "OTEL_EXPORTER_OTLP_ENDPOINT"
 
 ExporterName = Literal["none", "console", "otlp", "memory"]
 _TRACER_NAME = "bioengine"
 _provider: TracerProvider | None = None
 
 
-def setup_telemetry(service_name: str, exporter: ExporterName = "none") -> SpanExporter | None:
+def otlp_traces_url(endpoint: str) -> str:
+    """The traces URL of a collector's base URL, as the OTLP specification builds it."""
+    endpoint = endpoint.rstrip("/")
+    return endpoint if endpoint.endswith("/v1/traces") else f"{endpoint}/v1/traces"
+
+
+def exporter_for(exporter: str, otlp_endpoint: str | None) -> tuple[str, str | None]:
+    """The exporter and OTLP base URL from the settings: an endpoint (``--otlp-endpoint`` or
+    ``OTEL_EXPORTER_OTLP_ENDPOINT``) turns ``none`` into ``otlp``."""
+    endpoint = otlp_endpoint or os.environ.get(OTLP_ENDPOINT_VARIABLE) or None
+    if endpoint and exporter == "none":
+        exporter = "otlp"
+    return exporter, endpoint
+
+
+def setup_telemetry(
+    service_name: str, exporter: ExporterName | str = "none", otlp_endpoint: str | None = None
+) -> SpanExporter | None:
     """Install a tracer provider for this process and return its exporter.
 
     ``none`` still creates spans (their trace ids appear in log lines) but exports nothing;
     ``memory`` keeps finished spans in an :class:`InMemorySpanExporter` for tests; ``otlp``
-    needs the ``otlp`` extra of bioengine-common.
+    sends them to ``otlp_endpoint`` (a collector's base URL), else to where the standard
+    ``OTEL_EXPORTER_OTLP_*`` variables say.
     """
     provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
     span_exporter: SpanExporter | None = None
@@ -53,7 +90,7 @@ def setup_telemetry(service_name: str, exporter: ExporterName = "none") -> SpanE
                 "telemetry exporter 'otlp' needs opentelemetry-exporter-otlp-proto-http "
                 "(install bioengine-common[otlp])"
             ) from exc
-        span_exporter = OTLPSpanExporter()
+        span_exporter = OTLPSpanExporter(endpoint=otlp_traces_url(otlp_endpoint) if otlp_endpoint else None)
         provider.add_span_processor(BatchSpanProcessor(span_exporter))
     elif exporter == "memory":
         span_exporter = InMemorySpanExporter()
@@ -100,3 +137,109 @@ def traced(function: Callable[..., Any], span_name: str) -> Callable[..., Any]:
                 raise
 
     return wrapper
+
+
+def current_trace_context() -> dict[str, str]:
+    """The W3C trace context of the current span (``traceparent``...), to carry to another
+    process; empty outside a span."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier
+
+
+@contextlib.contextmanager
+def continue_trace(span_name: str, carrier: Mapping[str, str] | None, **attributes: Any) -> Iterator[Any]:
+    """A span named ``span_name`` whose parent is the span ``carrier`` came from (see
+    :func:`current_trace_context`); a new trace without one. For the parts of a request that run
+    in other processes: a Ray task, the app deployer, an app's replica."""
+    parent = propagate.extract(dict(carrier)) if carrier else None
+    trace_ids_in_process_logs()
+    with _tracer().start_as_current_span(span_name, context=parent, record_exception=True) as span:
+        for key, value in attributes.items():
+            if value is not None:
+                span.set_attribute(key, value)
+        try:
+            yield span
+        except Exception as exc:
+            span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+            raise
+
+
+_remote_providers: dict[tuple[str, str], TracerProvider] = {}
+
+
+def trace_carrier(otlp_endpoint: str | None) -> dict[str, Any] | None:
+    """What a Ray task or actor needs to continue the current trace and export its spans: the
+    W3C context and the collector's base URL; None when spans go nowhere (no OTLP endpoint)."""
+    endpoint = otlp_endpoint or os.environ.get(OTLP_ENDPOINT_VARIABLE)
+    if not endpoint:
+        return None
+    return {"trace": current_trace_context(), "otlp_endpoint": endpoint}
+
+
+@contextlib.contextmanager
+def remote_span(
+    name: str, carrier: Mapping[str, Any] | None, service_name: str, **attributes: Any
+) -> Iterator[Any]:
+    """In a Ray worker (the run_code task, the app deployer): a span named ``name`` continuing
+    the trace of ``carrier`` (see :func:`trace_carrier`), exported to the carrier's collector by
+    a provider of this process's own (a Ray worker is shared: the global one is left alone).
+    Without a carrier, nothing (yields None)."""
+    endpoint = (carrier or {}).get("otlp_endpoint")
+    if not endpoint:
+        yield None
+        return
+    key = (str(endpoint), service_name)
+    provider = _remote_providers.get(key)
+    if provider is None:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+        exporter = OTLPSpanExporter(endpoint=otlp_traces_url(str(endpoint)))
+        provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=1000))
+        _remote_providers[key] = provider
+    parent = propagate.extract(dict((carrier or {}).get("trace") or {}))
+    trace_ids_in_process_logs()
+    tracer = provider.get_tracer(_TRACER_NAME)
+    with tracer.start_as_current_span(name, context=parent, record_exception=True) as span:
+        for attribute, value in attributes.items():
+            if value is not None:
+                span.set_attribute(attribute, value)
+        try:
+            yield span
+        except Exception as exc:
+            span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+            raise
+
+
+def serve_span_processors() -> list[Any]:
+    """Ray Serve's tracing exporter hook (``TracingConfig.exporter_import_path``): the span
+    processors of every replica, to the collector of ``OTEL_EXPORTER_OTLP_ENDPOINT`` (which Ray
+    workers inherit from the head's environment)."""
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    trace_ids_in_process_logs()  # this runs in every replica: its log lines name the trace too
+    endpoint = os.environ.get(OTLP_ENDPOINT_VARIABLE)
+    exporter = OTLPSpanExporter(endpoint=otlp_traces_url(endpoint) if endpoint else None)
+    return [BatchSpanProcessor(exporter, schedule_delay_millis=1000)]
+
+
+def serve_tracing_config() -> dict[str, Any] | None:
+    """Serve's ``global_tracing_config`` when OTLP export is on (``OTEL_EXPORTER_OTLP_ENDPOINT``
+    set): every replica then continues the trace of the handle call that reached it (an app call
+    through its proxy), with :func:`serve_span_processors`. None otherwise."""
+    if not os.environ.get(OTLP_ENDPOINT_VARIABLE):
+        return None
+    return {
+        "enabled": True,
+        "exporter_import_path": f"{__name__.rsplit('.', 1)[0]}.tracing:serve_span_processors",
+        "sampling_ratio": 1.0,
+    }
+
+
+def flush_spans(timeout_s: float = 5.0) -> None:
+    """Export the finished spans now (a process that may end before its batch is sent)."""
+    provider = _provider or trace.get_tracer_provider()
+    force_flush = getattr(provider, "force_flush", None)
+    if force_flush is not None:
+        force_flush(int(timeout_s * 1000))

@@ -57,6 +57,19 @@ class ClusterOptions(BaseModel):
         None, gt=0, description="Object store size of the head (default: Ray's choice, 30% of RAM)."
     )
 
+    app_sandbox: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Start the Ray head, and in slurm mode each worker job, in Linux namespaces that "
+        "hide the workspace dir and the service processes from app code and run_code (see the "
+        "README's security model). auto: on where the kernel allows user namespaces, else off "
+        "with a warning in the status; on: refuse to start without it.",
+    )
+    app_sandbox_hide: list[Path] = Field(
+        default_factory=list,
+        description="More paths hidden from app code, e.g. the data folder of bioengine-datasets when it is outside the "
+        "workspace dir (one per value).",
+    )
+
     # ---- run_code ----
     run_code_caller_check: float = Field(
         5.0,

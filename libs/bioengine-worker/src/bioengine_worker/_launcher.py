@@ -123,6 +123,19 @@ class LauncherOptions(BaseModel):
     telemetry_exporter: Literal["none", "console", "otlp"] = Field(
         "none", description="OpenTelemetry exporter of every service."
     )
+    otlp_endpoint: str | None = Field(
+        None,
+        description="OTLP/HTTP collector base URL for every service's spans (turns the otlp "
+        "exporter on; OTEL_EXPORTER_OTLP_ENDPOINT does the same).",
+    )
+    metrics: bool = Field(
+        True,
+        description="Give each service a Prometheus endpoint on a free port of --metrics-host "
+        "(the URLs are printed and written to worker.json).",
+    )
+    metrics_host: str = Field(
+        "127.0.0.1", description="Address the services' Prometheus endpoints listen on (loopback)."
+    )
 
 
 class WorkerSettings(ClusterOptions, LauncherOptions):
@@ -233,6 +246,16 @@ class Launcher:
         #: The gateway's last status seen while starting (what the banner and a timeout report).
         self.last_status: dict[str, Any] | None = None
         self.gateway_id = ""
+        #: Service name -> port of its Prometheus endpoint (chosen once: kept across restarts).
+        self.metrics_ports: dict[str, int] = (
+            {name: free_port() for name, _ in SERVICES} if settings.metrics else {}
+        )
+
+    def metrics_urls(self) -> dict[str, str]:
+        """Where Prometheus scrapes each service (empty with --no-metrics)."""
+        host = self.settings.metrics_host
+        host = f"[{host}]" if ":" in host else host
+        return {name: f"http://{host}:{port}/metrics" for name, port in self.metrics_ports.items()}
 
     # ---- set-up ---------------------------------------------------------------------------------
     def _start_embedded(self) -> None:
@@ -297,7 +320,7 @@ class Launcher:
             if isinstance(value, list):
                 # A value starting with '-' would read as a flag: sbatch options go as '#SBATCH -...'.
                 flags += ["--" + name.replace("_", "-")]
-                flags += [f"#SBATCH {v}" if v.startswith("-") else v for v in value]
+                flags += [f"#SBATCH {v}" if str(v).startswith("-") else str(v) for v in value]
             elif value is not None:
                 # One word: a value starting with '-' (--slurm-gpu-flag --gpus={gpus}) stays a value.
                 flags.append("--" + name.replace("_", "-") + "=" + str(value))
@@ -314,6 +337,8 @@ class Launcher:
             "--telemetry-exporter",
             self.settings.telemetry_exporter,
         ]
+        if self.settings.otlp_endpoint:
+            common += ["--otlp-endpoint", self.settings.otlp_endpoint]
         if self.admin_users:
             common += ["--admin-users", *self.admin_users]
         if self.settings.debug:
@@ -323,6 +348,13 @@ class Launcher:
             argv = [sys.executable, "-m", module, *common]
             if name == "cluster":
                 argv += ["--mode", self.settings.mode, *self._cluster_flags()]
+            if name in self.metrics_ports:
+                argv += [
+                    "--metrics-port",
+                    str(self.metrics_ports[name]),
+                    "--metrics-host",
+                    self.settings.metrics_host,
+                ]
             if name == "apps" and self.settings.startup_applications:
                 argv += ["--startup-applications", self.settings.startup_applications]
 
@@ -426,6 +458,7 @@ class Launcher:
             "mode": self.settings.mode,
             "pid": os.getpid(),
             "token": self.admin_token,
+            "metrics": self.metrics_urls(),
         }
         _write_private(self.dir / CONNECTION_FILE, json.dumps(connection, indent=2))
         elapsed = _seconds(self.progress.elapsed())
@@ -456,6 +489,10 @@ class Launcher:
                 else None
             )
             lines.append(f"  Admin        : the owner of --token ({user})")
+        if self.metrics_ports:
+            lines.append(
+                "  Metrics      : " + ", ".join(f"{name} {url}" for name, url in self.metrics_urls().items())
+            )
         lines += [
             f"  Logs         : {self.dir / 'logs'}",
             *(

@@ -11,11 +11,12 @@ and its secrets, calls these steps, then saves and submits what they give.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 from bioengine_app_runtime import App06, AppSpec
+from bioengine_common import token_claims
 
 from ._state import AppRecord, split_env_vars
 
@@ -179,6 +180,25 @@ def resolve_env(
         plain, secret, masked = split_env_vars(env_vars)
     token = hypha_token if hypha_token is not None else old_secrets.get("hypha_token")
     return AppEnv(plain=plain, secret=secret, masked=masked, hypha_token=token)
+
+
+def token_owner_problem(hypha_token: str | None, service_users: Collection[str]) -> str | None:
+    """Why ``hypha_token`` must not be given to an app: it belongs to a user the services trust
+    to speak for callers (their own user, --trusted-callers), so the app could act as a worker
+    service. Read from the token's claims without verifying them: the Hypha server verifies the
+    token whenever it is used, and one that does not parse is left to it."""
+    if not hypha_token:
+        return None
+    try:
+        subject = token_claims(hypha_token).get("sub")
+    except ValueError:
+        return None
+    if subject in service_users:
+        return (
+            f"hypha_token belongs to '{subject}', a user the worker's services run as: an app "
+            "holding it could act as a worker service; give the app a token of its own"
+        )
+    return None
 
 
 def env_scope_problems(env: AppEnv, deployments: Iterable[str]) -> list[str]:

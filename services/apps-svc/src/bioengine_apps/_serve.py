@@ -69,7 +69,11 @@ class ServeAdapter:
         """Connect to Serve's controller, starting Serve (without HTTP proxies) if needed."""
         from ray.serve._private.api import serve_start
 
-        self._client = serve_start(proxy_location="Disabled")
+        from bioengine_common.tracing import serve_tracing_config
+
+        # With OTLP export on, Serve's own tracing carries an app call's trace from its proxy
+        # into the replica (it applies when this call starts Serve's controller).
+        self._client = serve_start(proxy_location="Disabled", global_tracing_config=serve_tracing_config())
 
     def forget(self) -> None:
         self._client = None
@@ -92,12 +96,16 @@ class ServeAdapter:
             raise RuntimeError("not connected to Serve")
         return self._client
 
-    def deploy(self, spec: dict[str, Any], timeout: float = 120.0) -> dict[str, Any]:
-        """Build and submit one app in the deployer actor; build errors are raised here."""
+    def deploy(
+        self, spec: dict[str, Any], timeout: float = 120.0, telemetry: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Build and submit one app in the deployer actor; build errors are raised here.
+        ``telemetry`` (a trace carrier) makes the build a span of the request's trace."""
         import ray
 
+        extra = (telemetry,) if telemetry else ()
         try:
-            return dict(ray.get(self.deployer().deploy.remote(spec), timeout=timeout))
+            return dict(ray.get(self.deployer().deploy.remote(spec, *extra), timeout=timeout))
         except ray.exceptions.RayActorError:
             self._deployer = None  # it died (e.g. the head restarted): make a new one next time
             raise

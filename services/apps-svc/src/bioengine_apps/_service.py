@@ -72,6 +72,7 @@ from bioengine_common import (
     within,
 )
 from bioengine_common.contracts import worker
+from bioengine_common.tracing import trace_carrier
 
 from ._artifacts import ArtifactStore, static_site_url
 from ._deploy import (
@@ -89,7 +90,10 @@ from ._deploy import (
     reusable_spec,
     secrets_revision,
     settle_unchanged,
+    token_owner_problem,
 )
+from ._metrics import ServeCounts, count_serve
+from ._metrics import families as metric_families
 from ._options import ice_server_problems, parse_startup_applications, scaling_problems
 from ._serve import ServeAdapter, enum_value, plain_message
 from ._state import (
@@ -271,6 +275,8 @@ class AppsService(BioEngineService):
         self.session: str | None = None
         #: Last status Serve reported for each app, and when: {app_id: (status, time)}.
         self.last_seen: dict[str, tuple[str, float]] = {}
+        #: Apps and replicas by state at the last look at Serve, for the Prometheus gauges.
+        self.serve_counts: ServeCounts | None = None
         self.artifact_probe: dict[str, Any] = {"ok": None, "reason": "not checked yet", "checked_at": None}
         self._artifact_probe_at = -1e9
         self._slow_probes = 0
@@ -296,7 +302,7 @@ class AppsService(BioEngineService):
 
     @property
     def apps_dir(self) -> Path:
-        return (self.settings.apps_dir or self.settings.workspace_dir / "apps").expanduser().resolve()
+        return (self.settings.apps_dir or self.settings.default_apps_dir()).expanduser().resolve()
 
     @property
     def artifacts(self) -> ArtifactStore:
@@ -527,7 +533,8 @@ class AppsService(BioEngineService):
         """Build and submit one app; record the outcome (the caller holds the lock)."""
         digest = spec_hash(record.spec)
         try:
-            outcome = await self._ray(self.serve.deploy, record.spec, timeout=150)
+            deploy = partial(self.serve.deploy, telemetry=trace_carrier(self.otlp_endpoint))
+            outcome = await self._ray(deploy, record.spec, timeout=150)
         except Exception as exc:
             record.failed_hash, record.last_error = digest, error_summary(exc)
             await self._save(record)
@@ -543,6 +550,7 @@ class AppsService(BioEngineService):
         """Make Serve run exactly the recorded apps (caller holds the lock)."""
         details = await self._ray(self.serve.details, timeout=SERVE_STATUS_TIMEOUT_S * 2)
         observed = self.serve.observed(details)
+        self.serve_counts = count_serve(details, list(self.records))
         now = time.time()
         for app_id, seen in observed.items():
             if app_id in self.records:
@@ -909,6 +917,9 @@ class AppsService(BioEngineService):
                 previous,
             )
             manifest, files, source = await self._load_app(artifact_id, request.version)
+            problem = token_owner_problem(hypha_token, self.trusted_callers)
+            if problem:
+                raise InvalidRequest(problem)
             old_secrets = await self._load_secrets(application_id)
             try:
                 env = resolve_env(application_env_vars, hypha_token, previous, old_secrets)
@@ -955,6 +966,8 @@ class AppsService(BioEngineService):
             new_secrets = {
                 "env": env.secret,
                 "hypha_token": env.hypha_token,
+                # The proxy's WebRTC service reads them at each offer (TURN credentials are secrets).
+                "ice_servers": request.ice_servers,
                 **await self._app_token(old_secrets),
             }
             spec = build_spec(
@@ -1207,6 +1220,7 @@ class AppsService(BioEngineService):
         serve_message = ""
         service_ids: list[dict[str, Any]] = []
         registration_error: str | None = None
+        webrtc_error: str | None = None
         if app is not None:
             serve_status, serve_message = enum_value(app.get("status")), plain_message(app.get("message"))
             for name, deployment in (app.get("deployments") or {}).items():
@@ -1229,6 +1243,7 @@ class AppsService(BioEngineService):
                             {k: info.get(k) for k in ("websocket_service_id", "webrtc_service_id")}
                         )
                     registration_error = info.get("error")
+                    webrtc_error = info.get("webrtc_error")
                 except Exception as exc:
                     registration_error = f"cannot reach the app's proxy: {error_summary(exc)}"
         build_failed = record.last_error and record.failed_hash == spec_hash(record.spec)
@@ -1248,6 +1263,7 @@ class AppsService(BioEngineService):
             message = f"{message}; {record.recovery_note}" if message else record.recovery_note
         result = self._status_fields(record, status, message, deployments, service_ids, full, reason)
         result["static_site_url"] = await self._static_site_url(record, service_ids)
+        result["webrtc_error"] = webrtc_error
         return result
 
     async def _static_site_url(self, record: AppRecord, service_ids: list[dict[str, Any]]) -> str | None:
@@ -1362,6 +1378,8 @@ class AppsService(BioEngineService):
             "deployments": deployments,
             "available_methods": record.methods,
             "service_ids": service_ids or [{"websocket_service_id": None, "webrtc_service_id": None}],
+            # Why the app's WebRTC service is not registered (the app still answers over the websocket).
+            "webrtc_error": None,
             "max_ongoing_requests": record.max_ongoing_requests,
             "application_resources": _rounded(record.resources),
             "start_time": record.start_time,
@@ -1460,6 +1478,9 @@ class AppsService(BioEngineService):
     # ---- service status ---------------------------------------------------------------------------------
     def is_ready(self) -> bool:
         return self.ready and self.connected
+
+    def collect_metrics(self) -> Any:
+        return metric_families(self.serve_counts, len(self.records))
 
     def status_details(self) -> dict[str, Any]:
         artifacts_ok = bool(self.artifact_probe["ok"])

@@ -76,7 +76,8 @@ class AppRecord(BaseModel):
     scaling: dict[str, dict[str, Any]] | None = None
     proxy_memory_in_gb: float | None = None
     debug: bool | None = None
-    #: deploy_app's ice_servers: kept for the app's WebRTC service (none on this worker yet).
+    #: deploy_app's ice_servers, as requested (inherited by an update); the proxy's WebRTC
+    #: service reads them from the app's secrets.
     ice_servers: list[dict[str, Any]] | None = None
     start_time: float = 0.0
     last_updated_at: float = 0.0

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from bioengine_common import ConfigurationError, ServiceUnavailable, check_token_file, connect_driver
-from bioengine_common.local_stack import HeadOptions, LocalHead, ensure_token_file
+from bioengine_common.local_stack import HeadOptions, LocalHead, Sandbox, ensure_token_file
 
 __all__ = ["NAMESPACE", "ClusterBackend", "ExternalBackend", "LocalHeadBackend"]
 
@@ -29,6 +29,8 @@ class ClusterBackend(abc.ABC):
     can_scale_up: ClassVar[bool] = False
     #: The cluster's Ray token file (token authentication), None without one.
     token_file: Path | None = None
+    #: What the cluster's Ray processes (app code) must not see; None: not sandboxed.
+    sandbox: Sandbox | None = None
 
     @property
     def auth_mode(self) -> str:
@@ -71,6 +73,10 @@ class ClusterBackend(abc.ABC):
     def describe(self) -> dict[str, Any]:
         return {}
 
+    def app_sandbox(self) -> dict[str, Any]:
+        """Whether app code runs hidden from the worker's files and processes, and why not."""
+        return {"enabled": False, "reason": "an external cluster: its own setup decides"}
+
 
 class LocalHeadBackend(ClusterBackend):
     starts_ray = True
@@ -82,8 +88,12 @@ class LocalHeadBackend(ClusterBackend):
         options: HeadOptions,
         logger: logging.Logger,
         token_file: Path | None = None,
+        sandbox_off: str | None = None,
     ):
+        """``sandbox_off``: why ``options.sandbox`` is None (reported in the status)."""
         self.mode = mode  # type: ignore[misc]
+        self.sandbox = options.sandbox
+        self.sandbox_off = sandbox_off
         # Created once and reused: a head adopted after a restart still has the same token.
         self.token_file = ensure_token_file(token_file) if token_file else None
         self.head = LocalHead(temp_dir, options, logger, token_file=self.token_file)
@@ -118,6 +128,11 @@ class LocalHeadBackend(ClusterBackend):
 
     def describe(self) -> dict[str, Any]:
         return self.head.describe()
+
+    def app_sandbox(self) -> dict[str, Any]:
+        if self.sandbox is None:
+            return {"enabled": False, "reason": self.sandbox_off}
+        return {"enabled": True, "hidden_paths": [str(path) for path in self.sandbox.plan()[0]]}
 
 
 class ExternalBackend(ClusterBackend):

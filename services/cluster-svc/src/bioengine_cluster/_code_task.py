@@ -101,6 +101,7 @@ def run_code_task(
     function_name: str,
     args: list[Any],
     kwargs: dict[str, Any],
+    telemetry: dict[str, Any] | None = None,
 ) -> Iterator[tuple[str, Any, int]]:
     """Yield ``("start", where, attempt)``, then ``("stdout"|"stderr", line, attempt)`` while the
     function runs, then ``("done", outcome, attempt)``; a function that ends within ``QUICK_S``
@@ -109,8 +110,39 @@ def run_code_task(
     ``attempt`` is Ray's attempt number of this execution (0 first, 1 after one retry...): when Ray
     retries the task after its worker was lost, the streamed items it already delivered are not
     delivered again, so the caller learns of the retry from the attempt of the next item.
+
+    With ``telemetry`` (a trace carrier) the run is a span of the caller's trace, where
+    bioengine-common is installed (an external cluster's node without it runs the code alike).
     """
+    with _span(telemetry) as span:
+        yield from _run(mode, code, func_bytes, function_name, args, kwargs, span)
+
+
+def _span(telemetry: dict[str, Any] | None) -> Any:
+    if telemetry:
+        try:
+            from bioengine_common.tracing import remote_span
+        except ImportError:
+            pass
+        else:
+            return remote_span("run_code.task", telemetry, "bioengine-run-code")
+    return contextlib.nullcontext()
+
+
+def _run(
+    mode: str,
+    code: str | None,
+    func_bytes: bytes | None,
+    function_name: str,
+    args: list[Any],
+    kwargs: dict[str, Any],
+    span: Any,
+) -> Iterator[tuple[str, Any, int]]:
     where = _where()
+    if span is not None:
+        span.set_attribute("ray.task.attempt", where["attempt"])
+        if where["node_id"]:
+            span.set_attribute("ray.node_id", str(where["node_id"]))
     attempt = where["attempt"]
     lines: queue.Queue[Any] = queue.Queue()
     out, err = _LineWriter("stdout", lines), _LineWriter("stderr", lines)

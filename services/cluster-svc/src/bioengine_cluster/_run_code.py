@@ -290,9 +290,11 @@ async def run_in_ray(
     caller_gone: Callable[[], Awaitable[str]] | None = None,
     run: dict[str, Any] | None = None,
     logger: logging.Logger | None = None,
+    telemetry: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Stream the task's output lines to the callbacks; cancel the task on timeout or when
-    ``caller_gone`` returns; say so when Ray retried it."""
+    ``caller_gone`` returns; say so when Ray retried it. ``telemetry`` (a trace carrier) makes
+    the task a span of the caller's trace."""
     import ray
 
     logger = logger or logging.getLogger(__name__)
@@ -301,7 +303,8 @@ async def run_in_ray(
         task = _remote_run_code_task()
         if options:  # .options() costs about 0.25 ms per call: only when there are some
             task = task.options(**options)
-        stream: Any = task.remote(mode, code, func_bytes, function_name, args, kwargs)
+        extra = (telemetry,) if telemetry else ()  # none: the task call is as before
+        stream: Any = task.remote(mode, code, func_bytes, function_name, args, kwargs, *extra)
     except Exception as exc:  # Ray's own check of the options
         raise InvalidRequest(f"invalid remote_options: {error_summary(exc)}") from exc
     outcome: dict[str, Any] = {}

@@ -10,6 +10,7 @@ import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from hypha_rpc.utils.schema import schema_method
@@ -27,7 +28,8 @@ from bioengine_common import (
     within,
 )
 from bioengine_common.contracts import worker
-from bioengine_common.local_stack import HeadOptions, short_temp_dir
+from bioengine_common.local_stack import HeadOptions, Sandbox, sandbox_unavailable, short_temp_dir
+from bioengine_common.tracing import trace_carrier
 
 from ._backends import (
     NAMESPACE,
@@ -36,9 +38,10 @@ from ._backends import (
     LocalHeadBackend,
 )
 from ._fit import ResourceRequest, check_fit, never_fits
+from ._metrics import families as metric_families
 from ._run_code import CallerWatch, RunCodeLog, parse_remote_options, run_in_ray
 from ._settings import ClusterSettings
-from ._status import ClusterSample, PendingDemand, gpu_summary, summarize, without_float_noise
+from ._status import ClusterSample, PendingDemand, UsageHistory, gpu_summary, summarize, without_float_noise
 from .slurm import SlurmAutoscaler, demand_of
 
 _GIB = 1024**3
@@ -59,7 +62,29 @@ def make_backend(settings: ClusterSettings, logger: Any) -> ClusterBackend:
         dashboard=settings.dashboard,
     )
     temp_dir = short_temp_dir(settings.ray_temp_dir or settings.workspace_dir / "ray")
-    return LocalHeadBackend(settings.mode, temp_dir, options, logger, settings.resolved_ray_token_file())
+    token_file = settings.resolved_ray_token_file()
+    sandbox, why_not = sandbox_for(settings, [temp_dir, *([token_file] if token_file else [])])
+    if why_not:
+        logger.warning("App code is not sandboxed: %s", why_not)
+    options.sandbox = sandbox
+    return LocalHeadBackend(settings.mode, temp_dir, options, logger, token_file, sandbox_off=why_not)
+
+
+def sandbox_for(settings: ClusterSettings, ray_paths: list[Path]) -> tuple[Sandbox | None, str | None]:
+    """The sandbox of this worker's Ray processes (hide the workspace dir and --app-sandbox-hide;
+    keep Ray's own files and the apps' dirs), or None and why not."""
+    if settings.app_sandbox == "off":
+        return None, "--app-sandbox off"
+    unavailable = sandbox_unavailable()
+    if unavailable:
+        if settings.app_sandbox == "on":
+            raise ConfigurationError(f"--app-sandbox on, but {unavailable}")
+        return None, unavailable
+    workspace = settings.workspace_dir.expanduser().resolve()
+    workspace.mkdir(parents=True, exist_ok=True)
+    apps = settings.default_apps_dir().expanduser().resolve()
+    apps.mkdir(parents=True, exist_ok=True)
+    return Sandbox(hide=[workspace, *settings.app_sandbox_hide], keep=[*ray_paths, apps]), None
 
 
 def _sample_blocking(gcs_address: str | None) -> ClusterSample:
@@ -97,6 +122,8 @@ class ClusterService(BioEngineService):
         # Before anything imports Ray: it reads some of these once, at import.
         os.environ.update(ray_environment(token_file=self.backend.token_file))
         self.history: collections.deque[ClusterSample] = collections.deque(maxlen=settings.status_history)
+        #: The last hour of cluster totals, one point per 30 s (the dashboard's charts).
+        self.usage = UsageHistory()
         self.connected = False
         self.cluster_error: str | None = "not started yet"
         self._retry_at = 0.0
@@ -104,7 +131,7 @@ class ClusterService(BioEngineService):
         self._last_sample = 0.0
         self._first_bring_up: asyncio.Task[None] | None = None
         self.autoscaler = (
-            SlurmAutoscaler(settings, self.logger, self.backend.token_file)
+            SlurmAutoscaler(settings, self.logger, self.backend.token_file, sandbox=self.backend.sandbox)
             if settings.mode == "slurm"
             else None
         )
@@ -147,6 +174,7 @@ class ClusterService(BioEngineService):
     async def _sample(self) -> None:
         sample = await asyncio.to_thread(_sample_blocking, self.backend.gcs_address())
         self.history.append(sample)
+        self.usage.add(sample)
         self._last_sample = time.monotonic()
 
     async def initialize(self) -> None:
@@ -243,6 +271,7 @@ class ClusterService(BioEngineService):
             "mode": self.settings.mode,
             "ray_version": ray.__version__,
             "auth_mode": self.backend.auth_mode,
+            "app_sandbox": self.backend.app_sandbox(),
             "ready": self.connected and latest is not None,
             "error": self.cluster_error,
             "sampled_at": latest.sampled_at if latest else None,
@@ -253,8 +282,28 @@ class ClusterService(BioEngineService):
             "pending_demand": [d.model_dump() for d in latest.pending_demand] if latest else [],
             # False over Ray Client: per-node "used" figures are then unknown (shown as 0).
             "per_node_usage_known": latest.per_node_usage_known if latest else None,
-            **({"slurm": self.autoscaler.status()} if self.autoscaler is not None else {}),
+            # One point per 30 s over the last hour: {at, used_/total_cpu, _gpu, _memory_gb, pending_demand}.
+            "usage_history": self.usage.dump(),
+            **({"slurm": self.slurm_status()} if self.autoscaler is not None else {}),
         }
+
+    def collect_metrics(self) -> Any:
+        latest = self.history[-1] if self.history else None
+        jobs = list(self.autoscaler.jobs.values()) if self.autoscaler is not None else None
+        return metric_families(latest, jobs)
+
+    def slurm_status(self) -> dict[str, Any]:
+        """The autoscaler's status plus the job script it would submit now (``job_script``,
+        ``None`` before the head is up; the gateway shows it to admins only)."""
+        assert self.autoscaler is not None
+        status = self.autoscaler.status()
+        head = self.backend.head_address
+        try:
+            status["job_script"] = self.autoscaler.render(head) if head else None
+        except ValueError as exc:
+            status["job_script"] = None
+            status["job_script_error"] = str(exc)
+        return status
 
     def status_details(self) -> dict[str, Any]:
         details = {
@@ -363,6 +412,7 @@ class ClusterService(BioEngineService):
         self._refuse_if_never_fits(request)
         clients = self._callers_of(context, caller)
         run = self.runs.start(str((resolved.get("user") or {}).get("id") or ""), clients)
+        self.logger.info("run_code %s: started for user '%s'", run["id"], run["user"])
         caller_gone: Callable[[], Awaitable[str]] | None = None
         if clients and self.settings.run_code_caller_check > 0:
             watch = CallerWatch(
@@ -379,6 +429,7 @@ class ClusterService(BioEngineService):
                 mode, code, func_bytes, function_name, list(args or []), dict(kwargs or {}),
                 options, write_stdout, write_stderr, float(timeout),
                 caller_gone=caller_gone, run=run, logger=self.logger,
+                telemetry=trace_carrier(self.otlp_endpoint),
             )  # fmt: skip
             if result.get("cancelled"):
                 state, reason = "cancelled", run.get("cancelled")

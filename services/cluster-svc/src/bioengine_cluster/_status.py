@@ -8,6 +8,7 @@ decimals, and any other float without binary noise (``0.30000000000000004`` read
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -20,6 +21,7 @@ __all__ = [
     "ClusterTotals",
     "NodeStatus",
     "PendingDemand",
+    "UsageHistory",
     "gpu_summary",
     "summarize",
     "without_float_noise",
@@ -224,3 +226,34 @@ def summarize(
         sampled_at=sampled_at, cluster=totals, nodes=nodes, pending_demand=list(demands),
         per_node_usage_known=available is not None,
     )  # fmt: skip
+
+
+class UsageHistory:
+    """What the cluster used over the last hour, for charts: at most one point per
+    ``interval`` seconds, the newest ``keep`` points (default one per 30 s for an hour).
+
+    A bounded ring in memory, filled from the samples the service takes anyway; a restart of
+    the service starts it empty.
+    """
+
+    FIELDS = ("used_cpu", "total_cpu", "used_gpu", "total_gpu", "used_memory_gb", "total_memory_gb")
+
+    def __init__(self, interval: float = 30.0, keep: int = 120):
+        if interval <= 0 or keep < 1:
+            raise ValueError(f"interval must be > 0 and keep >= 1, got {interval} and {keep}")
+        self.interval = interval
+        self.points: collections.deque[dict[str, Any]] = collections.deque(maxlen=keep)
+
+    def add(self, sample: ClusterSample) -> bool:
+        """Keep ``sample``'s totals if ``interval`` has passed since the last point kept."""
+        if self.points and sample.sampled_at - self.points[-1]["at"] < self.interval:
+            return False
+        totals = sample.cluster.model_dump()
+        pending = sum(d.count for d in sample.pending_demand)
+        self.points.append(
+            {"at": sample.sampled_at, **{k: totals[k] for k in self.FIELDS}, "pending_demand": pending}
+        )
+        return True
+
+    def dump(self) -> list[dict[str, Any]]:
+        return without_float_noise(list(self.points))

@@ -27,6 +27,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from bioengine_common import InvalidRequest, NotFound, PermissionDenied
+from bioengine_common.metrics import counter
 from bioengine_datasets_client.batch import (
     BATCH_MAX_BYTES,
     BATCH_TYPE,
@@ -99,6 +100,37 @@ async def _errors_and_cors(
             {"error": str(exc)}, status=416, headers={"Content-Range": f"bytes */{exc.size}"}
         )
     response.headers.update(CORS_HEADERS)
+    return response
+
+
+#: Requests answered, by HTTP status code, and the dataset bytes sent (GET/POST under /data/
+#: answered 200 or 206). No dataset id or path is a label: the scrape endpoint has no token.
+HTTP_REQUESTS = counter(
+    "bioengine_dataset_http_requests",
+    "Requests answered by the datasets HTTP server, by status code.",
+    ["status"],
+)
+DATASET_BYTES = counter(
+    "bioengine_dataset_bytes_sent",
+    "Bytes of dataset files sent by the datasets HTTP server (full and range reads, batches).",
+)
+
+
+@web.middleware
+async def _metered(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        HTTP_REQUESTS.labels(str(exc.status)).inc()
+        raise
+    except Exception:
+        HTTP_REQUESTS.labels("500").inc()
+        raise
+    HTTP_REQUESTS.labels(str(response.status)).inc()
+    if response.status in (200, 206) and request.method != "HEAD" and request.path.startswith("/data/"):
+        DATASET_BYTES.inc(response.content_length or 0)
     return response
 
 
@@ -373,7 +405,7 @@ async def _send_slice(request: web.Request, piece: _Slice) -> None:
 
 
 def build_app(registry: DatasetRegistry, validator: TokenValidator, admins: list[str]) -> web.Application:
-    app = web.Application(middlewares=[_errors_and_cors])
+    app = web.Application(middlewares=[_metered, _errors_and_cors])
     app[REGISTRY], app[VALIDATOR], app[ADMINS] = registry, validator, admins
     app.router.add_get("/health", health)
     app.router.add_get("/datasets", list_datasets)

@@ -1,6 +1,7 @@
 """The datasets of a data directory: each folder with a ``manifest.yaml`` (or ``.yml``).
 
-Scanning is cheap (one ``stat`` per dataset folder and manifest) and runs in a thread; a
+Scanning is cheap (one ``stat`` per dataset folder and manifest, and a walk that stops at each
+``.zarr`` folder) and runs in a thread; a
 changed manifest, a new folder or a removed one shows up on the next scan. A bad manifest is
 reported with the reason and skipped; it never stops the others.
 """
@@ -51,7 +52,8 @@ class Dataset(BaseModel):
     zarr_stores: list[str]
     manifest_mtime: float
 
-    def info(self) -> dict[str, Any]:
+    def info(self, size_bytes: int | None = None) -> dict[str, Any]:
+        """What a reader is told; ``size_bytes`` only once measured (see ``measure_sizes``)."""
         manifest = self.manifest.model_dump(exclude={"authorized_users"})
         return {
             "id": self.id,
@@ -60,7 +62,25 @@ class Dataset(BaseModel):
             "public": self.manifest.public,
             "zarr_stores": self.zarr_stores,
             "manifest": manifest,
+            **({"size_bytes": size_bytes} if size_bytes is not None else {}),
         }
+
+
+def folder_size(root: Path) -> int:
+    """Bytes of the regular files under ``root`` (symbolic links not followed)."""
+    total = 0
+    stack = [root]
+    while stack:
+        with os.scandir(stack.pop()) as entries:
+            for entry in entries:
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(Path(entry.path))
+                    elif entry.is_file(follow_symlinks=False):
+                        total += entry.stat(follow_symlinks=False).st_size
+                except OSError:  # removed while walking
+                    continue
+    return total
 
 
 def _zarr_stores(root: Path) -> list[str]:
@@ -113,6 +133,26 @@ class DatasetRegistry:
         self.data_dir = data_dir
         self.datasets: dict[str, Dataset] = {}
         self.problems: dict[str, str] = {}
+        #: Measured sizes: id -> (bytes, when). A walk of every chunk file is too costly for each
+        #: scan, so sizes are measured again only after ``max_age`` (or when the dataset changed).
+        self.sizes: dict[str, tuple[int, float]] = {}
+
+    def size_of(self, dataset_id: str) -> int | None:
+        measured = self.sizes.get(dataset_id)
+        return measured[0] if measured else None
+
+    def measure_sizes(self, max_age: float, now: float) -> list[str]:
+        """Measure the datasets whose size is unknown or older than ``max_age``; their ids."""
+        measured = []
+        for dataset_id, dataset in list(self.datasets.items()):
+            known = self.sizes.get(dataset_id)
+            if known is None or now - known[1] >= max_age:
+                try:
+                    self.sizes[dataset_id] = (folder_size(dataset.root), now)
+                except OSError:
+                    continue
+                measured.append(dataset_id)
+        return measured
 
     def refresh(self) -> tuple[set[str], set[str]]:
         """Rescan; return (added or changed ids, removed ids)."""
@@ -120,4 +160,6 @@ class DatasetRegistry:
         changed = {i for i, d in datasets.items() if i not in self.datasets or self.datasets[i] != d}
         removed = set(self.datasets) - set(datasets)
         self.datasets, self.problems = datasets, problems
+        for dataset_id in changed | removed:
+            self.sizes.pop(dataset_id, None)
         return changed, removed

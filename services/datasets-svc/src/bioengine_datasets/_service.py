@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from pydantic import Field
 
 from bioengine_common import BioEngineService, InvalidRequest, ServiceSettings
 from bioengine_common.contracts import worker
+from bioengine_common.metrics import gauge
 
 from ._access import TokenValidator, may_read, readable_dataset
 from ._endpoint import Endpoint, open_http_socket
@@ -41,6 +43,11 @@ class DatasetsSettings(ServiceSettings):
         None, description="URL clients use to reach the HTTP server; default http://<http-host>:<port>."
     )
     scan_interval: float = Field(5.0, gt=0, description="Seconds between rescans of the data directory.")
+    size_interval: float = Field(
+        300.0,
+        gt=0,
+        description="Seconds before a dataset's size (a walk of all its files) is measured again.",
+    )
 
 
 class DatasetsService(BioEngineService):
@@ -63,9 +70,13 @@ class DatasetsService(BioEngineService):
     def data_dir(self) -> Path:
         return (self.settings.data_dir or self.settings.workspace_dir / "datasets").expanduser().resolve()
 
-    async def _rescan(self) -> None:
+    async def _rescan(self, measure: bool = True) -> None:
+        """Rescan; with ``measure``, also the sizes that are due (never before serving starts:
+        a walk of every file of a large data dir takes a while)."""
         before = dict(self.registry.problems)
         changed, removed = await asyncio.to_thread(self.registry.refresh)
+        if measure:
+            await asyncio.to_thread(self.registry.measure_sizes, self.settings.size_interval, time.time())
         for dataset_id in sorted(changed):
             self.logger.info(
                 "Dataset '%s' loaded from %s", dataset_id, self.registry.datasets[dataset_id].root
@@ -78,7 +89,7 @@ class DatasetsService(BioEngineService):
 
     async def initialize(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        await self._rescan()
+        await self._rescan(measure=False)
         app = build_app(self.registry, self.validator, self.admin_users)
         # Access log and the server's own error log both through this service's logger, whose
         # formatter escapes what comes from requests.
@@ -116,6 +127,11 @@ class DatasetsService(BioEngineService):
             if self.endpoint.slot is not None:
                 self.endpoint.slot.release()
 
+    def collect_metrics(self) -> Any:
+        datasets = gauge("bioengine_datasets", "Datasets served (folders with a valid manifest).")
+        datasets.add_metric([], len(self.registry.datasets))
+        return [datasets]
+
     def status_details(self) -> dict[str, Any]:
         return {
             "data_dir": str(self.data_dir),
@@ -135,7 +151,11 @@ class DatasetsService(BioEngineService):
     @worker.list_datasets.implementation
     async def list_datasets(self, caller: dict | None = None, context: dict | None = None) -> dict:
         user = self.caller_context(context, caller)["user"]
-        return {i: d.info() for i, d in self.registry.datasets.items() if may_read(user, d, self.admin_users)}
+        return {
+            i: d.info(self.registry.size_of(i))
+            for i, d in self.registry.datasets.items()
+            if may_read(user, d, self.admin_users)
+        }
 
     @schema_method
     async def get_dataset_info(
@@ -146,7 +166,10 @@ class DatasetsService(BioEngineService):
     ) -> dict:
         """Manifest, zarr stores and HTTP URL of one dataset."""
         dataset = self._dataset(dataset_id, context, caller)
-        return {**dataset.info(), "http_url": f"{self.http_url}/data/{dataset.id}"}
+        return {
+            **dataset.info(self.registry.size_of(dataset.id)),
+            "http_url": f"{self.http_url}/data/{dataset.id}",
+        }
 
     @schema_method
     async def list_files(

@@ -27,6 +27,7 @@ from bioengine_common import (
     within,
 )
 from bioengine_common.contracts import SERVICE_IDS, WORKER, MethodContract, worker
+from bioengine_dashboard import dashboard_service, dashboard_url
 
 #: Internal services the gateway composes: short name -> Hypha service id.
 BACKENDS = {name: service_id for name, service_id in SERVICE_IDS.items() if name != "gateway"}
@@ -38,6 +39,15 @@ def _is_stale_proxy(exc: BaseException) -> bool:
     return isinstance(exc, ConnectionError) or any(
         marker in text for marker in ("not connected", "Service not found", "Client not found")
     )
+
+
+def ray_cluster_for(ray_cluster: dict[str, Any] | None, admin: bool) -> dict[str, Any] | None:
+    """The cluster's ``ray_cluster`` as a caller may see it: the SLURM job script (paths, the
+    job's environment) for admins only."""
+    if admin or not isinstance(ray_cluster, dict) or not isinstance(ray_cluster.get("slurm"), dict):
+        return ray_cluster
+    slurm = {k: v for k, v in ray_cluster["slurm"].items() if k not in ("job_script", "job_script_error")}
+    return {**ray_cluster, "slurm": slurm}
 
 
 def _without_ray_cluster(entry: dict[str, Any]) -> dict[str, Any]:
@@ -201,6 +211,30 @@ class GatewayService(BioEngineService):
     def is_ready(self) -> bool:
         return not self.readiness()
 
+    # ---- the dashboard page ----------------------------------------------------------------------
+    def dashboard_url(self) -> str:
+        """Where Hypha serves this worker's dashboard page (the server's public URL)."""
+        config = getattr(self.hypha.server, "config", None)
+        public = config.get("public_base_url") if isinstance(config, dict) else None
+        return dashboard_url(str(public or self.settings.server_url), self.settings.workspace)
+
+    def dashboard_config(self) -> dict[str, Any]:
+        """``config.json`` of the page: the full id of this gateway's service, so the page calls
+        this worker and no look-alike registered under the same name."""
+        return {
+            "workspace": self.settings.workspace,
+            "worker_service_id": f"{self.settings.workspace}/{self.hypha.client_id}:{self.service_id}",
+        }
+
+    async def start(self) -> None:
+        await super().start()
+        # Served by the Hypha server over HTTP (no port of ours); the page reads the public API
+        # with the viewer's own token. A failure leaves the API itself up.
+        try:
+            await self.hypha.register(dashboard_service(self.dashboard_config))
+        except Exception as exc:
+            self.logger.error("The dashboard page could not be registered: %s", error_summary(exc))
+
     # ---- public API ------------------------------------------------------------------------------
     def _is_admin_context(self, context: Any) -> bool:
         user = (context or {}).get("user") or {}
@@ -220,7 +254,8 @@ class GatewayService(BioEngineService):
             "client_id": self.hypha.client_id,
             "hypha": self.hypha.status(),
             "ray_version": (cluster.get("ray_cluster") or {}).get("ray_version"),
-            "ray_cluster": cluster.get("ray_cluster"),
+            "ray_cluster": ray_cluster_for(cluster.get("ray_cluster"), self._is_admin_context(context)),
+            "dashboard_url": self.dashboard_url(),
             "services": {name: _without_ray_cluster(entry) for name, entry in self._services.items()},
             "is_ready": not reasons,
             "ready_since": self.ready_since,

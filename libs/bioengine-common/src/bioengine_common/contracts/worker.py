@@ -38,6 +38,9 @@ async def get_status() -> dict:
 
     `is_ready` is true when every internal service is up and ready; `not_ready_reasons` says
     why not, one `"<service>: <reason>"` line per cause. `admin_users` is shown to admins only.
+    `ray_cluster.usage_history` is the last hour of cluster totals, one point per 30 s; in slurm
+    mode `ray_cluster.slurm.job_script` (the script a new worker job gets) is shown to admins
+    only. `dashboard_url` is where the Hypha server serves the worker's dashboard page.
     """
 
 
@@ -108,7 +111,8 @@ async def run_code(
 
 @WORKER.method("datasets", ANYONE)
 async def list_datasets() -> dict:
-    """The datasets the caller may read: {dataset_id: {name, description, public, zarr_stores, manifest}}."""
+    """The datasets the caller may read: {dataset_id: {name, description, public, zarr_stores, manifest,
+    size_bytes}} (size_bytes once measured: a walk of its files, repeated every --size-interval)."""
 
 
 # ---- app artifacts (bioengine-apps) ---------------------------------------------------------------
@@ -269,8 +273,8 @@ async def deploy_app(
     debug: bool | None = Field(None, description="DEBUG log level for the app's proxy (default False)."),
     ice_servers: list | None = Field(
         None,
-        description="ICE servers for the app's WebRTC service: [{urls, username?, credential?}]; "
-        "stored, not used yet (no WebRTC service on this worker).",
+        description="ICE servers for the app's WebRTC service: [{urls, username?, credential?}] "
+        "(default: hypha-rpc's public STUN server; none when Hypha is on loopback).",
     ),
 ) -> str:
     """Deploy or update an app on Ray Serve (admin only); returns its application id.
@@ -352,8 +356,8 @@ async def get_app_status(
 
     Admins also see kwargs, env vars (secrets masked), access rules and replica logs.
     `static_site_url` is where the Hypha server serves the app's frontend, with the query
-    `?server=...&ws_service_id=...` its page connects with (None when the app has no frontend
-    or its service is not registered yet).
+    `?server=...&ws_service_id=...&webrtc_service_id=...` its page connects with (None when the
+    app has no frontend or its service is not registered yet).
     """
 
 

@@ -37,6 +37,7 @@ from pydantic import BaseModel
 
 from .._ray import check_token_file, ray_environment, scrub_environment
 from ..errors import ConfigurationError, ServiceUnavailable
+from ._sandbox import Sandbox, sandbox_command
 
 __all__ = [
     "HeadOptions",
@@ -159,11 +160,15 @@ class HeadOptions(BaseModel):
     object_store_bytes: int | None = None
     node_ip: str | None = None
     dashboard: bool = False
+    #: Start the head (and so every Ray worker process) in namespaces that hide these paths.
+    sandbox: Sandbox | None = None
 
 
 class HeadState(BaseModel):
     """What is written to ``bioengine-head.json``: enough to adopt or stop the head later."""
 
+    #: The process started: `ray start`, or in a sandbox the `unshare` wrapper whose only child
+    #: it is; either leads the head's process group.
     pid: int
     temp_dir: str
     node_ip: str
@@ -175,6 +180,8 @@ class HeadState(BaseModel):
     #: The token file the head reads (a path), and a digest telling a changed token apart.
     token_file: str | None = None
     token_fingerprint: str | None = None
+    #: The paths hidden from the head's processes (None: not sandboxed).
+    hidden_paths: list[str] | None = None
 
     @property
     def address(self) -> str:
@@ -244,6 +251,15 @@ class LocalHead:
             if self.token_file
             else ("disabled", None, None)
         )
+        wanted_hidden = self._hidden_paths()
+        if state.hidden_paths != wanted_hidden:
+            self.logger.warning(
+                "Stopping the running Ray head (pid %s): it hides %s from app code, this service "
+                "asks for %s", state.pid, state.hidden_paths or "nothing", wanted_hidden or "nothing",
+            )  # fmt: skip
+            self.state = state
+            self.stop()
+            return False
         if (state.auth_mode, state.token_file, state.token_fingerprint) != wanted:
             # Never keep serving a head whose authentication differs from what is asked for
             # (e.g. one started without a token by an older version, or a replaced token file).
@@ -259,6 +275,11 @@ class LocalHead:
         self.state = state
         self.logger.info("Adopted the running Ray head (pid %s, GCS %s)", state.pid, state.address)
         return True
+
+    def _hidden_paths(self) -> list[str] | None:
+        if self.options.sandbox is None:
+            return None
+        return [str(path) for path in self.options.sandbox.plan()[0]]
 
     def start(self, timeout: float = 90.0) -> HeadState:
         from ray import __version__ as ray_version
@@ -307,6 +328,9 @@ class LocalHead:
             "AUTOSCALER_METRIC_PORT": str(ports.autoscaler_metrics),
             "DASHBOARD_METRIC_PORT": str(ports.dashboard_metrics),
         }
+        hidden = self._hidden_paths()
+        if self.options.sandbox is not None:
+            argv = sandbox_command(argv, self.options.sandbox)
         started = time.monotonic()
         # Not tied to our life: the head must survive a restart of this service.
         with open(self.temp_dir / "ray-head.log", "ab") as log:
@@ -334,12 +358,14 @@ class LocalHead:
             auth_mode="token" if self.token_file else "disabled",
             token_file=str(self.token_file) if self.token_file else None,
             token_fingerprint=token_fingerprint(self.token_file) if self.token_file else None,
+            hidden_paths=hidden,
         )  # fmt: skip
         self.state_file.write_text(self.state.model_dump_json(indent=2))
         self.logger.info(
-            "Ray head started in %.1f s at %s (authentication: %s)",
+            "Ray head started in %.1f s at %s (authentication: %s; hidden from app code: %s)",
             time.monotonic() - started, self.state.address,
             f"token from {self.token_file}" if self.token_file else "disabled",
+            ", ".join(hidden) if hidden else "nothing (no sandbox)",
         )  # fmt: skip
         return self.state
 
@@ -361,8 +387,15 @@ class LocalHead:
         processes), then SIGKILL whatever of this cluster is left."""
         if self.state is None:
             return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(self.state.pid, signal.SIGTERM)
+        targets = [self.state.pid]
+        if self.state.hidden_paths is not None:
+            # In the sandbox, `ray start` is the only child of the `unshare` wrapper (which
+            # ignores SIGTERM while it waits): the signal goes to it, PID 1 of the namespace.
+            with contextlib.suppress(psutil.Error):
+                targets += [child.pid for child in psutil.Process(self.state.pid).children()]
+        for pid in targets:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and psutil.pid_exists(self.state.pid):
             if self._process is not None and self._process.poll() is not None:

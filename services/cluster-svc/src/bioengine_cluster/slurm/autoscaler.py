@@ -18,6 +18,7 @@ import logging
 import shlex
 import sys
 import time
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from bioengine_common import ConfigurationError, ray_environment
+from bioengine_common.local_stack import Sandbox
+from bioengine_common.metrics import counter
 
 from .._settings import ClusterSettings
 from .._status import PendingDemand
@@ -40,6 +43,16 @@ __all__ = ["ObserveRay", "SlurmAutoscaler", "demand_of", "observe_ray"]
 #: Decisions kept for the status; finished jobs kept after squeue forgot them.
 DECISIONS_KEPT = 100
 FINISHED_KEPT = 30
+
+
+#: Every decision the autoscaler records (submit, cancel, lost, backoff, blocked...), by action.
+SCALING_ACTIONS = counter(
+    "bioengine_slurm_scaling_actions",
+    "Decisions recorded by the SLURM autoscaler (repeats of the same wait/keep not counted), by action.",
+    ["action"],
+)
+for _action in typing.get_args(Decision.model_fields["action"].annotation):
+    SCALING_ACTIONS.labels(_action)  # every action shows, at 0 until it happens
 
 
 def demand_of(status: Any) -> list[PendingDemand]:
@@ -103,11 +116,14 @@ class SlurmAutoscaler:
         *,
         commands: SlurmClient | None = None,
         observe: ObserveRay = observe_ray,
+        sandbox: Sandbox | None = None,
     ):
         """``token_file``: the head's Ray token file (its path goes in the job script), None when
         the head runs without token authentication. ``commands``: how SLURM is reached (default
-        :class:`SlurmCommands` for this worker's tag); ``observe``: how Ray is read."""
+        :class:`SlurmCommands` for this worker's tag); ``observe``: how Ray is read; ``sandbox``:
+        what the jobs' Ray processes must not see (None: no sandbox)."""
         self.cluster_settings = settings
+        self.sandbox = sandbox
         self.logger = logger
         self.token_file = token_file
         self.tag = settings.resolved_slurm_tag()
@@ -174,6 +190,8 @@ class SlurmAutoscaler:
             prologue=prologue,
             apptainer_image=s.slurm_image,
             apptainer_binds=list(s.slurm_binds),
+            sandbox=self.sandbox,
+            sandbox_required=s.app_sandbox == "on",
             head_address=head_address,
             ray_token_file=str(token_file) if token_file else None,
             ray_executable=self.ray_executable(),
@@ -213,6 +231,7 @@ class SlurmAutoscaler:
         entry = decision.model_dump()
         entry["inputs"] = {**entry["inputs"], "observed": observed}
         self.decisions.append(entry)
+        SCALING_ACTIONS.labels(decision.action).inc()
 
     def not_lost(self, jobs: list[SlurmJob]) -> list[str]:
         """Ended jobs that are no loss: cancelled by this service, or already ended when this

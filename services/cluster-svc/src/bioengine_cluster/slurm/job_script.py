@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import shlex
 
+from bioengine_common.local_stack import sandbox_command, sandbox_probe
+
 from .._resources import GIB
 from .settings import (
     JOB_RESOURCE_PREFIX,
@@ -146,10 +148,20 @@ def render_job_script(
         wrapper.append(_q(settings.apptainer_image))
         run = " ".join(wrapper) + " " + run
 
-    lines += [
-        "",
-        "# exec: scancel's SIGTERM reaches ray, which drains the node before exiting.",
-        f"exec {run}",
-        "",
-    ]
+    lines += ["", "# exec: scancel's SIGTERM reaches ray, which drains the node before exiting."]
+    if settings.sandbox is not None and not settings.apptainer_image:
+        sandboxed = " ".join(_q(word) for word in sandbox_command([], settings.sandbox)) + " " + run
+        unavailable = "bioengine: this node cannot sandbox Ray (user namespaces refused)"
+        lines += [
+            "# App code must not see the worker's files: Ray in namespaces hiding them.",
+            f"if {' '.join(_q(word) for word in sandbox_probe())} >/dev/null 2>&1; then",
+            f"    exec {sandboxed}",
+            "fi",
+            *(
+                [f'echo {_q(unavailable)} "($(hostname))" >&2', "exit 1"]
+                if settings.sandbox_required
+                else [f'echo {_q(unavailable + ": running it without")} "($(hostname))" >&2']
+            ),
+        ]
+    lines += [f"exec {run}", ""]
     return "\n".join(lines)

@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from bioengine_common.cluster_options import MIN_WORKER_MEMORY_GB
+from bioengine_common.local_stack import Sandbox
 
 from .._resources import GIB, fits
 
@@ -134,6 +135,13 @@ class SlurmSettings(JobSpec):
         default_factory=list, description="More `apptainer exec` options (--nv is added when gpus > 0)."
     )
     apptainer_executable: str = Field("apptainer", description="apptainer or singularity.")
+    sandbox: Sandbox | None = Field(
+        None,
+        description="Run Ray (without an image) in namespaces hiding these paths from app code; "
+        "a node that cannot make them runs Ray plainly with a warning in the job's output, or "
+        "with sandbox_required, fails.",
+    )
+    sandbox_required: bool = Field(False, description="Fail a job whose node cannot sandbox Ray.")
     head_address: str | None = Field(None, description="The Ray head's GCS address, host:port.")
     ray_token_file: str | None = Field(
         None,
