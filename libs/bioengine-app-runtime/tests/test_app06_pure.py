@@ -218,3 +218,50 @@ def test_the_builder_makes_one_deployment_per_class_bound_by_handles(discovered)
     config = proxy._deployment_config.user_config
     assert [m["name"] for m in config["methods"]] == ["run", "describe"]
     assert config["refuse_when_full"] is True
+
+
+READER_APP = """
+import bioengine
+
+with open("requirements-deployment.txt") as handle:  # relative to the app's folder
+    PIP = [line.strip() for line in handle if line.strip()]
+
+
+@bioengine.app(num_cpus=0, pip=PIP)
+class Reader:
+    @bioengine.method
+    async def ping(self) -> str:
+        return "pong"
+"""
+
+
+def test_a_module_reading_its_files_at_import_is_built_from_its_folder(monkeypatch, tmp_path):
+    from bioengine_app_runtime import App06, AppSpec, _builder
+
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "reader.py").write_text(READER_APP)
+    (code / "requirements-deployment.txt").write_text("humanize==4.16.0\n")
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.chdir(tmp_path)
+    try:
+        found = app06.discovery_task(str(code), "reader:Reader", {})
+        sys.modules.pop("reader", None)
+        monkeypatch.chdir(tmp_path)  # the deployer actor's folder is not the app's
+        app_spec = AppSpec(
+            application_id="reader",
+            artifact_id="ws/reader",
+            code_dir=str(code),
+            home_dir=str(tmp_path / "home"),
+            deployments=["reader:Reader"],
+            server_url="http://hypha.test",
+            workspace="ws",
+            app06=App06(entry="reader:Reader", spec=found["spec"], init_kwargs=found["kwargs"], num_gpus={}),
+        )
+        app = _builder.build(app_spec.model_dump(mode="json"))
+    finally:
+        _builder._previous.update(path=None, modules=set())
+        sys.modules.pop("reader", None)
+    entry = app._bound_deployment.init_args[0]._bound_deployment
+    assert entry.ray_actor_options["runtime_env"]["pip"]["packages"] == ["humanize==4.16.0"]
+    assert os.getcwd() == str(tmp_path)  # the builder went back to where it was

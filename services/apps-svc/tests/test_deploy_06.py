@@ -81,6 +81,23 @@ class Segmenter:
 """
 
 
+RELATIVE_READ_APP = """
+import bioengine
+
+with open("requirements-deployment.txt") as handle:  # a relative path: the app's folder
+    PIP = [line.strip() for line in handle if line.strip()]
+
+
+@bioengine.app(num_cpus=0.1, pip=PIP)
+class Reader:
+    @bioengine.method
+    async def requirements(self) -> list:
+        import humanize  # installed from the file read at import
+
+        return PIP + [humanize.__version__]
+"""
+
+
 def _manifest(alias: str, entry: str) -> str:
     return (
         f"format_version: 0.6.0\nname: {alias}\nid: {alias}\nid_emoji: x\ndescription: test app\n"
@@ -98,10 +115,12 @@ def apps_root(tmp_path_factory) -> Path:
         ("import-error-06", "needy", IMPORT_ERROR_APP, "Needy"),
         ("bad-pip-06", "unbuildable", BAD_PIP_APP, "Unbuildable"),
         ("gpu-06", "segmenter", GPU_APP, "Segmenter"),
+        ("relative-06", "reader", RELATIVE_READ_APP, "Reader"),
     ):
         (root / alias).mkdir()
         (root / alias / f"{module}.py").write_text(source)
         (root / alias / "manifest.yaml").write_text(_manifest(alias, f"{module}:{cls}"))
+    (root / "relative-06" / "requirements-deployment.txt").write_text("humanize==4.16.0\n")
     return root
 
 
@@ -303,4 +322,14 @@ async def test_gpu_memory_needs_a_gpu_or_disable_gpu(apps, admin_client, wait_ap
     assert status["application_resources"] == {"num_cpus": 0, "num_gpus": 0, "memory": 0}
     app = await admin_client.get_service(status["service_ids"][0]["websocket_service_id"])
     assert await app.device() == "cpu"
+    await apps.stop_app(application_id=app_id)
+
+
+async def test_a_module_reading_its_own_file_at_import_by_a_relative_path(apps, admin_client, wait_app):
+    # Imported in the discovery task, the builder and the replica, each time from the app's folder.
+    app_id = await apps.deploy_app(artifact_id="relative-06", application_id="relative-06")
+    status = await wait_app(apps, app_id, ("RUNNING", "DEPLOY_FAILED", "UNHEALTHY"), timeout=180)
+    assert status["status"] == "RUNNING", status
+    app = await admin_client.get_service(status["service_ids"][0]["websocket_service_id"])
+    assert await app.requirements() == ["humanize==4.16.0", "4.16.0"]
     await apps.stop_app(application_id=app_id)

@@ -339,6 +339,25 @@ def test_a_redeploy_of_the_same_code_reuses_the_discovered_spec():
     assert reusable_spec(None, "/apps/demo/code-1", "pipeline:Pipeline", "0.1.0") is None
 
 
+def test_discovered_specs_are_kept_by_code_entry_and_sdk_version():
+    from bioengine_apps._deploy import DiscoveredSpecs
+
+    specs = DiscoveredSpecs(size=2)
+    spec = {"entry": "m:A", "order": ["m:A"], "deployments": {}}
+    specs.put("hash-1", "m:A", "0.1.0", spec)
+    assert specs.get("hash-1", "m:A", "0.1.0") == spec
+    assert specs.get("hash-1", "m:A", "0.2.0") is None  # another SDK may read the code otherwise
+    assert specs.get("hash-1", "m:B", "0.1.0") is None
+    assert specs.get("hash-2", "m:A", "0.1.0") is None
+    specs.put("hash-2", "m:A", "0.1.0", spec)
+    specs.get("hash-1", "m:A", "0.1.0")  # used: kept over hash-2
+    specs.put("hash-3", "m:A", "0.1.0", spec)
+    assert specs.get("hash-2", "m:A", "0.1.0") is None
+    assert specs.get("hash-1", "m:A", "0.1.0") == spec
+    specs.put("hash-4", "m:A", "", spec)  # no SDK version: nothing to key it on
+    assert specs.get("hash-4", "m:A", "") is None
+
+
 def test_a_token_of_the_services_own_user_is_never_given_to_an_app():
     from bioengine_apps._deploy import token_owner_problem
     from bioengine_common import SERVICES_USER, mint_token

@@ -267,10 +267,14 @@ def build_06(spec: Any) -> tuple[Any, list[dict[str, Any]]]:
 
     app = spec.app06
     app_spec = app.spec
+    # Imported from the app's folder, as in the discovery task and the replicas: a module may
+    # read its own files at import by a relative path (a requirements file for ``pip=``, say).
+    with contextlib.chdir(spec.code_dir):
+        classes = {key: _class_of(app_spec["deployments"][key]) for key in app_spec["order"]}
     bound: dict[str, Any] = {}
     for key in app_spec["order"]:
         deployment = app_spec["deployments"][key]
-        user_class = _class_of(deployment)
+        user_class = classes[key]
         kwargs = dict(app.init_kwargs.get(key) or {})
         for param in deployment["init_params"]:
             if param["kind"] == "handle":

@@ -20,6 +20,9 @@ by the workspace only. An app's collection is chosen when it is first uploaded.
 from __future__ import annotations
 
 import asyncio
+import json
+import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlencode
@@ -103,11 +106,35 @@ def _upload_config(existing: Mapping[str, Any] | None, frontend_entry: str | Non
     return config
 
 
+#: Artifact versions whose files ``ArtifactStore.fetch`` keeps in memory, and the largest kept.
+FILES_CACHE_ENTRIES = 16
+FILES_CACHE_BYTES = 16 * 1024**2
+#: Seconds an artifact must have been unchanged for its files to be kept: ``last_modified``
+#: counts whole seconds, so a change within the same second (by another apps-svc replica, say)
+#: would otherwise leave the key as it was.
+FILES_CACHE_SETTLED_S = 5.0
+
+
+def _files_key(record: Mapping[str, Any], version: str | None) -> str | None:
+    """What identifies an artifact version's files besides the artifact's id: the version asked
+    for, the record's ``last_modified`` and its versions (an upload or a deletion by anyone
+    changes them; ``last_modified`` counts seconds, so files are kept only once the artifact
+    has been unchanged for :data:`FILES_CACHE_SETTLED_S`, and ``ArtifactStore`` forgets an
+    artifact's files whenever it changes that artifact itself). None: not cacheable."""
+    if not record.get("id") or record.get("last_modified") is None:
+        return None
+    stamp = [version, record["last_modified"], record.get("versions") or []]
+    return json.dumps(stamp, sort_keys=True, default=str)
+
+
 class ArtifactStore:
     def __init__(self, server: Any, workspace: str):
         self.server = server
         self.workspace = workspace
         self._manager: Any = None
+        #: Files of recently fetched artifact versions, by (artifact id, :func:`_files_key`),
+        #: newest last; an artifact's are dropped whenever this store changes it.
+        self._files: OrderedDict[tuple[str, str], dict[str, bytes]] = OrderedDict()
         # A restarted Hypha server registers its artifact manager under a new client id, so a
         # proxy kept from before would time out on every call: forget it when hypha-rpc
         # reports a new workspace manager (after each reconnect to a restarted server).
@@ -117,6 +144,10 @@ class ArtifactStore:
 
     def _forget_manager(self, _event: Any = None) -> None:
         self._manager = None
+
+    def _forget_files(self, artifact_id: str) -> None:
+        for key in [key for key in self._files if key[0] == artifact_id]:
+            del self._files[key]
 
     @property
     def collection_id(self) -> str:
@@ -223,6 +254,7 @@ class ArtifactStore:
         manifest["created_by"] = created_by
         manager = await self.manager()
         artifact_id = f"{self.workspace}/{app.id}"
+        self._forget_files(artifact_id)
         version = app.version
         existing = await self._read(artifact_id)
         parents = (self.collection_id, self.public_collection_id)
@@ -266,6 +298,7 @@ class ArtifactStore:
                 await manager.commit(artifact_id, version=tag)
             else:
                 await manager.commit(artifact_id)
+            self._forget_files(artifact_id)
         except BaseException:
             try:
                 await manager.discard(artifact_id)
@@ -331,6 +364,11 @@ class ArtifactStore:
         """The artifact's record and all its files at ``version`` (default: latest)."""
         record = await self.get(artifact_id, version)
         full = record["id"]
+        stamp = _files_key(record, version)
+        key = (full, stamp or "")
+        if stamp is not None and key in self._files:
+            self._files.move_to_end(key)
+            return record, dict(self._files[key])
         manager = await self.manager()
         names = await self.file_names(full, version)
         files: dict[str, bytes] = {}
@@ -345,6 +383,11 @@ class ArtifactStore:
                     files[name] = await response.read()
 
             await asyncio.gather(*(download(name) for name in names))
+        settled = time.time() - float(record["last_modified"] or 0) >= FILES_CACHE_SETTLED_S
+        if stamp is not None and settled and sum(map(len, files.values())) <= FILES_CACHE_BYTES:
+            self._files[key] = dict(files)
+            while len(self._files) > FILES_CACHE_ENTRIES:
+                self._files.popitem(last=False)
         return record, files
 
     async def delete_version(self, artifact_id: str, version: str) -> str:
@@ -366,6 +409,7 @@ class ArtifactStore:
             )
         manager = await self.manager()
         await manager.delete(full, version=version, delete_files=True)
+        self._forget_files(full)
         return full
 
     async def delete(self, artifact_id: str) -> None:
@@ -375,3 +419,4 @@ class ArtifactStore:
         await self.get(full)
         manager = await self.manager()
         await manager.delete(full, delete_files=True, recursive=True)
+        self._forget_files(full)

@@ -2,7 +2,7 @@
 
 A deploy call is: merge the request with the app's previous deployment
 (:func:`merge_with_previous`, :func:`resolve_env`), check it against the app
-(:func:`env_scope_problems`, :func:`resources_grow`), then build the :class:`AppSpec` Serve gets
+(:func:`env_scope_problems`, :func:`fit_request`, :func:`resources_grow`), then build the :class:`AppSpec` Serve gets
 (:func:`build_spec`) and the :class:`AppRecord` apps-svc keeps (:func:`build_record`,
 :func:`settle_unchanged`). No Ray, no Hypha, no files: ``AppsService.deploy_app`` loads the app
 and its secrets, calls these steps, then saves and submits what they give.
@@ -10,6 +10,7 @@ and its secrets, calls these steps, then saves and submits what they give.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -23,11 +24,13 @@ __all__ = [
     "BOOKKEEPING_FIELDS",
     "AppEnv",
     "DeployRequest",
+    "DiscoveredSpecs",
     "WorkerFacts",
     "app06_deployments",
     "build_record",
     "build_spec",
     "env_scope_problems",
+    "fit_request",
     "merge_with_previous",
     "resolve_env",
     "resources_grow",
@@ -125,6 +128,31 @@ def reusable_spec(
     return dict(app06["spec"])
 
 
+class DiscoveredSpecs:
+    """The specs discovery tasks found, by (code hash, entry, SDK version), the newest ``size``:
+    a spec depends only on the code and the SDK that read it, so deploying the same code again
+    under another application id needs no discovery task either (:func:`reusable_spec` covers
+    an app's own redeploys, also after a restart)."""
+
+    def __init__(self, size: int = 32) -> None:
+        self.size = size
+        self._specs: OrderedDict[tuple[str, str, str], dict[str, Any]] = OrderedDict()
+
+    def get(self, code_hash: str, entry: str, sdk_version: str) -> dict[str, Any] | None:
+        key = (code_hash, entry, sdk_version)
+        if key not in self._specs:
+            return None
+        self._specs.move_to_end(key)
+        return dict(self._specs[key])
+
+    def put(self, code_hash: str, entry: str, sdk_version: str, spec: Mapping[str, Any]) -> None:
+        if not sdk_version:
+            return
+        self._specs[(code_hash, entry, sdk_version)] = dict(spec)
+        while len(self._specs) > self.size:
+            self._specs.popitem(last=False)
+
+
 def app06_deployments(spec: Mapping[str, Any]) -> list[str]:
     """A 0.6.0 app's classes as ``module:qualname``, the entry first (the AppSpec's ``deployments``)."""
     entry = str(spec["entry"])
@@ -183,12 +211,24 @@ def env_scope_problems(env: AppEnv, deployments: Iterable[str]) -> list[str]:
     ]
 
 
-def resources_grow(resources: Mapping[str, float], previous: AppRecord | None) -> bool:
-    """Does the app need more of some resource than its previous deployment (a new app: yes)?
-    Only then is the cluster asked whether it fits."""
+def fit_request(resources: Mapping[str, float], proxy_memory_in_gb: float | None) -> dict[str, float]:
+    """What the fit check asks the cluster for: the app's replicas together (``resources``: CPUs,
+    GPUs as sized, memory in bytes, custom resources) and its proxy replica, which reserves 0 CPUs
+    and ``proxy_memory_in_gb`` GiB of memory (none when not given)."""
+    needed = {name: float(amount) for name, amount in resources.items()}
+    if proxy_memory_in_gb:
+        needed["memory"] = needed.get("memory", 0.0) + float(proxy_memory_in_gb) * 1024**3
+    return needed
+
+
+def resources_grow(needed: Mapping[str, float], previous: AppRecord | None) -> bool:
+    """Does the app need more of some resource (``needed``: its :func:`fit_request`) than its
+    previous deployment, proxy included (a new app: yes)? Only then is the cluster asked whether
+    it fits."""
     if previous is None:
         return True
-    return any(resources.get(k, 0) > previous.resources.get(k, 0) + 1e-9 for k in resources)
+    before = fit_request(previous.resources, previous.proxy_memory_in_gb)
+    return any(needed.get(k, 0) > before.get(k, 0) + 1e-9 for k in needed)
 
 
 def secrets_revision(previous: AppRecord | None, env: AppEnv, old_secrets: Mapping[str, Any]) -> int:

@@ -77,11 +77,13 @@ from bioengine_common.tracing import trace_carrier
 from ._artifacts import ArtifactStore, static_site_url
 from ._deploy import (
     DeployRequest,
+    DiscoveredSpecs,
     WorkerFacts,
     app06_deployments,
     build_record,
     build_spec,
     env_scope_problems,
+    fit_request,
     merge_with_previous,
     resolve_env,
     resources_grow,
@@ -282,6 +284,7 @@ class AppsService(BioEngineService):
         self._ray_pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="apps-ray")
         self.decisions: collections.deque[dict[str, Any]] = collections.deque(maxlen=50)
         self._lock = asyncio.Lock()
+        self.discovered = DiscoveredSpecs()
         self._retry_at = 0.0
         self._failures = 0
         self._artifacts: ArtifactStore | None = None
@@ -814,17 +817,22 @@ class AppsService(BioEngineService):
     ) -> tuple[App06, AppAnalysis]:
         """A 0.6.0 app's classes, kwargs, GPUs and resources: its replica files are placed and
         its entry imported inside Ray (a task of its own), never here; a redeploy of the same
-        code reuses the spec found then (:func:`._deploy.reusable_spec`). The author's mistakes
+        code reuses the spec found then (:func:`._deploy.reusable_spec`), and so does the same
+        code under another id (:class:`._deploy.DiscoveredSpecs`). The author's mistakes
         (an import error, a cycle, bad kwargs) are an InvalidRequest saying which; ``scaling`` is
         checked by the caller against the classes found."""
-        code_dir = await asyncio.to_thread(self._place_files, application_id, _code_hash(files), files)
+        code_hash = _code_hash(files)
+        code_dir = await asyncio.to_thread(self._place_files, application_id, code_hash, files)
         entry = str(manifest["entry"])
         kwargs = dict(request.application_kwargs or {})
-        spec = reusable_spec(self.records.get(application_id), str(code_dir), entry, SDK_VERSION)
+        spec = reusable_spec(
+            self.records.get(application_id), str(code_dir), entry, SDK_VERSION
+        ) or self.discovered.get(code_hash, entry, SDK_VERSION)
         try:
             if spec is None:
                 found = await self._ray(discover, str(code_dir), entry, kwargs, timeout=150)
                 spec, init_kwargs, sdk_version = found["spec"], found["kwargs"], found["sdk_version"]
+                self.discovered.put(code_hash, entry, sdk_version, spec)
             else:  # the same code as deployed: only the kwargs are new (the SDK's pure check)
                 init_kwargs, sdk_version = validate_application_kwargs(spec, kwargs), SDK_VERSION
             if not request.disable_gpu and any(d.get("gpu_memory_mb") for d in spec["deployments"].values()):
@@ -944,8 +952,9 @@ class AppsService(BioEngineService):
             scope_problems = env_scope_problems(env, deployments)
             if scope_problems:
                 raise InvalidRequest(scope_problems[0])
-            if resources_grow(analysis.resources, previous):
-                await self._check_fit(application_id, analysis.resources, resolved)
+            needed = fit_request(analysis.resources, request.proxy_memory_in_gb)
+            if resources_grow(needed, previous):
+                await self._check_fit(application_id, needed, resolved)
             code_hash = _code_hash(files)
             code_dir = await asyncio.to_thread(self._place_files, application_id, code_hash, files)
             rules = resolve_authorized_users(
