@@ -3,14 +3,16 @@
     uv run python bench/datasets_stream.py [--planes 64] [--rounds 3] [--tiles 100] [--concurrency 10,32]
 
 Writes a uint16 (planes, 2048, 2048) array with (1, 512, 512) chunks (512 MiB raw for 64
-planes), serves it with bioengine-datasets (real Hypha token check), then in the same run,
-interleaved round by round: whole-array reads through HttpZarrStore (batched, the default),
-HttpZarrStore with batching off (one GET per chunk), zarr's stock fsspec HTTP store against
-our server, and locally, each at every zarr ``async.concurrency`` given (the same setting for
-every reader); then p50 latency of random aligned 512x512 tiles the same ways. The throughput
-ratio compares each reader at its own best concurrency (medians). Last line:
-`ratio: <HttpZarrStore/local MB/s> <HttpZarrStore/local tile p50>`.
-"""
+planes), and the same planes as a sharded array (one (1, 2048, 2048) shard per plane, the same
+chunks inside), serves both with bioengine-datasets (real Hypha token check), then in the same
+run, interleaved round by round: whole-array reads through HttpZarrStore as a user gets it
+(batches, read-ahead), HttpZarrStore with one plain GET per key (no batches, no read-ahead),
+zarr's stock fsspec HTTP store against our server, and locally, each at every zarr
+``async.concurrency`` given (the same setting for every reader; 10 is zarr's default); the
+sharded array the same ways but fsspec; then p50/p95 latency of random aligned 512x512 tiles.
+Last lines: what the ratios are, then `ratio: <MB/s at best concurrency> <tile p50> <MB/s at
+concurrency 10> <tile p95> <sharded MB/s at best concurrency>`, each HttpZarrStore/local (the
+throughput ratios compare each reader at its own best concurrency, medians)."""
 
 from __future__ import annotations
 

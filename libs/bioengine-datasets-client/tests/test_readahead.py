@@ -42,6 +42,26 @@ def test_grids_come_from_v3_and_v2_metadata():
     assert ChunkGrid.from_metadata("x/.zarray", zarray) == ChunkGrid("x/", (2, 2), "/", True)
 
 
+def test_a_groups_consolidated_metadata_gives_the_grids_of_its_arrays():
+    array = json.loads(_v3([8], [1]))
+    group = {
+        "zarr_format": 3,
+        "node_type": "group",
+        "consolidated_metadata": {"metadata": {"img": array, "sub/lab": array}},
+    }
+    ahead = ReadAhead(8, 1 << 30)
+    ahead.learn("zarr.json", json.dumps(group).encode())
+    assert set(ahead.grids) == {"img/", "sub/lab/"}
+    assert [ahead.plan(f"sub/lab/c/{n}") for n in range(4)][-1] == [
+        "sub/lab/c/4",
+        "sub/lab/c/5",
+        "sub/lab/c/6",
+    ]
+    zmetadata = {"metadata": {".zgroup": {}, "a/.zarray": {"shape": [4], "chunks": [2]}}}
+    ahead.learn("root/.zmetadata", json.dumps(zmetadata).encode())
+    assert ahead.grids["root/a/"].grid == ChunkGrid("root/a/", (2,), ".", True)
+
+
 @pytest.mark.parametrize(
     "body",
     [

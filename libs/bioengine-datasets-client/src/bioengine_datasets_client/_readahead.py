@@ -11,8 +11,8 @@ with the run (so a short run overshoots little) up to ``window`` chunks and ``bu
 Random reads (tiles) never start it. A chunk fetched ahead is handed out once, to the read that
 asks for it within ``_KEEP`` seconds, and forgotten otherwise.
 
-The chunk grid comes from the array's metadata (``zarr.json``, or ``.zarray`` for zarr v2) as
-it passes through the store: no extra request.
+The chunk grid comes from the array's metadata (``zarr.json``, or ``.zarray`` for zarr v2, or a
+group's consolidated metadata) as it passes through the store: no extra request.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ChunkGrid", "ReadAhead"]
+__all__ = ["ChunkGrid", "ReadAhead", "all_grids"]
 
 _START = 3  # successive next-chunk reads before reading ahead
 _KEEP = 10.0  # seconds a chunk read ahead waits to be asked for
@@ -44,30 +44,31 @@ class ChunkGrid:
     def from_metadata(cls, key: str, body: bytes | memoryview) -> ChunkGrid | None:
         """The grid of the array whose metadata ``key`` (``.../zarr.json`` or ``.../.zarray``)
         holds ``body``; None for a group, an irregular grid or anything unexpected."""
-        name = key.rsplit("/", 1)[-1]
-        prefix = key[: len(key) - len(name)]
+        grids = all_grids(key, body)
+        return grids[0] if len(grids) == 1 and grids[0].prefix == key[: key.rfind("/") + 1] else None
+
+    @classmethod
+    def parse(cls, prefix: str, meta: Any, v2: bool) -> ChunkGrid | None:
+        """The grid of one array's metadata (parsed JSON), its keys under ``prefix``."""
         try:
-            meta: Any = json.loads(bytes(body))
-            if name == "zarr.json":
+            if v2:
+                chunks, v2_keys = meta["chunks"], True
+                separator = meta.get("dimension_separator") or "."
+            else:
                 if meta.get("node_type") != "array" or meta["chunk_grid"]["name"] != "regular":
                     return None
                 chunks = meta["chunk_grid"]["configuration"]["chunk_shape"]
                 encoding = meta.get("chunk_key_encoding", {"name": "default"})
-                v2 = encoding["name"] == "v2"
-                default_separator = "." if v2 else "/"
-                separator = encoding.get("configuration", {}).get("separator", default_separator)
-            elif name == ".zarray":
-                chunks, v2 = meta["chunks"], True
-                separator = meta.get("dimension_separator") or "."
-            else:
-                return None
+                v2_keys = encoding["name"] == "v2"
+                default_separator = "." if v2_keys else "/"
+                separator = (encoding.get("configuration") or {}).get("separator", default_separator)
             shape = meta["shape"]
             if len(shape) != len(chunks) or not shape or separator not in ("/", "."):
                 return None
             grid = tuple(math.ceil(int(s) / int(c)) for s, c in zip(shape, chunks, strict=True))
         except (ValueError, KeyError, TypeError, AttributeError, ZeroDivisionError):
             return None
-        return cls(prefix, grid, separator, v2) if all(grid) else None
+        return cls(prefix, grid, separator, v2_keys) if all(grid) else None
 
     def index(self, key: str) -> int | None:
         """The C-order position of chunk ``key`` in the grid, or None if it is not a chunk key."""
@@ -100,6 +101,37 @@ class ChunkGrid:
         return math.prod(self.grid)
 
 
+def all_grids(key: str, body: bytes | memoryview) -> list[ChunkGrid]:
+    """The grids in metadata ``key``: one array's (``zarr.json``, ``.zarray``), or those of every
+    array in a group's consolidated metadata (``zarr.json`` with ``consolidated_metadata``,
+    ``.zmetadata``), so a group opened in one request still reads ahead."""
+    name = key.rsplit("/", 1)[-1]
+    prefix = key[: len(key) - len(name)]
+    try:
+        meta: Any = json.loads(bytes(body))
+        if name == ".zarray":
+            found = [ChunkGrid.parse(prefix, meta, v2=True)]
+        elif name == ".zmetadata":
+            found = [
+                ChunkGrid.parse(prefix + path[: -len(".zarray")], array, v2=True)
+                for path, array in meta["metadata"].items()
+                if path.endswith(".zarray") and (path == ".zarray" or path.endswith("/.zarray"))
+            ]
+        elif name == "zarr.json":
+            found = [ChunkGrid.parse(prefix, meta, v2=False)]
+            if meta.get("node_type") == "group":
+                consolidated = (meta.get("consolidated_metadata") or {}).get("metadata") or {}
+                found += [
+                    ChunkGrid.parse(f"{prefix}{path}/", array, v2=False)
+                    for path, array in consolidated.items()
+                ]
+        else:
+            return []
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return []
+    return [grid for grid in found if grid is not None]
+
+
 @dataclass
 class _Stream:
     grid: ChunkGrid
@@ -119,9 +151,9 @@ class ReadAhead:
     chunk_bytes: float = 0.0  # running mean of chunk sizes seen, to keep within ``budget``
 
     def learn(self, key: str, body: bytes | memoryview) -> None:
-        grid = ChunkGrid.from_metadata(key, body)
-        if grid is not None and (grid.prefix not in self.grids or self.grids[grid.prefix].grid != grid):
-            self.grids[grid.prefix] = _Stream(grid)
+        for grid in all_grids(key, body):
+            if grid.prefix not in self.grids or self.grids[grid.prefix].grid != grid:
+                self.grids[grid.prefix] = _Stream(grid)
 
     def seen(self, size: int) -> None:
         self.chunk_bytes = size if not self.chunk_bytes else 0.9 * self.chunk_bytes + 0.1 * size

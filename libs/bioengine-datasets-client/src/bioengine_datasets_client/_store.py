@@ -19,6 +19,9 @@ are in flight; the ones that arrive meanwhile wait and leave together as one bat
 received in place on raw connections, see ``_wire``; the format is in :mod:`.batch`). A lone
 read (one tile) is a plain ``GET``; a whole-array read pays the per-request cost of HTTP once
 per batch instead of once per chunk. A server without the batch endpoint gets plain ``GET``s.
+
+Sequential reads read ahead (see ``_readahead``): zarr's default ``async.concurrency`` of 10
+chunks per read would otherwise leave the decoder waiting on round trips.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from ._readahead import ReadAhead
 from ._wire import WirePool, WireUnsupported
 from .batch import batch_request, split_answer
 
-__all__ = ["RETRY_FOR", "DatasetAccessError", "DatasetUnavailableError", "HttpZarrStore"]
+__all__ = ["READ_AHEAD_BYTES", "RETRY_FOR", "DatasetAccessError", "DatasetUnavailableError", "HttpZarrStore"]
 
 logger = logging.getLogger("bioengine_datasets_client")
 
@@ -189,7 +192,9 @@ class HttpZarrStore(Store):
 
     ``token`` goes in the ``Authorization`` header, never in the URL. ``batch=False`` turns
     coalescing off (one ``GET`` per key); ``pipelines`` is how many requests run before reads
-    start to queue, ``max_batch`` the most keys in one batch. ``retry_for``: seconds a request
+    start to queue, ``max_batch`` the most keys in one batch. ``read_ahead``: the most chunks
+    fetched before zarr asks for them once it reads chunk after chunk in order (0: never; at
+    most ``READ_AHEAD_BYTES`` held per event loop). ``retry_for``: seconds a request
     that failed on a refused, reset or dropped connection or a 5xx answer is tried again
     (pauses from 0.1 s doubling to 1 s; 0: never), then ``DatasetUnavailableError``. ``timeout``:
     seconds one attempt may take (a timeout is not retried). ``read_only`` is there for zarr's
@@ -398,7 +403,7 @@ class HttpZarrStore(Store):
             data = await self._request(self._url(key), headers)
             result = None if data is None else prototype.buffer.from_bytes(data)
         if ahead is not None and result is not None:
-            if key.endswith(("zarr.json", ".zarray")):
+            if key.endswith(("zarr.json", ".zarray", ".zmetadata")):
                 ahead.learn(key, result.to_bytes())
             else:
                 ahead.seen(len(result))
