@@ -182,3 +182,42 @@ def test_read_ahead_requests_each_chunk_once(tmp_path):
     assert np.array_equal(whole, data)
     assert sorted(chunks) == sorted(set(chunks)) and len(chunks) == 6 * 2 * 2  # each chunk once
     assert not ahead.fetched  # every chunk read ahead was handed out
+
+
+def test_a_chunk_whose_read_ahead_failed_is_asked_for_again(tmp_path):
+    data = np.arange(6 * 64 * 64, dtype="uint16").reshape(6, 64, 64)
+    zarr.create_array(store=tmp_path / "a.zarr", shape=data.shape, chunks=(1, 32, 32), dtype="uint16")[:] = (
+        data
+    )
+    seen: list[str] = []
+
+    @web.middleware
+    async def refuse_once(request, handler):
+        key = request.path.removeprefix("/s/")
+        seen.append(key)
+        if key == "c/4/0/0" and seen.count(key) == 1:
+            return web.json_response({"error": "not now"}, status=403)
+        return await handler(request)
+
+    app = web.Application(middlewares=[refuse_once])
+    app.router.add_static("/s", tmp_path / "a.zarr")
+    server = TestServer(app)
+
+    async def read():
+        await server.start_server()
+        store = HttpZarrStore(str(server.make_url("/s")), read_ahead=8, batch=False)
+        try:
+            array = await zarr.api.asynchronous.open_array(store=store, mode="r")
+            with zarr.config.set({"async.concurrency": 1}):
+                return await array.getitem(slice(None))
+        finally:
+            async with store:
+                await server.close()
+
+    assert np.array_equal(asyncio.run(read()), data)
+    assert seen.count("c/4/0/0") == 2  # read ahead (refused), then by the read that needed it
+
+
+def test_read_ahead_must_not_be_negative():
+    with pytest.raises(ValueError, match="read_ahead"):
+        HttpZarrStore("http://h/data/x", read_ahead=-1)
