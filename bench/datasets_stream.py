@@ -3,14 +3,16 @@
     uv run python bench/datasets_stream.py [--planes 64] [--rounds 3] [--tiles 100] [--concurrency 10,32]
 
 Writes a uint16 (planes, 2048, 2048) array with (1, 512, 512) chunks (512 MiB raw for 64
-planes), serves it with bioengine-datasets (real Hypha token check), then in the same run,
-interleaved round by round: whole-array reads through HttpZarrStore (batched, the default),
-HttpZarrStore with batching off (one GET per chunk), zarr's stock fsspec HTTP store against
-our server, and locally, each at every zarr ``async.concurrency`` given (the same setting for
-every reader); then p50 latency of random aligned 512x512 tiles the same ways. The throughput
-ratio compares each reader at its own best concurrency (medians). Last line:
-`ratio: <HttpZarrStore/local MB/s> <HttpZarrStore/local tile p50>`.
-"""
+planes), and the same planes as a sharded array (one (1, 2048, 2048) shard per plane, the same
+chunks inside), serves both with bioengine-datasets (real Hypha token check), then in the same
+run, interleaved round by round: whole-array reads through HttpZarrStore as a user gets it
+(batches, read-ahead), HttpZarrStore with one plain GET per key (no batches, no read-ahead),
+zarr's stock fsspec HTTP store against our server, and locally, each at every zarr
+``async.concurrency`` given (the same setting for every reader; 10 is zarr's default); the
+sharded array the same ways but fsspec; then p50/p95 latency of random aligned 512x512 tiles.
+Last lines: what the ratios are, then `ratio: <MB/s at best concurrency> <tile p50> <MB/s at
+concurrency 10> <tile p95> <sharded MB/s at best concurrency>`, each HttpZarrStore/local (the
+throughput ratios compare each reader at its own best concurrency, medians)."""
 
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import zarr
+from _stats import percentile  # bench/_stats.py
 
 from bioengine_common import connect, spawn, stop_process
 from bioengine_common.local_stack import EmbeddedHypha
@@ -40,6 +43,13 @@ def write_dataset(root: Path, planes: int) -> float:
     array = zarr.create_array(
         store=folder / "volume.zarr", shape=(planes, 2048, 2048), chunks=(1, 512, 512), dtype="uint16"
     )
+    sharded = zarr.create_array(  # the same planes, one shard per plane of (1, 512, 512) chunks
+        store=folder / "sharded.zarr",
+        shape=(planes, 2048, 2048),
+        chunks=(1, 512, 512),
+        shards=(1, 2048, 2048),
+        dtype="uint16",
+    )
     rng = np.random.default_rng(0)
     offsets = np.arange(-60, 61)
     blob = 2000 * np.exp(-(offsets[:, None] ** 2 + offsets[None, :] ** 2) / (2 * 15.0**2))
@@ -47,7 +57,7 @@ def write_dataset(root: Path, planes: int) -> float:
         plane = np.full((2048 + 120, 2048 + 120), 100.0)
         for cy, cx in rng.integers(0, 2048, size=(60, 2)):
             plane[cy : cy + 121, cx : cx + 121] += blob
-        array[z] = rng.poisson(plane[60:-60, 60:-60]).astype("uint16")
+        array[z] = sharded[z] = rng.poisson(plane[60:-60, 60:-60]).astype("uint16")
     return planes * 2048 * 2048 * 2 / 1e6
 
 
@@ -97,9 +107,14 @@ def main() -> None:
         root = Path(tmp)
         started = time.monotonic()
         raw_mb = write_dataset(root / "data", args.planes)
-        on_disk = sum(f.stat().st_size for f in (root / "data").rglob("*") if f.is_file()) / 1e6
+        disk = {
+            name: sum(f.stat().st_size for f in (root / "data" / "bench" / name).rglob("*") if f.is_file())
+            / 1e6
+            for name in ("volume.zarr", "sharded.zarr")
+        }
         print(
-            f"dataset: {raw_mb:.0f} MB raw, {on_disk:.0f} MB on disk, written in {time.monotonic() - started:.0f} s"
+            f"dataset: {raw_mb:.0f} MB raw, {disk['volume.zarr']:.0f} MB on disk "
+            f"({disk['sharded.zarr']:.0f} MB sharded), written in {time.monotonic() - started:.0f} s"
         )
         hypha = EmbeddedHypha(root / "hypha", "bench", s3=False, log=lambda m: None)
         hypha.start()
@@ -107,8 +122,12 @@ def main() -> None:
         try:
             token = hypha.mint("bench-user", "read")
             url = f"{http_url}/data/bench/volume.zarr"
-            http_store = HttpZarrStore(url, token=token)
-            per_key_store = HttpZarrStore(url, token=token, batch=False)
+            stores = [HttpZarrStore(url, token=token), HttpZarrStore(url, token=token, batch=False)]
+            stores += [
+                HttpZarrStore(f"{http_url}/data/bench/sharded.zarr", token=token, batch=b)
+                for b in (True, False)
+            ]
+            http_store, per_key_store, sharded_store, sharded_per_key = stores
             readers = {
                 "HttpZarrStore": zarr.open_array(http_store, mode="r"),
                 "  one GET/key": zarr.open_array(per_key_store, mode="r"),
@@ -118,6 +137,9 @@ def main() -> None:
                     storage_options={"client_kwargs": {"headers": {"Authorization": f"Bearer {token}"}}},
                 ),
                 "local": zarr.open_array(root / "data" / "bench" / "volume.zarr", mode="r"),
+                "sharded HttpZarrStore": zarr.open_array(sharded_store, mode="r"),
+                "sharded one GET/key": zarr.open_array(sharded_per_key, mode="r"),
+                "sharded local": zarr.open_array(root / "data" / "bench" / "sharded.zarr", mode="r"),
             }
             reference = readers["local"][0, :512, :512]
             for name, array in readers.items():  # warm-up and a correctness check
@@ -146,8 +168,8 @@ def main() -> None:
                     t0 = time.perf_counter()
                     array[z, y : y + 512, x : x + 512]
                     tiles[name].append((time.perf_counter() - t0) * 1000)
-            http_store.close()
-            per_key_store.close()
+            for store in stores:
+                store.close()
         finally:
             stop_process(process)
             hypha.stop()
@@ -155,36 +177,45 @@ def main() -> None:
     print(
         f"\nwhole-array read, MB/s (median of {args.rounds}; best round in brackets), by zarr async.concurrency"
     )
-    print(f"{'reader':<15}" + "".join(f"{level:>16}" for level in levels))
+    print(f"{'reader':<22}" + "".join(f"{level:>16}" for level in levels))
     for name in readers:
         cells = []
         for level in levels:
             rates = [raw_mb / s for s in seconds[name, level]]
             cells.append(f"{statistics.median(rates):>9.0f} [{max(rates):>4.0f}]")
-        print(f"{name:<15}" + "".join(cells))
+        print(f"{name:<22}" + "".join(cells))
     print("CPU seconds per read, reader process + dataset server (medians)")
     for name in readers:
         cells = [
             f"{statistics.median(c for c, _ in cpu[name, level]):>8.2f} +{statistics.median(s for _, s in cpu[name, level]):>5.2f}"
             for level in levels
         ]
-        print(f"{name:<15}" + "".join(f"{cell:>16}" for cell in cells))
+        print(f"{name:<22}" + "".join(f"{cell:>16}" for cell in cells))
     for level in levels:
         ratio = statistics.median(seconds["local", level]) / statistics.median(
             seconds["HttpZarrStore", level]
         )
         print(f"HttpZarrStore/local at concurrency {level}: {ratio:.2f}")
-    print(f"\n{'reader':<15}{'tile p50 ms':>13}{'tile p95 ms':>13}")
+    print(f"\n{'reader':<22}{'tile p50 ms':>13}{'tile p95 ms':>13}")
     for name in readers:
-        p95 = sorted(tiles[name])[int(0.95 * (len(tiles[name]) - 1))]
-        print(f"{name:<15}{statistics.median(tiles[name]):>13.2f}{p95:>13.2f}")
+        print(f"{name:<22}{statistics.median(tiles[name]):>13.2f}{percentile(tiles[name], 95):>13.2f}")
 
     def best(name: str) -> float:
         return min(statistics.median(seconds[name, level]) for level in levels)
 
+    default = 10 if 10 in levels else levels[0]  # zarr's default async.concurrency
     throughput = best("local") / best("HttpZarrStore")
+    at_default = statistics.median(seconds["local", default]) / statistics.median(
+        seconds["HttpZarrStore", default]
+    )
+    sharded = best("sharded local") / best("sharded HttpZarrStore")
     tile = statistics.median(tiles["HttpZarrStore"]) / statistics.median(tiles["local"])
-    print(f"ratio: {throughput:.2f} {tile:.2f}")
+    tile95 = percentile(tiles["HttpZarrStore"], 95) / percentile(tiles["local"], 95)
+    print(
+        "ratio: <MB/s at best concurrency> <tile p50> <MB/s at concurrency "
+        f"{default}> <tile p95> <sharded MB/s at best concurrency>, HttpZarrStore/local"
+    )
+    print(f"ratio: {throughput:.2f} {tile:.2f} {at_default:.2f} {tile95:.2f} {sharded:.2f}")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,13 @@
 """
 
 from ._open import open_dataset
-from ._store import RETRY_FOR, DatasetAccessError, DatasetUnavailableError, HttpZarrStore
+from ._store import READ_AHEAD_BYTES, RETRY_FOR, DatasetAccessError, DatasetUnavailableError, HttpZarrStore
 
-__all__ = ["RETRY_FOR", "DatasetAccessError", "DatasetUnavailableError", "HttpZarrStore", "open_dataset"]
+__all__ = [
+    "READ_AHEAD_BYTES",
+    "RETRY_FOR",
+    "DatasetAccessError",
+    "DatasetUnavailableError",
+    "HttpZarrStore",
+    "open_dataset",
+]

@@ -19,6 +19,9 @@ are in flight; the ones that arrive meanwhile wait and leave together as one bat
 received in place on raw connections, see ``_wire``; the format is in :mod:`.batch`). A lone
 read (one tile) is a plain ``GET``; a whole-array read pays the per-request cost of HTTP once
 per batch instead of once per chunk. A server without the batch endpoint gets plain ``GET``s.
+
+Sequential reads read ahead (see ``_readahead``): zarr's default ``async.concurrency`` of 10
+chunks per read would otherwise leave the decoder waiting on round trips.
 """
 
 from __future__ import annotations
@@ -39,10 +42,11 @@ import aiohttp
 from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, Store, SuffixByteRequest
 from zarr.core.buffer import Buffer, BufferPrototype
 
+from ._readahead import ReadAhead
 from ._wire import WirePool, WireUnsupported
 from .batch import batch_request, split_answer
 
-__all__ = ["RETRY_FOR", "DatasetAccessError", "DatasetUnavailableError", "HttpZarrStore"]
+__all__ = ["READ_AHEAD_BYTES", "RETRY_FOR", "DatasetAccessError", "DatasetUnavailableError", "HttpZarrStore"]
 
 logger = logging.getLogger("bioengine_datasets_client")
 
@@ -55,6 +59,8 @@ _MAX_PAUSE = 1.0  # ... up to this, so a server that is back is noticed within a
 #: Answers that mean "not now" (a proxy in front of a restarting server, or the server out of
 #: file descriptors). Never a 4xx: the server has answered about this request.
 _RETRY_STATUS = {500, 502, 503, 504}
+#: At most this many bytes of chunks read ahead and not yet asked for, per store and event loop.
+READ_AHEAD_BYTES = 64 << 20
 
 
 class DatasetAccessError(PermissionError):
@@ -138,7 +144,9 @@ class _LoopState:
 
     session: aiohttp.ClientSession
     limit: asyncio.Semaphore
-    pending: deque[_Wanted] = field(default_factory=deque)
+    pending: deque[_Wanted] = field(default_factory=deque)  # asked for by zarr
+    speculative: deque[_Wanted] = field(default_factory=deque)  # read ahead (sent after ``pending``)
+    ahead: ReadAhead | None = None
     draining: int = 0  # drain tasks alive
     sending: int = 0  # drain tasks with a request in flight
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
@@ -166,6 +174,12 @@ def _text(body: bytes | memoryview) -> str:
     return error if isinstance(error, str) else head[:500].decode(errors="replace")
 
 
+def _retrieved(future: asyncio.Future[Buffer | None]) -> None:
+    """Mark a read-ahead's failure as seen (the read that asks for the key fetches it again)."""
+    if not future.cancelled():
+        future.exception()
+
+
 async def _close_state(state: _LoopState) -> None:
     """Close what one event loop's state holds (run it on that loop)."""
     if state.wire is not None:
@@ -178,7 +192,9 @@ class HttpZarrStore(Store):
 
     ``token`` goes in the ``Authorization`` header, never in the URL. ``batch=False`` turns
     coalescing off (one ``GET`` per key); ``pipelines`` is how many requests run before reads
-    start to queue, ``max_batch`` the most keys in one batch. ``retry_for``: seconds a request
+    start to queue, ``max_batch`` the most keys in one batch. ``read_ahead``: the most chunks
+    fetched before zarr asks for them once it reads chunk after chunk in order (0: never; at
+    most ``READ_AHEAD_BYTES`` held per event loop). ``retry_for``: seconds a request
     that failed on a refused, reset or dropped connection or a 5xx answer is tried again
     (pauses from 0.1 s doubling to 1 s; 0: never), then ``DatasetUnavailableError``. ``timeout``:
     seconds one attempt may take (a timeout is not retried). ``read_only`` is there for zarr's
@@ -203,6 +219,7 @@ class HttpZarrStore(Store):
         batch: bool = True,
         pipelines: int = 2,
         max_batch: int = 64,
+        read_ahead: int = 32,
         read_only: bool = True,
     ):
         if not read_only:
@@ -210,6 +227,8 @@ class HttpZarrStore(Store):
         super().__init__(read_only=True)
         if pipelines < 1 or max_batch < 1 or concurrency < 1:
             raise ValueError("concurrency, pipelines and max_batch must be at least 1")
+        if read_ahead < 0:
+            raise ValueError(f"read_ahead is a number of chunks >= 0, not {read_ahead!r}")
         if not 0 <= retry_for < float("inf"):
             raise ValueError(f"retry_for must be a finite number of seconds >= 0, not {retry_for!r}")
         if token is not None and any(ord(c) < 32 or ord(c) == 127 for c in token):
@@ -223,6 +242,7 @@ class HttpZarrStore(Store):
         self.batch = batch
         self.pipelines = pipelines
         self.max_batch = max_batch
+        self.read_ahead = read_ahead
         self._wire = True  # batch answers on raw connections, until a server's answer says no
         self._sessions: dict[asyncio.AbstractEventLoop, _LoopState] = {}
         self._closing: set[asyncio.Task[None]] = set()
@@ -263,7 +283,10 @@ class HttpZarrStore(Store):
                     headers=headers, connector=connector, timeout=aiohttp.ClientTimeout(total=self.timeout),
                     read_bufsize=1 << 20,
                 )  # fmt: skip
-                self._sessions[loop] = _LoopState(session, asyncio.Semaphore(self.concurrency))
+                state = _LoopState(session, asyncio.Semaphore(self.concurrency))
+                if self.read_ahead:
+                    state.ahead = ReadAhead(self.read_ahead, READ_AHEAD_BYTES)
+                self._sessions[loop] = state
             return self._sessions[loop]
 
     def _url(self, key: str) -> str:
@@ -277,11 +300,13 @@ class HttpZarrStore(Store):
         headers: dict[str, str] | None,
         batch: dict[str, Any] | None,
     ) -> tuple[int, bytes | memoryview]:
-        if batch is not None and self._wire:
+        if self._wire and (batch is not None or method == "GET"):
             try:
                 if state.wire is None:
                     state.wire = WirePool(self.base_url, self.token)
-                return await state.wire.post(batch, self.timeout)
+                if batch is not None:
+                    return await state.wire.post(batch, self.timeout)
+                return await state.wire.get(url, headers, self.timeout)
             except WireUnsupported:
                 self._wire = False  # e.g. a proxy that re-chunks answers: aiohttp from now on
         if batch is None:
@@ -359,27 +384,82 @@ class HttpZarrStore(Store):
         self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None
     ) -> Buffer | None:
         headers = _range_header(byte_range)  # bad ranges fail here, in the caller
-        if not self.batch:
-            data = await self._request(self._url(key), headers)
-            return None if data is None else prototype.buffer.from_bytes(data)
         state = self._state()
+        ahead = state.ahead if byte_range is None else None
+        if ahead is not None:
+            early = ahead.take(key)
+            for next_key in ahead.plan(key):
+                self._fetch_ahead(state, ahead, next_key, prototype)
+            if early is not None:
+                await asyncio.wait((early,))  # its failure is not ours: then ask again below
+                if not early.cancelled() and early.exception() is None:
+                    result: Buffer | None = early.result()
+                    if result is not None:
+                        ahead.seen(len(result))
+                    return result
+        if self.batch:  # queued: the reads that arrive together leave together (see _drain)
+            result = await self._queue(state, state.pending, key, byte_range, prototype)
+        else:
+            data = await self._request(self._url(key), headers)
+            result = None if data is None else prototype.buffer.from_bytes(data)
+        if ahead is not None and result is not None:
+            if key.endswith(("zarr.json", ".zarray", ".zmetadata")):
+                ahead.learn(key, result.to_bytes())
+            else:
+                ahead.seen(len(result))
+        return result
+
+    def _fetch_ahead(self, state: _LoopState, ahead: ReadAhead, key: str, prototype: BufferPrototype) -> None:
+        """Start fetching ``key`` before it is asked for: queued for a batch, or its own GET."""
+        if self.batch:
+            self._queue(state, state.speculative, key, None, prototype, ahead)
+            return
         future: asyncio.Future[Buffer | None] = asyncio.get_running_loop().create_future()
-        state.pending.append(_Wanted(key, byte_range, prototype, future))
-        if state.draining < self.pipelines:
+        ahead.hold(key, future)
+        future.add_done_callback(_retrieved)
+        task = asyncio.create_task(self._send_one(_Wanted(key, None, prototype, future)))
+        state.tasks.add(task)
+        task.add_done_callback(state.tasks.discard)
+
+    def _queue(
+        self,
+        state: _LoopState,
+        queue: deque[_Wanted],
+        key: str,
+        byte_range: ByteRequest | None,
+        prototype: BufferPrototype,
+        ahead: ReadAhead | None = None,
+    ) -> asyncio.Future[Buffer | None]:
+        """Queue one read and make sure a drain task will send it."""
+        future: asyncio.Future[Buffer | None] = asyncio.get_running_loop().create_future()
+        if ahead is not None:  # read ahead: nobody may ever await it
+            ahead.hold(key, future)
+            future.add_done_callback(_retrieved)
+        queue.append(_Wanted(key, byte_range, prototype, future))
+        self._kick(state)
+        return future
+
+    def _kick(self, state: _LoopState) -> None:
+        """Start a drain task for what is queued, while a pipeline is free."""
+        if (state.pending or state.speculative) and state.draining < self.pipelines:
             state.draining += 1
             task = asyncio.create_task(self._drain(state))
             state.tasks.add(task)
             task.add_done_callback(state.tasks.discard)
-        return await future
 
     async def _drain(self, state: _LoopState) -> None:
         """Send what is queued, split evenly over the pipelines that are free, until none is left."""
         try:
-            while state.pending:
+            while state.pending or state.speculative:
+                queued = len(state.pending) + len(state.speculative)
                 free = max(1, self.pipelines - state.sending)
-                take = min(self.max_batch, -(-len(state.pending) // free), len(state.pending))
-                wanted = [state.pending.popleft() for _ in range(take)]
+                take = min(self.max_batch, -(-queued // free), queued)
+                wanted = [
+                    (state.pending or state.speculative).popleft() for _ in range(take)
+                ]  # what zarr asked for first, then what is read ahead
                 wanted = [w for w in wanted if not w.future.done()]
+                if not wanted:
+                    continue
                 state.sending += 1
                 try:
                     await self._send(wanted)
@@ -387,7 +467,7 @@ class HttpZarrStore(Store):
                     for w in wanted:
                         _settle(w.future, error=exc)
                 except BaseException:  # cancelled (the loop is closing): so are the reads waiting on it
-                    for w in [*wanted, *state.pending]:
+                    for w in [*wanted, *state.pending, *state.speculative]:
                         w.future.cancel()
                     raise
                 finally:
@@ -404,7 +484,10 @@ class HttpZarrStore(Store):
             _settle(wanted.future, None if data is None else wanted.prototype.buffer.from_bytes(data))
 
     async def _send(self, wanted: list[_Wanted]) -> None:
-        if len(wanted) < 2 or not self.batch:
+        if len(wanted) == 1:
+            await self._send_one(wanted[0])
+            return
+        if not self.batch:
             await asyncio.gather(*(self._send_one(w) for w in wanted))
             return
         request = batch_request([(w.key, _range_spec(w.byte_range)) for w in wanted])
