@@ -153,8 +153,16 @@ def continue_trace(span_name: str, carrier: Mapping[str, str] | None, **attribut
     :func:`current_trace_context`); a new trace without one. For the parts of a request that run
     in other processes: a Ray task, the app deployer, an app's replica."""
     parent = propagate.extract(dict(carrier)) if carrier else None
+    with _span(_tracer(), span_name, parent, attributes) as span:
+        yield span
+
+
+@contextlib.contextmanager
+def _span(tracer: trace.Tracer, name: str, parent: Any, attributes: Mapping[str, Any]) -> Iterator[Any]:
+    """The current span ``name`` under ``parent``, with the attributes that are set; an error
+    marks it failed. Log lines of the process name its trace meanwhile."""
     trace_ids_in_process_logs()
-    with _tracer().start_as_current_span(span_name, context=parent, record_exception=True) as span:
+    with tracer.start_as_current_span(name, context=parent, record_exception=True) as span:
         for key, value in attributes.items():
             if value is not None:
                 span.set_attribute(key, value)
@@ -199,17 +207,8 @@ def remote_span(
         provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=1000))
         _remote_providers[key] = provider
     parent = propagate.extract(dict((carrier or {}).get("trace") or {}))
-    trace_ids_in_process_logs()
-    tracer = provider.get_tracer(_TRACER_NAME)
-    with tracer.start_as_current_span(name, context=parent, record_exception=True) as span:
-        for attribute, value in attributes.items():
-            if value is not None:
-                span.set_attribute(attribute, value)
-        try:
-            yield span
-        except Exception as exc:
-            span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
-            raise
+    with _span(provider.get_tracer(_TRACER_NAME), name, parent, attributes) as span:
+        yield span
 
 
 def serve_span_processors() -> list[Any]:

@@ -132,7 +132,10 @@ class LocalHeadBackend(ClusterBackend):
     def app_sandbox(self) -> dict[str, Any]:
         if self.sandbox is None:
             return {"enabled": False, "reason": self.sandbox_off}
-        return {"enabled": True, "hidden_paths": [str(path) for path in self.sandbox.plan()[0]]}
+        # What the running head hides (recorded when it started); planned anew only before that.
+        state = self.head.state
+        hidden = state.hidden_paths if state and state.hidden_paths is not None else None
+        return {"enabled": True, "hidden_paths": hidden or [str(p) for p in self.sandbox.plan()[0]]}
 
 
 class ExternalBackend(ClusterBackend):
