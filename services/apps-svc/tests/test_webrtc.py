@@ -65,6 +65,7 @@ async def test_the_app_answers_the_same_over_webrtc_as_over_the_websocket(
 
 
 async def test_a_method_not_public_is_refused_over_webrtc_too(other_user, deployed):
+    assert deployed, "the app was not deployed: see the test before this one"
     ids = deployed["service_ids"][0]
     websocket = await other_user.get_service(ids["websocket_service_id"])
     with pytest.raises(Exception, match="may not call 'read_env'"):

@@ -234,10 +234,13 @@ class BioEngineProxy:
             timeout=30,
         )
         info = await self.server.register_service(self.service_api(), {"overwrite": True})
+        # The WebRTC service is registered (or its failure recorded) before the websocket
+        # service id is published: apps-svc reports RUNNING on that id, and a status must not
+        # show RUNNING with the WebRTC id still to come.
+        await self._register_rtc()
         self.service_id, self.error, self.connected = str(info["id"]), None, True
         self.registrations += 1
         logger.info("Registered Hypha service %s", self.service_id)
-        await self._register_rtc()
 
     async def _drop_connection(self) -> None:
         server, self.server = self.server, None
