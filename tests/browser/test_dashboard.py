@@ -18,7 +18,7 @@ import pytest
 from bioengine_common import connect, mint_token
 from bioengine_common.testing import eventually
 from bioengine_dashboard import dashboard_url
-from bioengine_worker.testing import WorkerProcess
+from bioengine_worker.testing import WorkerProcess, faults
 
 # The first test also waits for the stack and the app's deployment (minutes on a loaded machine).
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
@@ -285,7 +285,8 @@ async def test_the_page_finds_a_restarted_gateway_by_itself(stack, tokens, brows
     try:
         row = page.locator('#services-table tr[data-service="gateway"]')
         before = await row.inner_text()
-        (gateway,) = [p for p in stack.descendants() if "bioengine_gateway" in " ".join(p.cmdline())]
+        # The live gateway process (an earlier one may linger as a zombie until reaped).
+        (gateway,) = faults.processes(stack, "gateway")
         gateway.send_signal(9)  # SIGKILL: the launcher starts a new one under a new client id
         await asyncio.to_thread(psutil.wait_procs, [gateway], 10)
 

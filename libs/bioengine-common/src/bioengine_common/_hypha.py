@@ -20,6 +20,9 @@ from .errors import ConnectionLost, ServiceUnavailable, error_summary
 
 __all__ = ["HyphaConnection", "connect", "trusted_service_id"]
 
+#: Seconds between two tries of a Hypha server that is not listening yet.
+SERVER_WAIT_POLL_S = 0.2
+
 
 async def connect(
     server_url: str,
@@ -135,12 +138,38 @@ class HyphaConnection:
         return self.settings.workspace
 
     async def connect(self) -> Any:
-        self.server = await connect(
-            self.settings.server_url,
-            workspace=self.settings.workspace,
-            token=self.settings.token_value(),
-            client_id=self.client_id,
-        )
+        """Connect; a server that is not listening yet (starting beside this service) is tried
+        again every :data:`SERVER_WAIT_POLL_S` for ``server_wait`` seconds."""
+        deadline = time.monotonic() + self.settings.server_wait
+        # hypha-rpc logs each failed try as an error of its own: a refused try is expected
+        # here, and any other failure is raised below with its reason.
+        rpc_logger = logging.getLogger("websocket-client")
+        level, waiting = rpc_logger.level, False
+        rpc_logger.setLevel(logging.CRITICAL)
+        try:
+            while True:
+                try:
+                    self.server = await connect(
+                        self.settings.server_url,
+                        workspace=self.settings.workspace,
+                        token=self.settings.token_value(),
+                        client_id=self.client_id,
+                    )
+                    break
+                except ServiceUnavailable as exc:
+                    # Refused at the TCP level: nothing listens on the port (yet).
+                    if not isinstance(exc.__cause__, ConnectionRefusedError) or time.monotonic() >= deadline:
+                        raise
+                    if not waiting:
+                        waiting = True
+                        self.logger.info(
+                            "Waiting up to %.0f s for the Hypha server at %s to listen",
+                            self.settings.server_wait,
+                            self.settings.server_url,
+                        )
+                    await asyncio.sleep(SERVER_WAIT_POLL_S)
+        finally:
+            rpc_logger.setLevel(level)
         self.connected, self.down_since, self.last_error = True, None, None
         user = self.server.config.get("user") or {}
         self.user = {k: user.get(k) for k in ("id", "email", "is_anonymous")}

@@ -82,6 +82,13 @@ class ServiceSettings(BaseModel):
         description="Address the Prometheus endpoint listens on; loopback by default (the metrics "
         "need no token: expose them beyond the machine only to your scraper).",
     )
+    server_wait: float = Field(
+        60.0,
+        ge=0,
+        description="Seconds the first connection keeps trying a Hypha server that does not "
+        "listen yet (one started at the same time as this service, as bioengine-worker does); "
+        "then the process exits with code 3. A server that answers and refuses fails at once.",
+    )
     reconnect_timeout: float = Field(
         0.0,
         ge=0,

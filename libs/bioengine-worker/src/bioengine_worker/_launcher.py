@@ -65,6 +65,10 @@ SERVICE_IDS = {
     "datasets": "bioengine-datasets",
     "gateway": "bioengine-worker",
 }
+#: Seconds the services wait for the embedded server they start beside: the store and then the
+#: server may each take their whole start timeout.
+EMBEDDED_START_TIMEOUT_S = 90.0
+SERVER_WAIT_S = 2 * EMBEDDED_START_TIMEOUT_S
 #: Seconds between two looks at the start-up (registrations, the gateway's status).
 STARTUP_POLL_S = 0.25
 #: Seconds one of those looks may take (a busy machine), before it counts as "not yet".
@@ -258,7 +262,9 @@ class Launcher:
         return {name: f"http://{host}:{port}/metrics" for name, port in self.metrics_ports.items()}
 
     # ---- set-up ---------------------------------------------------------------------------------
-    def _start_embedded(self) -> None:
+    def _plan_embedded(self) -> None:
+        """The embedded server's port and admin token; nothing started or installed yet (tokens
+        are signed here, so the services can start before the server)."""
         port = self.settings.hypha_port
         if port and not port_free(port):
             new_port = free_port()
@@ -267,18 +273,28 @@ class Launcher:
         self.hypha = hypha = EmbeddedHypha(
             self.dir, self.settings.workspace, port=port, s3=self.settings.s3, log=_say
         )
+        if not hypha.python.exists():
+            # The first run installs it (minutes): before the services, which would give up
+            # waiting for the server meanwhile.
+            hypha.prepare()
+        self.server_url = hypha.url
+        self.admin_token = hypha.mint(LOCAL_ADMIN, "admin", expires_in=self.settings.admin_token_hours * 3600)
+        self.admin_users.append(LOCAL_ADMIN)
+
+    def _start_embedded(self) -> None:
+        """Check (or install) the server's environment, start the store, then the server once
+        the store serves (the server opens its bucket as it starts). The services, started
+        before, connect as soon as the server listens."""
+        hypha = self.hypha
+        assert hypha is not None
         hypha.prepare()
         self.progress.step(f"embedded server environment ready ({hypha.project_dir})")
         if self.settings.s3:
-            hypha.start_store()
+            hypha.spawn_store()
+            hypha.wait_store(EMBEDDED_START_TIMEOUT_S)
             self.progress.step(f"S3 store (SeaweedFS) ready on port {hypha.s3_port}")
-        hypha.start_server()
+        hypha.start_server(EMBEDDED_START_TIMEOUT_S)
         self.progress.step(f"Hypha server ready at {hypha.url}")
-        self.server_url = hypha.url
-        self.admin_token = self.hypha.mint(
-            LOCAL_ADMIN, "admin", expires_in=self.settings.admin_token_hours * 3600
-        )
-        self.admin_users.append(LOCAL_ADMIN)
 
     def _dependencies(self) -> list[Dependency]:
         """The embedded server and its store, restarted like the services when they die."""
@@ -337,6 +353,8 @@ class Launcher:
             "--telemetry-exporter",
             self.settings.telemetry_exporter,
         ]
+        if self.hypha is not None:
+            common += ["--server-wait", f"{SERVER_WAIT_S:g}"]
         if self.settings.otlp_endpoint:
             common += ["--otlp-endpoint", self.settings.otlp_endpoint]
         if self.admin_users:
@@ -545,10 +563,16 @@ class Launcher:
                 if self.settings.token is None:
                     raise SystemExit("error: --server-url needs --token (or BIOENGINE_TOKEN)")
             else:
-                self._start_embedded()
-            self.supervisor = Supervisor(self._processes(), log=_say, dependencies=self._dependencies())
+                self._plan_embedded()
+            # The services start first: they import, and bioengine-cluster starts the Ray head,
+            # while the embedded server and store start; each service connects to the server as
+            # soon as it listens (--server-wait).
+            self.supervisor = Supervisor(self._processes(), log=_say)
             self.supervisor.start_all()
             self.progress.step("started the services: " + ", ".join(name for name, _ in SERVICES))
+            if self.hypha is not None:
+                self._start_embedded()
+                self.supervisor.dependencies = self._dependencies()
             asyncio.run(self._supervise())
         except KeyboardInterrupt:
             pass

@@ -121,9 +121,11 @@ _WORDS = ("bright", "calm", "swift", "quiet", "bold", "keen", "brave", "lucid")
 _NOUNS = ("cell", "nucleus", "tissue", "spindle", "axon", "organoid", "membrane", "vesicle")
 #: Seconds a status call waits for Serve before answering with what apps-svc knows.
 SERVE_STATUS_TIMEOUT_S = 5.0
-#: Seconds a probe of the artifact store (a file listing, which reaches its S3 storage) is trusted.
+#: Seconds a probe of the artifact store (a file listing, which reaches its S3 storage) is trusted,
+#: and how long it may take: a store down fails at once; a slow answer on a busy machine (seen
+#: at 5-10 s with both cores loaded) is still an answer.
 ARTIFACT_PROBE_TTL_S = 5.0
-ARTIFACT_PROBE_TIMEOUT_S = 5.0
+ARTIFACT_PROBE_TIMEOUT_S = 20.0
 #: Longest wait between two tries to connect to the Ray cluster after the connection was lost.
 RAY_RETRY_MAX_S = 3.0
 #: Seconds between tries to connect while apps-svc starts (never connected yet): the cluster

@@ -125,6 +125,9 @@ class ClusterService(BioEngineService):
         #: The last hour of cluster totals, one point per 30 s (the dashboard's charts).
         self.usage = UsageHistory()
         self.connected = False
+        #: The head is up: other drivers may connect (get_connection_info) while this service
+        #: still connects its own.
+        self.head_up = False
         self.cluster_error: str | None = "not started yet"
         self._retry_at = 0.0
         self._failures = 0
@@ -142,6 +145,8 @@ class ClusterService(BioEngineService):
     async def _bring_up(self) -> None:
         started = time.monotonic()
         await asyncio.to_thread(self.backend.start)
+        # A head of ours is up now; an external cluster only once our driver reached it.
+        self.head_up = self.backend.starts_ray
         timeout = self.settings.connect_timeout
         try:
             await within(asyncio.to_thread(self.backend.connect, timeout), timeout + 5)
@@ -152,7 +157,8 @@ class ClusterService(BioEngineService):
         # Ray's driver installs a fatal-signal handler that would end the process on SIGTERM
         # without our clean-up (the head would be left running).
         self.install_signal_handlers()
-        self.connected, self.cluster_error, self._failures = True, None, 0
+        self.connected = self.head_up = True
+        self.cluster_error, self._failures = None, 0
         await self._sample()
         self.logger.info(
             "Ray cluster ready (%s mode) in %.1f s at %s",
@@ -165,6 +171,7 @@ class ClusterService(BioEngineService):
         try:
             await self._bring_up()
         except (ServiceUnavailable, ConfigurationError) as exc:
+            self.head_up = False
             self._failures += 1
             delay = min(2.0**self._failures, 30.0)
             self.cluster_error = f"{exc} (retrying in {delay:.0f} s)"
@@ -197,7 +204,7 @@ class ClusterService(BioEngineService):
             alive, reason = self.backend.alive()
             if not alive:
                 # Disconnect at once: a driver whose GCS is gone terminates its process after 60 s.
-                self.connected = False
+                self.connected = self.head_up = False
                 self.cluster_error = f"Ray head down: {reason}"
                 self.logger.error(
                     "%s; %s", self.cluster_error, "restarting it" if self.backend.starts_ray else "waiting"
@@ -333,7 +340,7 @@ class ClusterService(BioEngineService):
         """What another service needs to become a Ray driver of this cluster (admin only: the
         worker's own services are admins)."""
         self.require_admin(context, caller, "get_connection_info")
-        if not self.connected:
+        if not self.head_up:
             raise ServiceUnavailable(f"the Ray cluster is not ready: {self.cluster_error}")
         import ray
 

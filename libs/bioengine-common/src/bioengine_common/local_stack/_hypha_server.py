@@ -276,7 +276,13 @@ class EmbeddedHypha:
 
     def start_store(self, timeout: float = 90.0) -> None:
         """Start SeaweedFS and wait until it serves its volumes."""
-        store = self.spawn_store()
+        self.spawn_store()
+        self.wait_store(timeout)
+
+    def wait_store(self, timeout: float = 90.0) -> None:
+        """Wait until SeaweedFS, started by :meth:`spawn_store`, serves its volumes."""
+        store = self._store
+        assert store is not None, "spawn_store first"
         deadline = time.monotonic() + timeout
         while not self.store_ready():
             if store.poll() is not None:

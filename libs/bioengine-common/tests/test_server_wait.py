@@ -1,0 +1,72 @@
+"""A service started beside its Hypha server (as bioengine-worker starts them) waits for the
+server to listen (--server-wait), and only for that: a real service process and a real server
+started after it on the port it was given."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from bioengine_common import connect
+from bioengine_common.local_stack import EmbeddedHypha
+from bioengine_common.testing import ADMIN_USER, TEST_WORKSPACE, launch_service, wait_for_service
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def unstarted_server(tmp_path: Path):
+    """A server whose port and tokens are known, not started yet."""
+    server = EmbeddedHypha(tmp_path / "hypha", TEST_WORKSPACE, s3=False, log=lambda message: None)
+    server.prepare()
+    yield server
+    server.stop()
+
+
+async def test_a_service_started_before_its_server_registers_once_the_server_listens(
+    unstarted_server: EmbeddedHypha, tmp_path: Path
+):
+    service = launch_service("gateway", unstarted_server, tmp_path / "worker", "--server-wait", "120")
+    try:
+        await asyncio.sleep(3)  # the service is up and trying; nothing listens yet
+        assert service.alive(), service.console_output()[-3000:]
+        await asyncio.to_thread(unstarted_server.start_server)
+        admin = await connect(
+            unstarted_server.url,
+            workspace=TEST_WORKSPACE,
+            token=unstarted_server.mint(ADMIN_USER, "admin"),
+        )
+        try:
+            await wait_for_service(admin, "bioengine-worker", timeout=60)
+        finally:
+            await admin.disconnect()
+    finally:
+        service.stop()
+    log = (tmp_path / "worker" / "logs" / "gateway.log").read_text()
+    assert log.count("Waiting up to 120 s for the Hypha server") == 1, log[-3000:]
+    # hypha-rpc's error line for each refused try is kept out while waiting.
+    assert "Failed to connect" not in log + service.console_output()
+
+
+async def test_without_a_server_the_service_gives_up_after_server_wait(
+    unstarted_server: EmbeddedHypha, tmp_path: Path
+):
+    started = time.monotonic()
+    service = launch_service("gateway", unstarted_server, tmp_path / "worker", "--server-wait", "2")
+    code = await asyncio.to_thread(service.process.wait, 60)
+    assert code == 3, service.console_output()[-3000:]
+    assert time.monotonic() - started >= 2
+    assert "Cannot reach the Hypha server" in service.console_output()
+
+
+async def test_a_server_that_refuses_the_token_fails_at_once(unstarted_server: EmbeddedHypha, tmp_path: Path):
+    await asyncio.to_thread(unstarted_server.start_server)
+    service = launch_service(
+        "gateway", unstarted_server, tmp_path / "worker", "--server-wait", "600", token="not-a-jwt"
+    )
+    code = await asyncio.to_thread(service.process.wait, 60)
+    assert code == 3, service.console_output()[-3000:]
+    assert "refused the connection" in service.console_output()
