@@ -9,7 +9,7 @@ server, a Ray head of our own) is in :mod:`bioengine_common.local_stack`; test f
 
 from ._aio import within
 from ._files import write_json_atomic
-from ._hypha import HyphaConnection, connect, trusted_service_id
+from ._hypha import HyphaConnection, connect, plain, trusted_service_id
 from ._lifecycle import EXIT_CONNECTION_LOST, EXIT_FAILURE, EXIT_WORKER_STOP, BioEngineService, CallerField
 from ._logging import create_logger, mask_secrets
 from ._permissions import (
@@ -79,6 +79,7 @@ __all__ = [
     "load_settings",
     "mask_secrets",
     "mint_token",
+    "plain",
     "ray_environment",
     "resolve_context",
     "scrub_environment",

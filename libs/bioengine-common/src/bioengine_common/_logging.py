@@ -83,6 +83,15 @@ class SafeFormatter(logging.Formatter):
         super().__init__(LOG_FORMAT, DATE_FORMAT)
 
     def format(self, record: logging.LogRecord) -> str:
+        # The console and the file handler share this formatter: format each record once.
+        cached = record.__dict__.get("_bioengine_text")
+        if cached is not None and cached[0] == id(self):
+            return str(cached[1])
+        text = self._format(record)
+        record._bioengine_text = (id(self), text)
+        return text
+
+    def _format(self, record: logging.LogRecord) -> str:
         record.message = record.getMessage()
         record.asctime = self.formatTime(record, self.datefmt)
         if not hasattr(record, "trace_id"):  # a record from a logger without our filter

@@ -106,8 +106,17 @@ def setup_telemetry(
     return span_exporter
 
 
+_tracers: dict[int, tuple[Any, trace.Tracer]] = {}
+
+
 def _tracer() -> trace.Tracer:
-    return (_provider or trace.get_tracer_provider()).get_tracer(_TRACER_NAME)
+    """This package's tracer of the provider in use (made once per provider: the SDK's
+    ``get_tracer`` builds a new one on every call, a cost on every traced method call)."""
+    provider = _provider or trace.get_tracer_provider()
+    cached = _tracers.get(id(provider))
+    if cached is None or cached[0] is not provider:
+        cached = _tracers[id(provider)] = (provider, provider.get_tracer(_TRACER_NAME))
+    return cached[1]
 
 
 def _parent_context(kwargs: Mapping[str, Any]) -> Any:

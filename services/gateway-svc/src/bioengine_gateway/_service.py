@@ -24,6 +24,7 @@ from bioengine_common import (
     forwarded_caller,
     from_remote,
     is_authorized,
+    plain,
     within,
 )
 from bioengine_common.contracts import SERVICE_IDS, WORKER, MethodContract, worker
@@ -159,7 +160,9 @@ class GatewayService(BioEngineService):
             except Exception as exc:
                 raise ServiceUnavailable(f"{BACKENDS[name]} is not available: {error_summary(exc)}") from exc
             try:
-                return await within(getattr(proxy, method)(**kwargs), timeout)
+                # Plain: the answer goes on to the caller (or into get_status), and hypha-rpc
+                # encodes its own result proxies far slower than dicts.
+                return plain(await within(getattr(proxy, method)(**kwargs), timeout))
             except TimeoutError as exc:
                 raise ServiceUnavailable(
                     f"{BACKENDS[name]}.{method} did not answer within {timeout:g} s"
