@@ -167,14 +167,18 @@ def test_the_batch_format_both_ways():
             parse_batch_request(bad)
 
 
-def _batch_server(files, *, chunked=False, peers=None, **runner_kwargs):
-    """A stand-in for the dataset server's batch endpoint, answering from ``files``."""
+def _batch_server(files, *, chunked=False, peers=None, requests=None, **runner_kwargs):
+    """A stand-in for the dataset server's batch endpoint and single GETs, answering from
+    ``files``."""
 
     async def batch(request):
         if peers is not None:
             peers.add(request.transport.get_extra_info("peername"))
+        wanted = parse_batch_request(await request.json())
+        if requests is not None:
+            requests.append(("POST", [key for key, _range in wanted]))
         entries, bodies = [], []
-        for key, _range in parse_batch_request(await request.json()):
+        for key, _range in wanted:
             data = files.get(key)
             if data is None:
                 entries.append(error_entry(404, "missing"))
@@ -191,8 +195,17 @@ def _batch_server(files, *, chunked=False, peers=None, **runner_kwargs):
         await response.write_eof()
         return response
 
+    async def one(request):  # a read with nothing in flight is a plain GET
+        if peers is not None:
+            peers.add(request.transport.get_extra_info("peername"))
+        if requests is not None:
+            requests.append(("GET", request.match_info["key"]))
+        data = files.get(request.match_info["key"])
+        return web.Response(status=404) if data is None else web.Response(body=data)
+
     app = web.Application()
     app.router.add_post("/s", batch)
+    app.router.add_get("/s/{key:.+}", one)
     return TestServer(app, **runner_kwargs)
 
 
@@ -237,6 +250,20 @@ def test_a_chunked_answer_sends_batches_back_to_aiohttp(loop):
     # e.g. a proxy that re-chunks: the raw connection cannot read it, aiohttp can.
     store, results = _read_rounds(_batch_server(FILES, chunked=True), KEYS, loop=loop)
     assert results == [EXPECTED] * 2 and not store._wire and store.batch
+
+
+def test_a_read_with_nothing_in_flight_is_one_get_and_reads_meanwhile_leave_as_a_batch():
+    requests = []
+    keys = list(FILES)
+    store, results = _read_rounds(_batch_server(FILES, requests=requests), keys[:1], rounds=1)
+    assert results == [[FILES[keys[0]]]] and requests == [("GET", keys[0])]
+    requests.clear()
+    store, results = _read_rounds(_batch_server(FILES, requests=requests), keys, rounds=1)
+    assert results == [[FILES[key] for key in keys]]
+    # The first goes at once; the others, asked for while it is in flight, share batches.
+    assert requests[0] == ("GET", keys[0])
+    batched = [key for method, sent in requests[1:] if method == "POST" for key in sent]
+    assert sorted(batched) == sorted(keys[1:]) and len(requests) - 1 <= store.pipelines
 
 
 def test_a_connection_closed_while_idle_is_replaced():

@@ -397,8 +397,23 @@ class HttpZarrStore(Store):
                     if result is not None:
                         ahead.seen(len(result))
                     return result
-        if self.batch:  # queued: the reads that arrive together leave together (see _drain)
+        if self.batch and (state.draining or state.pending or state.speculative):
+            # Requests in flight: queued, and the reads that arrive together leave together
+            # (see _drain).
             result = await self._queue(state, state.pending, key, byte_range, prototype)
+        elif self.batch:
+            # Nothing in flight (a lone tile, or the first read of many): out at once, without
+            # the queue's task and its turn of the event loop, so the batch path is never slower
+            # than one GET per key. It counts as a pipeline: reads that arrive meanwhile queue.
+            state.draining += 1
+            state.sending += 1
+            try:
+                data = await self._request(self._url(key), headers)
+            finally:
+                state.sending -= 1
+                state.draining -= 1
+                self._kick(state)  # what queued meanwhile
+            result = None if data is None else prototype.buffer.from_bytes(data)
         else:
             data = await self._request(self._url(key), headers)
             result = None if data is None else prototype.buffer.from_bytes(data)

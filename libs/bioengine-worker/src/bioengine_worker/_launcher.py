@@ -1,7 +1,8 @@
 """``bioengine-worker``: the whole BioEngine worker in one command.
 
 Without ``--server-url`` it starts an embedded Hypha server (plus a SeaweedFS S3 store) on
-loopback, mints a token per service, starts the four services as separate processes,
+loopback, mints a token per service, starts the four services as separate processes (first:
+they start beside the server and wait for it),
 restarts any that crash (the server and the store too, on the same ports with the same state),
 prints one line per start-up step, then how to reach the worker once its gateway says it is ready
 (``--no-wait``: as soon as the gateway is registered), and stops everything on Ctrl-C.
