@@ -36,3 +36,39 @@ def test_an_error_is_the_outcome_not_an_exception():
     items = stream("def analyze():\n    raise ValueError('bad input')")
     assert [kind for kind, _, _ in items] == ["done"]
     assert items[0][1]["error"] == "ValueError: bad input"  # type: ignore[index]
+
+
+def test_runs_reuse_an_idle_thread_and_a_running_one_is_never_shared():
+    import threading
+
+    where = "import threading\ndef analyze(seen):\n    seen.append(threading.current_thread())"
+    seen: list[threading.Thread] = []
+    stream(where, seen)
+    stream(where, seen)
+    assert seen[0] is seen[1]  # the same thread object (kept alive by the list): reused
+
+    release = threading.Event()
+    waiting = run_code_task(
+        "source", "import threading\ndef analyze(e, seen):\n    seen.append(threading.current_thread())\n    e.wait(10)",
+        None, "analyze", [release, seen], {},
+    )  # fmt: skip
+    assert next(waiting)[0] == "start"  # its thread is busy now
+    stream(where, seen)
+    release.set()
+    list(waiting)
+    assert seen[3] is not seen[2]  # the busy thread was not handed a second run
+
+
+def test_a_reused_thread_keeps_no_output_or_context_of_the_run_before():
+    import contextvars
+
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("run", default="none")
+    setter = "def analyze(var):\n    print('first run')\n    var.set('leaked')\n    return var.get()"
+    getter = "def analyze(var):\n    return var.get()"
+    token = var.set("caller's")
+    try:
+        assert stream(setter, var)[-1][1]["result"] == "leaked"  # type: ignore[index]
+        second = stream(getter, var)[-1][1]
+        assert second["result"] == "caller's" and second["stdout"] == ""  # type: ignore[index]
+    finally:
+        var.reset(token)
