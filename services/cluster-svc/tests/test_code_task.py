@@ -72,3 +72,20 @@ def test_a_reused_thread_keeps_no_output_or_context_of_the_run_before():
         assert second["result"] == "caller's" and second["stdout"] == ""  # type: ignore[index]
     finally:
         var.reset(token)
+
+
+def test_a_runner_whose_job_raised_runs_the_next_job():
+    import threading
+    import time
+
+    from bioengine_cluster import _code_task
+
+    _code_task._IDLE_RUNNERS.clear()
+    _code_task._Runner.run(lambda: 1 / 0)
+    deadline = time.monotonic() + 5
+    while not _code_task._IDLE_RUNNERS and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(_code_task._IDLE_RUNNERS) == 1  # back, waiting for more
+    ran = threading.Event()
+    _code_task._Runner.run(ran.set)
+    assert ran.wait(5)

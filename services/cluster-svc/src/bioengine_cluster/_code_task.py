@@ -69,10 +69,9 @@ class _Runner:
     def _loop(self) -> None:
         while True:
             job = self._jobs.get()
-            try:
+            with contextlib.suppress(BaseException):  # a job reports its own errors; the thread stays
                 job()
-            finally:
-                _IDLE_RUNNERS.append(self)
+            _IDLE_RUNNERS.append(self)
 
     @classmethod
     def run(cls, job: Any) -> None:
