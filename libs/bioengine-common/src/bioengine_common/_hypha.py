@@ -12,7 +12,6 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 from hypha_rpc import connect_to_server
-from hypha_rpc.websocket_client import WebsocketRPCConnection
 
 from . import _trusted_context
 from ._aio import within
@@ -23,28 +22,6 @@ __all__ = ["HyphaConnection", "connect", "plain", "trusted_service_id"]
 
 #: Seconds between two tries of a Hypha server that is not listening yet.
 SERVER_WAIT_POLL_S = 0.2
-#: websockets' compression of our own connections (``None``: off). Calls between the worker's
-#: services and the Hypha server are small and go over the loopback or a LAN, where deflating
-#: each message costs more than it saves: about 0.1 ms of a 0.8 ms hop (both ends and the
-#: server do it); the large payloads (arrays, images) hardly compress. Other clients of the
-#: server (a user's notebook) keep their own choice.
-WEBSOCKET_COMPRESSION: str | None = None
-
-
-def _set_compression() -> None:
-    """Make hypha-rpc's websocket connections of this process use :data:`WEBSOCKET_COMPRESSION`
-    (hypha-rpc 0.21 has no setting for it: its one builder of ``websockets.connect`` arguments
-    is wrapped once)."""
-    cls: Any = WebsocketRPCConnection
-    build = cls._ws_connect_kwargs
-    if getattr(build, "_bioengine_compression", False):
-        return
-
-    def ws_connect_kwargs(self: Any) -> dict[str, Any]:
-        return {**build(self), "compression": WEBSOCKET_COMPRESSION}
-
-    ws_connect_kwargs._bioengine_compression = True  # type: ignore[attr-defined]
-    cls._ws_connect_kwargs = ws_connect_kwargs
 
 
 async def connect(
@@ -62,7 +39,6 @@ async def connect(
     server stamps on it (see :mod:`bioengine_common._trusted_context`).
     """
     _trusted_context.install()
-    _set_compression()
     config: dict[str, Any] = {"server_url": server_url, "method_timeout": method_timeout}
     if workspace:
         config["workspace"] = workspace
