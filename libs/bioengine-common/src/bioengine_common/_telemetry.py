@@ -106,17 +106,18 @@ def setup_telemetry(
     return span_exporter
 
 
-_tracers: dict[int, tuple[Any, trace.Tracer]] = {}
+#: The provider in use and this package's tracer of it.
+_cached_tracer: tuple[Any, trace.Tracer] | None = None
 
 
 def _tracer() -> trace.Tracer:
-    """This package's tracer of the provider in use (made once per provider: the SDK's
-    ``get_tracer`` builds a new one on every call, a cost on every traced method call)."""
+    """This package's tracer of the provider in use (made again only when the provider changes:
+    the SDK's ``get_tracer`` builds a new one on every call, a cost on every traced method call)."""
+    global _cached_tracer
     provider = _provider or trace.get_tracer_provider()
-    cached = _tracers.get(id(provider))
-    if cached is None or cached[0] is not provider:
-        cached = _tracers[id(provider)] = (provider, provider.get_tracer(_TRACER_NAME))
-    return cached[1]
+    if _cached_tracer is None or _cached_tracer[0] is not provider:
+        _cached_tracer = (provider, provider.get_tracer(_TRACER_NAME))
+    return _cached_tracer[1]
 
 
 def _parent_context(kwargs: Mapping[str, Any]) -> Any:

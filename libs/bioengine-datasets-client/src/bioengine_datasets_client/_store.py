@@ -27,13 +27,14 @@ chunks per read would otherwise leave the decoder waiting on round trips.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import ssl
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -401,21 +402,12 @@ class HttpZarrStore(Store):
             # Requests in flight: queued, and the reads that arrive together leave together
             # (see _drain).
             result = await self._queue(state, state.pending, key, byte_range, prototype)
-        elif self.batch:
-            # Nothing in flight (a lone tile, or the first read of many): out at once, without
-            # the queue's task and its turn of the event loop, so the batch path is never slower
-            # than one GET per key. It counts as a pipeline: reads that arrive meanwhile queue.
-            state.draining += 1
-            state.sending += 1
-            try:
-                data = await self._request(self._url(key), headers)
-            finally:
-                state.sending -= 1
-                state.draining -= 1
-                self._kick(state)  # what queued meanwhile
-            result = None if data is None else prototype.buffer.from_bytes(data)
         else:
-            data = await self._request(self._url(key), headers)
+            # One GET at once: without batching, or with nothing in flight (a lone tile, or the
+            # first read of many), without the queue's task and its turn of the event loop, so
+            # the batch path is never slower than one GET per key.
+            with self._lone_get(state) if self.batch else contextlib.nullcontext():
+                data = await self._request(self._url(key), headers)
             result = None if data is None else prototype.buffer.from_bytes(data)
         if ahead is not None and result is not None:
             if key.endswith(("zarr.json", ".zarray", ".zmetadata")):
@@ -453,6 +445,19 @@ class HttpZarrStore(Store):
         queue.append(_Wanted(key, byte_range, prototype, future))
         self._kick(state)
         return future
+
+    @contextlib.contextmanager
+    def _lone_get(self, state: _LoopState) -> Iterator[None]:
+        """A GET sent outside the queue counts as a pipeline while it runs: reads that arrive
+        meanwhile queue, and leave once it is back."""
+        state.draining += 1
+        state.sending += 1
+        try:
+            yield
+        finally:
+            state.sending -= 1
+            state.draining -= 1
+            self._kick(state)
 
     def _kick(self, state: _LoopState) -> None:
         """Start a drain task for what is queued, while a pipeline is free."""
