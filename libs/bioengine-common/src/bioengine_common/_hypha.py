@@ -13,7 +13,7 @@ from typing import Any
 
 from hypha_rpc import connect_to_server
 
-from . import _trusted_context
+from . import _heartbeat, _trusted_context
 from ._aio import within
 from ._settings import ServiceSettings
 from .errors import ConnectionLost, ServiceUnavailable, error_summary
@@ -36,9 +36,11 @@ async def connect(
     """Connect to a Hypha server; failures become :class:`ServiceUnavailable` with the reason.
 
     Every connection of the process takes the context of a call only from what the Hypha
-    server stamps on it (see :mod:`bioengine_common._trusted_context`).
+    server stamps on it (see :mod:`bioengine_common._trusted_context`), and its methods send no
+    heartbeat when they end within half the caller's timeout (:mod:`bioengine_common._heartbeat`).
     """
     _trusted_context.install()
+    _heartbeat.install()
     config: dict[str, Any] = {"server_url": server_url, "method_timeout": method_timeout}
     if workspace:
         config["workspace"] = workspace
