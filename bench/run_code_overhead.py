@@ -4,9 +4,11 @@
 
 Starts `bioengine-worker --mode single-machine` (embedded Hypha + SeaweedFS + a Ray head) and
 reports the single-machine start time (command to cluster ready). Then, interleaved in blocks
-so both see the same load: `run_code` of `def analyze(): return 1` through the gateway, and
-`ray.get(f.remote())` from a driver connected to the same cluster. Prints; asserts nothing.
-Last line: `ratio: <gateway p50 / direct p50>`.
+so all see the same load: `run_code` of `def analyze(): return 1` through the gateway, the same
+call on bioengine-cluster directly (one Hypha hop fewer), `ray.get(f.remote())` from a driver
+connected to the same cluster, and a bare Hypha echo (a trivial service of this process). The
+floor of a run_code through the gateway is two such hops plus the Ray task: it is printed with
+its own ratio. Prints; asserts nothing. Last line: `ratio: <gateway p50 / direct p50>`.
 """
 
 from __future__ import annotations
@@ -42,9 +44,17 @@ async def run(workspace_dir: Path, calls: int, block: int) -> None:
         server = await connect(
             connection["server_url"], workspace=connection["workspace"], token=connection["token"]
         )
+        echo_host = await connect(
+            connection["server_url"], workspace=connection["workspace"], token=connection["token"]
+        )
         gateway = await server.get_service("bioengine-worker")
         ready_after = await wait_cluster_ready(gateway, started)
-        info = await (await server.get_service("bioengine-cluster", {"mode": "random"})).get_connection_info()
+        cluster = await server.get_service("bioengine-cluster", {"mode": "random"})
+        info = await cluster.get_connection_info()
+        await echo_host.register_service(
+            {"id": "bench-echo", "config": {"visibility": "protected"}, "echo": lambda x: x}
+        )
+        echo = await server.get_service(f"{connection['workspace']}/{echo_host.config.client_id}:bench-echo")
 
         # A driver of the worker's cluster needs its token file (token authentication).
         connect_driver(info["address"], 60.0, info["namespace"], info.get("token_file"))
@@ -55,28 +65,52 @@ async def run(workspace_dir: Path, calls: int, block: int) -> None:
             return 1
 
         code = "def analyze():\n    return 1\n"
-        for _ in range(5):  # warm-up: worker processes, imports
-            await gateway.run_code(code=code)
+
+        async def through_gateway() -> None:
+            result = await gateway.run_code(code=code)
+            assert result.get("result") == 1, result
+
+        async def on_cluster() -> None:
+            result = await cluster.run_code(code=code)
+            assert result.get("result") == 1, result
+
+        async def direct() -> None:
             ray.get(analyze.remote())
-        samples: dict[str, list[float]] = {"gateway run_code": [], "direct ray.get": []}
-        while len(samples["direct ray.get"]) < calls:
-            for _ in range(min(block, calls - len(samples["gateway run_code"]))):
-                t0 = time.perf_counter()
-                result = await gateway.run_code(code=code)
-                samples["gateway run_code"].append((time.perf_counter() - t0) * 1000)
-                assert result.get("result") == 1, result
-            for _ in range(min(block, calls - len(samples["direct ray.get"]))):
-                t0 = time.perf_counter()
-                ray.get(analyze.remote())
-                samples["direct ray.get"].append((time.perf_counter() - t0) * 1000)
+
+        async def echo_once() -> None:
+            await echo.echo("ping")
+
+        paths = {
+            "gateway run_code": through_gateway,
+            "cluster run_code": on_cluster,
+            "direct ray.get": direct,
+            "hypha echo": echo_once,
+        }
+        for _ in range(5):  # warm-up: worker processes, imports
+            for path in paths.values():
+                await path()
+        samples: dict[str, list[float]] = {name: [] for name in paths}
+        while len(samples["hypha echo"]) < calls:
+            for name, path in paths.items():
+                for _ in range(min(block, calls - len(samples[name]))):
+                    t0 = time.perf_counter()
+                    await path()
+                    samples[name].append((time.perf_counter() - t0) * 1000)
         ray.shutdown()
+        await echo_host.disconnect()
         await server.disconnect()
     finally:
         worker.stop()
 
     print(f"single-machine start: command to Ray cluster ready {ready_after:.1f} s")
     print_latency_table(samples, "path")
-    ratio = statistics.median(samples["gateway run_code"]) / statistics.median(samples["direct ray.get"])
+    p50 = {name: statistics.median(values) for name, values in samples.items()}
+    floor = 2 * p50["hypha echo"] + p50["direct ray.get"]
+    print(
+        f"floor: 2 x hypha echo + ray.get = {floor:.3f} ms ({floor / p50['direct ray.get']:.1f} x ray.get); "
+        f"gateway run_code is {p50['gateway run_code'] - floor:.3f} ms above it"
+    )
+    ratio = p50["gateway run_code"] / p50["direct ray.get"]
     print(f"ratio: {ratio:.1f}")
 
 

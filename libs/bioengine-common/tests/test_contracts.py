@@ -103,6 +103,17 @@ async def test_an_implementation_is_called_with_the_contracts_defaults():
     }
 
 
+async def test_a_bad_call_is_refused_naming_the_argument():
+    with pytest.raises(TypeError, match="got an unexpected keyword argument 'bogus'"):
+        await Service().act(target="x", bogus=1, context=ADMIN)
+    with pytest.raises(TypeError, match="Missing required argument: 'target'"):
+        await Service().act(wait=True, context=ADMIN)
+    with pytest.raises(TypeError, match="multiple values for argument 'target'"):
+        await Service().act("x", target="y", context=ADMIN)
+    with pytest.raises(TypeError, match="too many positional arguments"):
+        await Service().act("x", True, 1.0, None, None, ADMIN, "extra")
+
+
 async def test_an_implementation_applies_the_contracts_admin_rule_itself():
     service = Service()
     with pytest.raises(PermissionDenied, match=r"'act' \(admin only\)"):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bioengine_cluster._code_task import QUICK_S, run_code_task
+from bioengine_cluster._code_task import _COMPILED, COMPILED_KEPT, QUICK_S, _compiled, run_code_task
 
 
 def stream(code: str, *args: object) -> list[tuple[str, object, int]]:
@@ -89,3 +89,13 @@ def test_a_runner_whose_job_raised_runs_the_next_job():
     ran = threading.Event()
     _code_task._Runner.run(ran.set)
     assert ran.wait(5)
+
+
+def test_the_same_source_runs_again_from_its_code_object_in_a_namespace_of_its_own():
+    code = "calls = []\ndef analyze():\n    calls.append(1)\n    return len(calls)"
+    first, second = stream(code), stream(code)
+    assert first[-1][1]["result"] == second[-1][1]["result"] == 1  # type: ignore[index]
+    assert _compiled(code) is _compiled(code)
+    for i in range(COMPILED_KEPT + 5):
+        _compiled(f"def analyze():\n    return {i}")
+    assert len(_COMPILED) == COMPILED_KEPT and code not in _COMPILED  # the oldest went first

@@ -324,7 +324,12 @@ async def run_in_ray(
 
     async def consume() -> None:
         async for ref in stream:
-            kind, value, attempt = await ref
+            try:
+                # The stream hands out an item once Ray has it here: taking it at once saves the
+                # second wait (about 0.1 ms); one that is not local yet is awaited.
+                kind, value, attempt = ray.get(ref, timeout=0)
+            except ray.exceptions.GetTimeoutError:
+                kind, value, attempt = await ref
             previous = current[0]
             if attempt != previous and (previous is not None or attempt > 0):
                 if previous is not None:
