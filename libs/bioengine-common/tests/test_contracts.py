@@ -187,3 +187,12 @@ def test_a_contract_names_only_its_own_parameters():
         @Api("x", "x").method("apps", Access.ADMIN, callbacks=("nope",))
         async def f() -> None:
             """Doc."""
+
+
+def test_a_forwarded_call_leaves_out_the_arguments_at_their_default():
+    filled = {"target": "x", "wait": False, "timeout": 60.0, "token": None}
+    filled["wait"] = act.parameters["wait"].default.default  # the default object itself
+    filled["token"] = act.parameters["token"].default.default
+    explicit = float("60")  # equal to the default but given by the caller: it goes on
+    assert act.given({**filled, "timeout": explicit}) == {"target": "x", "timeout": 60.0}
+    assert act.given({"target": "x", "wait": True}) == {"target": "x", "wait": True}

@@ -310,7 +310,7 @@ def forwarder(contract: MethodContract) -> Callable[..., Any]:
             contract.name,
             context,
             call_timeout=contract.timeout.for_call(arguments),
-            **arguments,
+            **contract.given(arguments),
         )
 
     return contract.as_method(forward, caller=False)

@@ -14,7 +14,7 @@ import enum
 import functools
 import inspect
 import typing
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,6 +70,16 @@ def _hints(function: Callable[..., Any]) -> dict[str, Any]:
     return typing.get_type_hints(function)
 
 
+def _defaults(parameters: Iterable[inspect.Parameter]) -> dict[str, Any]:
+    """The default of each parameter that has one (a ``Field``'s own default)."""
+    defaults = {}
+    for parameter in parameters:
+        default = parameter.default.default if isinstance(parameter.default, FieldInfo) else parameter.default
+        if not any(default is none for none in (inspect.Parameter.empty, PydanticUndefined, Ellipsis)):
+            defaults[parameter.name] = default
+    return defaults
+
+
 def _with_defaults(function: Callable[..., Any], signature: inspect.Signature) -> Callable[..., Any]:
     """``function`` called by name with every parameter the caller left out set to its default
     (a ``Field``'s). hypha-rpc's schema wrapper does the same with ``inspect`` and pydantic on
@@ -77,11 +87,7 @@ def _with_defaults(function: Callable[..., Any], signature: inspect.Signature) -
     worked out once. A call it cannot map by name alone goes through ``inspect`` (its errors)."""
     names = list(signature.parameters)
     known = frozenset(names)
-    defaults: dict[str, Any] = {}
-    for name, parameter in signature.parameters.items():
-        default = parameter.default.default if isinstance(parameter.default, FieldInfo) else parameter.default
-        if not any(default is none for none in (inspect.Parameter.empty, PydanticUndefined, Ellipsis)):
-            defaults[name] = default
+    defaults = _defaults(signature.parameters.values())
 
     @functools.wraps(function)
     async def call(*args: Any, **kwargs: Any) -> Any:
@@ -168,6 +174,17 @@ class MethodContract:
     @property
     def returns(self) -> Any:
         return _hints(self.stub).get("return", Any)
+
+    @functools.cached_property
+    def _defaults(self) -> dict[str, Any]:
+        return _defaults(self.parameters.values())
+
+    def given(self, arguments: Mapping[str, Any]) -> dict[str, Any]:
+        """``arguments`` without those left at their default (the very default object, as the
+        call filled it in): the implementing service fills them in alike, and a forwarded call
+        is smaller to send and to read."""
+        defaults, missing = self._defaults, object()
+        return {name: value for name, value in arguments.items() if defaults.get(name, missing) is not value}
 
     def requires_admin(self, arguments: Mapping[str, Any]) -> bool:
         """Whether a call with these arguments needs an admin."""
