@@ -220,6 +220,7 @@ async def test_the_proxy_connects_and_registers_anew_when_hypha_rpc_gives_up(mon
     proxy.registrations, proxy.ongoing, proxy.client_id = 0, 0, "app-x-r1"
     proxy.peers = _proxy.PeerConnections("ws", proxy.service_api, proxy._ice_servers)
     proxy.rtc_service_id, proxy.rtc_error = None, None
+    proxy._aiortc = _proxy.import_in_thread("aiortc")
     task = asyncio.create_task(proxy._register())
 
     async def until(condition: Any, timeout: float = 5.0) -> None:

@@ -16,6 +16,7 @@ import pytest
 from hypha_rpc.webrtc_client import get_rtc_service
 
 from bioengine_app_runtime import MethodSpec, ProxySpec
+from bioengine_app_runtime import _proxy as _proxy_module
 from bioengine_app_runtime._proxy import BioEngineProxy
 from bioengine_app_runtime._rtc import (
     HYPHA_RPC_DEFAULT_ICE_SERVERS,
@@ -258,6 +259,7 @@ def _proxy_with_state(entry: _Entry) -> Any:
     proxy.server, proxy.service_id, proxy.error, proxy.connected = None, None, None, False
     proxy.registrations, proxy.client_id, proxy.replica_id = 0, "app-x-r1", "r1"
     proxy.rtc_service_id = None
+    proxy._aiortc = _proxy_module.import_in_thread("aiortc")
     return proxy
 
 
