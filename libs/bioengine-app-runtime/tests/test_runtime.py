@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -194,10 +196,31 @@ class _FakeServer:
         self.disconnected = True
 
 
-async def test_the_proxy_connects_and_registers_anew_when_hypha_rpc_gives_up(monkeypatch):
-    import asyncio
-    import time
+def _unconnected_proxy() -> Any:
+    """A proxy as ``__init__`` leaves it, before its registration task starts."""
+    from bioengine_app_runtime import _proxy
 
+    proxy: Any = object.__new__(_proxy.BioEngineProxy.func_or_class)
+    proxy.spec = AppSpec(
+        application_id="app-x", artifact_id="ws/app-x", code_dir="/c", home_dir="/h",
+        deployments=["demo_app:DemoApp"], server_url="http://hypha.test", workspace="ws",
+    )  # fmt: skip
+    proxy.server, proxy.service_id, proxy.error, proxy.connected = None, None, None, False
+    proxy.registrations, proxy.ongoing, proxy.client_id = 0, 0, "app-x-r1"
+    proxy.peers = _proxy.PeerConnections("ws", proxy.service_api, proxy._ice_servers)
+    proxy.rtc_service_id, proxy.rtc_error = None, None
+    proxy._aiortc = _proxy.import_in_thread("aiortc")
+    return proxy
+
+
+async def until(condition: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
+
+
+async def test_the_proxy_connects_and_registers_anew_when_hypha_rpc_gives_up(monkeypatch):
     from bioengine_app_runtime import _proxy
 
     servers: list[_FakeServer] = []
@@ -211,24 +234,8 @@ async def test_the_proxy_connects_and_registers_anew_when_hypha_rpc_gives_up(mon
     monkeypatch.setattr(_proxy, "connect", fake_connect)
     monkeypatch.setattr(_proxy.kv, "get_json", lambda key: {"proxy_token": f"token-{len(servers)}"})
     monkeypatch.setattr(_proxy, "WATCH_INTERVAL_S", 0.01)
-    proxy: Any = object.__new__(_proxy.BioEngineProxy.func_or_class)
-    proxy.spec = AppSpec(
-        application_id="app-x", artifact_id="ws/app-x", code_dir="/c", home_dir="/h",
-        deployments=["demo_app:DemoApp"], server_url="http://hypha.test", workspace="ws",
-    )  # fmt: skip
-    proxy.server, proxy.service_id, proxy.error, proxy.connected = None, None, None, False
-    proxy.registrations, proxy.ongoing, proxy.client_id = 0, 0, "app-x-r1"
-    proxy.peers = _proxy.PeerConnections("ws", proxy.service_api, proxy._ice_servers)
-    proxy.rtc_service_id, proxy.rtc_error = None, None
-    proxy._aiortc = _proxy.import_in_thread("aiortc")
+    proxy = _unconnected_proxy()
     task = asyncio.create_task(proxy._register())
-
-    async def until(condition: Any, timeout: float = 5.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not condition():
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.01)
-
     try:
         await until(lambda: proxy.registrations == 1)
         assert proxy.connected and proxy.service_id == "ws/app-x-r1:app-x"
@@ -240,6 +247,44 @@ async def test_the_proxy_connects_and_registers_anew_when_hypha_rpc_gives_up(mon
         assert servers[0].disconnected and not servers[1].disconnected
         assert proxy.connected and proxy.error is None
         assert tokens == ["token-0", "token-1"]  # the token is read again (apps-svc renews it)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_a_refused_registration_cancels_the_webrtc_one_and_starts_over(monkeypatch):
+    from bioengine_app_runtime import _proxy
+
+    rtc_started = asyncio.Event()
+    rtc_cancelled: list[bool] = []
+
+    class RefusingServer(_FakeServer):
+        async def register_service(self, api: dict, config: dict) -> dict:
+            if api["id"].endswith("-rtc"):
+                rtc_started.set()
+                try:
+                    await asyncio.sleep(30)  # still under way when the main one is refused
+                except asyncio.CancelledError:
+                    rtc_cancelled.append(True)
+                    raise
+            await rtc_started.wait()
+            raise RuntimeError("registration refused")
+
+    servers: list[_FakeServer] = []
+
+    async def fake_connect(server_url: str, **kwargs: object) -> _FakeServer:
+        servers.append(RefusingServer() if not servers else _FakeServer())
+        return servers[-1]
+
+    monkeypatch.setattr(_proxy, "connect", fake_connect)
+    monkeypatch.setattr(_proxy.kv, "get_json", lambda key: {"proxy_token": "t"})
+    proxy = _unconnected_proxy()
+    task = asyncio.create_task(proxy._register())
+    try:
+        await until(lambda: proxy.registrations == 1)  # on the second connection, after 1 s
+        assert rtc_cancelled == [True] and servers[0].disconnected
+        assert proxy.service_id == "ws/app-x-r1:app-x" and proxy.rtc_service_id == "ws/app-x-r1:app-x-rtc"
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

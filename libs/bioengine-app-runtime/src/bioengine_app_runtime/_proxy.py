@@ -245,9 +245,13 @@ class BioEngineProxy:
         # Both services at once. The WebRTC one is registered (or its failure recorded) before
         # the websocket service id is published: apps-svc reports RUNNING on that id, and a
         # status must not show RUNNING with the WebRTC id still to come.
-        info, _ = await asyncio.gather(
-            self.server.register_service(self.service_api(), {"overwrite": True}), self._register_rtc()
-        )
+        rtc = asyncio.ensure_future(self._register_rtc())
+        try:
+            info = await self.server.register_service(self.service_api(), {"overwrite": True})
+        except BaseException:
+            rtc.cancel()  # not on a connection that is about to be dropped
+            raise
+        await rtc
         self.service_id, self.error, self.connected = str(info["id"]), None, True
         self.registrations += 1
         logger.info("Registered Hypha service %s", self.service_id)
