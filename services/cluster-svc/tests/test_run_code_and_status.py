@@ -235,9 +235,17 @@ async def test_a_request_no_node_can_hold_is_refused_at_once_with_the_reason(clu
     assert "largest node has 4 CPUs, 64 CPUs needed; no node of this cluster is large enough" in message
     status = await cluster.get_status()
     assert not status["run_code"]["running"]  # refused before any task was started
-    # What fits once busy CPUs are free is not refused: 4 CPUs (the whole node) runs.
-    whole = await cluster.run_code(code="def analyze():\n    return 4", remote_options={"num_cpus": 4})
-    assert whole.get("error") is None and whole["result"] == 4
+    # What fits once busy CPUs are free is not refused: 4 CPUs (the whole node) runs. The session
+    # head is shared with other test modules, whose apps (0.1 CPU a replica) may still hold part
+    # of it: then the task waits for them (a timeout, never a refusal).
+    held = status["ray_cluster"]["cluster"]["used_cpu"]
+    whole = await cluster.run_code(
+        code="def analyze():\n    return 4", remote_options={"num_cpus": 4}, timeout=30 if held else 120
+    )
+    if held:
+        assert whole.get("result") == 4 or "timed out after 30 seconds" in whole["error"], (held, whole)
+    else:
+        assert whole.get("error") is None and whole["result"] == 4
 
 
 async def test_a_timed_out_run_code_keeps_what_it_printed(cluster):
@@ -262,6 +270,7 @@ def analyze():
 async def test_status_figures_are_rounded(cluster):
     # A fractional task leaves fractional use behind while it runs.
     code = "import time\ndef analyze():\n    time.sleep(4)\n    return 1"
+    held = (await cluster.get_status())["ray_cluster"]["cluster"]["used_cpu"]  # by other modules' apps
     running = asyncio.ensure_future(
         cluster.run_code(code=code, remote_options={"num_cpus": 0.1, "memory": 123_456_789})
     )
@@ -284,8 +293,9 @@ async def test_status_figures_are_rounded(cluster):
         for name in ("total_memory", "used_memory", "total_object_store_memory", "used_object_store_memory"):
             assert isinstance(figures[name], int), (name, figures[name])
             assert figures[f"{name}_gb"] == round(figures[name] / 1024**3, 2)
-    # Only this task asks for memory; other CPUs may still be held by an earlier test's task.
-    assert node["used_memory"] == 123_456_789 and round(totals["used_cpu"] % 1, 2) == 0.1
+    # Only this task asks for memory; other CPUs may still be held by an earlier test's task (a
+    # whole CPU that may end meanwhile) or by another module's app (0.1 CPU a replica).
+    assert node["used_memory"] == 123_456_789 and round((totals["used_cpu"] - held) % 1, 2) == 0.1
     assert ray_cluster["gpus"] == "no GPUs" and node["total_gpu_memory"] == 0
     # No binary noise anywhere in the answer (Ray's own figures carry some, e.g. 4 - 3.9).
     noisy = [f for f in _floats(status) if re.search(r"\.\d*(0{6,}|9{6,})\d+$", repr(f))]
