@@ -73,6 +73,9 @@ async def test_quick_calls_send_no_heartbeat_and_long_ones_outlive_the_timeout(h
         ({"type": "method", "session": "s4"}, None),
         ({"type": "method", "session": "s5", "promise": "*", "t": 0}, None),
         ({"type": "method", "promise": "*", "t": 5}, None),
+        ({"type": "method", "session": "s6", "promise": "*", "t": float("nan")}, None),
+        ({"type": "method", "session": "s7", "promise": "*", "t": float("inf")}, None),
+        ({"type": "method", "session": "s8", "promise": "*", "t": True}, None),
     ],
 )
 def test_the_heartbeat_a_call_asks_for(message, beat):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -46,7 +47,15 @@ def beat_of(data: dict[str, Any]) -> tuple[str, float] | None:
         interval = promise.get("interval")
     else:
         return None
-    if not isinstance(session, str) or not isinstance(interval, (int, float)) or interval <= 0:
+    # The interval comes from the caller: only a finite positive number reaches asyncio.sleep
+    # (a NaN would put a timer the event loop cannot order among its others).
+    if (
+        not isinstance(session, str)
+        or isinstance(interval, bool)
+        or not isinstance(interval, (int, float))
+        or not math.isfinite(interval)
+        or interval <= 0
+    ):
         return None
     return f"{session}.heartbeat", float(interval)
 

@@ -28,6 +28,7 @@ _IDLE_RUNNERS: list[Any] = []
 #: Code objects of the last sources run by this worker (source text -> code object).
 _COMPILED: dict[str, Any] = {}
 COMPILED_KEPT = 32
+COMPILED_MAX_CHARS = 64 * 1024
 #: A function that ends within this many seconds without printing streams only its outcome: one
 #: streamed item instead of two, about 1 ms less per call. Anything longer first says where it
 #: runs, so that a retry after a lost worker can name the node (and SLURM job) it was lost with.
@@ -90,6 +91,8 @@ def _compiled(code: str) -> Any:
     """``code``'s code object; the last few are kept (a notebook sends the same code again and
     again; compiling it took about 0.08 ms of a 2.5 ms task). Each run still gets a namespace of
     its own."""
+    if len(code) > COMPILED_MAX_CHARS:  # kept only small sources: 32 large ones would hold memory
+        return compile(textwrap.dedent(code), "<run_code>", "exec")
     compiled = _COMPILED.pop(code, None)
     if compiled is None:
         compiled = compile(textwrap.dedent(code), "<run_code>", "exec")
