@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import functools
 import importlib.metadata
 import logging
@@ -30,6 +31,7 @@ from ._logging import create_logger
 from ._permissions import check_permissions, is_authorized, resolve_context
 from ._settings import ServiceSettings, load_settings
 from ._telemetry import OTLP_ENDPOINT_VARIABLE, exporter_for, flush_spans, setup_telemetry, traced
+from ._watchdog import watch_event_loop
 from .errors import ConnectionLost, InvalidRequest, PermissionDenied, ServiceUnavailable
 from .metrics import REGISTRY, ScrapeCollector, caller_kind, metered, serve_metrics
 
@@ -330,17 +332,33 @@ class BioEngineService:
             await asyncio.to_thread(flush_spans)
         return code
 
+    async def _run_watched(self) -> int:
+        """:meth:`run`, ended by the event loop's watchdog if the loop stays blocked (see
+        ``--stall-exit``; only in the service's own process, never in a test process)."""
+        watchdog = asyncio.create_task(
+            watch_event_loop(self.settings.stall_exit, self.logger), name="loop-watchdog"
+        )
+        try:
+            return await self.run()
+        finally:
+            watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watchdog
+
     @classmethod
     def main(cls, argv: Sequence[str] | None = None) -> None:
         """Console entry point: settings from flags and environment, then :meth:`run`."""
         settings = load_settings(cls.settings_model, argv, prog=cls.service_id, description=cls.description)
+        # A fatal signal (a crash in a native library) writes every thread's Python stack to the
+        # console before the process ends.
+        faulthandler.enable(file=sys.stderr, all_threads=True)
         exporter, endpoint = exporter_for(settings.telemetry_exporter, settings.otlp_endpoint)
         if endpoint:
             # The standard variable, for what this process starts: a Ray head (every Ray worker,
             # app replicas included, inherits it) and Ray Serve's tracing hook.
             os.environ[OTLP_ENDPOINT_VARIABLE] = endpoint
         setup_telemetry(cls.service_id, exporter, endpoint)
-        code = asyncio.run(cls(settings).run())
+        code = asyncio.run(cls(settings)._run_watched())
         logging.shutdown()
         # Skip interpreter teardown: hypha-rpc leaves background tasks that delay exit.
         sys.stdout.flush()

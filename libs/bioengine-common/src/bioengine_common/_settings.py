@@ -97,6 +97,14 @@ class ServiceSettings(BaseModel):
         "long the server is away. Either way the Ray head, apps, SLURM jobs and datasets keep "
         "running and a restarted service adopts them.",
     )
+    stall_exit: float = Field(
+        90.0,
+        ge=0,
+        description="Seconds the service's event loop may stay blocked (a native library, such "
+        "as Ray's driver, deadlocked while holding the GIL) before the process writes every "
+        "thread's stack to its console and exits with code 1 for its supervisor to restart it; "
+        "0 never. The Ray head, apps, SLURM jobs and datasets keep running and are adopted.",
+    )
 
     @field_validator("trusted_callers")
     @classmethod
