@@ -22,7 +22,14 @@ from ._permissions import (
     resolve_context,
 )
 from ._processes import free_port, spawn, stop_process, wait_for_port
-from ._ray import check_token_file, connect_driver, disconnect_driver, ray_environment, scrub_environment
+from ._ray import (
+    RayCalls,
+    check_token_file,
+    connect_driver,
+    disconnect_driver,
+    ray_environment,
+    scrub_environment,
+)
 from ._settings import ENV_PREFIX, ServiceSettings, build_parser, load_settings
 from ._telemetry import continue_trace, current_trace_context, flush_spans, setup_telemetry, traced
 from ._tokens import mint_token, token_claims
@@ -56,6 +63,7 @@ __all__ = [
     "InvalidRequest",
     "NotFound",
     "PermissionDenied",
+    "RayCalls",
     "ResourceUnavailable",
     "ServiceSettings",
     "ServiceUnavailable",

@@ -12,14 +12,22 @@ import logging
 import os
 import stat
 import sys
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigurationError, ServiceUnavailable
 
-__all__ = ["check_token_file", "connect_driver", "disconnect_driver", "ray_environment", "scrub_environment"]
+__all__ = [
+    "RayCalls",
+    "check_token_file",
+    "connect_driver",
+    "disconnect_driver",
+    "ray_environment",
+    "scrub_environment",
+]
 
 
 def ray_environment(drain_timeout_s: float = 1.0, token_file: str | Path | None = None) -> dict[str, str]:
@@ -36,6 +44,9 @@ def ray_environment(drain_timeout_s: float = 1.0, token_file: str | Path | None 
         # Under `uv run` (any ancestor), Ray would otherwise ship the current directory to every
         # job and start its workers with `uv run`: slow, and not what the cluster should run.
         "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
+        # A Ray call of a driver that lost its cluster fails instead of starting a local Ray
+        # cluster inside the service (read when Ray is imported).
+        "RAY_ENABLE_AUTO_CONNECT": "0",
     }
     if token_file:
         env["RAY_AUTH_TOKEN_PATH"] = str(token_file)
@@ -172,3 +183,45 @@ def disconnect_driver() -> None:
 
     if ray.is_initialized():
         ray.shutdown()
+
+
+class RayCalls:
+    """A driver's Ray calls made in threads, and ``ray.shutdown()`` never beside one of them.
+
+    A call still waiting in Ray's core worker when ``ray.shutdown()`` frees it crashes the
+    process: seen in CI as a SIGSEGV of apps-svc at the end of its shutdown after the head was
+    killed, with a Serve status query of another thread waiting on the dead head. So every
+    blocking Ray call goes through :meth:`call` (bound each one by a timeout of Ray's own, so
+    that its thread ends), and the driver is shut down with :meth:`shutdown_when_idle`.
+    """
+
+    def __init__(self) -> None:
+        self._under_way = 0
+        self._idle = threading.Condition()
+
+    @property
+    def under_way(self) -> int:
+        """Calls inside Ray now."""
+        return self._under_way
+
+    def call(self, function: Callable[..., Any], *args: Any) -> Any:
+        """``function(*args)``, counted; waits while a shutdown runs (and then fails: Ray is
+        no longer connected, and auto-connect is off), never runs beside it."""
+        with self._idle:
+            self._under_way += 1
+        try:
+            return function(*args)
+        finally:
+            with self._idle:
+                self._under_way -= 1
+                self._idle.notify_all()
+
+    def shutdown_when_idle(self, wait_s: float, force: bool = False) -> bool:
+        """``ray.shutdown()`` once no call is under way (blocking); whether none was. After
+        ``wait_s`` with some still under way: nothing done, or with ``force`` the shutdown all
+        the same."""
+        with self._idle:
+            idle = self._idle.wait_for(lambda: self._under_way == 0, timeout=wait_s)
+            if idle or force:
+                disconnect_driver()
+            return idle

@@ -15,6 +15,8 @@ from ._state import ObservedApp
 
 __all__ = ["ServeAdapter"]
 
+#: Longest a thread waits for Serve's view of the apps (its caller may give up sooner).
+DETAILS_TIMEOUT_S = 10.0
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -114,8 +116,12 @@ class ServeAdapter:
         """Remove an app from Serve; its replicas stop in the background."""
         self.client.delete_apps([application_id], blocking=False)
 
-    def details(self) -> dict[str, Any]:
-        return dict(self.client.get_serve_details())
+    def details(self, timeout: float = DETAILS_TIMEOUT_S) -> dict[str, Any]:
+        """Serve's view of every app. Bounded here, in Ray, and not only by the caller's wait:
+        the thread must end, since the driver is shut down only once no call is under way."""
+        import ray
+
+        return dict(ray.get(self.client._controller.get_serve_instance_details.remote(), timeout=timeout))
 
     @staticmethod
     def observed(details: dict[str, Any]) -> dict[str, ObservedApp]:

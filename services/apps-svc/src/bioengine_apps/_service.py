@@ -60,13 +60,13 @@ from bioengine_common import (
     BioEngineService,
     InvalidRequest,
     NotFound,
+    RayCalls,
     ResourceUnavailable,
     ServiceSettings,
     ServiceUnavailable,
     connect,
     connect_driver,
     create_context,
-    disconnect_driver,
     error_summary,
     ray_environment,
     within,
@@ -141,6 +141,9 @@ STARTUP_TRIES = 10
 STARTUP_RETRY_S = 3.0
 #: Seconds an artifact's view_config (its frontend) is remembered for get_app_status.
 VIEW_CONFIG_TTL_S = 30.0
+#: How long letting go of a lost Ray cluster waits for our threads still inside a Ray call (a
+#: status query on a dead head ends within its own timeout) before trying again later.
+RAY_IDLE_WAIT_S = 30.0
 
 
 def _log_lines(logs_tail: int, deployment_logs: dict | None) -> Callable[[str], int]:
@@ -284,6 +287,10 @@ class AppsService(BioEngineService):
         self._slow_probes = 0
         #: Ray calls run here, so one hung on a dead head never starves other threads.
         self._ray_pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="apps-ray")
+        #: Those calls: ray.shutdown() never runs beside one (see RayCalls).
+        self.ray_calls = RayCalls()
+        #: A driver of a lost cluster still to shut down before connecting again.
+        self._driver_to_release = False
         self.decisions: collections.deque[dict[str, Any]] = collections.deque(maxlen=50)
         self._lock = asyncio.Lock()
         self.discovered = DiscoveredSpecs()
@@ -313,9 +320,32 @@ class AppsService(BioEngineService):
         return self._artifacts
 
     async def _ray(self, function: Callable[..., Any], *args: Any, timeout: float = 30.0) -> Any:
-        """``function(*args)`` (blocking, talks to Ray) in the Ray thread pool, bounded in time."""
+        """``function(*args)`` (blocking, talks to Ray) in the Ray thread pool, bounded in time
+        (the wait; the thread itself ends when Ray answers or its own timeout passes)."""
         loop = asyncio.get_running_loop()
-        return await asyncio.wait_for(loop.run_in_executor(self._ray_pool, partial(function, *args)), timeout)
+        return await asyncio.wait_for(
+            loop.run_in_executor(self._ray_pool, partial(self.ray_calls.call, function, *args)), timeout
+        )
+
+    async def _release_driver(self) -> None:
+        """Shut the Ray driver of a lost cluster down, unless calls on it are still under way
+        (then again at the next try to connect)."""
+        self._driver_to_release = True
+        try:
+            released = await asyncio.wait_for(
+                asyncio.to_thread(self.ray_calls.shutdown_when_idle, RAY_IDLE_WAIT_S), RAY_IDLE_WAIT_S + 30
+            )
+        except Exception as exc:
+            self.logger.warning("Letting go of the Ray cluster failed: %s", error_summary(exc))
+            return
+        if released:
+            self._driver_to_release = False
+        else:
+            self.logger.warning(
+                "%d Ray call(s) still under way after %.0f s; the driver is let go of later",
+                self.ray_calls.under_way,
+                RAY_IDLE_WAIT_S,
+            )
 
     async def initialize(self) -> None:
         records, problems = await asyncio.to_thread(self.store.load_records)
@@ -441,8 +471,7 @@ class AppsService(BioEngineService):
         self.head_down = head_down
         self.ray_down_since = self.ray_down_since or time.time()
         self.serve.forget()
-        with contextlib.suppress(Exception):
-            await self._ray(disconnect_driver, timeout=15)
+        await self._release_driver()
 
     def _require_ray(self) -> None:
         if not self.connected:
@@ -455,7 +484,9 @@ class AppsService(BioEngineService):
                 with contextlib.suppress(Exception):
                     await self._probe_artifact_store()
             if not self.connected:
-                if time.monotonic() >= self._retry_at:
+                if self._driver_to_release:
+                    await self._release_driver()
+                if time.monotonic() >= self._retry_at and not self._driver_to_release:
                     try:
                         await self._connect_ray()
                     except Exception as exc:
@@ -481,8 +512,7 @@ class AppsService(BioEngineService):
                             "Ray cluster not available: %s",
                             self.ray_error,
                         )
-                        with contextlib.suppress(Exception):
-                            await self._ray(disconnect_driver, timeout=15)
+                        await self._release_driver()
                 await asyncio.sleep(min(1.0, max(0.1, self._retry_at - time.monotonic())))
                 continue
             # A head that stops accepting connections is gone (with every app on it): let go of

@@ -20,9 +20,9 @@ from bioengine_common import (
     BioEngineService,
     ConfigurationError,
     InvalidRequest,
+    RayCalls,
     ResourceUnavailable,
     ServiceUnavailable,
-    disconnect_driver,
     error_summary,
     ray_environment,
     within,
@@ -45,6 +45,8 @@ from ._status import ClusterSample, PendingDemand, UsageHistory, gpu_summary, su
 from .slurm import SlurmAutoscaler, demand_of
 
 _GIB = 1024**3
+#: How long letting go of the Ray driver waits for a status sample under way (cheap calls).
+DRIVER_IDLE_WAIT_S = 5.0
 
 
 def make_backend(settings: ClusterSettings, logger: Any) -> ClusterBackend:
@@ -140,6 +142,8 @@ class ClusterService(BioEngineService):
         )
         self._scaling: asyncio.Task[None] | None = None
         self.runs = RunCodeLog()
+        #: Blocking Ray calls of this driver's threads: ray.shutdown() waits for them (see RayCalls).
+        self.ray_calls = RayCalls()
 
     # ---- the cluster's life ---------------------------------------------------------------------
     async def _bring_up(self) -> None:
@@ -167,6 +171,11 @@ class ClusterService(BioEngineService):
             self.backend.head_address,
         )
 
+    async def _disconnect_driver(self) -> None:
+        """``ray.shutdown()`` once a status sample under way has ended, or after
+        DRIVER_IDLE_WAIT_S all the same (a new head must not wait long for it)."""
+        await asyncio.to_thread(self.ray_calls.shutdown_when_idle, DRIVER_IDLE_WAIT_S, True)
+
     async def _try_bring_up(self) -> None:
         try:
             await self._bring_up()
@@ -179,7 +188,7 @@ class ClusterService(BioEngineService):
             self.logger.error("Ray cluster unavailable: %s", self.cluster_error)
 
     async def _sample(self) -> None:
-        sample = await asyncio.to_thread(_sample_blocking, self.backend.gcs_address())
+        sample = await asyncio.to_thread(self.ray_calls.call, _sample_blocking, self.backend.gcs_address())
         self.history.append(sample)
         self.usage.add(sample)
         self._last_sample = time.monotonic()
@@ -209,7 +218,7 @@ class ClusterService(BioEngineService):
                 self.logger.error(
                     "%s; %s", self.cluster_error, "restarting it" if self.backend.starts_ray else "waiting"
                 )
-                await asyncio.to_thread(disconnect_driver)
+                await self._disconnect_driver()
                 self._retry_at = 0.0
                 continue
             if time.monotonic() - self._last_sample >= self.settings.status_interval:
@@ -244,7 +253,7 @@ class ClusterService(BioEngineService):
             # Hypha is gone, not the cluster: the restarted service adopts the head, its SLURM
             # jobs and every app on it.
             if self.connected:
-                await asyncio.to_thread(disconnect_driver)
+                await self._disconnect_driver()
                 self.connected = False
             self.logger.info("Leaving the Ray head and its workers running for the restarted service")
             return
@@ -259,7 +268,7 @@ class ClusterService(BioEngineService):
             with contextlib.suppress(BaseException):
                 await within(asyncio.shield(self._first_bring_up), 12)
         if self.connected:
-            await asyncio.to_thread(disconnect_driver)
+            await self._disconnect_driver()
             self.connected = False
         await asyncio.to_thread(self.backend.stop)
 
