@@ -32,40 +32,43 @@ HANG_S = 15.0
 
 
 class _Restarter:
-    """What the worker's supervisor does for apps-svc: start it again when it exits.
+    """What the worker's supervisor does for the services: start one again when it exits.
 
-    apps-svc is a Ray driver, and a driver can deadlock inside Ray when its head dies (seen once
-    in CI: the process froze in the middle of letting go of the dead head). Its event-loop
-    watchdog (``--stall-exit``) then ends the process with every thread's stack on its console,
-    and in production the supervisor starts it again; the new process adopts the apps. The
-    tests check that outcome, and each restart is reported as a warning with the stack dump.
-    The fixed client id keeps the service's id (and the tests' proxies) the same across one.
+    Both are Ray drivers, and a driver may not survive its head's death: apps-svc once crashed
+    (SIGSEGV in CI) at the end of ``ray.shutdown()`` while another of its threads waited in Ray
+    (``RayCalls`` now keeps them apart), and a thread still inside a GCS call without a timeout
+    when the head dies (cluster-svc's status sample: Ray's node table) makes Ray end the whole
+    process about a minute later. In production the supervisor starts it again and the new
+    process adopts the head and the apps. The tests check that outcome; each restart is
+    reported as a warning with the end of the console (a crash's stack dump is there).
+    apps-svc's fixed client id keeps its service id (and the tests' proxies) across a restart.
     """
 
-    def __init__(self, service: Any) -> None:
-        self.service = service
+    def __init__(self, services: dict[str, Any]) -> None:
+        self.services = services
         self.restarts: list[str] = []
         self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._watch, name="apps-restarter", daemon=True)
+        self._thread = threading.Thread(target=self._watch, name="restarter", daemon=True)
         self._thread.start()
 
     def _watch(self) -> None:
         while not self._stopping.wait(0.5):
-            if not self.service.alive() and not self._stopping.is_set():
-                code = self.service.process.poll()
+            for name, service in self.services.items():
+                if service.alive() or self._stopping.is_set():
+                    continue
+                code = service.process.poll()
                 tail = "\n".join(
                     line
-                    for line in self.service.console_output().splitlines()
+                    for line in service.console_output().splitlines()
                     if "Failed to push error to driver" not in line
                 )[-6000:]
-                self.restarts.append(f"exit code {code}; console:\n{tail}")
-                warnings.warn(f"apps-svc exited (code {code}) and was started again:\n{tail}", stacklevel=1)
-                self.service.start()
+                self.restarts.append(f"{name}: exit code {code}; console:\n{tail}")
+                warnings.warn(f"{name}-svc exited (code {code}) and was started again:\n{tail}", stacklevel=1)
+                service.start()
 
     def stop(self) -> None:
         self._stopping.set()
         self._thread.join(5)
-        self.service.stop()
 
 
 @pytest.fixture(scope="module")
@@ -80,12 +83,13 @@ def stack(tmp_path_factory):
         "apps", server, workspace_dir, "--local-apps-dir", str(APPS), "--reconcile-interval", "1",
         "--client-id", "apps-resilience", "--stall-exit", "30",
     )  # fmt: skip
-    restarter = _Restarter(apps)
+    restarter = _Restarter({"apps": apps, "cluster": cluster})
     yield {
         "server": server, "cluster": cluster, "apps": apps, "workspace_dir": workspace_dir,
         "restarter": restarter,
     }  # fmt: skip
     restarter.stop()
+    apps.stop()
     cluster.stop(timeout=30)
     server.stop()
 
@@ -181,7 +185,7 @@ async def test_apps_are_redeployed_after_the_ray_head_crashes(stack, client):
             raise AssertionError(
                 f"get_app_status hung for {HANG_S:g} s while the Ray head was down"
             ) from None
-        except Exception:  # the process ended (a crash in Ray's driver): _Restarter's turn
+        except Exception:  # the process ended (see _Restarter): its turn
             await asyncio.sleep(0.5)
             continue
         if statuses["survivor"]["status"] == "UNAVAILABLE":
@@ -201,7 +205,7 @@ async def test_apps_are_redeployed_after_the_ray_head_crashes(stack, client):
     while not restarted():
         try:
             ray_status = (await apps.get_status())["dependencies"]["ray"]
-        except Exception as exc:  # the process ended: _Restarter's turn
+        except Exception as exc:  # the process ended (see _Restarter): its turn
             ray_status = {"error": f"{type(exc).__name__}: {exc}"}
         if ray_status.get("ok") is False or json.loads(head_file.read_text())["pid"] != head["pid"]:
             break

@@ -142,8 +142,9 @@ STARTUP_RETRY_S = 3.0
 #: Seconds an artifact's view_config (its frontend) is remembered for get_app_status.
 VIEW_CONFIG_TTL_S = 30.0
 #: How long letting go of a lost Ray cluster waits for our threads still inside a Ray call (a
-#: status query on a dead head ends within its own timeout) before trying again later.
-RAY_IDLE_WAIT_S = 30.0
+#: status query on a dead head ends within its own 10 s) before shutting the driver down all the
+#: same (a KV call on a dead GCS may block until Ray gives up on it, 60 s, and ends the process).
+RAY_IDLE_WAIT_S = 15.0
 
 
 def _log_lines(logs_tail: int, deployment_logs: dict | None) -> Callable[[str], int]:
@@ -289,8 +290,6 @@ class AppsService(BioEngineService):
         self._ray_pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="apps-ray")
         #: Those calls: ray.shutdown() never runs beside one (see RayCalls).
         self.ray_calls = RayCalls()
-        #: A driver of a lost cluster still to shut down before connecting again.
-        self._driver_to_release = False
         self.decisions: collections.deque[dict[str, Any]] = collections.deque(maxlen=50)
         self._lock = asyncio.Lock()
         self.discovered = DiscoveredSpecs()
@@ -328,21 +327,19 @@ class AppsService(BioEngineService):
         )
 
     async def _release_driver(self) -> None:
-        """Shut the Ray driver of a lost cluster down, unless calls on it are still under way
-        (then again at the next try to connect)."""
-        self._driver_to_release = True
+        """Shut the Ray driver of a lost cluster down once none of our calls is under way on it,
+        or after RAY_IDLE_WAIT_S all the same."""
         try:
-            released = await asyncio.wait_for(
-                asyncio.to_thread(self.ray_calls.shutdown_when_idle, RAY_IDLE_WAIT_S), RAY_IDLE_WAIT_S + 30
+            idle = await within(
+                asyncio.to_thread(self.ray_calls.shutdown_when_idle, RAY_IDLE_WAIT_S, True),
+                RAY_IDLE_WAIT_S + 30,
             )
         except Exception as exc:
             self.logger.warning("Letting go of the Ray cluster failed: %s", error_summary(exc))
             return
-        if released:
-            self._driver_to_release = False
-        else:
+        if not idle:
             self.logger.warning(
-                "%d Ray call(s) still under way after %.0f s; the driver is let go of later",
+                "%d Ray call(s) still under way after %.0f s; the driver was shut down all the same",
                 self.ray_calls.under_way,
                 RAY_IDLE_WAIT_S,
             )
@@ -484,9 +481,7 @@ class AppsService(BioEngineService):
                 with contextlib.suppress(Exception):
                     await self._probe_artifact_store()
             if not self.connected:
-                if self._driver_to_release:
-                    await self._release_driver()
-                if time.monotonic() >= self._retry_at and not self._driver_to_release:
+                if time.monotonic() >= self._retry_at:
                     try:
                         await self._connect_ray()
                     except Exception as exc:

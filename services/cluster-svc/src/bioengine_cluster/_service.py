@@ -47,6 +47,9 @@ from .slurm import SlurmAutoscaler, demand_of
 _GIB = 1024**3
 #: How long letting go of the Ray driver waits for a status sample under way (cheap calls).
 DRIVER_IDLE_WAIT_S = 5.0
+#: A status sample takes milliseconds; one that takes this long waits on a dead head (Ray's node
+#: table call has no timeout of its own and blocks until the driver gives up on the GCS, 60 s).
+SAMPLE_TIMEOUT_S = 10.0
 
 
 def make_backend(settings: ClusterSettings, logger: Any) -> ClusterBackend:
@@ -188,7 +191,16 @@ class ClusterService(BioEngineService):
             self.logger.error("Ray cluster unavailable: %s", self.cluster_error)
 
     async def _sample(self) -> None:
-        sample = await asyncio.to_thread(self.ray_calls.call, _sample_blocking, self.backend.gcs_address())
+        try:
+            sample = await within(
+                asyncio.to_thread(self.ray_calls.call, _sample_blocking, self.backend.gcs_address()),
+                SAMPLE_TIMEOUT_S,
+            )
+        except TimeoutError:
+            # The monitor goes on to check the head (its thread stays blocked in Ray meanwhile).
+            raise ServiceUnavailable(
+                f"the Ray cluster did not answer a status sample within {SAMPLE_TIMEOUT_S:g} s"
+            ) from None
         self.history.append(sample)
         self.usage.add(sample)
         self._last_sample = time.monotonic()
