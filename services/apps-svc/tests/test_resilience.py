@@ -34,9 +34,10 @@ HANG_S = 15.0
 class _Restarter:
     """What the worker's supervisor does for the services: start one again when it exits.
 
-    Both are Ray drivers, and a driver may not survive its head's death: apps-svc once crashed
-    (SIGSEGV in CI) at the end of ``ray.shutdown()`` while another of its threads waited in Ray
-    (``RayCalls`` now keeps them apart), and a thread still inside a GCS call without a timeout
+    Both are Ray drivers, and a driver may not survive its head's death: apps-svc crashed
+    (SIGSEGV, in CI and here) at the end of ``ray.shutdown()``, likely because another of its
+    threads still waited in Ray (``RayCalls`` now keeps them apart), and a thread still inside
+    a GCS call without a timeout
     when the head dies (cluster-svc's status sample: Ray's node table) makes Ray end the whole
     process about a minute later. In production the supervisor starts it again and the new
     process adopts the head and the apps. The tests check that outcome; each restart is

@@ -188,9 +188,10 @@ def disconnect_driver() -> None:
 class RayCalls:
     """A driver's Ray calls made in threads, and ``ray.shutdown()`` never beside one of them.
 
-    A call still waiting in Ray's core worker when ``ray.shutdown()`` frees it crashes the
-    process: seen in CI as a SIGSEGV of apps-svc at the end of its shutdown after the head was
-    killed, with a Serve status query of another thread waiting on the dead head. So every
+    apps-svc crashed (SIGSEGV, in CI and here) at the end of its ``ray.shutdown()`` after its
+    head was killed, and a stack dump of it taken at that point (in a run here) showed another
+    of its threads waiting in ``ray.get`` on the dead head (a Serve status query): a call still
+    waiting in Ray's core worker when the shutdown frees it is the likely cause. So every
     blocking Ray call goes through :meth:`call` (bound each one by a timeout of Ray's own, so
     that its thread ends), and the driver is shut down with :meth:`shutdown_when_idle`.
     """
