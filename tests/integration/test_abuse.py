@@ -34,7 +34,7 @@ import msgpack
 import pytest
 
 from bioengine_common import SERVICES_USER, connect, mint_token, trusted_service_id
-from bioengine_common.testing import ADMIN_USER, launch_service, wait_for_service
+from bioengine_common.testing import ADMIN_USER, launch_service, stop_all_apps, wait_for_service
 
 pytestmark = pytest.mark.integration
 
@@ -199,6 +199,7 @@ def stack(hypha_server, ray_head, worker_dir, data_dir, tmp_path_factory):
         launch_service("gateway", hypha_server, worker_dir, "--status-interval", "1"),
     ]  # fmt: skip
     yield {service.name: service for service in services}
+    stop_all_apps(hypha_server)
     for service in services:
         service.stop()
 

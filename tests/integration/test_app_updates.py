@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from bioengine_common import connect
-from bioengine_common.testing import launch_service, ready_worker
+from bioengine_common.testing import launch_service, ready_worker, stop_all_apps
 
 pytestmark = pytest.mark.integration
 
@@ -47,6 +47,7 @@ def stack(hypha_server, cluster_process, tmp_path_factory):
     )
     gateway = launch_service("gateway", hypha_server, workspace, "--status-interval", "1")
     yield {"apps": apps, "gateway": gateway}
+    stop_all_apps(hypha_server)
     gateway.stop()
     apps.stop()
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from bioengine_common.testing import launch_service, wait_for_service
+from bioengine_common.testing import launch_service, stop_all_apps, wait_for_service
 from bioengine_worker import read_app_folder
 
 REPO = Path(__file__).resolve().parents[3]
@@ -62,6 +62,7 @@ def apps_process(hypha_server, cluster_process, apps_workspace):
         ),
     }
     yield holder
+    stop_all_apps(hypha_server)
     holder["process"].stop()
 
 

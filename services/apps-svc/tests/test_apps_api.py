@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from bioengine_common.testing import launch_service, ready_worker
+from bioengine_common.testing import launch_service, ready_worker, stop_all_apps
 
 APPS = Path(__file__).resolve().parents[3] / "apps"
 ONE_FILE_06 = Path(__file__).resolve().parents[3] / "libs/bioengine-app-format/tests/apps_06/one-file"
@@ -47,6 +47,7 @@ def stack(hypha_server, cluster_process, tmp_path_factory):
         os.environ.pop("STARTUP_GREETING", None)
     gateway = launch_service("gateway", hypha_server, workspace, "--status-interval", "1")
     yield {"apps": apps, "gateway": gateway}
+    stop_all_apps(hypha_server)
     gateway.stop()
     apps.stop()
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from bioengine_common import connect
-from bioengine_common.testing import launch_service, ready_worker
+from bioengine_common.testing import launch_service, ready_worker, stop_all_apps
 
 pytestmark = pytest.mark.integration
 
@@ -20,6 +20,7 @@ def stack(hypha_server, cluster_process, tmp_path_factory):
     apps = launch_service("apps", hypha_server, workspace, "--reconcile-interval", "1")
     gateway = launch_service("gateway", hypha_server, workspace, "--status-interval", "1")
     yield {"apps": apps, "gateway": gateway, "workspace": workspace}
+    stop_all_apps(hypha_server)
     gateway.stop()
     apps.stop()
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bioengine_common.testing import launch_service
+from bioengine_common.testing import launch_service, stop_all_apps
 
 pytestmark = pytest.mark.integration
 
@@ -124,12 +124,25 @@ def apps_root(tmp_path_factory) -> Path:
     return root
 
 
+def _pip_envs(ray_head) -> set[str]:
+    pip = Path(ray_head.temp_dir) / "session_latest" / "runtime_resources" / "pip"
+    return {p.name for p in pip.iterdir() if p.is_dir()} if pip.is_dir() else set()
+
+
 @pytest.fixture(scope="module")
-def apps_process(hypha_server, cluster_process, apps_workspace, apps_root):
+def pip_envs_before(ray_head) -> set[str]:
+    """The pip environments on the shared session head before this module (other modules' apps
+    leave theirs)."""
+    return _pip_envs(ray_head)
+
+
+@pytest.fixture(scope="module")
+def apps_process(hypha_server, cluster_process, apps_workspace, apps_root, pip_envs_before):
     process = launch_service(
         "apps", hypha_server, apps_workspace, "--local-apps-dir", str(apps_root), "--reconcile-interval", "1"
     )
     yield {"process": process, "apps_root": apps_root}
+    stop_all_apps(hypha_server)
     process.stop()
 
 
@@ -241,7 +254,7 @@ async def test_a_changed_kwarg_redeploys(apps, admin_client, wait_app, deployed)
     await apps.stop_app(application_id="demo-06")
 
 
-async def test_a_failed_smoke_test_is_reported(apps, ray_head):
+async def test_a_failed_smoke_test_is_reported(apps, ray_head, pip_envs_before):
     app_id = await apps.deploy_app(
         artifact_id="demo-app-0.6",
         application_id="smoke-06",
@@ -256,10 +269,10 @@ async def test_a_failed_smoke_test_is_reported(apps, ray_head):
         assert time.monotonic() < deadline, status
         await asyncio.sleep(1)
     assert "fail_smoke_test=True" in status["deployments"]["DemoApp"]["lifecycle_error"]
-    # Three deployments of the demo so far (two versions of demo-06, then this app), one pip
-    # environment: the same requirements give the same runtime env, which Ray reuses.
-    pip_envs = Path(ray_head.temp_dir) / "session_latest" / "runtime_resources" / "pip"
-    assert len([p for p in pip_envs.iterdir() if p.is_dir()]) == 1
+    # Three deployments of the demo so far (two versions of demo-06, then this app), at most one
+    # new pip environment (none if an earlier module made the same one): the same requirements
+    # give the same runtime env, which Ray reuses.
+    assert len(_pip_envs(ray_head) - pip_envs_before) <= 1, (_pip_envs(ray_head), pip_envs_before)
     await apps.stop_app(application_id=app_id)
 
 

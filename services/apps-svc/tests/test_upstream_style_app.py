@@ -16,7 +16,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from bioengine_common.testing import launch_service, ready_worker
+from bioengine_common.testing import launch_service, ready_worker, stop_all_apps
 
 pytestmark = pytest.mark.integration
 
@@ -33,6 +33,7 @@ def stack(hypha_server, cluster_process, tmp_path_factory):
     )
     gateway = launch_service("gateway", hypha_server, workspace, "--status-interval", "1")
     yield {"apps": apps, "workspace": workspace}
+    stop_all_apps(hypha_server)
     gateway.stop()
     apps.stop()
 

@@ -34,6 +34,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,7 @@ __all__ = [
     "slurm",
     "slurm_problem",
     "start_service",
+    "stop_all_apps",
     "wait_for_service",
 ]
 
@@ -271,6 +273,28 @@ def cluster_process(
     )  # fmt: skip
     yield service
     service.stop()
+
+
+def stop_all_apps(server: EmbeddedHypha, timeout: float = 60.0) -> None:
+    """Test teardown, before a module stops its apps-svc: stop every app it deployed. apps-svc
+    leaves its apps running when it stops (a successor adopts them), and on the shared session
+    Ray head the next module would find their replicas holding its CPUs. A failure is logged."""
+
+    async def stop() -> None:
+        client = await connect(server.url, workspace=server.workspace, token=server.mint(ADMIN_USER, "admin"))
+        try:
+            apps = await client.get_service("bioengine-apps", {"mode": "last"})
+            await asyncio.wait_for(apps.stop_all_apps(timeout_seconds=timeout), timeout + 30)
+        finally:
+            with contextlib.suppress(Exception):
+                await client.disconnect()
+
+    # In a thread of its own: a module's teardown may run while pytest's event loop is set.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        try:
+            pool.submit(asyncio.run, stop()).result(timeout + 60)
+        except Exception as exc:
+            logging.getLogger("bioengine.testing").warning("Stopping the module's apps failed: %r", exc)
 
 
 @pytest.fixture
