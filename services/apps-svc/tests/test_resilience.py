@@ -37,9 +37,8 @@ class _Restarter:
     Both are Ray drivers, and a driver may not survive its head's death: apps-svc crashed
     (SIGSEGV, in CI and here) at the end of ``ray.shutdown()``, likely because another of its
     threads still waited in Ray (``RayCalls`` now keeps them apart), and a thread still inside
-    a GCS call without a timeout
-    when the head dies (cluster-svc's status sample: Ray's node table) makes Ray end the whole
-    process about a minute later. In production the supervisor starts it again and the new
+    a GCS call without a timeout when the head dies (cluster-svc's status sample: Ray's node
+    table) makes Ray end the whole process about a minute later. In production the supervisor starts it again and the new
     process adopts the head and the apps. The tests check that outcome; each restart is
     reported as a warning with the end of the console (a crash's stack dump is there).
     apps-svc's fixed client id keeps its service id (and the tests' proxies) across a restart.
@@ -179,6 +178,7 @@ async def test_apps_are_redeployed_after_the_ray_head_crashes(stack, client):
     os.killpg(head["pid"], signal.SIGKILL)
     restarted = lambda: bool(stack["restarter"].restarts)  # noqa: E731
     seen_down: dict = {}
+    last_error = ""
     while time.monotonic() - killed < 60 and not seen_down and not restarted():
         try:
             statuses = await asyncio.wait_for(apps.get_app_status(logs_tail=0), HANG_S)
@@ -186,14 +186,15 @@ async def test_apps_are_redeployed_after_the_ray_head_crashes(stack, client):
             raise AssertionError(
                 f"get_app_status hung for {HANG_S:g} s while the Ray head was down"
             ) from None
-        except Exception:  # the process ended (see _Restarter): its turn
+        except Exception as exc:  # the process ended (see _Restarter): its turn
+            last_error = f"{type(exc).__name__}: {exc}"
             await asyncio.sleep(0.5)
             continue
         if statuses["survivor"]["status"] == "UNAVAILABLE":
             seen_down = statuses["survivor"]
         await asyncio.sleep(0.5)
     if not restarted():
-        assert seen_down, "the head's loss never showed in the app's status"
+        assert seen_down, f"the head's loss never showed in the app's status (last error: {last_error})"
         # Which is seen first depends on whether the head probe or a Serve call notices first.
         assert seen_down["message"].startswith(("Ray head down since ", "Ray cluster not reachable")), (
             seen_down
