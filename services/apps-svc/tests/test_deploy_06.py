@@ -138,6 +138,7 @@ def pip_envs_before(ray_head) -> set[str]:
 
 @pytest.fixture(scope="module")
 def apps_process(hypha_server, cluster_process, apps_workspace, apps_root, pip_envs_before):
+    # pip_envs_before: taken before this module's apps-svc deploys anything.
     process = launch_service(
         "apps", hypha_server, apps_workspace, "--local-apps-dir", str(apps_root), "--reconcile-interval", "1"
     )
@@ -272,7 +273,8 @@ async def test_a_failed_smoke_test_is_reported(apps, ray_head, pip_envs_before):
     # Three deployments of the demo so far (two versions of demo-06, then this app), at most one
     # new pip environment (none if an earlier module made the same one): the same requirements
     # give the same runtime env, which Ray reuses.
-    assert len(_pip_envs(ray_head) - pip_envs_before) <= 1, (_pip_envs(ray_head), pip_envs_before)
+    pip_envs = _pip_envs(ray_head)
+    assert len(pip_envs - pip_envs_before) <= 1, (pip_envs, pip_envs_before)
     await apps.stop_app(application_id=app_id)
 
 
