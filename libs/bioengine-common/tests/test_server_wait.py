@@ -5,12 +5,16 @@ started after it on the port it was given."""
 from __future__ import annotations
 
 import asyncio
+import socket
+import subprocess
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from bioengine_common import connect
+from bioengine_common.errors import ServiceUnavailable
 from bioengine_common.local_stack import EmbeddedHypha
 from bioengine_common.testing import ADMIN_USER, TEST_WORKSPACE, launch_service, wait_for_service
 
@@ -70,3 +74,34 @@ async def test_a_server_that_refuses_the_token_fails_at_once(unstarted_server: E
     code = await asyncio.to_thread(service.process.wait, 60)
     assert code == 3, service.console_output()[-3000:]
     assert "refused the connection" in service.console_output()
+
+
+def test_a_server_that_fails_to_start_leaves_no_store_running(tmp_path: Path):
+    """The store starts first; when the server then fails (its port is taken), start() stops
+    the store too before raising: no SeaweedFS process outlives the failed start."""
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    server = EmbeddedHypha(
+        tmp_path / "hypha", TEST_WORKSPACE, port=holder.getsockname()[1], s3=True, log=lambda m: None
+    )
+    stores: list[int] = []
+    spawn_store = server.spawn_store
+
+    def spawn_and_note() -> subprocess.Popen[bytes]:
+        store = spawn_store()
+        stores.append(store.pid)
+        return store
+
+    server.spawn_store = spawn_and_note  # type: ignore[method-assign]
+    try:
+        with pytest.raises(ServiceUnavailable, match="Hypha server exited with code"):
+            server.start(timeout=60)
+        assert len(stores) == 1 and server.store_process is None
+        store_gone = (
+            not psutil.pid_exists(stores[0]) or psutil.Process(stores[0]).status() == psutil.STATUS_ZOMBIE
+        )
+        assert store_gone, f"SeaweedFS (pid {stores[0]}) still runs after the failed start"
+    finally:
+        holder.close()
+        server.stop()  # only for a failed assertion above: start() stopped everything

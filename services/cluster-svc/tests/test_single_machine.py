@@ -90,6 +90,11 @@ async def test_two_workers_side_by_side_restart_and_adoption(
     heads = [_head_state(d) for d in dirs]
     assert heads[0]["ports"]["gcs"] != heads[1]["ports"]["gcs"]
     assert heads[0]["temp_dir"] != heads[1]["temp_dir"]
+    # Each head's files (state, sessions, logs) are in its worker's own directory, whatever
+    # short path Ray was given: they go when the directory goes.
+    for directory in dirs:
+        assert json.loads((directory / "ray" / "bioengine-head.json").read_text())["pid"]
+        assert (directory / "ray" / "session_latest" / "logs").is_dir()
 
     # A's head dies: A shows why, starts a new head, and B never notices.
     os.killpg(heads[0]["pid"], signal.SIGKILL)

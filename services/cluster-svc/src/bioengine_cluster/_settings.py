@@ -19,8 +19,9 @@ class ClusterSettings(ClusterOptions, ServiceSettings):
 
     ray_temp_dir: Path | None = Field(
         None,
-        description="Ray's temp dir (sessions, logs, sockets); default <workspace-dir>/ray, or a short "
-        "path under /tmp derived from it when that is too long for Ray's socket paths.",
+        description="Ray's temp dir (sessions, logs, sockets); default <workspace-dir>/ray. When "
+        "that path is too long for Ray's socket paths, Ray is given a short link to it, "
+        "/tmp/bioengine-ray-<hash>; Ray's files stay in the directory.",
     )
     dashboard: bool = Field(False, description="Run the Ray dashboard (about 1 GB more memory).")
     status_interval: float = Field(5.0, gt=0, description="Seconds between cluster samples.")

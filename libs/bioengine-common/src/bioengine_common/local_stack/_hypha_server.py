@@ -192,10 +192,16 @@ class EmbeddedHypha:
         self.log(f"Installed the embedded Hypha server's environment in {time.monotonic() - started:.1f} s")
 
     def start(self, timeout: float = 90.0) -> None:
+        """Start the store (with ``s3``) and the server and wait for both; on failure, stop
+        whatever of them was started before raising."""
         self.prepare()
-        if self.s3:
-            self.start_store(timeout)
-        self.start_server(timeout)
+        try:
+            if self.s3:
+                self.start_store(timeout)
+            self.start_server(timeout)
+        except BaseException:
+            self.stop()
+            raise
 
     @property
     def _store_ports_file(self) -> Path:

@@ -26,6 +26,7 @@ import secrets
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -76,12 +77,42 @@ def token_fingerprint(path: str | Path) -> str:
 
 
 def short_temp_dir(preferred: Path) -> Path:
-    """``preferred`` if short enough for Ray's socket paths, else a stable short path for it."""
+    """The temp dir to give Ray for ``preferred``: ``preferred`` itself if short enough for
+    Ray's socket paths, else a short alias of it, made here with ``preferred``.
+
+    The alias is the symbolic link ``/tmp/bioengine-ray-<hash of the path>`` -> ``preferred``:
+    Ray names its sockets by the short path, and its files (logs, spilled objects, the apps'
+    environments, about 1 GB a head) stay in ``preferred`` and go with it. The name can be
+    guessed, so an alias that is not ours (another user made it) is refused, never used. A
+    directory at the alias owned by us is used as it is: earlier releases put Ray's files there,
+    and a head they started is adopted from it.
+    """
     preferred = preferred.expanduser().resolve()
     if len(str(preferred)) <= MAX_TEMP_DIR_LENGTH:
         return preferred
     digest = hashlib.sha256(str(preferred).encode()).hexdigest()[:10]
-    return Path("/tmp") / f"bioengine-ray-{digest}"
+    alias = Path("/tmp") / f"bioengine-ray-{digest}"
+    preferred.mkdir(parents=True, exist_ok=True)
+    try:
+        alias.symlink_to(preferred)
+        return alias
+    except FileExistsError:
+        pass
+    found = alias.lstat()
+    advice = f"remove it, or pass a Ray temp dir of at most {MAX_TEMP_DIR_LENGTH} characters"
+    if found.st_uid != os.getuid():
+        raise ConfigurationError(
+            f"{alias}, the short path for Ray's temp dir {preferred}, belongs to another user "
+            f"(uid {found.st_uid}); {advice}"
+        )
+    if stat.S_ISLNK(found.st_mode):
+        target = os.readlink(alias)
+        if Path(target) != preferred:
+            raise ConfigurationError(f"{alias} already links to {target}, not to {preferred}; {advice}")
+        return alias
+    if stat.S_ISDIR(found.st_mode):
+        return alias
+    raise ConfigurationError(f"{alias} exists and is neither a directory nor a link; {advice}")
 
 
 class RayPorts(BaseModel):
