@@ -6,9 +6,13 @@ Starts `bioengine-worker --mode single-machine` (embedded Hypha + SeaweedFS + a 
 reports the single-machine start time (command to cluster ready). Then, interleaved in blocks
 so all see the same load: `run_code` of `def analyze(): return 1` through the gateway, the same
 call on bioengine-cluster directly (one Hypha hop fewer), `ray.get(f.remote())` from a driver
-connected to the same cluster, and a bare Hypha echo (a trivial service of this process). The
-floor of a run_code through the gateway is two such hops plus the Ray task: it is printed with
-its own ratio. Prints; asserts nothing. Last line: `ratio: <gateway p50 / direct p50>`.
+connected to the same cluster, a bare Hypha echo (a trivial service of this process), and a
+bare chain of the gateway's shape: two processes of `bench/_bare_chain.py`, one forwarding the
+call through Hypha to the other, which awaits the same trivial Ray task (or runs the code
+through run_code's own Ray part, its streaming task), with none of a service's own work. The
+floor the issue names (two echoes plus the Ray task) and how far the gateway's run_code ends
+above it and above each bare chain are printed. Prints; asserts nothing.
+Last line: `ratio: <gateway p50 / direct p50>`.
 """
 
 from __future__ import annotations
@@ -16,11 +20,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+from _bare_chain import TASK_SERVICE  # bench/_bare_chain.py
 from _stats import print_latency_table  # bench/_stats.py
 
 from bioengine_common import connect, connect_driver
@@ -36,9 +44,23 @@ async def wait_cluster_ready(gateway, started: float, timeout: float = 180) -> f
     raise SystemExit("the Ray cluster did not become ready")
 
 
+def start_bare(role: str, env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
+    """One process of the bare chain; returns it and the id of the service it registered."""
+    process = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("_bare_chain.py")), role],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env={**os.environ, **env},
+    )  # fmt: skip
+    assert process.stdout is not None
+    for line in process.stdout:
+        if line.startswith("READY "):
+            return process, line.split(maxsplit=1)[1].strip()
+    raise SystemExit(f"bench/_bare_chain.py {role} exited with code {process.wait()} before it was ready")
+
+
 async def run(workspace_dir: Path, calls: int, block: int) -> None:
     worker = WorkerProcess(workspace_dir, "--mode", "single-machine", "--hypha-port", "0")
     started = worker.started
+    bare: list[subprocess.Popen[str]] = []
     try:
         connection = await asyncio.to_thread(worker.wait_ready)
         server = await connect(
@@ -55,6 +77,20 @@ async def run(workspace_dir: Path, calls: int, block: int) -> None:
             {"id": "bench-echo", "config": {"visibility": "protected"}, "echo": lambda x: x}
         )
         echo = await server.get_service(f"{connection['workspace']}/{echo_host.config.client_id}:bench-echo")
+        bare_env = {
+            "BENCH_SERVER_URL": connection["server_url"],
+            "BENCH_WORKSPACE": connection["workspace"],
+            "BENCH_TOKEN": connection["token"],
+            "BENCH_RAY_ADDRESS": info["address"],
+            "BENCH_RAY_NAMESPACE": info["namespace"],
+            **({"BENCH_RAY_TOKEN_FILE": info["token_file"]} if info.get("token_file") else {}),
+        }
+        task_process, task_id = start_bare("task", bare_env)
+        bare.append(task_process)
+        assert task_id.endswith(f":{TASK_SERVICE}"), task_id
+        forward_process, forward_id = start_bare("forward", {**bare_env, "BENCH_TASK_SERVICE": task_id})
+        bare.append(forward_process)
+        bare_chain = await server.get_service(forward_id)
 
         # A driver of the worker's cluster needs its token file (token authentication).
         connect_driver(info["address"], 60.0, info["namespace"], info.get("token_file"))
@@ -80,9 +116,19 @@ async def run(workspace_dir: Path, calls: int, block: int) -> None:
         async def echo_once() -> None:
             await echo.echo("ping")
 
+        async def through_bare_chain() -> None:
+            result = await bare_chain.run()
+            assert result.get("result") == 1, result
+
+        async def through_bare_chain_streamed() -> None:
+            result = await bare_chain.run(True)
+            assert result.get("result") == 1, result
+
         paths = {
             "gateway run_code": through_gateway,
             "cluster run_code": on_cluster,
+            "bare chain": through_bare_chain,
+            "bare chain, run_code's task": through_bare_chain_streamed,
             "direct ray.get": direct,
             "hypha echo": echo_once,
         }
@@ -100,6 +146,9 @@ async def run(workspace_dir: Path, calls: int, block: int) -> None:
         await echo_host.disconnect()
         await server.disconnect()
     finally:
+        for process in bare:
+            process.kill()
+            process.wait()
         worker.stop()
 
     print(f"single-machine start: command to Ray cluster ready {ready_after:.1f} s")
@@ -110,6 +159,12 @@ async def run(workspace_dir: Path, calls: int, block: int) -> None:
         f"floor: 2 x hypha echo + ray.get = {floor:.3f} ms ({floor / p50['direct ray.get']:.1f} x ray.get); "
         f"gateway run_code is {p50['gateway run_code'] - floor:.3f} ms above it"
     )
+    for name in ("bare chain", "bare chain, run_code's task"):
+        chain = p50[name]
+        print(
+            f"{name} = {chain:.3f} ms ({chain / p50['direct ray.get']:.1f} x ray.get); gateway run_code "
+            f"is {p50['gateway run_code'] - chain:.3f} ms ({p50['gateway run_code'] / chain:.2f} x) above it"
+        )
     ratio = p50["gateway run_code"] / p50["direct ray.get"]
     print(f"ratio: {ratio:.1f}")
 

@@ -120,3 +120,22 @@ def test_stopped_apps_are_remembered_on_disk(tmp_path):
     assert StateStore(tmp_path / "state").load_stopped() == {"old-app": 1.5, "newer": 2.0}
     (tmp_path / "state" / "stopped.json").write_text('["not", "a", "map"]')
     assert store.load_stopped() == {}
+
+
+def test_a_healthy_artifact_store_is_probed_rarely_a_failing_one_often():
+    """Each probe stops the Hypha server for a moment: a store that answers is listed once a
+    minute, one that failed (or was never checked) every 2 x TTL until it answers."""
+    from bioengine_apps._service import (
+        ARTIFACT_PROBE_HEALTHY_S,
+        ARTIFACT_PROBE_TTL_S,
+        artifact_probe_due,
+    )
+
+    retry = 2 * ARTIFACT_PROBE_TTL_S
+    assert retry < ARTIFACT_PROBE_HEALTHY_S
+    for ok in (None, False):
+        assert not artifact_probe_due(ok, retry - 0.1)
+        assert artifact_probe_due(ok, retry)
+    assert not artifact_probe_due(True, retry)
+    assert not artifact_probe_due(True, ARTIFACT_PROBE_HEALTHY_S - 0.1)
+    assert artifact_probe_due(True, ARTIFACT_PROBE_HEALTHY_S)

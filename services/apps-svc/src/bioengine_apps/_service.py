@@ -126,6 +126,20 @@ SERVE_STATUS_TIMEOUT_S = 5.0
 #: at 5-10 s with both cores loaded) is still an answer.
 ARTIFACT_PROBE_TTL_S = 5.0
 ARTIFACT_PROBE_TIMEOUT_S = 20.0
+#: Seconds between the background probes while the store answers. Each listing stops the Hypha
+#: server for 0.1 to 0.25 s on this 2-core machine (it builds an S3 client per call), during
+#: which it routes no message of anyone's: every 10 s that was a visible stall of every call.
+#: A store that failed, or was never checked, is probed every 2 x TTL to see it back soon; a
+#: call that needs the store probes it itself once the last probe is older than the TTL.
+ARTIFACT_PROBE_HEALTHY_S = 60.0
+
+
+def artifact_probe_due(ok: bool | None, since_last_s: float) -> bool:
+    """Whether the monitor probes the artifact store now: the last probe said ``ok`` (None: none
+    answered yet) and was ``since_last_s`` seconds ago."""
+    return since_last_s >= (ARTIFACT_PROBE_HEALTHY_S if ok else 2 * ARTIFACT_PROBE_TTL_S)
+
+
 #: Longest wait between two tries to connect to the Ray cluster after the connection was lost.
 RAY_RETRY_MAX_S = 3.0
 #: Seconds between tries to connect while apps-svc starts (never connected yet): the cluster
@@ -477,7 +491,7 @@ class AppsService(BioEngineService):
     async def monitor(self) -> None:
         last_reconcile = 0.0
         while True:
-            if time.monotonic() - self._artifact_probe_at >= 2 * ARTIFACT_PROBE_TTL_S:
+            if artifact_probe_due(self.artifact_probe["ok"], time.monotonic() - self._artifact_probe_at):
                 with contextlib.suppress(Exception):
                     await self._probe_artifact_store()
             if not self.connected:
