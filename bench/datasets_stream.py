@@ -7,9 +7,11 @@ planes), and the same planes as a sharded array (one (1, 2048, 2048) shard per p
 chunks inside), serves both with bioengine-datasets (real Hypha token check), then in the same
 run, interleaved round by round: whole-array reads through HttpZarrStore as a user gets it
 (batches, read-ahead), HttpZarrStore with one plain GET per key (no batches, no read-ahead),
-zarr's stock fsspec HTTP store against our server, and locally, each at every zarr
-``async.concurrency`` given (the same setting for every reader; 10 is zarr's default); the
-sharded array the same ways but fsspec; then p50/p95 latency of random aligned 512x512 tiles.
+zarr's stock fsspec HTTP store against our server, both fsspec and HttpZarrStore's plain GETs
+against a bare file server (``bench/_bare_http.py``: the floor of a read over HTTP), and
+locally, each at every zarr ``async.concurrency`` given (the same setting for every reader; 10
+is zarr's default); the sharded array the same ways but fsspec; then p50/p95 latency of random
+aligned 512x512 tiles, each reader in turn reading a new tile first.
 Last lines: what the ratios are, then `ratio: <MB/s at best concurrency> <tile p50> <MB/s at
 concurrency 10> <tile p95> <sharded MB/s at best concurrency>`, each HttpZarrStore/local (the
 throughput ratios compare each reader at its own best concurrency, medians)."""
@@ -31,7 +33,7 @@ import psutil
 import zarr
 from _stats import percentile  # bench/_stats.py
 
-from bioengine_common import connect, spawn, stop_process
+from bioengine_common import connect, free_port, spawn, stop_process, wait_for_port
 from bioengine_common.local_stack import EmbeddedHypha
 from bioengine_datasets_client import HttpZarrStore
 
@@ -59,6 +61,17 @@ def write_dataset(root: Path, planes: int) -> float:
             plane[cy : cy + 121, cx : cx + 121] += blob
         array[z] = sharded[z] = rng.poisson(plane[60:-60, 60:-60]).astype("uint16")
     return planes * 2048 * 2048 * 2 / 1e6
+
+
+def start_bare_server(data_dir: Path, work: Path) -> tuple[object, str]:
+    """bench/_bare_http.py serving ``data_dir``: the floor of a read over HTTP."""
+    port = free_port()
+    process = spawn(
+        [sys.executable, str(Path(__file__).with_name("_bare_http.py")), str(data_dir), str(port)],
+        log_path=work / "bare-http.console.log",
+    )
+    wait_for_port("127.0.0.1", port, 30, process)
+    return process, f"http://127.0.0.1:{port}"
 
 
 def start_server(hypha: EmbeddedHypha, data_dir: Path, work: Path) -> tuple[object, str]:
@@ -119,6 +132,7 @@ def main() -> None:
         hypha = EmbeddedHypha(root / "hypha", "bench", s3=False, log=lambda m: None)
         hypha.start()
         process, http_url = start_server(hypha, root / "data", root / "work")
+        bare_process, bare_url = start_bare_server(root / "data", root / "work")
         try:
             token = hypha.mint("bench-user", "read")
             url = f"{http_url}/data/bench/volume.zarr"
@@ -127,7 +141,9 @@ def main() -> None:
                 HttpZarrStore(f"{http_url}/data/bench/sharded.zarr", token=token, batch=b)
                 for b in (True, False)
             ]
-            http_store, per_key_store, sharded_store, sharded_per_key = stores
+            # Our client's plain GETs against the bare server: the floor with the client we ship.
+            stores.append(HttpZarrStore(f"{bare_url}/bench/volume.zarr", batch=False))
+            http_store, per_key_store, sharded_store, sharded_per_key, bare_store = stores
             readers = {
                 "HttpZarrStore": zarr.open_array(http_store, mode="r"),
                 "  one GET/key": zarr.open_array(per_key_store, mode="r"),
@@ -136,6 +152,8 @@ def main() -> None:
                     mode="r",
                     storage_options={"client_kwargs": {"headers": {"Authorization": f"Bearer {token}"}}},
                 ),
+                "fsspec, bare server": zarr.open_array(f"{bare_url}/bench/volume.zarr", mode="r"),
+                "one GET/key, bare": zarr.open_array(bare_store, mode="r"),
                 "local": zarr.open_array(root / "data" / "bench" / "volume.zarr", mode="r"),
                 "sharded HttpZarrStore": zarr.open_array(sharded_store, mode="r"),
                 "sharded one GET/key": zarr.open_array(sharded_per_key, mode="r"),
@@ -146,7 +164,8 @@ def main() -> None:
                 assert np.array_equal(array[0, :512, :512], reference), name
             seconds: dict[tuple[str, int], list[float]] = {(n, c): [] for n in readers for c in levels}
             cpu: dict[tuple[str, int], list[tuple[float, float]]] = {key: [] for key in seconds}
-            me, server = psutil.Process(), psutil.Process(process.pid)
+            me, ours, bare = psutil.Process(), psutil.Process(process.pid), psutil.Process(bare_process.pid)
+            server_of = {name: bare if "bare" in name else ours for name in readers}  # local: ours, idle
 
             def used(p: psutil.Process) -> float:
                 times = p.cpu_times()
@@ -156,15 +175,21 @@ def main() -> None:
                 for level in levels:
                     with zarr.config.set({"async.concurrency": level}):
                         for name, array in readers.items():
+                            server = server_of[name]
                             c0, s0, t0 = used(me), used(server), time.perf_counter()
                             array[:]
                             seconds[name, level].append(time.perf_counter() - t0)
                             cpu[name, level].append((used(me) - c0, used(server) - s0))
             tiles: dict[str, list[float]] = {name: [] for name in readers}
             rng = random.Random(1)
-            for _ in range(args.tiles):
+            names = list(readers)
+            for index in range(args.tiles):
                 z, y, x = rng.randrange(args.planes), rng.randrange(4) * 512, rng.randrange(4) * 512
-                for name, array in readers.items():
+                # Each reader in turn reads a new tile first (from a cold chunk file), so that
+                # no reader pays that more often than another.
+                turn = index % len(names)
+                for name in names[turn:] + names[:turn]:
+                    array = readers[name]
                     t0 = time.perf_counter()
                     array[z, y : y + 512, x : x + 512]
                     tiles[name].append((time.perf_counter() - t0) * 1000)
@@ -172,6 +197,7 @@ def main() -> None:
                 store.close()
         finally:
             stop_process(process)
+            stop_process(bare_process)
             hypha.stop()
 
     print(
@@ -184,7 +210,7 @@ def main() -> None:
             rates = [raw_mb / s for s in seconds[name, level]]
             cells.append(f"{statistics.median(rates):>9.0f} [{max(rates):>4.0f}]")
         print(f"{name:<22}" + "".join(cells))
-    print("CPU seconds per read, reader process + dataset server (medians)")
+    print("CPU seconds per read, reader process + the server it reads from (medians)")
     for name in readers:
         cells = [
             f"{statistics.median(c for c, _ in cpu[name, level]):>8.2f} +{statistics.median(s for _, s in cpu[name, level]):>5.2f}"
@@ -211,6 +237,16 @@ def main() -> None:
     sharded = best("sharded local") / best("sharded HttpZarrStore")
     tile = statistics.median(tiles["HttpZarrStore"]) / statistics.median(tiles["local"])
     tile95 = percentile(tiles["HttpZarrStore"], 95) / percentile(tiles["local"], 95)
+    local_tile = statistics.median(tiles["local"])
+    print(
+        "tile p50 floor, a bare file server / local: "
+        f"{statistics.median(tiles['one GET/key, bare']) / local_tile:.2f} with HttpZarrStore's GETs, "
+        f"{statistics.median(tiles['fsspec, bare server']) / local_tile:.2f} with zarr's fsspec store; "
+        "bioengine-datasets / the bare server with the same client: "
+        f"{statistics.median(tiles['  one GET/key']) / statistics.median(tiles['one GET/key, bare']):.2f} "
+        f"(HttpZarrStore's GETs), "
+        f"{statistics.median(tiles['fsspec HTTP']) / statistics.median(tiles['fsspec, bare server']):.2f} (fsspec)"
+    )
     print(
         "ratio: <MB/s at best concurrency> <tile p50> <MB/s at concurrency "
         f"{default}> <tile p95> <sharded MB/s at best concurrency>, HttpZarrStore/local"
