@@ -5,10 +5,11 @@
 ``task``: a Hypha service whose ``run()`` awaits one trivial Ray task (a Ray driver of the
 worker's cluster), or with ``run(True)`` runs ``def analyze(): return 1`` through run_code's own
 Ray part (``run_in_ray``: its streaming task and the driver's handling of the stream).
-``forward``: a Hypha service whose ``run(streamed)`` calls the task service's through Hypha. Each runs in a process of its own, as the gateway and bioengine-cluster
-do, and connects through ``bioengine_common.connect`` (the RPC layer our services use), but
-with none of a service's own work: no contract, permission check, caller forwarding, log line,
-span, metric, streamed output or run record. Prints ``READY <client id>`` once registered.
+``forward``: a Hypha service whose ``run(streamed)`` calls the task service's through Hypha.
+Each runs in a process of its own, as the gateway and bioengine-cluster do, and connects
+through ``bioengine_common.connect`` (the RPC layer our services use), but with none of a
+service's own work: no contract, permission check, caller forwarding, log line, span, metric,
+streamed output or run record. Prints ``READY <service id>`` once registered.
 """
 
 from __future__ import annotations

@@ -70,7 +70,11 @@ def start_bare_server(data_dir: Path, work: Path) -> tuple[object, str]:
         [sys.executable, str(Path(__file__).with_name("_bare_http.py")), str(data_dir), str(port)],
         log_path=work / "bare-http.console.log",
     )
-    wait_for_port("127.0.0.1", port, 30, process)
+    try:
+        wait_for_port("127.0.0.1", port, 30, process)
+    except BaseException:
+        stop_process(process)
+        raise
     return process, f"http://127.0.0.1:{port}"
 
 
@@ -132,8 +136,9 @@ def main() -> None:
         hypha = EmbeddedHypha(root / "hypha", "bench", s3=False, log=lambda m: None)
         hypha.start()
         process, http_url = start_server(hypha, root / "data", root / "work")
-        bare_process, bare_url = start_bare_server(root / "data", root / "work")
+        bare_process = None
         try:
+            bare_process, bare_url = start_bare_server(root / "data", root / "work")
             token = hypha.mint("bench-user", "read")
             url = f"{http_url}/data/bench/volume.zarr"
             stores = [HttpZarrStore(url, token=token), HttpZarrStore(url, token=token, batch=False)]

@@ -38,8 +38,8 @@ class _Restarter:
     (SIGSEGV, in CI and here) at the end of ``ray.shutdown()``, likely because another of its
     threads still waited in Ray (``RayCalls`` now keeps them apart), and a thread still inside
     a GCS call without a timeout when the head dies (cluster-svc's status sample: Ray's node
-    table) makes Ray end the whole process about a minute later. In production the supervisor starts it again and the new
-    process adopts the head and the apps. The tests check that outcome; each restart is
+    table) makes Ray end the whole process about a minute later. In production the supervisor
+    starts it again and the new process adopts the head and the apps. The tests check that outcome; each restart is
     reported as a warning with the end of the console (a crash's stack dump is there).
     apps-svc's fixed client id keeps its service id (and the tests' proxies) across a restart.
     """
