@@ -1,6 +1,6 @@
 """Streaming a Zarr dataset over HTTP versus reading it locally. Prints; asserts nothing.
 
-    uv run python bench/datasets_stream.py [--planes 64] [--rounds 3] [--tiles 100] [--concurrency 10,32]
+    uv run python bench/datasets_stream.py [--planes 64] [--rounds 3] [--tiles 300] [--concurrency 10,32]
 
 Writes a uint16 (planes, 2048, 2048) array with (1, 512, 512) chunks (512 MiB raw for 64
 planes), and the same planes as a sharded array (one (1, 2048, 2048) shard per plane, the same
@@ -107,7 +107,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--planes", type=int, default=64, help="planes of 2048x2048 uint16 (64 = 512 MiB)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved whole-array rounds (median)")
-    parser.add_argument("--tiles", type=int, default=100, help="random tiles per reader")
+    parser.add_argument("--tiles", type=int, default=300, help="random tiles per reader (default 300)")
     parser.add_argument(
         "--concurrency",
         default="10,32",

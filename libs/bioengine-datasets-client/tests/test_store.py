@@ -173,7 +173,7 @@ def _batch_server(files, *, chunked=False, peers=None, requests=None, **runner_k
 
     async def batch(request):
         if peers is not None:
-            peers.add(request.transport.get_extra_info("peername"))
+            peers.append(("POST", request.transport.get_extra_info("peername")))
         wanted = parse_batch_request(await request.json())
         if requests is not None:
             requests.append(("POST", [key for key, _range in wanted]))
@@ -197,7 +197,7 @@ def _batch_server(files, *, chunked=False, peers=None, requests=None, **runner_k
 
     async def one(request):  # a read with nothing in flight is a plain GET
         if peers is not None:
-            peers.add(request.transport.get_extra_info("peername"))
+            peers.append(("GET", request.transport.get_extra_info("peername")))
         if requests is not None:
             requests.append(("GET", request.match_info["key"]))
         data = files.get(request.match_info["key"])
@@ -239,10 +239,16 @@ EXPECTED = [*FILES.values(), None]
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])  # Ray Serve replicas run on uvloop
 def test_batch_answers_arrive_on_reused_raw_connections(loop):
-    peers = set()
+    peers: list = []
     store, results = _read_rounds(_batch_server(FILES, peers=peers), KEYS, rounds=3, loop=loop)
     assert results == [EXPECTED] * 3
-    assert store._wire and store.batch and 1 <= len(peers) <= store.pipelines
+    posts = {peer for method, peer in peers if method == "POST"}
+    gets = {peer for method, peer in peers if method == "GET"}
+    assert store._wire and store.batch and 1 <= len(posts) <= store.pipelines
+    # Each round's first read is a lone GET: one connection serves all three, and never a batch
+    # (a connection that carried bulk answers paces a later small one at the bulk rate).
+    assert [method for method, _ in peers].count("GET") == 3 and len(gets) == 1
+    assert not gets & posts
 
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
