@@ -8,7 +8,10 @@ the gateway, then in one run and interleaved:
 - deploy: `deploy_app` (through the gateway) until the app is RUNNING, versus a raw
   `serve.run` of the same deployment class from this process (a Ray driver of the same cluster);
 - call: `ping` through the app's own Hypha service, versus a `DeploymentHandle` call of the
-  same method plus a bare Hypha echo (a trivial service registered by this process).
+  same method plus a bare Hypha echo (a trivial service registered by this process); and the
+  floor of that path: `ping` through a bare proxy (`bench/_bare_proxy.py`: a Serve deployment
+  with the proxy's settings and RPC layer that only forwards the call to its handle, in front
+  of the same class), which shows how far the app's proxy ends above it.
 
 Last line: `ratio: <deploy ratio> <call ratio>` (medians).
 """
@@ -24,9 +27,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from _stats import print_latency_table  # bench/_stats.py
 
+from bioengine_app_runtime._builder import PROXY_ENV
 from bioengine_common import connect, connect_driver, ray_environment
 from bioengine_worker import read_app_folder
 from bioengine_worker.testing import WorkerProcess
@@ -48,18 +53,38 @@ async def _wait_running(worker, app_id: str) -> None:
         await asyncio.sleep(0.1)
 
 
+def _demo_app() -> Any:
+    """The demo app's class as a raw Serve deployment, imported here as any Serve user would."""
+    sys.path.insert(0, str(DEMO))
+    from demo_app import DemoApp
+
+    return DemoApp.options(
+        ray_actor_options={"num_cpus": 0.1, "runtime_env": {"working_dir": f"local://{DEMO}"}}
+    ).bind()
+
+
 def _raw_deploy(name: str) -> float:
     from ray import serve
 
-    sys.path.insert(0, str(DEMO))
-    from demo_app import DemoApp  # the same class, imported here as any Serve user would
-
-    app = DemoApp.options(
-        ray_actor_options={"num_cpus": 0.1, "runtime_env": {"working_dir": f"local://{DEMO}"}}
-    ).bind()
+    app = _demo_app()
     t0 = time.perf_counter()
     serve.run(app, name=name, route_prefix=None)
     return time.perf_counter() - t0
+
+
+def _deploy_bare_proxy(server_url: str, workspace: str, token: str) -> str:
+    """Deploy the bare proxy in front of the demo app; the id of its Hypha service."""
+    import _bare_proxy  # bench/_bare_proxy.py (imports Ray: after ray_environment() is set)
+    from ray import cloudpickle, serve
+
+    cloudpickle.register_pickle_by_value(_bare_proxy)  # the replica cannot import bench/
+    proxy = _bare_proxy.BareProxy.options(
+        ray_actor_options={"num_cpus": 0, "runtime_env": {"env_vars": PROXY_ENV}}
+    )
+    handle = serve.run(
+        proxy.bind(_demo_app(), server_url, workspace, token), name="bare-proxy", route_prefix=None
+    )
+    return str(handle.service_id.remote().result(timeout_s=60))
 
 
 async def run(connection: dict, rounds: int, calls: int, block: int) -> tuple[dict, dict]:
@@ -111,6 +136,14 @@ async def run(connection: dict, rounds: int, calls: int, block: int) -> tuple[di
             {"id": "bench-echo", "config": {"visibility": "protected"}, "echo": lambda x: x}
         )
         echo = await server.get_service(f"{connection['workspace']}/{echo_host.config.client_id}:bench-echo")
+        # The bare proxy's own token: short-lived, for this workspace only (a Serve init argument).
+        bare_token = await server.generate_token(
+            {"workspace": connection["workspace"], "permission": "read_write", "expires_in": 3600}
+        )
+        bare_id = await asyncio.to_thread(
+            _deploy_bare_proxy, connection["server_url"], connection["workspace"], str(bare_token)
+        )
+        bare = await server.get_service(bare_id)
 
         async def handle_ping() -> None:
             await handle.ping.remote()
@@ -121,7 +154,15 @@ async def run(connection: dict, rounds: int, calls: int, block: int) -> tuple[di
         async def app_ping() -> None:
             await app.ping()
 
-        targets = {"app service ping": app_ping, "handle ping": handle_ping, "hypha echo": echo_once}
+        async def bare_ping() -> None:
+            await bare.ping()
+
+        targets = {
+            "app service ping": app_ping,
+            "bare proxy ping": bare_ping,
+            "handle ping": handle_ping,
+            "hypha echo": echo_once,
+        }
         for target in targets.values():
             for _ in range(30):
                 await target()
@@ -134,6 +175,7 @@ async def run(connection: dict, rounds: int, calls: int, block: int) -> tuple[di
                     latency[name].append((time.perf_counter() - t0) * 1000)
         await worker.stop_all_apps(timeout_seconds=60)
         await asyncio.to_thread(serve.delete, f"raw-{rounds}")
+        await asyncio.to_thread(serve.delete, "bare-proxy")
         return deploy, latency
     finally:
         await echo_host.disconnect()
@@ -160,7 +202,13 @@ def main() -> None:
         deploy["raw serve.run"]
     )
     baseline = statistics.median(latency["handle ping"]) + statistics.median(latency["hypha echo"])
-    call_ratio = statistics.median(latency["app service ping"]) / baseline
+    app_p50 = statistics.median(latency["app service ping"])
+    bare_p50 = statistics.median(latency["bare proxy ping"])
+    call_ratio = app_p50 / baseline
+    print(
+        f"floor: the bare proxy is {bare_p50 / baseline:.2f} x (handle + echo); the app's proxy is "
+        f"{app_p50 - bare_p50:.3f} ms ({app_p50 / bare_p50:.2f} x) above the bare proxy"
+    )
     print(f"ratio: {deploy_ratio:.2f} {call_ratio:.2f}")
 
 
