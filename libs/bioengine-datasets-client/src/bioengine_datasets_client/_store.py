@@ -300,6 +300,7 @@ class HttpZarrStore(Store):
         url: str,
         headers: dict[str, str] | None,
         batch: dict[str, Any] | None,
+        bulk: bool,
     ) -> tuple[int, bytes | memoryview]:
         if self._wire and (batch is not None or method == "GET"):
             try:
@@ -307,7 +308,7 @@ class HttpZarrStore(Store):
                     state.wire = WirePool(self.base_url, self.token)
                 if batch is not None:
                     return await state.wire.post(batch, self.timeout)
-                return await state.wire.get(url, headers, self.timeout)
+                return await state.wire.get(url, headers, self.timeout, bulk=bulk)
             except WireUnsupported:
                 self._wire = False  # e.g. a proxy that re-chunks answers: aiohttp from now on
         if batch is None:
@@ -323,9 +324,11 @@ class HttpZarrStore(Store):
         headers: dict[str, str] | None = None,
         batch: dict[str, Any] | None = None,
         method: str = "GET",
+        bulk: bool = False,
     ) -> tuple[int, bytes | memoryview]:
         """Status and body of one request (with ``batch``, a batch POST of that body, see
-        :mod:`.batch`). The one place that retries: a transient failure (see ``_transient``) or a
+        :mod:`.batch`; ``bulk``: a GET that is part of a many-chunk read, sent on the connections
+        of the batches, see ``_wire``). The one place that retries: a transient failure (see ``_transient``) or a
         5xx answer is tried again with growing pauses until ``retry_for`` seconds have passed
         since the first failure; then ``DatasetUnavailableError``. Any other answer, 4xx
         included, is returned at once."""
@@ -341,7 +344,7 @@ class HttpZarrStore(Store):
             status: int | None = None
             try:
                 async with state.limit:
-                    status, body = await self._once(state, method, url, headers, batch)
+                    status, body = await self._once(state, method, url, headers, batch, bulk)
             except Exception as exc:
                 if not _transient(exc):
                     raise
@@ -371,8 +374,10 @@ class HttpZarrStore(Store):
             await asyncio.sleep(min(pause, remaining))
             pause = min(pause * 2, _MAX_PAUSE)
 
-    async def _request(self, url: str, headers: dict[str, str] | None = None) -> bytes | memoryview | None:
-        status, body = await self._fetch(url, headers)
+    async def _request(
+        self, url: str, headers: dict[str, str] | None = None, bulk: bool = False
+    ) -> bytes | memoryview | None:
+        status, body = await self._fetch(url, headers, bulk=bulk)
         if status == 404:
             return None
         if status == 416:
@@ -497,7 +502,8 @@ class HttpZarrStore(Store):
 
     async def _send_one(self, wanted: _Wanted) -> None:
         try:
-            data = await self._request(self._url(wanted.key), _range_header(wanted.byte_range))
+            # Sent by a drain or a read-ahead: part of a many-chunk read, so on the bulk connections.
+            data = await self._request(self._url(wanted.key), _range_header(wanted.byte_range), bulk=True)
         except Exception as exc:
             _settle(wanted.future, error=exc)
         else:

@@ -8,13 +8,14 @@ into one buffer per answer (``asyncio.BufferedProtocol``), which zarr then uses 
 One tile is one GET, where aiohttp's client costs a few hundred microseconds of the loop's time
 per request; here a GET is one write and one parse of the head.
 
-GETs and batch POSTs keep separate idle connections. A connection that has carried batch
-answers (megabytes back to back) leaves the server's TCP stack with a bulk delivery rate, and
+A lone GET (a tile: nothing else in flight) keeps idle connections apart from the bulk ones
+(batch POSTs, and the GETs of a many-chunk read). A connection that has carried bulk answers
+(megabytes back to back) leaves the server's TCP stack with a bulk delivery rate, and
 under a pacing congestion control (BBR, the default on this machine) a later lone answer on it
 is paced at that rate: after whole-array reads, one tile in about twenty took 3 to 10 ms on
 such a connection, its bytes trickling in for 3 to 5 ms after the first, against 2.1 ms for a
-tile on a connection that only ever carried GETs (p95 of 400 tiles 3.1 to 3.4 ms against 2.4
-to 2.6; with the kinds apart, the same).
+tile on a connection that only ever carried lone GETs (p95 of 400 tiles 3.1 to 3.4 ms against
+2.4 to 2.6; with batches apart, the same).
 
 Only what the dataset server needs: one request at a time per connection, answers framed by
 ``Content-Length``. Anything else (a proxy that re-chunks, an unexpected reply) raises
@@ -203,25 +204,29 @@ class WirePool:
         )
         auth = f"Authorization: Bearer {token}\r\n" if token else ""
         self._head = f" HTTP/1.1\r\nHost: {parts.netloc}\r\n{auth}"
-        # Idle connections by the kind of request they carried: "post" (bulk batch answers) or
-        # "get" (one key each); a request only reuses a connection of its own kind.
-        self._idle: dict[str, list[WireConnection]] = {"get": [], "post": []}
+        # Idle connections by the traffic they carried: "bulk" (batch answers, the GETs of a
+        # many-chunk read) or "lone" (a lone GET); a request only reuses one of its own kind.
+        self._idle: dict[str, list[WireConnection]] = {"lone": [], "bulk": []}
         self.buffers = BufferPool()
 
     async def post(self, payload: Any, timeout: float) -> tuple[int, memoryview]:
         """A batch request (``payload`` as JSON) to the pool's URL."""
         body = json.dumps(payload).encode()
         head = f"POST {self.path}{self._head}Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-        return await self._send("post", head.encode() + body, timeout)
+        return await self._send("bulk", head.encode() + body, timeout)
 
-    async def get(self, url: str, headers: dict[str, str] | None, timeout: float) -> tuple[int, memoryview]:
-        """A ``GET`` of ``url`` (on the pool's server, e.g. one key of the store)."""
+    async def get(
+        self, url: str, headers: dict[str, str] | None, timeout: float, *, bulk: bool = False
+    ) -> tuple[int, memoryview]:
+        """A ``GET`` of ``url`` (on the pool's server, e.g. one key of the store); ``bulk``: part
+        of a many-chunk read, on the connections of the batches."""
         parts = urlsplit(url)
         target = quote(parts.path or "/", safe="/%:@!$&'()*+,;=-._~") + (
             f"?{parts.query}" if parts.query else ""
         )
         extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
-        return await self._send("get", f"GET {target}{self._head}{extra}\r\n".encode(), timeout)
+        kind = "bulk" if bulk else "lone"
+        return await self._send(kind, f"GET {target}{self._head}{extra}\r\n".encode(), timeout)
 
     async def _send(self, kind: str, request: bytes, timeout: float) -> tuple[int, memoryview]:
         idle = self._idle[kind]
