@@ -227,6 +227,24 @@ def _accepts(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
+#: Seconds a running head's GCS may take to answer before adopting gives up on it: a busy
+#: machine drops a connection attempt now and then.
+ADOPT_WAIT_S = 10.0
+
+
+def _answers(port: int, pid: int, within: float) -> bool:
+    """Whether the GCS on ``port`` accepts a connection within ``within`` seconds (False at once
+    when process ``pid`` is gone)."""
+    deadline = time.monotonic() + within
+    while psutil.pid_exists(pid):
+        if _accepts("127.0.0.1", port):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.2)
+    return False
+
+
 class LocalHead:
     """Start, adopt, watch and stop one ``ray start --head --block`` process."""
 
@@ -272,10 +290,26 @@ class LocalHead:
             return False
         try:
             process = psutil.Process(state.pid)
-            running = "ray" in " ".join(process.cmdline()) and process.status() != psutil.STATUS_ZOMBIE
+            command = " ".join(process.cmdline())
+            # Its command names this head's temp dir: not another process that got the PID.
+            running = (
+                "ray" in command
+                and f"--temp-dir={state.temp_dir}" in command
+                and process.status() != psutil.STATUS_ZOMBIE
+            )
         except psutil.Error:
             running = False
-        if not running or not _accepts("127.0.0.1", state.ports.gcs):
+        if not running:
+            return False
+        if not _answers(state.ports.gcs, state.pid, ADOPT_WAIT_S):
+            # Ours and running, but not serving: never leave it running beside the head that
+            # replaces it (it would hold its CPUs, memory and ports with nobody to stop it).
+            self.logger.warning(
+                "Stopping the running Ray head (pid %s): its GCS (port %s) did not answer within "
+                "%g s; a new head replaces it", state.pid, state.ports.gcs, ADOPT_WAIT_S,
+            )  # fmt: skip
+            self.state = state
+            self.stop()
             return False
         wanted = (
             ("token", str(self.token_file), token_fingerprint(self.token_file))
