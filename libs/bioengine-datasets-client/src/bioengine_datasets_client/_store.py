@@ -327,11 +327,11 @@ class HttpZarrStore(Store):
         bulk: bool = False,
     ) -> tuple[int, bytes | memoryview]:
         """Status and body of one request (with ``batch``, a batch POST of that body, see
-        :mod:`.batch`; ``bulk``: a GET that is part of a many-chunk read, sent on the connections
-        of the batches, see ``_wire``). The one place that retries: a transient failure (see ``_transient``) or a
-        5xx answer is tried again with growing pauses until ``retry_for`` seconds have passed
-        since the first failure; then ``DatasetUnavailableError``. Any other answer, 4xx
-        included, is returned at once."""
+        :mod:`.batch`; ``bulk``: a GET that is part of a many-chunk read, sent on the batches'
+        connections, see ``_wire``). The one place that retries: a transient failure (see
+        ``_transient``) or a 5xx answer is tried again with growing pauses until ``retry_for``
+        seconds have passed since the first failure; then ``DatasetUnavailableError``. Any
+        other answer, 4xx included, is returned at once."""
         state = self._state()
         method = "POST" if batch is not None else method
         started = time.monotonic()
