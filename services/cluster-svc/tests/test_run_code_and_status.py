@@ -363,3 +363,55 @@ async def test_a_failing_callback_does_not_stop_the_code(cluster):
     )
     assert result["result"] == "done" and result["stdout"] == "a\nb\n"
     assert "viewer closed" in result["callback_error"]
+
+
+async def test_a_run_code_whose_caller_disconnects_is_cancelled_and_later_calls_still_answer(
+    hypha_server, ray_head, start_service, admin_client
+):
+    """The caller watch ends the wait for the stream (the code's own task, cancelled by it) and
+    kills the Ray task; a call that ends first is answered as usual, with no cancellation
+    left pending on the method's task."""
+    client_id = f"cluster-watch-{time.monotonic_ns()}"
+    start_service(
+        "cluster", hypha_server, "--mode", "external-cluster", "--head-address", ray_head.address,
+        "--status-interval", "1", "--client-id", client_id,
+        "--run-code-caller-check", "0.5", "--run-code-caller-grace", "1",
+    )  # fmt: skip
+    info = await wait_for_service(admin_client, f"{client_id}:bioengine-cluster", timeout=60)
+    proxy = await admin_client.get_service(info["id"])
+    deadline = time.monotonic() + 60
+    while not (await proxy.get_status())["ready"]:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.5)
+    # Quick calls, each outliving a check of its caller or not, are answered and recorded done.
+    for seconds in (0, 0.7):
+        code = f"import time\ndef analyze():\n    time.sleep({seconds})\n    return {seconds}"
+        assert (await proxy.run_code(code=code))["result"] == seconds
+
+    caller = await connect(
+        hypha_server.url, workspace=hypha_server.workspace, token=hypha_server.mint(ADMIN_USER, "admin")
+    )
+    pids: list[str] = []
+    service = await caller.get_service(info["id"])
+    code = "import os\ndef analyze():\n    print(os.getpid(), flush=True)\n    while True:\n        pass\n"
+    call = asyncio.ensure_future(service.run_code(code=code, timeout=120, write_stdout=pids.append))
+    while not pids:
+        assert time.monotonic() < deadline + 60, "the busy task never printed its PID"
+        await asyncio.sleep(0.1)
+    await caller.disconnect()
+    call.cancel()
+    deadline = time.monotonic() + 30
+    while True:
+        recent = (await proxy.get_status())["run_code"]["recent"]
+        if recent and recent[0]["state"] != "done":
+            break
+        assert time.monotonic() < deadline, recent
+        await asyncio.sleep(0.25)
+    assert recent[0]["state"] == "cancelled" and "disconnected" in recent[0]["reason"], recent[0]
+    assert [run["state"] for run in recent[1:]] == ["done", "done"]
+    pid = int(pids[0])
+    while _running(pid):
+        assert time.monotonic() < deadline, "the busy task still runs after its caller left"
+        await asyncio.sleep(0.25)
+    # The service goes on answering.
+    assert (await proxy.run_code(code="def analyze():\n    return 1"))["result"] == 1

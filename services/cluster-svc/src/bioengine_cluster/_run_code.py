@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import functools
 import inspect
 import logging
@@ -275,6 +274,11 @@ async def _deliver(callback: Any, line: str, failures: list[str]) -> None:
         failures.append(error_summary(exc))
 
 
+def _ignore_outcome(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # read, so asyncio does not log it as never retrieved
+
+
 async def run_in_ray(
     mode: str,
     code: str | None,
@@ -379,43 +383,54 @@ async def run_in_ray(
             result["retried"] = " ".join(n.removeprefix(NOTICE_PREFIX) for n in notices)
         return result
 
-    consumer = asyncio.ensure_future(consume())
-    watcher = asyncio.ensure_future(caller_gone()) if caller_gone is not None else None
+    # The stream is read in this task, under a timeout, not in a task of its own: one turn of
+    # the event loop less on every call. A caller found gone cancels this task's wait.
+    this = asyncio.current_task()
+    assert this is not None
+    gone: list[str] = []
+
+    async def watch() -> None:
+        assert caller_gone is not None
+        gone.append(await caller_gone())
+        this.cancel()
+
+    watcher = asyncio.ensure_future(watch()) if caller_gone is not None else None
+    deadline = asyncio.timeout(timeout)
     try:
-        waiting = {consumer, *([watcher] if watcher is not None else [])}
-        done, _ = await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        if consumer not in done:
-            consumer.cancel()
-            with contextlib.suppress(BaseException):
-                await consumer
-            ray.cancel(stream, force=True)  # kills the worker process: the code stops using CPU
-            if watcher is not None and watcher in done:
-                reason = watcher.result()
-                logger.warning("run_code %s: %s: cancelled its Ray task", run.get("id", ""), reason)
-                run["cancelled"] = reason
-                return unfinished(
-                    {
-                        "error": f"Cancelled: {reason}.",
-                        "traceback": f"run_code cancelled: {reason}",
-                        "cancelled": True,
-                    }
-                )
-            return unfinished(
-                {
-                    "error": f"The code timed out after {timeout:g} seconds.",
-                    "traceback": f"TimeoutError: run_code exceeded its timeout of {timeout:g} seconds; "
-                    "the Ray task was cancelled",
-                }
-            )
-        try:
-            consumer.result()
-        except Exception as exc:  # the task itself failed (worker died, bad runtime_env, ...)
+        async with deadline:
+            await consume()
+    except asyncio.CancelledError:
+        if not gone or this.uncancel() > 0:
+            raise  # cancelled from outside (the service stops): not ours to answer
+        ray.cancel(stream, force=True)  # kills the worker process: the code stops using CPU
+        logger.warning("run_code %s: %s: cancelled its Ray task", run.get("id", ""), gone[0])
+        run["cancelled"] = gone[0]
+        return unfinished(
+            {
+                "error": f"Cancelled: {gone[0]}.",
+                "traceback": f"run_code cancelled: {gone[0]}",
+                "cancelled": True,
+            }
+        )
+    except TimeoutError as exc:
+        if not deadline.expired():  # a TimeoutError of the task's own
             return unfinished({"error": error_summary(exc), "traceback": str(exc)})
+        ray.cancel(stream, force=True)
+        return unfinished(
+            {
+                "error": f"The code timed out after {timeout:g} seconds.",
+                "traceback": f"TimeoutError: run_code exceeded its timeout of {timeout:g} seconds; "
+                "the Ray task was cancelled",
+            }
+        )
+    except Exception as exc:  # the task itself failed (worker died, bad runtime_env, ...)
+        return unfinished({"error": error_summary(exc), "traceback": str(exc)})
     finally:
         if watcher is not None:
+            # Not awaited: its cancellation is handled after the answer has gone; its outcome
+            # is read, never raised.
             watcher.cancel()
-            with contextlib.suppress(BaseException):
-                await watcher
+            watcher.add_done_callback(_ignore_outcome)
     if not outcome:
         raise InvalidRequest("the run_code task ended without a result")
     if notices:
