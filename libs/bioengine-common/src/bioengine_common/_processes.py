@@ -86,13 +86,21 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def wait_for_port(
-    host: str, port: int, timeout: float, process: subprocess.Popen[bytes] | None = None
+    host: str,
+    port: int,
+    timeout: float,
+    process: subprocess.Popen[bytes] | None = None,
+    *,
+    pid: int | None = None,
 ) -> None:
-    """Block until ``host:port`` accepts TCP; fail early if ``process`` exits meanwhile."""
+    """Block until ``host:port`` accepts TCP; fail early if ``process`` (a child) or the process
+    ``pid`` (any other) exits meanwhile."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             raise RuntimeError(f"process exited with code {process.returncode} before port {port} opened")
+        if pid is not None and not psutil.pid_exists(pid):
+            raise RuntimeError(f"process {pid} is gone; port {port} never opened")
         with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
             return
         time.sleep(0.2)

@@ -36,6 +36,7 @@ from typing import Any
 import psutil
 from pydantic import BaseModel
 
+from .._processes import wait_for_port
 from .._ray import check_token_file, ray_environment, scrub_environment
 from ..errors import ConfigurationError, ServiceUnavailable
 from ._sandbox import Sandbox, sandbox_command
@@ -232,19 +233,6 @@ def _accepts(host: str, port: int, timeout: float = 0.5) -> bool:
 ADOPT_WAIT_S = 10.0
 
 
-def _answers(port: int, pid: int, within: float) -> bool:
-    """Whether the GCS on ``port`` accepts a connection within ``within`` seconds (False at once
-    when process ``pid`` is gone)."""
-    deadline = time.monotonic() + within
-    while psutil.pid_exists(pid):
-        if _accepts("127.0.0.1", port):
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.2)
-    return False
-
-
 class LocalHead:
     """Start, adopt, watch and stop one ``ray start --head --block`` process."""
 
@@ -301,7 +289,9 @@ class LocalHead:
             running = False
         if not running:
             return False
-        if not _answers(state.ports.gcs, state.pid, ADOPT_WAIT_S):
+        try:
+            wait_for_port("127.0.0.1", state.ports.gcs, ADOPT_WAIT_S, pid=state.pid)
+        except (TimeoutError, RuntimeError):
             # Ours and running, but not serving: never leave it running beside the head that
             # replaces it (it would hold its CPUs, memory and ports with nobody to stop it).
             self.logger.warning(
