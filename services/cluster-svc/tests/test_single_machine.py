@@ -96,10 +96,23 @@ async def test_two_workers_side_by_side_restart_and_adoption(
         assert json.loads((directory / "ray" / "bioengine-head.json").read_text())["pid"]
         assert (directory / "ray" / "session_latest" / "logs").is_dir()
 
-    # A's head dies: A shows why, starts a new head, and B never notices.
+    # A's head dies: A shows why, starts a new head, and B never notices. A run_code under way
+    # on A is answered at once with the loss, not at its timeout (its stream would never end).
+    code = "import time\ndef analyze():\n    print('started', flush=True)\n    time.sleep(120)\n"
+    printed: list[str] = []
+    running = asyncio.ensure_future(proxies[0].run_code(code=code, timeout=300, write_stdout=printed.append))
+    deadline = time.monotonic() + 60
+    while not printed:
+        assert time.monotonic() < deadline and not running.done(), running
+        await asyncio.sleep(0.1)
     os.killpg(heads[0]["pid"], signal.SIGKILL)
+    lost = await asyncio.wait_for(running, 30)
+    assert "The Ray cluster was lost while the code ran (Ray head down" in lost["error"], lost
+    assert lost["stdout"] == "started\n" and "result" not in lost
     down = await _wait(proxies[0], lambda s: not s["ready"], timeout=20, what="head loss noticed")
     assert "Ray head down" in down["ray_cluster"]["error"]
+    (run,) = [r for r in down["run_code"]["recent"] if "lost" in (r.get("reason") or "")]
+    assert run["state"] == "error", run
     back = await _wait(proxies[0], lambda s: s["ready"], what="head restarted")
     assert _head_state(dirs[0])["pid"] != heads[0]["pid"]
     assert set(back["ray_cluster"]["nodes"]).isdisjoint(clusters[0]["nodes"])

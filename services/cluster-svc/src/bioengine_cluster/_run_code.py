@@ -292,12 +292,14 @@ async def run_in_ray(
     timeout: float,
     *,
     caller_gone: Callable[[], Awaitable[str]] | None = None,
+    cluster_lost: asyncio.Future[str] | None = None,
     run: dict[str, Any] | None = None,
     logger: logging.Logger | None = None,
     telemetry: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Stream the task's output lines to the callbacks; cancel the task on timeout or when
-    ``caller_gone`` returns; say so when Ray retried it. ``telemetry`` (a trace carrier) makes
+    ``caller_gone`` returns; answer at once, with an error, when ``cluster_lost`` resolves (the
+    driver's connection is gone: the stream would never end); say so when Ray retried it. ``telemetry`` (a trace carrier) makes
     the task a span of the caller's trace."""
     import ray
 
@@ -384,31 +386,52 @@ async def run_in_ray(
         return result
 
     # The stream is read in this task, under a timeout, not in a task of its own: one turn of
-    # the event loop less on every call. A caller found gone cancels this task's wait.
+    # the event loop less on every call. A caller found gone, or the cluster lost, cancels this
+    # task's wait, once, and says why in ``stopped``.
     this = asyncio.current_task()
     assert this is not None
-    gone: list[str] = []
+    stopped: list[tuple[str, str]] = []  # (why: "caller" or "cluster", reason)
+    answered = False
+
+    def stop(why: str, reason: str) -> None:
+        if not stopped and not answered:
+            stopped.append((why, reason))
+            this.cancel()
 
     async def watch() -> None:
         assert caller_gone is not None
-        gone.append(await caller_gone())
-        this.cancel()
+        stop("caller", await caller_gone())
+
+    def on_lost(lost: asyncio.Future[str]) -> None:
+        stop("cluster", lost.result())
 
     watcher = asyncio.ensure_future(watch()) if caller_gone is not None else None
+    if cluster_lost is not None:
+        cluster_lost.add_done_callback(on_lost)
     deadline = asyncio.timeout(timeout)
     try:
         async with deadline:
             await consume()
     except asyncio.CancelledError:
-        if not gone or this.uncancel() > 0:
+        if not stopped or this.uncancel() > 0:
             raise  # cancelled from outside (the service stops): not ours to answer
+        why, reason = stopped[0]
+        if why == "cluster":  # no driver left to cancel with: the task went with the cluster
+            logger.warning("run_code %s: %s while it ran", run.get("id", ""), reason)
+            return unfinished(
+                {
+                    "error": f"The Ray cluster was lost while the code ran ({reason}); it did not "
+                    "finish. Run it again once the cluster is back (get_status says when).",
+                    "traceback": f"run_code lost its cluster: {reason}",
+                }
+            )
         ray.cancel(stream, force=True)  # kills the worker process: the code stops using CPU
-        logger.warning("run_code %s: %s: cancelled its Ray task", run.get("id", ""), gone[0])
-        run["cancelled"] = gone[0]
+        logger.warning("run_code %s: %s: cancelled its Ray task", run.get("id", ""), reason)
+        run["cancelled"] = reason
         return unfinished(
             {
-                "error": f"Cancelled: {gone[0]}.",
-                "traceback": f"run_code cancelled: {gone[0]}",
+                "error": f"Cancelled: {reason}.",
+                "traceback": f"run_code cancelled: {reason}",
                 "cancelled": True,
             }
         )
@@ -426,6 +449,9 @@ async def run_in_ray(
     except Exception as exc:  # the task itself failed (worker died, bad runtime_env, ...)
         return unfinished({"error": error_summary(exc), "traceback": str(exc)})
     finally:
+        answered = True  # a loss or a caller check that comes later changes nothing
+        if cluster_lost is not None:
+            cluster_lost.remove_done_callback(on_lost)
         if watcher is not None:
             # Not awaited: its cancellation is handled after the answer has gone; its outcome
             # is read, never raised.

@@ -138,6 +138,10 @@ class ClusterService(BioEngineService):
         self._failures = 0
         self._last_sample = 0.0
         self._first_bring_up: asyncio.Task[None] | None = None
+        #: Resolved with the reason when the driver's connection is lost (the head is down):
+        #: run_code calls waiting on it answer at once instead of at their timeout. A new one
+        #: for each connection.
+        self._lost: asyncio.Future[str] | None = None
         self.autoscaler = (
             SlurmAutoscaler(settings, self.logger, self.backend.token_file, sandbox=self.backend.sandbox)
             if settings.mode == "slurm"
@@ -167,6 +171,7 @@ class ClusterService(BioEngineService):
         # without our clean-up (the head would be left running).
         self.install_signal_handlers()
         self.connected = self.head_up = True
+        self._lost = asyncio.get_running_loop().create_future()
         self.cluster_error, self._failures = None, 0
         await self._sample()
         self.logger.info(
@@ -229,6 +234,8 @@ class ClusterService(BioEngineService):
                 # Disconnect at once: a driver whose GCS is gone terminates its process after 60 s.
                 self.connected = self.head_up = False
                 self.cluster_error = f"Ray head down: {reason}"
+                if self._lost is not None and not self._lost.done():
+                    self._lost.set_result(self.cluster_error)
                 self.logger.error(
                     "%s; %s", self.cluster_error, "restarting it" if self.backend.starts_ray else "waiting"
                 )
@@ -462,7 +469,7 @@ class ClusterService(BioEngineService):
             result = await run_in_ray(
                 mode, code, func_bytes, function_name, list(args or []), dict(kwargs or {}),
                 options, write_stdout, write_stderr, float(timeout),
-                caller_gone=caller_gone, run=run, logger=self.logger,
+                caller_gone=caller_gone, cluster_lost=self._lost, run=run, logger=self.logger,
                 telemetry=trace_carrier(self.otlp_endpoint),
             )  # fmt: skip
             if result.get("cancelled"):
