@@ -299,8 +299,8 @@ async def run_in_ray(
 ) -> dict[str, Any]:
     """Stream the task's output lines to the callbacks; cancel the task on timeout or when
     ``caller_gone`` returns; answer at once, with an error, when ``cluster_lost`` resolves (the
-    driver's connection is gone: the stream would never end); say so when Ray retried it. ``telemetry`` (a trace carrier) makes
-    the task a span of the caller's trace."""
+    driver's connection is gone: the stream would never end); say so when Ray retried it.
+    ``telemetry`` (a trace carrier) makes the task a span of the caller's trace."""
     import ray
 
     logger = logger or logging.getLogger(__name__)
