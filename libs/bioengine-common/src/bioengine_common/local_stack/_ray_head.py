@@ -220,14 +220,6 @@ class HeadState(BaseModel):
         return f"{self.node_ip}:{self.ports.gcs}"
 
 
-def _accepts(host: str, port: int, timeout: float = 0.5) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 #: Seconds a running head's GCS may take to answer before adopting gives up on it: a busy
 #: machine drops a connection attempt now and then.
 ADOPT_WAIT_S = 10.0
@@ -397,16 +389,18 @@ class LocalHead:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        while not _accepts("127.0.0.1", ports.gcs):
-            if self._process.poll() is not None:
-                raise ServiceUnavailable(
-                    f"ray start --head exited with code {self._process.returncode} "
-                    f"(see {self.temp_dir / 'ray-head.log'})"
-                )
-            if time.monotonic() - started > timeout:
-                self.stop()
-                raise ServiceUnavailable(f"the Ray head did not open its GCS port within {timeout:.0f} s")
-            time.sleep(0.2)
+        try:
+            wait_for_port("127.0.0.1", ports.gcs, timeout, self._process)
+        except RuntimeError:  # it exited
+            raise ServiceUnavailable(
+                f"ray start --head exited with code {self._process.returncode} "
+                f"(see {self.temp_dir / 'ray-head.log'})"
+            ) from None
+        except TimeoutError:
+            self.stop()
+            raise ServiceUnavailable(
+                f"the Ray head did not open its GCS port within {timeout:.0f} s"
+            ) from None
         self.state = HeadState(
             pid=self._process.pid, temp_dir=str(self.temp_dir), node_ip=node_ip, ports=ports,
             started_at=time.time(), ray_version=ray_version,
