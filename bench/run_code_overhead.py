@@ -11,7 +11,10 @@ bare chain of the gateway's shape: two processes of `bench/_bare_chain.py`, one 
 call through Hypha to the other, which awaits the same trivial Ray task (or runs the code
 through run_code's own Ray part, its streaming task), with none of a service's own work. The
 floor the issue names (two echoes plus the Ray task) and how far the gateway's run_code ends
-above it and above each bare chain are printed. Prints; asserts nothing.
+above it and above each bare chain are printed, then the CPU each path costs per call in each
+process of the chains (on 2 shared cores, a process's CPU work delays the others on the path,
+even work done while it waits; blocks in which Ray started a worker process are left out of
+that table). Prints; asserts nothing.
 Last line: `ratio: <gateway p50 / direct p50>`.
 """
 
@@ -26,8 +29,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import psutil
 from _bare_chain import TASK_SERVICE  # bench/_bare_chain.py
 from _stats import print_latency_table  # bench/_stats.py
 
@@ -55,6 +60,28 @@ def start_bare(role: str, env: dict[str, str]) -> tuple[subprocess.Popen[str], s
         if line.startswith("READY "):
             return process, line.split(maxsplit=1)[1].strip()
     raise SystemExit(f"bench/_bare_chain.py {role} exited with code {process.wait()} before it was ready")
+
+
+#: A call this slow had Ray start a worker process (three drivers share the head's 2 CPUs, so
+#: Ray ends idle workers of one job to start another's).
+SLOW_CALL_MS = 100.0
+
+
+def cpu_meters(
+    worker: WorkerProcess, bare: dict[str, subprocess.Popen[str]]
+) -> dict[str, Callable[[], float]]:
+    """CPU seconds used so far (user and system, all threads) by each process of the chains."""
+    services = {"hypha.server": "Hypha", "bioengine_gateway": "gateway", "bioengine_cluster": "cluster-svc"}
+    processes: dict[str, psutil.Process] = {}
+    for process in worker.descendants():
+        command = " ".join(process.cmdline())
+        processes.update({name: process for key, name in services.items() if key in command})
+    processes.update({f"bare {role}": psutil.Process(p.pid) for role, p in bare.items()})
+
+    def used(process: psutil.Process) -> Callable[[], float]:
+        return lambda: sum(process.cpu_times()[:2])
+
+    return {name: used(process) for name, process in processes.items()}
 
 
 async def run(workspace_dir: Path, calls: int, block: int) -> None:
@@ -90,6 +117,7 @@ async def run(workspace_dir: Path, calls: int, block: int) -> None:
         assert task_id.endswith(f":{TASK_SERVICE}"), task_id
         forward_process, forward_id = start_bare("forward", {**bare_env, "BENCH_TASK_SERVICE": task_id})
         bare.append(forward_process)
+        meters = cpu_meters(worker, {"forward": forward_process, "task": task_process})
         bare_chain = await server.get_service(forward_id)
 
         # A driver of the worker's cluster needs its token file (token authentication).
@@ -136,12 +164,22 @@ async def run(workspace_dir: Path, calls: int, block: int) -> None:
             for path in paths.values():
                 await path()
         samples: dict[str, list[float]] = {name: [] for name in paths}
+        cpu: dict[str, dict[str, float]] = {name: dict.fromkeys(meters, 0.0) for name in paths}
+        counted = dict.fromkeys(paths, 0)  # calls in the CPU table
         while len(samples["hypha echo"]) < calls:
             for name, path in paths.items():
-                for _ in range(min(block, calls - len(samples[name]))):
+                before = {meter: read() for meter, read in meters.items()}
+                count = min(block, calls - len(samples[name]))
+                for _ in range(count):
                     t0 = time.perf_counter()
                     await path()
                     samples[name].append((time.perf_counter() - t0) * 1000)
+                # A block in which Ray started a worker process (a call of 100 ms or more: about a
+                # second of CPU) says nothing of the path's own cost: left out of the CPU table.
+                if max(samples[name][-count:]) < SLOW_CALL_MS:
+                    counted[name] += count
+                    for meter, read in meters.items():
+                        cpu[name][meter] += read() - before[meter]
         ray.shutdown()
         await echo_host.disconnect()
         await server.disconnect()
@@ -165,6 +203,12 @@ async def run(workspace_dir: Path, calls: int, block: int) -> None:
             f"{name} = {chain:.3f} ms ({chain / p50['direct ray.get']:.1f} x ray.get); gateway run_code "
             f"is {p50['gateway run_code'] - chain:.3f} ms ({p50['gateway run_code'] / chain:.2f} x) above it"
         )
+    # CPU time is counted in clock ticks (10 ms): over a few hundred calls, about +-0.05 ms a call.
+    columns = list(cpu["gateway run_code"])
+    print(f"\nCPU ms per call{'calls':>22}{''.join(f'{c:>13}' for c in columns)}")
+    for name, used in cpu.items():
+        n = max(counted[name], 1)
+        print(f"{name:<30}{counted[name]:>7}{''.join(f'{used[c] / n * 1000:>13.2f}' for c in columns)}")
     ratio = p50["gateway run_code"] / p50["direct ray.get"]
     print(f"ratio: {ratio:.1f}")
 
