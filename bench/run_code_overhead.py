@@ -62,8 +62,8 @@ def start_bare(role: str, env: dict[str, str]) -> tuple[subprocess.Popen[str], s
     raise SystemExit(f"bench/_bare_chain.py {role} exited with code {process.wait()} before it was ready")
 
 
-#: A call this slow had Ray start a worker process (three drivers share the head's 2 CPUs, so
-#: Ray ends idle workers of one job to start another's).
+#: A call this slow waited for Ray to start a worker process (the bench's three drivers share
+#: the head's 2 CPUs; a `uv run` of Ray's worker shows in the process table then).
 SLOW_CALL_MS = 100.0
 
 
@@ -174,8 +174,8 @@ async def run(workspace_dir: Path, calls: int, block: int) -> None:
                     t0 = time.perf_counter()
                     await path()
                     samples[name].append((time.perf_counter() - t0) * 1000)
-                # A block in which Ray started a worker process (a call of 100 ms or more: about a
-                # second of CPU) says nothing of the path's own cost: left out of the CPU table.
+                # A block in which Ray started a worker process (a call of 100 ms or more: those
+                # took one to two seconds) says nothing of the path's own cost.
                 if max(samples[name][-count:]) < SLOW_CALL_MS:
                     counted[name] += count
                     for meter, read in meters.items():
@@ -203,7 +203,7 @@ async def run(workspace_dir: Path, calls: int, block: int) -> None:
             f"{name} = {chain:.3f} ms ({chain / p50['direct ray.get']:.1f} x ray.get); gateway run_code "
             f"is {p50['gateway run_code'] - chain:.3f} ms ({p50['gateway run_code'] / chain:.2f} x) above it"
         )
-    # CPU time is counted in clock ticks (10 ms): over a few hundred calls, about +-0.05 ms a call.
+    # CPU time is counted in clock ticks (10 ms): +-0.1 ms a call over 100 calls, +-0.03 over 300.
     columns = list(cpu["gateway run_code"])
     print(f"\nCPU ms per call{'calls':>22}{''.join(f'{c:>13}' for c in columns)}")
     for name, used in cpu.items():
