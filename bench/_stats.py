@@ -1,8 +1,10 @@
-"""Shared by the benchmarks: percentiles and the latency table."""
+"""Shared by the benchmarks: percentiles, the latency table, a process's CPU time."""
 
 from __future__ import annotations
 
 import statistics
+
+import psutil
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -19,3 +21,9 @@ def print_latency_table(samples: dict[str, list[float]], label: str) -> None:
             f"{name:<{width}}{len(values):>7}{statistics.median(values):>10.3f}"
             f"{percentile(values, 99):>10.3f}{statistics.fmean(values):>10.3f}"
         )
+
+
+def cpu_seconds(process: psutil.Process) -> float:
+    """CPU seconds ``process`` has used so far, user and system, all its threads."""
+    times = process.cpu_times()
+    return times.user + times.system

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import zarr
-from _stats import percentile  # bench/_stats.py
+from _stats import cpu_seconds, percentile  # bench/_stats.py
 
 from bioengine_common import connect, free_port, spawn, stop_process, wait_for_port
 from bioengine_common.local_stack import EmbeddedHypha
@@ -172,19 +172,15 @@ def main() -> None:
             me, ours, bare = psutil.Process(), psutil.Process(process.pid), psutil.Process(bare_process.pid)
             server_of = {name: bare if "bare" in name else ours for name in readers}  # local: ours, idle
 
-            def used(p: psutil.Process) -> float:
-                times = p.cpu_times()
-                return times.user + times.system
-
             for _ in range(args.rounds):
                 for level in levels:
                     with zarr.config.set({"async.concurrency": level}):
                         for name, array in readers.items():
                             server = server_of[name]
-                            c0, s0, t0 = used(me), used(server), time.perf_counter()
+                            c0, s0, t0 = cpu_seconds(me), cpu_seconds(server), time.perf_counter()
                             array[:]
                             seconds[name, level].append(time.perf_counter() - t0)
-                            cpu[name, level].append((used(me) - c0, used(server) - s0))
+                            cpu[name, level].append((cpu_seconds(me) - c0, cpu_seconds(server) - s0))
             tiles: dict[str, list[float]] = {name: [] for name in readers}
             rng = random.Random(1)
             names = list(readers)

@@ -29,12 +29,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import psutil
 from _bare_chain import TASK_SERVICE  # bench/_bare_chain.py
-from _stats import print_latency_table  # bench/_stats.py
+from _stats import cpu_seconds, print_latency_table  # bench/_stats.py
 
 from bioengine_common import connect, connect_driver
 from bioengine_worker.testing import WorkerProcess
@@ -67,21 +66,19 @@ def start_bare(role: str, env: dict[str, str]) -> tuple[subprocess.Popen[str], s
 SLOW_CALL_MS = 100.0
 
 
-def cpu_meters(
+def chain_processes(
     worker: WorkerProcess, bare: dict[str, subprocess.Popen[str]]
-) -> dict[str, Callable[[], float]]:
-    """CPU seconds used so far (user and system, all threads) by each process of the chains."""
+) -> dict[str, psutil.Process]:
+    """The processes of the chains, by the name of their column in the CPU table."""
     services = {"hypha.server": "Hypha", "bioengine_gateway": "gateway", "bioengine_cluster": "cluster-svc"}
     processes: dict[str, psutil.Process] = {}
     for process in worker.descendants():
         command = " ".join(process.cmdline())
         processes.update({name: process for key, name in services.items() if key in command})
-    processes.update({f"bare {role}": psutil.Process(p.pid) for role, p in bare.items()})
-
-    def used(process: psutil.Process) -> Callable[[], float]:
-        return lambda: sum(process.cpu_times()[:2])
-
-    return {name: used(process) for name, process in processes.items()}
+    missing = set(services.values()) - set(processes)
+    if missing:
+        raise SystemExit(f"the worker has no process of {', '.join(sorted(missing))}")
+    return {**processes, **{f"bare {role}": psutil.Process(p.pid) for role, p in bare.items()}}
 
 
 async def run(workspace_dir: Path, calls: int, block: int) -> None:
@@ -117,7 +114,7 @@ async def run(workspace_dir: Path, calls: int, block: int) -> None:
         assert task_id.endswith(f":{TASK_SERVICE}"), task_id
         forward_process, forward_id = start_bare("forward", {**bare_env, "BENCH_TASK_SERVICE": task_id})
         bare.append(forward_process)
-        meters = cpu_meters(worker, {"forward": forward_process, "task": task_process})
+        processes = chain_processes(worker, {"forward": forward_process, "task": task_process})
         bare_chain = await server.get_service(forward_id)
 
         # A driver of the worker's cluster needs its token file (token authentication).
@@ -164,11 +161,11 @@ async def run(workspace_dir: Path, calls: int, block: int) -> None:
             for path in paths.values():
                 await path()
         samples: dict[str, list[float]] = {name: [] for name in paths}
-        cpu: dict[str, dict[str, float]] = {name: dict.fromkeys(meters, 0.0) for name in paths}
+        cpu: dict[str, dict[str, float]] = {name: dict.fromkeys(processes, 0.0) for name in paths}
         counted = dict.fromkeys(paths, 0)  # calls in the CPU table
         while len(samples["hypha echo"]) < calls:
             for name, path in paths.items():
-                before = {meter: read() for meter, read in meters.items()}
+                before = {column: cpu_seconds(process) for column, process in processes.items()}
                 count = min(block, calls - len(samples[name]))
                 for _ in range(count):
                     t0 = time.perf_counter()
@@ -178,8 +175,8 @@ async def run(workspace_dir: Path, calls: int, block: int) -> None:
                 # took one to two seconds) says nothing of the path's own cost.
                 if max(samples[name][-count:]) < SLOW_CALL_MS:
                     counted[name] += count
-                    for meter, read in meters.items():
-                        cpu[name][meter] += read() - before[meter]
+                    for column, process in processes.items():
+                        cpu[name][column] += cpu_seconds(process) - before[column]
         ray.shutdown()
         await echo_host.disconnect()
         await server.disconnect()
@@ -204,7 +201,7 @@ async def run(workspace_dir: Path, calls: int, block: int) -> None:
             f"is {p50['gateway run_code'] - chain:.3f} ms ({p50['gateway run_code'] / chain:.2f} x) above it"
         )
     # CPU time is counted in clock ticks (10 ms): +-0.1 ms a call over 100 calls, +-0.03 over 300.
-    columns = list(cpu["gateway run_code"])
+    columns = list(processes)
     print(f"\nCPU ms per call{'calls':>22}{''.join(f'{c:>13}' for c in columns)}")
     for name, used in cpu.items():
         n = max(counted[name], 1)
