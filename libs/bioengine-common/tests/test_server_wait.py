@@ -105,3 +105,58 @@ def test_a_server_that_fails_to_start_leaves_no_store_running(tmp_path: Path):
     finally:
         holder.close()
         server.stop()  # only for a failed assertion above: start() stopped everything
+
+
+def _store_with_port_taken(tmp_path: Path, starts_taken: int) -> tuple[EmbeddedHypha, list[int], list[str]]:
+    """A store whose chosen volume port another program binds just before SeaweedFS starts, on
+    its first ``starts_taken`` starts: the window between choosing a port and binding it."""
+    logged: list[str] = []
+    server = EmbeddedHypha(tmp_path / "hypha", TEST_WORKSPACE, s3=True, log=logged.append)
+    taken: list[int] = []
+    holders: list[socket.socket] = []
+    spawn_store = server.spawn_store
+
+    def take_then_spawn() -> subprocess.Popen[bytes]:
+        if len(taken) < starts_taken:
+            ports = server._store_ports or server._choose_store_ports()
+            server._store_ports = ports
+            holder = socket.socket()
+            holder.bind(("127.0.0.1", ports["volume"]))
+            holder.listen()
+            holders.append(holder)
+            taken.append(ports["volume"])
+        return spawn_store()
+
+    server.spawn_store = take_then_spawn  # type: ignore[method-assign]
+    server._holders = holders  # type: ignore[attr-defined]
+    return server, taken, logged
+
+
+def test_a_store_port_taken_before_seaweedfs_binds_it_is_replaced(tmp_path: Path):
+    server, taken, logged = _store_with_port_taken(tmp_path, starts_taken=1)
+    try:
+        server.start_store(timeout=60)
+        assert server.store_ready()
+        assert server._store_ports is not None and server._store_ports["volume"] != taken[0]
+        # The new ports are the ones remembered for the next start.
+        assert f'"volume": {server._store_ports["volume"]}' in server._store_ports_file.read_text()
+        (line,) = logged
+        assert "address already in use" in line and str(taken[0]) in line, line
+        assert "starting it again on new ports" in line
+    finally:
+        for holder in server._holders:  # type: ignore[attr-defined]
+            holder.close()
+        server.stop()
+
+
+def test_a_store_whose_ports_are_always_taken_fails_naming_the_port(tmp_path: Path):
+    server, taken, _ = _store_with_port_taken(tmp_path, starts_taken=3)
+    try:
+        with pytest.raises(ServiceUnavailable, match="address already in use") as failure:
+            server.start_store(timeout=60)
+        assert len(taken) == 3 and len(set(taken)) == 3  # new ports each time
+        assert str(taken[-1]) in str(failure.value) and "seaweedfs.log" in str(failure.value)
+    finally:
+        for holder in server._holders:  # type: ignore[attr-defined]
+            holder.close()
+        server.stop()

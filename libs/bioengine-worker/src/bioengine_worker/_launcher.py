@@ -291,8 +291,7 @@ class Launcher:
         hypha.prepare()
         self.progress.step(f"embedded server environment ready ({hypha.project_dir})")
         if self.settings.s3:
-            hypha.spawn_store()
-            hypha.wait_store(EMBEDDED_START_TIMEOUT_S)
+            hypha.start_store(EMBEDDED_START_TIMEOUT_S)
             self.progress.step(f"S3 store (SeaweedFS) ready on port {hypha.s3_port}")
         hypha.start_server(EMBEDDED_START_TIMEOUT_S)
         self.progress.step(f"Hypha server ready at {hypha.url}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -74,6 +75,16 @@ _STORE_PORT_NAMES = (
 )  # fmt: skip
 
 
+#: Starts of SeaweedFS, each on new ports, when a port it was given was taken before it bound it.
+STORE_START_ATTEMPTS = 3
+#: A fatal line of glog, SeaweedFS's logger: ``F1202 22:38:26.052200 volume.go:629 <message>``.
+_GLOG_FATAL = re.compile(r"^F\d{4} [\d:.]+ (?:\d+ )?(?P<message>.*)$")
+
+
+def _port_taken(fatal: str | None) -> bool:
+    return fatal is not None and "address already in use" in fatal
+
+
 #: What the first install of the server's environment costs (uv, empty cache, a fast network).
 FIRST_INSTALL_ESTIMATE = "30-60 s"
 FIRST_INSTALL_MB = 400
@@ -109,6 +120,7 @@ class EmbeddedHypha:
         self.jwt_secret = self._load_secret()
         self._store_ports: dict[str, int] | None = None
         self._store_volumes = 0
+        self._store_log_start = 0
         self._server: subprocess.Popen[bytes] | None = None
         self._store: subprocess.Popen[bytes] | None = None
 
@@ -207,12 +219,13 @@ class EmbeddedHypha:
     def _store_ports_file(self) -> Path:
         return self.state_dir / "seaweedfs" / "ports.json"
 
-    def _choose_store_ports(self) -> dict[str, int]:
-        """The ports of the last run when all are free again, else new ones (remembered)."""
+    def _choose_store_ports(self, *, reuse: bool = True) -> dict[str, int]:
+        """The ports of the last run when all are free again (and ``reuse``), else new ones
+        (remembered)."""
         with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
             saved = json.loads(self._store_ports_file.read_text())
             ports = {name: int(saved[name]) for name in _STORE_PORT_NAMES}
-            if all(port_free(port) for port in ports.values()):
+            if reuse and all(port_free(port) for port in ports.values()):
                 return ports
         ports = {}
         while len(set(ports.values())) < len(_STORE_PORT_NAMES):
@@ -252,8 +265,23 @@ class EmbeddedHypha:
             "-volume.max=0",
         ]
         self._store_volumes = len(list(data.glob("*.dat")))
-        self._store = spawn(argv, log_path=self.state_dir / "logs" / "seaweedfs.log", cwd=data)
+        log = self._store_log
+        self._store_log_start = log.stat().st_size if log.exists() else 0
+        self._store = spawn(argv, log_path=log, cwd=data)
         return self._store
+
+    @property
+    def _store_log(self) -> Path:
+        return self.state_dir / "logs" / "seaweedfs.log"
+
+    def _store_fatal(self) -> str | None:
+        """The fatal line SeaweedFS logged in its last start (glog's ``F<date> ...``), if any."""
+        with contextlib.suppress(OSError), self._store_log.open("rb") as log:
+            log.seek(self._store_log_start)
+            lines = log.read().decode("utf-8", "replace").splitlines()
+            fatal = [found["message"].strip() for line in lines if (found := _GLOG_FATAL.match(line))]
+            return fatal[-1] if fatal else None
+        return None
 
     def store_ready(self) -> bool:
         """True when S3 answers and the volumes on disk are served again.
@@ -281,9 +309,24 @@ class EmbeddedHypha:
         return bool(nodes) and served >= self._store_volumes
 
     def start_store(self, timeout: float = 90.0) -> None:
-        """Start SeaweedFS and wait until it serves its volumes."""
-        self.spawn_store()
-        self.wait_store(timeout)
+        """Start SeaweedFS and wait until it serves its volumes.
+
+        Its ports are chosen free, but another program may bind one before SeaweedFS does (a
+        Ray head starting beside it binds dozens): then it exits at once, and it is started
+        again on new ports, up to :data:`STORE_START_ATTEMPTS` times in all. Only before the
+        Hypha server starts: the server is given the S3 port.
+        """
+        for attempt in range(1, STORE_START_ATTEMPTS + 1):
+            self.spawn_store()
+            try:
+                self.wait_store(timeout)
+                return
+            except ServiceUnavailable:
+                fatal = self._store_fatal()
+                if attempt == STORE_START_ATTEMPTS or self._server is not None or not _port_taken(fatal):
+                    raise
+                self.log(f"SeaweedFS could not listen ({fatal}); starting it again on new ports")
+                self._store_ports = self._choose_store_ports(reuse=False)
 
     def wait_store(self, timeout: float = 90.0) -> None:
         """Wait until SeaweedFS, started by :meth:`spawn_store`, serves its volumes."""
@@ -292,9 +335,11 @@ class EmbeddedHypha:
         deadline = time.monotonic() + timeout
         while not self.store_ready():
             if store.poll() is not None:
+                fatal = self._store_fatal()
                 raise ServiceUnavailable(
-                    f"SeaweedFS exited with code {store.returncode} during start-up "
-                    f"(see {self.state_dir}/logs/seaweedfs.log)"
+                    f"SeaweedFS exited with code {store.returncode} during start-up"
+                    + (f": {fatal}" if fatal else "")
+                    + f" (see {self._store_log})"
                 )
             if time.monotonic() > deadline:
                 raise ServiceUnavailable(
