@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import re
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -49,6 +50,13 @@ def spread(values: list[float]) -> str:
     return f"{statistics.median(values):.1f} ({min(values):.1f}-{max(values):.1f})"
 
 
+def show_logs(logs: Path, lines: int = 15) -> None:
+    """The last lines of each log of a failed round, on stderr."""
+    for log in sorted(logs.glob("*.log")):
+        tail = log.read_text(errors="replace").splitlines()[-lines:]
+        print(f"--- last {len(tail)} lines of {log}", *tail, sep="\n", file=sys.stderr)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -67,6 +75,9 @@ def main() -> None:
                 stated_s.append(float(stated.group(1)) if stated else float("nan"))
                 asyncio.run(first_answer(connection))
                 app_s.append(time.monotonic() - worker.started)
+            except BaseException:
+                show_logs(Path(tmp) / "logs")  # before the round's directory goes
+                raise
             finally:
                 worker.stop()
         print(f"{round_:<7}{banner_s[-1]:>10.1f}{stated_s[-1]:>10.1f}{app_s[-1]:>15.1f}", flush=True)
