@@ -107,9 +107,12 @@ def test_a_server_that_fails_to_start_leaves_no_store_running(tmp_path: Path):
         server.stop()  # only for a failed assertion above: start() stopped everything
 
 
-def _store_with_port_taken(tmp_path: Path, starts_taken: int) -> tuple[EmbeddedHypha, list[int], list[str]]:
+def _store_with_port_taken(
+    tmp_path: Path, starts_taken: int
+) -> tuple[EmbeddedHypha, list[int], list[str], list[socket.socket]]:
     """A store whose chosen volume port another program binds just before SeaweedFS starts, on
-    its first ``starts_taken`` starts: the window between choosing a port and binding it."""
+    its first ``starts_taken`` starts: the window between choosing a port and binding it.
+    Returns the server, the ports taken, its log lines and the sockets holding the ports."""
     logged: list[str] = []
     server = EmbeddedHypha(tmp_path / "hypha", TEST_WORKSPACE, s3=True, log=logged.append)
     taken: list[int] = []
@@ -128,12 +131,11 @@ def _store_with_port_taken(tmp_path: Path, starts_taken: int) -> tuple[EmbeddedH
         return spawn_store()
 
     server.spawn_store = take_then_spawn  # type: ignore[method-assign]
-    server._holders = holders  # type: ignore[attr-defined]
-    return server, taken, logged
+    return server, taken, logged, holders
 
 
 def test_a_store_port_taken_before_seaweedfs_binds_it_is_replaced(tmp_path: Path):
-    server, taken, logged = _store_with_port_taken(tmp_path, starts_taken=1)
+    server, taken, logged, holders = _store_with_port_taken(tmp_path, starts_taken=1)
     try:
         server.start_store(timeout=60)
         assert server.store_ready()
@@ -144,19 +146,19 @@ def test_a_store_port_taken_before_seaweedfs_binds_it_is_replaced(tmp_path: Path
         assert "address already in use" in line and str(taken[0]) in line, line
         assert "starting it again on new ports" in line
     finally:
-        for holder in server._holders:  # type: ignore[attr-defined]
+        for holder in holders:
             holder.close()
         server.stop()
 
 
 def test_a_store_whose_ports_are_always_taken_fails_naming_the_port(tmp_path: Path):
-    server, taken, _ = _store_with_port_taken(tmp_path, starts_taken=3)
+    server, taken, _, holders = _store_with_port_taken(tmp_path, starts_taken=3)
     try:
         with pytest.raises(ServiceUnavailable, match="address already in use") as failure:
             server.start_store(timeout=60)
         assert len(taken) == 3 and len(set(taken)) == 3  # new ports each time
         assert str(taken[-1]) in str(failure.value) and "seaweedfs.log" in str(failure.value)
     finally:
-        for holder in server._holders:  # type: ignore[attr-defined]
+        for holder in holders:
             holder.close()
         server.stop()

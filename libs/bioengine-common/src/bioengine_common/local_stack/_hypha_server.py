@@ -324,9 +324,13 @@ class EmbeddedHypha:
             except ServiceUnavailable:
                 fatal = self._store_fatal()
                 exited = self._store is not None and self._store.poll() is not None
-                if attempt == STORE_START_ATTEMPTS or self._server is not None or not exited:
-                    raise  # a store still running (it timed out) is stopped by the caller
-                if not _port_taken(fatal):
+                # A store still running (it timed out) is the caller's to stop: none beside it.
+                if (
+                    attempt == STORE_START_ATTEMPTS
+                    or self._server is not None
+                    or not exited
+                    or not _port_taken(fatal)
+                ):
                     raise
                 self.log(f"SeaweedFS could not listen ({fatal}); starting it again on new ports")
                 self._store_ports = self._choose_store_ports(reuse=False)
