@@ -7,6 +7,11 @@ the gateway, then in one run and interleaved:
 
 - deploy: `deploy_app` (through the gateway) until the app is RUNNING, versus a raw
   `serve.run` of the same deployment class from this process (a Ray driver of the same cluster);
+  `serve.run` looks at the status once a second, so the same deploy is also timed submitted
+  without waiting and its status read every 0.1 s, as the bench reads `deploy_app`'s; and the
+  floor of that path: the same class behind a bare proxy (below), read the same way, which is
+  RUNNING once both replicas run and the proxy's Hypha service is registered (the two replicas
+  and the registration an app deployed by `deploy_app` needs too);
 - call: `ping` through the app's own Hypha service, versus a `DeploymentHandle` call of the
   same method plus a bare Hypha echo (a trivial service registered by this process); and the
   floor of that path: `ping` through a bare proxy (`bench/_bare_proxy.py`: a Serve deployment
@@ -63,27 +68,47 @@ def _demo_app() -> Any:
     ).bind()
 
 
-def _raw_deploy(name: str) -> float:
+#: How often the deploy paths that wait by polling look at the status (ours: get_app_status).
+POLL_S = 0.1
+
+
+def _raw_deploy(name: str, app: Any = None, poll: bool = False) -> float:
+    """Seconds to deploy ``app`` (default: the demo app) as Serve app ``name``: by ``serve.run``,
+    which looks at the app's status once a second, or with ``poll`` submitted without waiting
+    and its status read every POLL_S, as the bench waits for ``deploy_app``."""
     from ray import serve
 
-    app = _demo_app()
+    app = _demo_app() if app is None else app
     t0 = time.perf_counter()
-    serve.run(app, name=name, route_prefix=None)
+    if not poll:
+        serve.run(app, name=name, route_prefix=None)
+        return time.perf_counter() - t0
+    serve._run(app, _blocking=False, name=name, route_prefix=None)
+    while (status := serve.status().applications[name].status) != "RUNNING":
+        if status in ("DEPLOY_FAILED", "UNHEALTHY"):
+            raise RuntimeError(f"{name}: {serve.status().applications[name].message}")
+        time.sleep(POLL_S)
     return time.perf_counter() - t0
 
 
-def _deploy_bare_proxy(server_url: str, workspace: str, token: str) -> str:
-    """Deploy the bare proxy in front of the demo app; the id of its Hypha service."""
+def _bare_proxy_app(server_url: str, workspace: str, token: str) -> Any:
+    """The demo app behind the bare proxy, as one Serve application."""
     import _bare_proxy  # bench/_bare_proxy.py (imports Ray: after ray_environment() is set)
-    from ray import cloudpickle, serve
+    from ray import cloudpickle
 
     cloudpickle.register_pickle_by_value(_bare_proxy)  # the replica cannot import bench/
     proxy = _bare_proxy.BareProxy.options(
         ray_actor_options={"num_cpus": 0, "runtime_env": {"env_vars": PROXY_ENV}}
     )
-    handle = serve.run(
-        proxy.bind(_demo_app(), server_url, workspace, token), name="bare-proxy", route_prefix=None
-    )
+    return proxy.bind(_demo_app(), server_url, workspace, token)
+
+
+def _deploy_bare_proxy(server_url: str, workspace: str, token: str) -> str:
+    """Deploy the bare proxy in front of the demo app; the id of its Hypha service."""
+    from ray import serve
+
+    app = _bare_proxy_app(server_url, workspace, token)
+    handle = serve.run(app, name="bare-proxy", route_prefix=None)
     return str(handle.service_id.remote().result(timeout_s=60))
 
 
@@ -106,18 +131,36 @@ async def run(connection: dict, rounds: int, calls: int, block: int) -> tuple[di
             connect_driver, info["address"], 60.0, info["namespace"], info.get("token_file")
         )
         artifact_id = await worker.upload_app(files=read_app_folder(DEMO))
+        # The bare proxy's own token: short-lived, for this workspace only (a Serve init argument).
+        bare_token = await server.generate_token(
+            {"workspace": connection["workspace"], "permission": "read_write", "expires_in": 3600}
+        )
+        bare_args = (connection["server_url"], connection["workspace"], str(bare_token))
 
-        deploy: dict[str, list[float]] = {"deploy_app -> RUNNING": [], "raw serve.run": []}
-        for i in range(rounds + 1):  # round 0 warms up both paths (runtime env, worker pool)
+        deploy: dict[str, list[float]] = {
+            "deploy_app -> RUNNING": [],
+            "raw serve.run": [],
+            "raw, polled": [],
+            "floor: app + bare proxy, polled": [],
+        }
+        for i in range(rounds + 1):  # round 0 warms up every path (runtime env, worker pool)
             t0 = time.perf_counter()
             app_id = await worker.deploy_app(artifact_id=artifact_id, application_id=f"bench-{i}")
             await _wait_running(worker, app_id)
             ours = time.perf_counter() - t0
             raw = await asyncio.to_thread(_raw_deploy, f"raw-{i}")
+            polled = await asyncio.to_thread(_raw_deploy, f"polled-{i}", None, True)
+            floor = await asyncio.to_thread(_raw_deploy, f"floor-{i}", _bare_proxy_app(*bare_args), True)
             if i:
-                deploy["deploy_app -> RUNNING"].append(ours * 1000)
-                deploy["raw serve.run"].append(raw * 1000)
-            print(f"round {i}: deploy_app {ours:.2f} s, serve.run {raw:.2f} s", flush=True)
+                for name, seconds in zip(deploy, (ours, raw, polled, floor), strict=True):
+                    deploy[name].append(seconds * 1000)
+            print(
+                f"round {i}: deploy_app {ours:.2f} s, serve.run {raw:.2f} s, polled {polled:.2f} s, "
+                f"app + bare proxy {floor:.2f} s",
+                flush=True,
+            )
+            for name in (f"polled-{i}", f"floor-{i}"):
+                await asyncio.to_thread(serve.delete, name)
             if i < rounds:
                 await worker.stop_app(application_id=app_id)
                 await asyncio.to_thread(serve.delete, f"raw-{i}")
@@ -136,13 +179,7 @@ async def run(connection: dict, rounds: int, calls: int, block: int) -> tuple[di
             {"id": "bench-echo", "config": {"visibility": "protected"}, "echo": lambda x: x}
         )
         echo = await server.get_service(f"{connection['workspace']}/{echo_host.config.client_id}:bench-echo")
-        # The bare proxy's own token: short-lived, for this workspace only (a Serve init argument).
-        bare_token = await server.generate_token(
-            {"workspace": connection["workspace"], "permission": "read_write", "expires_in": 3600}
-        )
-        bare_id = await asyncio.to_thread(
-            _deploy_bare_proxy, connection["server_url"], connection["workspace"], str(bare_token)
-        )
+        bare_id = await asyncio.to_thread(_deploy_bare_proxy, *bare_args)
         bare = await server.get_service(bare_id)
 
         async def handle_ping() -> None:
@@ -198,8 +235,13 @@ def main() -> None:
             worker.stop()
     print_latency_table(deploy, "deploy")
     print_latency_table(latency, "call")
-    deploy_ratio = statistics.median(deploy["deploy_app -> RUNNING"]) / statistics.median(
-        deploy["raw serve.run"]
+    ours, raw, polled, floor = (statistics.median(deploy[name]) for name in deploy)
+    deploy_ratio = ours / raw
+    print(
+        f"deploy: serve.run looks at the status once a second; the same deploy polled every {POLL_S:g} s "
+        f"takes {polled / raw:.2f} x serve.run. Floor: the app behind a bare proxy, polled, is "
+        f"{floor / raw:.2f} x serve.run; deploy_app ends {(ours - floor) / 1000:.2f} s "
+        f"({ours / floor:.2f} x) above it"
     )
     baseline = statistics.median(latency["handle ping"]) + statistics.median(latency["hypha echo"])
     app_p50 = statistics.median(latency["app service ping"])

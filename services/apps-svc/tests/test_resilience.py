@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from bioengine_apps._service import ARTIFACT_PROBE_TTL_S
 from bioengine_common import connect
 from bioengine_common.local_stack import EmbeddedHypha, short_temp_dir
 from bioengine_common.testing import ADMIN_USER, TEST_WORKSPACE, launch_service, wait_for_service
@@ -161,6 +162,15 @@ async def test_a_missing_artifact_store_shows_in_the_status_and_fails_artifact_c
     assert status["ready_for"]["artifacts"] is False and status["ready_for"]["deploy_from_artifact"] is False
     with pytest.raises(Exception, match=r"app artifacts are unavailable: .*no artifact manager"):
         await asyncio.wait_for(apps.list_apps(), HANG_S)
+    # A deploy from an artifact (not a local app) fails as clearly: at once while the last probe
+    # (within its TTL) saw the store down, and once that probe is older, by a probe made after
+    # its fetch failed (a deploy no longer probes before fetching).
+    apps_before = set(await apps.get_app_status(logs_tail=0))
+    for pause in (0, ARTIFACT_PROBE_TTL_S):
+        await asyncio.sleep(pause)
+        with pytest.raises(Exception, match=r"app artifacts are unavailable: .*no artifact manager"):
+            await asyncio.wait_for(apps.deploy_app(artifact_id="not-a-local-app"), HANG_S)
+    assert set(await apps.get_app_status(logs_tail=0)) == apps_before  # no app recorded
 
 
 async def test_apps_are_redeployed_after_the_ray_head_crashes(stack, client):

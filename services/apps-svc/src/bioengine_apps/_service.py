@@ -663,8 +663,21 @@ class AppsService(BioEngineService):
                 return load_manifest(files), files, "local"
             except ValueError as exc:
                 raise InvalidRequest(f"local app '{alias}': {exc}") from exc
-        await self._require_artifact_store()
-        _, files = await self.artifacts.fetch(artifact_id, version)
+        # No probe first: files fetched before need no S3 call at all, and a fetch that lists
+        # files reaches the store anyway (a probe first made loading kept files 101 ms instead
+        # of 13 ms here). A store seen down within the probe's TTL fails at once; a fetch that
+        # fails is explained by a probe when the store is the cause.
+        if self._store_down_recently():
+            await self._require_artifact_store()
+        try:
+            _, files = await self.artifacts.fetch(artifact_id, version)
+        except NotFound:
+            raise
+        except Exception as exc:
+            probe = await self._probe_artifact_store(fresh=True)
+            if not probe["ok"]:
+                raise ServiceUnavailable(f"app artifacts are unavailable: {probe['reason']}") from exc
+            raise
         try:
             return load_manifest(files), files, "artifact"
         except ValueError as exc:
@@ -734,10 +747,11 @@ class AppsService(BioEngineService):
         return {"proxy_token": str(token), "proxy_token_expires": expires}
 
     # ---- artifacts ----------------------------------------------------------------------------------
-    async def _probe_artifact_store(self) -> dict[str, Any]:
+    async def _probe_artifact_store(self, fresh: bool = False) -> dict[str, Any]:
         """List the files of the apps collection: an answer needs Hypha, the artifact manager
-        and the S3 store behind it. Cached for ARTIFACT_PROBE_TTL_S."""
-        if time.monotonic() - self._artifact_probe_at < ARTIFACT_PROBE_TTL_S:
+        and the S3 store behind it. Cached for ARTIFACT_PROBE_TTL_S unless ``fresh`` (after a
+        call to the store failed)."""
+        if not fresh and time.monotonic() - self._artifact_probe_at < ARTIFACT_PROBE_TTL_S:
             return self.artifact_probe
         self._artifact_probe_at = time.monotonic()
         try:
@@ -755,6 +769,11 @@ class AppsService(BioEngineService):
         self.artifact_probe = {"ok": ok, "reason": reason, "checked_at": time.time()}
         self._artifact_probe_at = time.monotonic()
         return self.artifact_probe
+
+    def _store_down_recently(self) -> bool:
+        """The last probe, within ARTIFACT_PROBE_TTL_S, found the artifact store down."""
+        recent = time.monotonic() - self._artifact_probe_at < ARTIFACT_PROBE_TTL_S
+        return recent and self.artifact_probe["ok"] is False
 
     async def _require_artifact_store(self) -> None:
         probe = await self._probe_artifact_store()
