@@ -2,11 +2,29 @@
 
 from __future__ import annotations
 
-from bioengine_cluster._code_task import _COMPILED, COMPILED_KEPT, QUICK_S, _compiled, run_code_task
+from bioengine_cluster._code_task import (
+    _COMPILED,
+    COMPILED_KEPT,
+    QUICK_S,
+    _compiled,
+    pack_request,
+    run_code_stream,
+    run_code_task,
+)
 
 
 def stream(code: str, *args: object) -> list[tuple[str, object, int]]:
-    return list(run_code_task("source", code, None, "analyze", list(args), {}))
+    return list(run_code_stream("source", code, None, "analyze", list(args), {}))
+
+
+def test_the_ray_task_runs_the_call_it_is_sent_packed():
+    request = pack_request(
+        "source", "def analyze(x, y=0):\n    print(x)\n    return x + y", None, "analyze", [40], {"y": 2}
+    )
+    items = list(run_code_task(request))
+    assert [kind for kind, _, _ in items] == ["start", "stdout", "done"]
+    assert items[1][1] == "40"
+    assert items[2][1]["result"] == 42  # type: ignore[index]
 
 
 def test_a_quick_silent_function_streams_only_its_outcome():
@@ -48,7 +66,7 @@ def test_runs_reuse_an_idle_thread_and_a_running_one_is_never_shared():
     assert seen[0] is seen[1]  # the same thread object (kept alive by the list): reused
 
     release = threading.Event()
-    waiting = run_code_task(
+    waiting = run_code_stream(
         "source", "import threading\ndef analyze(e, seen):\n    seen.append(threading.current_thread())\n    e.wait(10)",
         None, "analyze", [release, seen], {},
     )  # fmt: skip

@@ -107,6 +107,14 @@ async def test_raised_errors_are_returned_and_the_service_keeps_working(cluster,
     assert (await cluster.run_code(code="def analyze():\n    return 'still fine'"))["result"] == "still fine"
 
 
+async def test_arguments_ray_cannot_take_are_a_clear_error(cluster):
+    # A function among the arguments reaches cluster-svc as a callback of the caller: it cannot
+    # be pickled for Ray. The error names the arguments, and the next call works.
+    with pytest.raises(Exception, match=r"run_code's args and kwargs cannot be sent to Ray"):
+        await cluster.run_code(code="def analyze(f):\n    return 1", args=[lambda x: x])
+    assert (await cluster.run_code(code="def analyze():\n    return 'still fine'"))["result"] == "still fine"
+
+
 async def test_handled_errors_are_results(cluster):
     code = "def analyze():\n    try:\n        1 / 0\n    except ZeroDivisionError as e:\n        return 'caught: ' + str(e)\n"
     result = await cluster.run_code(code=code)

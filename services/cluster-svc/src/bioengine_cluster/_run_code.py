@@ -29,7 +29,7 @@ from typing import Any
 
 from bioengine_common import InvalidRequest, error_summary, within
 
-from ._code_task import run_code_task
+from ._code_task import pack_request, run_code_task
 from ._fit import ResourceRequest
 
 __all__ = [
@@ -306,11 +306,16 @@ async def run_in_ray(
     logger = logger or logging.getLogger(__name__)
     run = run if run is not None else {}
     try:
+        request = pack_request(mode, code, func_bytes, function_name, args, kwargs, telemetry)
+    except Exception as exc:
+        raise InvalidRequest(
+            f"run_code's args and kwargs cannot be sent to Ray: {error_summary(exc)}"
+        ) from exc
+    try:
         task = _remote_run_code_task()
         if options:  # .options() costs about 0.25 ms per call: only when there are some
             task = task.options(**options)
-        extra = (telemetry,) if telemetry else ()  # none: the task call is as before
-        stream: Any = task.remote(mode, code, func_bytes, function_name, args, kwargs, *extra)
+        stream: Any = task.remote(request)
     except Exception as exc:  # Ray's own check of the options
         raise InvalidRequest(f"invalid remote_options: {error_summary(exc)}") from exc
     outcome: dict[str, Any] = {}
