@@ -145,22 +145,15 @@ def _where() -> dict[str, Any]:
     return here
 
 
-def pack_request(
-    mode: str,
-    code: str | None,
-    func_bytes: bytes | None,
-    function_name: str,
-    args: list[Any],
-    kwargs: dict[str, Any],
-    telemetry: dict[str, Any] | None = None,
-) -> bytes:
-    """The task's one argument: what to run, pickled once by the caller. Ray handles each
-    argument of a task on its own, on both sides: one of bytes instead of seven made a streaming
-    task 0.19 ms faster here (1.92 against 2.11 ms). Raises what pickling raises. Called by the
-    Ray driver (so Ray's own cloudpickle is there); the task reads it with ``pickle``."""
+def pack_request(*call: Any) -> bytes:
+    """The task's one argument: ``call``, the arguments of :func:`run_code_stream` in its order,
+    pickled once by the caller. Ray handles each argument of a task on its own, on both sides:
+    one of bytes instead of seven made a streaming task 0.19 ms faster here (1.92 against
+    2.11 ms). Raises what pickling raises. Called by the Ray driver (so Ray's own cloudpickle is
+    there); the task reads it with ``pickle``."""
     from ray import cloudpickle
 
-    return bytes(cloudpickle.dumps((mode, code, func_bytes, function_name, args, kwargs, telemetry)))
+    return bytes(cloudpickle.dumps(call))
 
 
 def run_code_task(request: bytes) -> Iterator[tuple[str, Any, int]]:
