@@ -6,10 +6,12 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import psutil
@@ -121,13 +123,22 @@ async def test_a_killed_service_is_restarted_and_shown_up_again(stack):
         gateway = await server.get_service("bioengine/bioengine-worker")
         before = await _wait_all_up(gateway)
         pid = before["services"]["apps"]["status"]["pid"]
+        metrics_url = stack.connection["metrics"]["apps"]
         os.kill(pid, signal.SIGKILL)
         started = time.monotonic()
+        # While apps-svc is down its metrics port stays the worker's: no other process can
+        # take it before the restart binds again (the launcher holds the listening socket).
+        with socket.socket() as intruder, pytest.raises(OSError, match="Address already in use"):
+            intruder.bind(("127.0.0.1", urlsplit(metrics_url).port))
         after = await _wait_all_up(gateway, timeout=15.0, not_pid=pid, ready=False)
         assert after["services"]["apps"]["up"], after["services"]["apps"]
         assert after["services"]["apps"]["status"]["pid"] != pid
         assert time.monotonic() - started < 15.0
         assert "apps exited with code -9" in stack.text()
+        # The restarted service serves its metrics at the same URL.
+        async with httpx.AsyncClient() as http:
+            response = await http.get(metrics_url, timeout=10)
+        assert response.status_code == 200 and "bioengine_rpc_calls" in response.text
     finally:
         await server.disconnect()
 

@@ -1,11 +1,13 @@
 """The RPC metrics of the one wrapper, the caller kinds and the /metrics endpoint (no stack)."""
 
+import os
+import socket
 import urllib.request
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bioengine_common import PermissionDenied
+from bioengine_common import BioEngineService, ConfigurationError, PermissionDenied, ServiceSettings
 from bioengine_common.metrics import REGISTRY, ScrapeCollector, caller_kind, gauge, metered, serve_metrics
 
 ADMINS = ["boss@example.org"]
@@ -87,3 +89,44 @@ def test_the_endpoint_serves_the_registry_with_scrape_time_gauges():
         server.shutdown()
         server.server_close()
         REGISTRY.unregister(collector)
+
+
+class _Probe(BioEngineService):
+    name = "probe"
+    service_id = "bioengine-probe"
+    distribution = "bioengine-common"
+
+
+def _probe(tmp_path, **settings) -> _Probe:
+    return _Probe(ServiceSettings(workspace_dir=tmp_path, log_file="off", **settings))
+
+
+def test_an_inherited_listening_socket_is_served_and_outlives_the_server(tmp_path):
+    # bioengine-worker binds the socket once and hands it to each start of a service.
+    listening = socket.create_server(("127.0.0.1", 0))
+    port = listening.getsockname()[1]
+    for _start in range(2):  # a restart serves the same port again
+        inherited = os.dup(listening.fileno())  # what the child process gets
+        service = _probe(tmp_path, metrics_fd=inherited, metrics_port=port)
+        service._start_metrics()
+        try:
+            assert service.metrics_url == f"http://127.0.0.1:{port}/metrics"
+            with urllib.request.urlopen(service.metrics_url, timeout=5) as response:
+                assert "bioengine_rpc_calls" in response.read().decode()
+        finally:
+            service._stop_metrics()
+        # Between runs the port stays held: nobody else can bind it.
+        with socket.socket() as intruder, pytest.raises(OSError, match="Address already in use"):
+            intruder.bind(("127.0.0.1", port))
+    listening.close()
+
+
+def test_a_metrics_fd_that_is_no_listening_socket_is_a_clear_error(tmp_path):
+    with open(tmp_path / "file", "w") as handle:
+        fd = handle.fileno()
+        with pytest.raises(ConfigurationError, match=rf"--metrics-fd {fd} is not an open socket"):
+            _probe(tmp_path, metrics_fd=fd)._start_metrics()
+    with socket.socket() as unbound:
+        with pytest.raises(ConfigurationError, match="is not a listening socket"):
+            _probe(tmp_path, metrics_fd=unbound.fileno())._start_metrics()
+        assert unbound.fileno() >= 0  # still ours to close

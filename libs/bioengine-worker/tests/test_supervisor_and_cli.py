@@ -4,7 +4,7 @@ import time
 import pytest
 
 from bioengine_worker._launcher import WorkerSettings
-from bioengine_worker._supervisor import ManagedProcess, Supervisor
+from bioengine_worker._supervisor import ManagedProcess, Supervisor, last_error
 from bioengine_worker.cli import CliError
 from bioengine_worker.cli.call import parse_arguments
 from bioengine_worker.cli.status import format_cluster, format_status
@@ -38,6 +38,50 @@ def test_a_crashing_child_is_restarted_with_growing_backoff(tmp_path):
     assert "exited with code 7" in messages[0]
     assert (tmp_path / "child.log").read_text().count("crash") >= 3
     supervisor.stop_all()
+
+
+def test_the_exit_line_names_the_error_the_run_ended_with(tmp_path):
+    log = tmp_path / "child.log"
+    log.write_text("Traceback (most recent call last):\nKeyError: 'from an earlier run'\n")
+    managed = _managed(tmp_path, "import socket; socket.socket().connect(('127.0.0.1', 9))")
+    messages: list[str] = []
+    supervisor = Supervisor([managed], log=messages.append)
+    supervisor.start_all()
+    deadline = time.monotonic() + 10
+    while not messages and time.monotonic() < deadline:
+        supervisor.check_all()
+        time.sleep(0.05)
+    supervisor.stop_all()
+    assert (
+        "child exited with code 1 after 0 s (ConnectionRefusedError: [Errno 111] Connection refused); "
+        in messages[0]
+    )
+    assert "earlier run" not in messages[0]
+
+
+def test_last_error_reads_our_log_format_and_plain_tracebacks():
+    ours = (
+        "2026-12-03 04:21:30 INFO    apps [trace=-] starting\n"
+        "2026-12-03 04:21:30 ERROR   apps [trace=-] bioengine-apps failed\n"
+        "  | Traceback (most recent call last):\n"
+        '  |   File "x.py", line 1, in run\n'
+        "  |     bind()\n"
+        "  | OSError: [Errno 98] Address already in use\n"
+        "WARNING:RPC:Connection lost (Connection closed), rejecting all pending RPC calls\n"
+    )
+    assert last_error(ours) == "OSError: [Errno 98] Address already in use"
+    chained = "Traceback (most recent call last):\n  x\nKeyError: 'a'\n\nDuring handling...\n\n"
+    chained += "Traceback (most recent call last):\n  y\nRuntimeError: second\n"
+    assert last_error(chained) == "RuntimeError: second"
+    record = "2026-12-03 04:21:30 ERROR   cluster [trace=-] ray start failed: exit 1\n"
+    assert last_error(record) == "ray start failed: exit 1"
+    assert last_error("all fine\n") is None
+    hostile = (
+        "Traceback (most recent call last):\nValueError: bad \x1b[31m token=abcdefghijklmnopqrstuvwxyz0123\n"
+    )
+    text = last_error(hostile)
+    assert "\x1b" not in text and "\\x1b" in text and "abcdefghijklmnopqrstuvwxyz0123" not in text
+    assert len(last_error("Traceback (most recent call last):\nValueError: " + "x" * 1000)) == 300
 
 
 def test_stop_all_stops_running_children(tmp_path):

@@ -11,7 +11,7 @@ from ._aio import within
 from ._files import write_json_atomic
 from ._hypha import HyphaConnection, connect, plain, trusted_service_id
 from ._lifecycle import EXIT_CONNECTION_LOST, EXIT_FAILURE, EXIT_WORKER_STOP, BioEngineService, CallerField
-from ._logging import create_logger, mask_secrets
+from ._logging import create_logger, escape_control, mask_secrets
 from ._permissions import (
     SERVICES_USER,
     check_permissions,
@@ -78,6 +78,7 @@ __all__ = [
     "current_trace_context",
     "disconnect_driver",
     "error_summary",
+    "escape_control",
     "flush_spans",
     "forwarded_caller",
     "free_port",

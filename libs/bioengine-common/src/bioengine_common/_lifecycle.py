@@ -32,7 +32,7 @@ from ._permissions import check_permissions, is_authorized, resolve_context
 from ._settings import ServiceSettings, load_settings
 from ._telemetry import OTLP_ENDPOINT_VARIABLE, exporter_for, flush_spans, setup_telemetry, traced
 from ._watchdog import watch_event_loop
-from .errors import ConnectionLost, InvalidRequest, PermissionDenied, ServiceUnavailable
+from .errors import ConfigurationError, ConnectionLost, InvalidRequest, PermissionDenied, ServiceUnavailable
 from .metrics import REGISTRY, ScrapeCollector, caller_kind, metered, serve_metrics
 
 __all__ = ["EXIT_CONNECTION_LOST", "EXIT_FAILURE", "EXIT_WORKER_STOP", "BioEngineService", "CallerField"]
@@ -237,7 +237,7 @@ class BioEngineService:
             function = getattr(type(self), attr, None)
             if callable(function) and hasattr(function, "__schema__"):
                 method = self._guarded(traced(getattr(self, attr), f"{self.service_id}.{attr}"))
-                if self.settings.metrics_port is not None:  # counted only where someone can scrape
+                if self.settings.metrics_enabled:  # counted only where someone can scrape
                     method = metered(method, self.service_id, attr, self._caller_kind)
                 methods[attr] = method
         return methods
@@ -247,9 +247,23 @@ class BioEngineService:
         :meth:`collect_metrics` join the process's registry."""
         self._collector = ScrapeCollector(self.collect_metrics)
         REGISTRY.register(self._collector)
-        if self.settings.metrics_port is None:
+        if not self.settings.metrics_enabled:
             return
-        self._metrics_server, port = serve_metrics(self.settings.metrics_host, self.settings.metrics_port)
+        sock = None
+        if self.settings.metrics_fd is not None:
+            try:
+                sock = socket.socket(fileno=self.settings.metrics_fd)
+                listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+            except OSError as exc:
+                raise ConfigurationError(
+                    f"--metrics-fd {self.settings.metrics_fd} is not an open socket: {exc}"
+                ) from exc
+            if not listening:
+                sock.detach()
+                raise ConfigurationError(f"--metrics-fd {self.settings.metrics_fd} is not a listening socket")
+        self._metrics_server, port = serve_metrics(
+            self.settings.metrics_host, self.settings.metrics_port or 0, sock
+        )
         self.metrics_url = f"http://{self.settings.metrics_host}:{port}/metrics"
         self.logger.info("Prometheus metrics at %s", self.metrics_url)
 

@@ -32,8 +32,10 @@ def spawn(
     env: Mapping[str, str] | None = None,
     log_path: Path | None = None,
     cwd: Path | None = None,
+    pass_fds: Sequence[int] = (),
 ) -> subprocess.Popen[bytes]:
-    """Start ``argv`` in its own session, output appended to ``log_path``.
+    """Start ``argv`` in its own session, output appended to ``log_path``; ``pass_fds`` stay open
+    in the child (e.g. a listening socket it serves on).
 
     The child gets SIGTERM if this process dies, so a killed supervisor leaves nothing behind.
     """
@@ -50,6 +52,7 @@ def spawn(
             stdout=output,
             stderr=subprocess.STDOUT,
             preexec_fn=_die_with_parent,
+            pass_fds=tuple(pass_fds),
         )
     finally:
         if not isinstance(output, int):

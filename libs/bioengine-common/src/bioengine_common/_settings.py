@@ -82,6 +82,13 @@ class ServiceSettings(BaseModel):
         description="Address the Prometheus endpoint listens on; loopback by default (the metrics "
         "need no token: expose them beyond the machine only to your scraper).",
     )
+    metrics_fd: int | None = Field(
+        None,
+        ge=0,
+        description="Serve the Prometheus endpoint on this inherited file descriptor, a socket "
+        "already listening (bioengine-worker passes one per service and holds its port across "
+        "restarts); --metrics-port then only names its port.",
+    )
     server_wait: float = Field(
         60.0,
         ge=0,
@@ -128,6 +135,11 @@ class ServiceSettings(BaseModel):
         """Where bioengine-apps keeps app code and HOME dirs unless ``--apps-dir`` says otherwise;
         a sandboxed Ray head keeps it visible to app code inside the hidden workspace dir."""
         return self.workspace_dir.expanduser() / "apps"
+
+    @property
+    def metrics_enabled(self) -> bool:
+        """A Prometheus endpoint is served (and calls are counted only then)."""
+        return self.metrics_port is not None or self.metrics_fd is not None
 
     def token_value(self) -> str | None:
         return self.token.get_secret_value() if self.token else None

@@ -13,18 +13,23 @@ Label values never name a person or an app: the caller is a kind (``admin``, ``u
 from __future__ import annotations
 
 import functools
+import socket
+import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler
 
 from prometheus_client import (
     CollectorRegistry,
     Counter,
     Histogram,
     disable_created_metrics,
+    make_wsgi_app,
     start_http_server,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import ThreadingWSGIServer
 
 from ._permissions import is_anonymous, is_authorized
 
@@ -151,8 +156,35 @@ class ScrapeCollector:
         return []  # not known before a scrape: no name clash check at registration
 
 
-def serve_metrics(host: str, port: int) -> tuple[Any, int]:
+def serve_metrics(host: str, port: int, sock: socket.socket | None = None) -> tuple[Any, int]:
     """Serve :data:`REGISTRY` at ``http://host:port/metrics`` (any path answers) from a thread;
-    return the server (``shutdown()`` to stop it) and the port (the chosen one for 0)."""
-    server, _thread = start_http_server(port, addr=host, registry=REGISTRY)
-    return server, int(server.server_port)
+    return the server (``shutdown()`` to stop it) and the port (the chosen one for 0).
+
+    With ``sock``, a socket already bound and listening (inherited from bioengine-worker, which
+    holds the port for the worker's whole life), serve on it and ignore ``host`` and ``port``:
+    the port cannot be taken by another process between a restart and the next bind."""
+    if sock is None:
+        server, _thread = start_http_server(port, addr=host, registry=REGISTRY)
+        return server, int(server.server_port)
+    inherited = _ListeningSocketServer(sock)
+    inherited.set_app(make_wsgi_app(REGISTRY))
+    threading.Thread(target=inherited.serve_forever, name="metrics", daemon=True).start()
+    return inherited, int(inherited.server_port)
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes are not logged."""
+
+
+class _ListeningSocketServer(ThreadingWSGIServer):
+    """prometheus-client's threaded WSGI server on a socket that is already listening."""
+
+    def __init__(self, sock: socket.socket):
+        self.address_family = sock.family
+        super().__init__(sock.getsockname(), _QuietHandler, bind_and_activate=False)
+        self.socket.close()  # the unbound one the base made
+        self.socket = sock
+        self.server_address = sock.getsockname()
+        self.server_name, self.server_port = str(self.server_address[0]), int(self.server_address[1])
+        self.setup_environ()

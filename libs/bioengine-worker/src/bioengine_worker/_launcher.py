@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -135,8 +136,9 @@ class LauncherOptions(BaseModel):
     )
     metrics: bool = Field(
         True,
-        description="Give each service a Prometheus endpoint on a free port of --metrics-host "
-        "(the URLs are printed and written to worker.json).",
+        description="Give each service a Prometheus endpoint on a free port of --metrics-host, "
+        "the same across restarts of the service (the URLs are printed and written to "
+        "worker.json).",
     )
     metrics_host: str = Field(
         "127.0.0.1", description="Address the services' Prometheus endpoints listen on (loopback)."
@@ -214,6 +216,15 @@ def _write_private(path: Path, content: str) -> None:
         handle.write(content)
 
 
+def _listen(host: str) -> socket.socket:
+    """A TCP socket listening on a free port of ``host``, for a service to inherit."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, 0), family=family)
+    except OSError as exc:
+        raise SystemExit(f"error: --metrics-host {host!r}: cannot listen there ({exc})") from exc
+
+
 class _Lock:
     """One launcher per workspace dir: a PID file, stale when its process is gone."""
 
@@ -251,10 +262,13 @@ class Launcher:
         #: The gateway's last status seen while starting (what the banner and a timeout report).
         self.last_status: dict[str, Any] | None = None
         self.gateway_id = ""
-        #: Service name -> port of its Prometheus endpoint (chosen once: kept across restarts).
-        self.metrics_ports: dict[str, int] = (
-            {name: free_port() for name, _ in SERVICES} if settings.metrics else {}
+        #: Service name -> the listening socket of its Prometheus endpoint, bound here once and
+        #: inherited by each start of the service: its port stays the worker's for its whole
+        #: life, and no other process can take it between a crash and the restart.
+        self.metrics_sockets: dict[str, socket.socket] = (
+            {name: _listen(settings.metrics_host) for name, _ in SERVICES} if settings.metrics else {}
         )
+        self.metrics_ports = {name: int(sock.getsockname()[1]) for name, sock in self.metrics_sockets.items()}
 
     def metrics_urls(self) -> dict[str, str]:
         """Where Prometheus scrapes each service (empty with --no-metrics)."""
@@ -366,8 +380,11 @@ class Launcher:
             argv = [sys.executable, "-m", module, *common]
             if name == "cluster":
                 argv += ["--mode", self.settings.mode, *self._cluster_flags()]
-            if name in self.metrics_ports:
+            sock = self.metrics_sockets.get(name)
+            if sock is not None:
                 argv += [
+                    "--metrics-fd",
+                    str(sock.fileno()),
                     "--metrics-port",
                     str(self.metrics_ports[name]),
                     "--metrics-host",
@@ -388,6 +405,7 @@ class Launcher:
                     argv=argv,
                     environment=environment,
                     console_log=self.dir / "logs" / f"{name}.console.log",
+                    pass_fds=(sock.fileno(),) if sock is not None else (),
                 )
             )
         return processes

@@ -16,10 +16,34 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bioengine_common import EXIT_WORKER_STOP, spawn, stop_process
+from bioengine_common import EXIT_WORKER_STOP, escape_control, mask_secrets, spawn, stop_process
 
 #: A run shorter than this counts as a crash loop: the next restart waits longer.
 STABLE_AFTER_S = 60.0
+#: How much of the end of a run's console output is searched for the error that ended it.
+LAST_ERROR_BYTES = 65536
+#: Longest error quoted in the supervisor's line (the log has all of it).
+LAST_ERROR_CHARS = 300
+#: The prefix of a log record's continuation lines (bioengine_common's log format).
+_CONTINUATION = "  | "
+
+
+def last_error(output: str) -> str | None:
+    """The error a run's console ``output`` ended with: the exception line of its last
+    traceback, else the message of its last ERROR or CRITICAL record; masked, escaped, short."""
+    lines = [line.removeprefix(_CONTINUATION) for line in output.splitlines()]
+    found = None
+    headers = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last)")]
+    if headers:
+        found = next((line for line in lines[headers[-1] + 1 :] if line and not line[0].isspace()), None)
+    if found is None:
+        records = [line for line in lines if " ERROR " in line or " CRITICAL " in line]
+        if records:
+            found = records[-1].split("] ", 1)[-1]
+    if not found:
+        return None
+    text = escape_control(mask_secrets(found.strip()))
+    return text if len(text) <= LAST_ERROR_CHARS else text[: LAST_ERROR_CHARS - 3] + "..."
 
 
 @dataclass
@@ -30,12 +54,16 @@ class ManagedProcess:
     argv: Sequence[str]
     environment: Callable[[], Mapping[str, str]]
     console_log: Path
+    #: File descriptors the child inherits (the listening socket of its metrics endpoint).
+    pass_fds: Sequence[int] = ()
     backoff_initial: float = 1.0
     backoff_max: float = 30.0
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     started_at: float = 0.0
     restart_at: float | None = None
+    #: Size of the console log when the current run started: its output follows.
+    log_offset: int = 0
     #: Set when the child exited with EXIT_WORKER_STOP: it asked for the whole worker to stop.
     stop_requested: bool = False
     backoff: float = field(init=False)
@@ -48,7 +76,13 @@ class ManagedProcess:
         return self.process.pid if self.process and self.process.poll() is None else None
 
     def start(self) -> None:
-        self.process = spawn(self.argv, env=self.environment(), log_path=self.console_log)
+        try:
+            self.log_offset = self.console_log.stat().st_size
+        except OSError:
+            self.log_offset = 0
+        self.process = spawn(
+            self.argv, env=self.environment(), log_path=self.console_log, pass_fds=self.pass_fds
+        )
         self.started_at = time.monotonic()
         self.restart_at = None
 
@@ -74,10 +108,23 @@ class ManagedProcess:
         delay = self.backoff
         self.backoff = min(self.backoff * 2, self.backoff_max)
         self.restart_at = now + delay
+        error = self.run_error()
         log(
-            f"{self.name} exited with code {self.process.returncode} after {ran_for:.0f} s; "
-            f"restarting in {delay:.0f} s (see {self.console_log})"
+            f"{self.name} exited with code {self.process.returncode} after {ran_for:.0f} s"
+            + (f" ({error})" if error else "")
+            + f"; restarting in {delay:.0f} s (see {self.console_log})"
         )
+
+    def run_error(self) -> str | None:
+        """The error the last run ended with, from its console output (see :func:`last_error`)."""
+        try:
+            with open(self.console_log, "rb") as handle:
+                size = handle.seek(0, 2)
+                handle.seek(max(self.log_offset, size - LAST_ERROR_BYTES))
+                output = handle.read().decode("utf-8", errors="replace")
+        except OSError:
+            return None
+        return last_error(output)
 
     def stop(self, timeout: float) -> None:
         self.restart_at = None
