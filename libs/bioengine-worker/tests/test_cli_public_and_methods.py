@@ -169,3 +169,17 @@ def test_status_and_summary_show_the_frontend_url():
     assert "frontend" not in format_app_status({"demo": without}) and not any(
         "frontend" in line for line in app_summary("demo", without)
     )
+
+
+# ---- the metrics sockets -------------------------------------------------------------------------------
+def test_a_metrics_host_the_launcher_cannot_listen_on_is_a_clear_error_before_anything_starts(tmp_path):
+    from bioengine_worker._launcher import Launcher, WorkerSettings
+
+    settings = WorkerSettings(
+        workspace_dir=tmp_path, server_url="http://hypha:9527", token="t", metrics_host="203.0.113.7"
+    )
+    launcher = Launcher(settings)
+    with pytest.raises(SystemExit, match=r"--metrics-host '203.0.113.7': cannot listen there"):
+        launcher.run()
+    assert launcher.supervisor is None  # no service was started
+    assert not (tmp_path / "run" / "worker.pid").exists()  # the lock is released

@@ -262,13 +262,11 @@ class Launcher:
         #: The gateway's last status seen while starting (what the banner and a timeout report).
         self.last_status: dict[str, Any] | None = None
         self.gateway_id = ""
-        #: Service name -> the listening socket of its Prometheus endpoint, bound here once and
-        #: inherited by each start of the service: its port stays the worker's for its whole
-        #: life, and no other process can take it between a crash and the restart.
-        self.metrics_sockets: dict[str, socket.socket] = (
-            {name: _listen(settings.metrics_host) for name, _ in SERVICES} if settings.metrics else {}
-        )
-        self.metrics_ports = {name: int(sock.getsockname()[1]) for name, sock in self.metrics_sockets.items()}
+        #: Service name -> the listening socket of its Prometheus endpoint, bound once by
+        #: :meth:`run` and inherited by each start of the service: its port stays the worker's
+        #: for its whole life, and no other process can take it between a crash and the restart.
+        self.metrics_sockets: dict[str, socket.socket] = {}
+        self.metrics_ports: dict[str, int] = {}
 
     def metrics_urls(self) -> dict[str, str]:
         """Where Prometheus scrapes each service (empty with --no-metrics)."""
@@ -582,6 +580,10 @@ class Launcher:
                     raise SystemExit("error: --server-url needs --token (or BIOENGINE_TOKEN)")
             else:
                 self._plan_embedded()
+            if self.settings.metrics:
+                for name, _ in SERVICES:
+                    self.metrics_sockets[name] = sock = _listen(self.settings.metrics_host)
+                    self.metrics_ports[name] = int(sock.getsockname()[1])
             # The services start first: they import, and bioengine-cluster starts the Ray head,
             # while the embedded server and store start; each service connects to the server as
             # soon as it listens (--server-wait).
@@ -606,6 +608,8 @@ class Launcher:
                 self.hypha.stop()
             with contextlib.suppress(FileNotFoundError):
                 (self.dir / CONNECTION_FILE).unlink()
+            for sock in self.metrics_sockets.values():
+                sock.close()
             lock.release()
             _say("Stopped.")
         return code
