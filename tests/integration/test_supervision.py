@@ -13,12 +13,14 @@ import asyncio
 import json
 import socket
 import time
+from pathlib import Path
 
 import httpx
 import psutil
 import pytest
 
 from bioengine_common import connect
+from bioengine_common.local_stack import SERVER_MAIN
 from bioengine_worker.testing import WorkerProcess
 
 pytestmark = pytest.mark.integration
@@ -113,7 +115,7 @@ def _child(stack, match) -> psutil.Process:
 
 
 def _is_server(process: psutil.Process) -> bool:
-    return "hypha.server" in process.cmdline()
+    return any(Path(arg).name == SERVER_MAIN for arg in process.cmdline()[1:2])
 
 
 def _is_store(process: psutil.Process) -> bool:

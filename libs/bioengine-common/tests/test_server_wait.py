@@ -5,6 +5,7 @@ started after it on the port it was given."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 import socket
 import subprocess
 import time
@@ -15,7 +16,7 @@ import pytest
 
 from bioengine_common import connect
 from bioengine_common.errors import ServiceUnavailable
-from bioengine_common.local_stack import EmbeddedHypha
+from bioengine_common.local_stack import EmbeddedHypha, find_hypha_project
 from bioengine_common.testing import ADMIN_USER, TEST_WORKSPACE, launch_service, wait_for_service
 
 pytestmark = pytest.mark.integration
@@ -77,14 +78,17 @@ async def test_a_server_that_refuses_the_token_fails_at_once(unstarted_server: E
 
 
 def test_a_server_that_fails_to_start_leaves_no_store_running(tmp_path: Path):
-    """The store starts first; when the server then fails (its port is taken), start() stops
-    the store too before raising: no SeaweedFS process outlives the failed start."""
-    holder = socket.socket()
-    holder.bind(("127.0.0.1", 0))
-    holder.listen()
+    """The store starts first; when the server then fails (here its environment's Python is
+    given a broken start-up script), start() stops the store too before raising: no SeaweedFS
+    process outlives the failed start."""
+    project = tmp_path / "project"
+    shutil.copytree(find_hypha_project(), project, ignore=shutil.ignore_patterns(".venv"))
+    (project / ".venv").symlink_to(find_hypha_project() / ".venv")
+    (project / "bioengine_hypha_main.py").write_text("raise SystemExit(4)\n")
     server = EmbeddedHypha(
-        tmp_path / "hypha", TEST_WORKSPACE, port=holder.getsockname()[1], s3=True, log=lambda m: None
+        tmp_path / "hypha", TEST_WORKSPACE, s3=True, project_dir=project, log=lambda m: None
     )
+    server.prepare = lambda: None  # type: ignore[method-assign]  # the environment is the real one's
     stores: list[int] = []
     spawn_store = server.spawn_store
 
@@ -95,7 +99,7 @@ def test_a_server_that_fails_to_start_leaves_no_store_running(tmp_path: Path):
 
     server.spawn_store = spawn_and_note  # type: ignore[method-assign]
     try:
-        with pytest.raises(ServiceUnavailable, match="Hypha server exited with code"):
+        with pytest.raises(ServiceUnavailable, match="Hypha server exited with code 4"):
             server.start(timeout=60)
         assert len(stores) == 1 and server.store_process is None
         store_gone = (
@@ -103,8 +107,33 @@ def test_a_server_that_fails_to_start_leaves_no_store_running(tmp_path: Path):
         )
         assert store_gone, f"SeaweedFS (pid {stores[0]}) still runs after the failed start"
     finally:
-        holder.close()
         server.stop()  # only for a failed assertion above: start() stopped everything
+
+
+def test_the_server_port_is_held_from_its_choice_to_the_end(tmp_path: Path):
+    """The port is bound when the server is planned, before anything starts: no other program
+    can take it while the store starts or while the server restarts; a taken port is refused
+    at once, by name."""
+    server = EmbeddedHypha(tmp_path / "hypha", TEST_WORKSPACE, s3=False, log=lambda m: None)
+    try:
+        with socket.socket() as intruder, pytest.raises(OSError, match="Address already in use"):
+            intruder.bind(("127.0.0.1", server.port))
+        with socket.create_server(("127.0.0.1", 0)) as holder:  # a port another server listens on
+            taken = holder.getsockname()[1]
+            with pytest.raises(ServiceUnavailable, match=rf"port {taken} for the Hypha server is taken"):
+                EmbeddedHypha(tmp_path / "other", TEST_WORKSPACE, port=taken, s3=False, log=lambda m: None)
+        server.start(timeout=90)
+        assert server.server_ready()
+        server.stop_server()  # as when the server dies: the port stays ours
+        with socket.socket() as intruder, pytest.raises(OSError, match="Address already in use"):
+            intruder.bind(("127.0.0.1", server.port))
+        server.start_server(timeout=90)  # the same port, served again
+        assert server.server_ready()
+    finally:
+        server.stop()
+    with socket.socket() as after:  # stop() lets go of the port
+        after.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        after.bind(("127.0.0.1", server.port))
 
 
 def _store_with_port_taken(

@@ -7,7 +7,7 @@ files and processes from app code. Services that only *use* a Ray cluster need n
 ``bioengine_common.connect_driver`` and ``ray_environment`` are the driver side.
 """
 
-from ._hypha_server import EmbeddedHypha, find_hypha_project, port_free
+from ._hypha_server import SERVER_MAIN, EmbeddedHypha, find_hypha_project, port_free
 from ._ray_head import (
     HeadOptions,
     HeadState,
@@ -21,6 +21,7 @@ from ._ray_head import (
 from ._sandbox import Sandbox, sandbox_command, sandbox_probe, sandbox_unavailable
 
 __all__ = [
+    "SERVER_MAIN",
     "EmbeddedHypha",
     "HeadOptions",
     "HeadState",

@@ -31,10 +31,12 @@ from .._processes import free_port, spawn, stop_process
 from .._tokens import mint_token
 from ..errors import ConfigurationError, ServiceUnavailable
 
-__all__ = ["EmbeddedHypha", "find_hypha_project", "port_free"]
+__all__ = ["SERVER_MAIN", "EmbeddedHypha", "find_hypha_project", "port_free"]
 
 HYPHA_PROJECT_ENV = "BIOENGINE_HYPHA_PROJECT"
 _PROJECT_REL = Path("infra") / "hypha-server"
+#: The script of ``infra/hypha-server`` the server runs as: hypha.server on the socket it is given.
+SERVER_MAIN = "bioengine_hypha_main.py"
 
 
 def find_hypha_project() -> Path:
@@ -112,7 +114,9 @@ class EmbeddedHypha:
     ):
         self.state_dir = state_dir.expanduser().resolve()
         self.workspace = workspace
-        self.port = port or free_port()
+        self.port = port
+        self._socket: socket.socket | None = None
+        self._reserve()
         self.s3 = s3
         self.project_dir = project_dir or find_hypha_project()
         self.log = log
@@ -123,6 +127,29 @@ class EmbeddedHypha:
         self._store_log_start = 0
         self._server: subprocess.Popen[bytes] | None = None
         self._store: subprocess.Popen[bytes] | None = None
+
+    def _reserve(self) -> socket.socket:
+        """The server's socket, bound to its port (a free one for 0) and held here from now on.
+
+        Each start of the server gets it (uvicorn listens on it), so no other program can take
+        the port between its choice and the server's start, or while the server restarts. It
+        is not listening until the server starts: a client that comes early is refused (and
+        tries again), not left waiting. Bound with SO_REUSEADDR, as uvicorn binds, so a port left
+        in TIME_WAIT by a server that just stopped is bound again. Until the server first
+        listens, Linux would let another SO_REUSEADDR socket bind this very port (none other,
+        and never a bind to port 0, the way every "free port" is found), so the port is safe
+        from other programs choosing free ports."""
+        if self._socket is None:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("127.0.0.1", self.port))
+            except OSError as exc:
+                sock.close()
+                raise ServiceUnavailable(f"port {self.port} for the Hypha server is taken: {exc}") from exc
+            self._socket = sock
+            self.port = int(sock.getsockname()[1])
+        return self._socket
 
     @property
     def url(self) -> str:
@@ -370,10 +397,11 @@ class EmbeddedHypha:
         }
         for name in ("VIRTUAL_ENV", "PYTHONPATH"):
             env.pop(name, None)
+        sock = self._reserve()
+        env["BIOENGINE_HYPHA_FD"] = str(sock.fileno())
         argv = [
             str(self.python),
-            "-m",
-            "hypha.server",
+            str(self.project_dir / SERVER_MAIN),  # hypha.server on that socket
             "--from-env",
             f"--startup-functions={self.project_dir / 'bioengine_hypha_startup.py'}:hypha_startup",
         ]
@@ -388,7 +416,9 @@ class EmbeddedHypha:
                 "--workspace-bucket=hypha-workspaces",
                 f"--database-uri=sqlite+aiosqlite:///{self.state_dir / 'hypha' / 'hypha.db'}",
             ]
-        self._server = spawn(argv, env=env, log_path=self.state_dir / "logs" / "hypha-server.log")
+        self._server = spawn(
+            argv, env=env, log_path=self.state_dir / "logs" / "hypha-server.log", pass_fds=(sock.fileno(),)
+        )
         return self._server
 
     def server_ready(self) -> bool:
@@ -423,6 +453,9 @@ class EmbeddedHypha:
         # SeaweedFS ignores SIGTERM for a long while; its data is flushed per write.
         stop_process(self._store, timeout=3)
         self._store = None
+        if self._socket is not None:  # a later start binds the same port again
+            self._socket.close()
+            self._socket = None
 
     def __enter__(self) -> EmbeddedHypha:
         self.start()

@@ -19,13 +19,13 @@ from typing import Any
 import psutil
 
 from bioengine_common import connect, error_summary, within
-from bioengine_common.local_stack import HeadState, short_temp_dir
+from bioengine_common.local_stack import SERVER_MAIN, HeadState, short_temp_dir
 
 from ._process import WorkerProcess
 
 #: What identifies each process of the worker in its command line.
 _MARKERS: dict[str, tuple[str, ...]] = {
-    "hypha": ("-m", "hypha.server"),
+    "hypha": (),  # the script SERVER_MAIN, matched by name below
     "store": ("server", "-s3"),
     "cluster": ("-m", "bioengine_cluster"),
     "apps": ("-m", "bioengine_apps"),
@@ -58,6 +58,8 @@ def processes(worker: WorkerProcess, role: str) -> list[psutil.Process]:
         with contextlib.suppress(psutil.Error):
             argv = process.cmdline()
             if role == "store" and not (argv and Path(argv[0]).name == "weed"):
+                continue
+            if role == "hypha" and not any(Path(arg).name == SERVER_MAIN for arg in argv[1:2]):
                 continue
             if all(marker in argv for marker in _MARKERS[role]) and process.status() != psutil.STATUS_ZOMBIE:
                 found.append(process)
