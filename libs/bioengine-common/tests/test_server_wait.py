@@ -16,7 +16,7 @@ import pytest
 
 from bioengine_common import connect
 from bioengine_common.errors import ServiceUnavailable
-from bioengine_common.local_stack import EmbeddedHypha, find_hypha_project
+from bioengine_common.local_stack import SERVER_MAIN, EmbeddedHypha, find_hypha_project
 from bioengine_common.testing import ADMIN_USER, TEST_WORKSPACE, launch_service, wait_for_service
 
 pytestmark = pytest.mark.integration
@@ -84,7 +84,7 @@ def test_a_server_that_fails_to_start_leaves_no_store_running(tmp_path: Path):
     project = tmp_path / "project"
     shutil.copytree(find_hypha_project(), project, ignore=shutil.ignore_patterns(".venv"))
     (project / ".venv").symlink_to(find_hypha_project() / ".venv")
-    (project / "bioengine_hypha_main.py").write_text("raise SystemExit(4)\n")
+    (project / SERVER_MAIN).write_text("raise SystemExit(4)\n")
     server = EmbeddedHypha(
         tmp_path / "hypha", TEST_WORKSPACE, s3=True, project_dir=project, log=lambda m: None
     )

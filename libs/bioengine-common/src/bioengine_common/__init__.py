@@ -11,7 +11,7 @@ from ._aio import within
 from ._files import write_json_atomic
 from ._hypha import HyphaConnection, connect, plain, trusted_service_id
 from ._lifecycle import EXIT_CONNECTION_LOST, EXIT_FAILURE, EXIT_WORKER_STOP, BioEngineService, CallerField
-from ._logging import create_logger, escape_control, mask_secrets
+from ._logging import CONTINUATION, create_logger, escape_control, mask_secrets
 from ._permissions import (
     SERVICES_USER,
     check_permissions,
@@ -48,6 +48,7 @@ from .errors import (
 )
 
 __all__ = [
+    "CONTINUATION",
     "ENV_PREFIX",
     "EXIT_CONNECTION_LOST",
     "EXIT_FAILURE",

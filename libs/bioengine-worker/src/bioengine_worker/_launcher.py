@@ -266,7 +266,11 @@ class Launcher:
         #: :meth:`run` and inherited by each start of the service: its port stays the worker's
         #: for its whole life, and no other process can take it between a crash and the restart.
         self.metrics_sockets: dict[str, socket.socket] = {}
-        self.metrics_ports: dict[str, int] = {}
+
+    @property
+    def metrics_ports(self) -> dict[str, int]:
+        """Service name -> port of its Prometheus endpoint (empty with --no-metrics)."""
+        return {name: int(sock.getsockname()[1]) for name, sock in self.metrics_sockets.items()}
 
     def metrics_urls(self) -> dict[str, str]:
         """Where Prometheus scrapes each service (empty with --no-metrics)."""
@@ -384,7 +388,7 @@ class Launcher:
                     "--metrics-fd",
                     str(sock.fileno()),
                     "--metrics-port",
-                    str(self.metrics_ports[name]),
+                    str(sock.getsockname()[1]),
                     "--metrics-host",
                     self.settings.metrics_host,
                 ]
@@ -581,9 +585,7 @@ class Launcher:
             else:
                 self._plan_embedded()
             if self.settings.metrics:
-                for name, _ in SERVICES:
-                    self.metrics_sockets[name] = sock = _listen(self.settings.metrics_host)
-                    self.metrics_ports[name] = int(sock.getsockname()[1])
+                self.metrics_sockets = {name: _listen(self.settings.metrics_host) for name, _ in SERVICES}
             # The services start first: they import, and bioengine-cluster starts the Ray head,
             # while the embedded server and store start; each service connects to the server as
             # soon as it listens (--server-wait).

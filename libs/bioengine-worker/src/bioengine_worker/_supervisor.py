@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bioengine_common import EXIT_WORKER_STOP, escape_control, mask_secrets, spawn, stop_process
+from bioengine_common import CONTINUATION, EXIT_WORKER_STOP, escape_control, mask_secrets, spawn, stop_process
 
 #: A run shorter than this counts as a crash loop: the next restart waits longer.
 STABLE_AFTER_S = 60.0
@@ -24,14 +24,12 @@ STABLE_AFTER_S = 60.0
 LAST_ERROR_BYTES = 65536
 #: Longest error quoted in the supervisor's line (the log has all of it).
 LAST_ERROR_CHARS = 300
-#: The prefix of a log record's continuation lines (bioengine_common's log format).
-_CONTINUATION = "  | "
 
 
 def last_error(output: str) -> str | None:
     """The error a run's console ``output`` ended with: the exception line of its last
     traceback, else the message of its last ERROR or CRITICAL record; masked, escaped, short."""
-    lines = [line.removeprefix(_CONTINUATION) for line in output.splitlines()]
+    lines = [line.removeprefix(CONTINUATION) for line in output.splitlines()]
     found = None
     headers = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last)")]
     if headers:
