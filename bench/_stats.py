@@ -1,10 +1,15 @@
-"""Shared by the benchmarks: percentiles, the latency table, a process's CPU time."""
+"""Shared by the benchmarks: percentiles, the latency table, a process's CPU time, a balanced
+order of interleaved blocks."""
 
 from __future__ import annotations
 
 import statistics
+from collections.abc import Sequence
+from typing import TypeVar
 
 import psutil
+
+T = TypeVar("T")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -27,3 +32,21 @@ def cpu_seconds(process: psutil.Process) -> float:
     """CPU seconds ``process`` has used so far, user and system, all its threads."""
     times = process.cpu_times()
     return times.user + times.system
+
+
+def balanced_orders(items: Sequence[T]) -> list[list[T]]:
+    """Orders of ``items``, one per round of interleaved blocks, in which each item comes right
+    after each other one equally often (a Williams design: exactly once over the rounds for an
+    even number of items, twice for an odd one).
+
+    A block's first calls are slower when its processes sat idle through the blocks before it,
+    and faster after a block that woke the same processes: in one fixed order every round, a
+    path always follows the same path, and that favours or costs it in every round."""
+    n = len(items)
+    first = [0]
+    for step in range(1, n):  # 0, 1, n-1, 2, n-2, ...
+        first.append((step + 1) // 2 if step % 2 else n - step // 2)
+    rows = [[(index + shift) % n for index in first] for shift in range(n)]
+    if n % 2:  # an odd number needs the mirrored rows as well
+        rows += [row[::-1] for row in rows]
+    return [[items[index] for index in row] for row in rows]

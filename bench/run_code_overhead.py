@@ -1,11 +1,13 @@
 """run_code overhead: a trivial function through the gateway versus a direct Ray task.
 
-    uv run python bench/run_code_overhead.py [--calls 100]
+    uv run python bench/run_code_overhead.py [--calls 120] [--block 10]
 
 Starts `bioengine-worker --mode single-machine` (embedded Hypha + SeaweedFS + a Ray head) and
 reports the single-machine start time (command to cluster ready). Then, interleaved in blocks
-so all see the same load: `run_code` of `def analyze(): return 1` through the gateway, the same
-call on bioengine-cluster directly (one Hypha hop fewer), `ray.get(f.remote())` from a driver
+so all see the same load, in an order that changes every round so that each path's block comes
+right after each other path's equally often (`_stats.balanced_orders`): `run_code` of
+`def analyze(): return 1` through the gateway, the same call on bioengine-cluster directly (one
+Hypha hop fewer), `ray.get(f.remote())` from a driver
 connected to the same cluster, a bare Hypha echo (a trivial service of this process), and a
 bare chain of the gateway's shape: two processes of `bench/_bare_chain.py`, one forwarding the
 call through Hypha to the other, which awaits the same trivial Ray task (or runs the code
@@ -33,10 +35,10 @@ from pathlib import Path
 
 import psutil
 from _bare_chain import TASK_SERVICE  # bench/_bare_chain.py
-from _stats import cpu_seconds, print_latency_table  # bench/_stats.py
+from _stats import balanced_orders, cpu_seconds, print_latency_table  # bench/_stats.py
 
 from bioengine_common import connect, connect_driver
-from bioengine_worker.testing import WorkerProcess
+from bioengine_worker.testing import WorkerProcess, faults
 
 
 async def wait_cluster_ready(gateway, started: float, timeout: float = 180) -> float:
@@ -69,16 +71,17 @@ SLOW_CALL_MS = 100.0
 def chain_processes(
     worker: WorkerProcess, bare: dict[str, subprocess.Popen[str]]
 ) -> dict[str, psutil.Process]:
-    """The processes of the chains, by the name of their column in the CPU table."""
-    services = {"hypha.server": "Hypha", "bioengine_gateway": "gateway", "bioengine_cluster": "cluster-svc"}
-    processes: dict[str, psutil.Process] = {}
-    for process in worker.descendants():
-        command = " ".join(process.cmdline())
-        processes.update({name: process for key, name in services.items() if key in command})
-    missing = set(services.values()) - set(processes)
+    """The processes of the chains, by the name of their column in the CPU table (the worker's
+    found as the chaos tests find them, ``bioengine_worker.testing.faults.processes``)."""
+    columns = {"hypha": "Hypha", "gateway": "gateway", "cluster": "cluster-svc"}
+    found = {column: faults.processes(worker, role) for role, column in columns.items()}
+    missing = sorted(column for column, processes in found.items() if not processes)
     if missing:
-        raise SystemExit(f"the worker has no process of {', '.join(sorted(missing))}")
-    return {**processes, **{f"bare {role}": psutil.Process(p.pid) for role, p in bare.items()}}
+        raise SystemExit(f"the worker has no process of {', '.join(missing)}")
+    return {
+        **{column: processes[0] for column, processes in found.items()},
+        **{f"bare {role}": psutil.Process(p.pid) for role, p in bare.items()},
+    }
 
 
 async def run(workspace_dir: Path, calls: int, block: int) -> None:
@@ -163,8 +166,10 @@ async def run(workspace_dir: Path, calls: int, block: int) -> None:
         samples: dict[str, list[float]] = {name: [] for name in paths}
         cpu: dict[str, dict[str, float]] = {name: dict.fromkeys(processes, 0.0) for name in paths}
         counted = dict.fromkeys(paths, 0)  # calls in the CPU table
-        while len(samples["hypha echo"]) < calls:
-            for name, path in paths.items():
+        orders = balanced_orders(list(paths))
+        for round_index in range(-(-calls // block)):
+            for name in orders[round_index % len(orders)]:
+                path = paths[name]
                 before = {column: cpu_seconds(process) for column, process in processes.items()}
                 count = min(block, calls - len(samples[name]))
                 for _ in range(count):
@@ -212,7 +217,10 @@ async def run(workspace_dir: Path, calls: int, block: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--calls", type=int, default=100, help="calls per path (default 100)")
+    parser.add_argument(
+        "--calls", type=int, default=120,
+        help="calls per path (default 120: two rounds of each of the 6 orders of the blocks)",
+    )  # fmt: skip
     parser.add_argument("--block", type=int, default=10, help="calls per path before switching (default 10)")
     args = parser.parse_args()
     logging.getLogger("RPC").setLevel(logging.CRITICAL)
