@@ -7,11 +7,11 @@ reports the single-machine start time (command to cluster ready). Then, interlea
 so all see the same load, in an order that changes every round so that each path's block comes
 right after each other path's equally often (`_stats.balanced_orders`): `run_code` of
 `def analyze(): return 1` through the gateway, the same call on bioengine-cluster directly (one
-Hypha hop fewer), `ray.get(f.remote())` from a driver
-connected to the same cluster, a bare Hypha echo (a trivial service of this process), and a
-bare chain of the gateway's shape: two processes of `bench/_bare_chain.py`, one forwarding the
-call through Hypha to the other, which awaits the same trivial Ray task (or runs the code
-through run_code's own Ray part, its streaming task), with none of a service's own work. The
+Hypha hop fewer), `ray.get(f.remote())` from a driver connected to the same cluster, a bare
+Hypha echo (a trivial service of this process), and a bare chain of the gateway's shape: two
+processes of `bench/_bare_chain.py`, one forwarding the call through Hypha to the other, which
+awaits the same trivial Ray task (or runs the code through run_code's own Ray part, its
+streaming task), with none of a service's own work. The
 floor the issue names (two echoes plus the Ray task) and how far the gateway's run_code ends
 above it and above each bare chain are printed, then the CPU each path costs per call in each
 process of the chains (on 2 shared cores, a process's CPU work delays the others on the path,
@@ -223,6 +223,8 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--block", type=int, default=10, help="calls per path before switching (default 10)")
     args = parser.parse_args()
+    if args.calls < 1 or args.block < 1:
+        parser.error(f"--calls and --block must be at least 1, not {args.calls} and {args.block}")
     logging.getLogger("RPC").setLevel(logging.CRITICAL)
     with tempfile.TemporaryDirectory(prefix="bioengine-bench-") as tmp:
         asyncio.run(run(Path(tmp), args.calls, args.block))
