@@ -17,7 +17,13 @@ import uvicorn
 
 
 def main() -> None:
-    fd = int(os.environ.pop("BIOENGINE_HYPHA_FD"))
+    try:
+        fd = int(os.environ.pop("BIOENGINE_HYPHA_FD"))
+    except (KeyError, ValueError):
+        raise SystemExit(
+            "bioengine_hypha_main.py serves on a socket its starter binds (BIOENGINE_HYPHA_FD, set by "
+            "bioengine_common.local_stack.EmbeddedHypha); to run the server by hand: python -m hypha.server"
+        ) from None
     run = uvicorn.run
 
     def run_on_the_inherited_socket(app: Any, **options: Any) -> None:

@@ -13,15 +13,13 @@ import asyncio
 import json
 import socket
 import time
-from pathlib import Path
 
 import httpx
 import psutil
 import pytest
 
 from bioengine_common import connect
-from bioengine_common.local_stack import SERVER_MAIN
-from bioengine_worker.testing import WorkerProcess
+from bioengine_worker.testing import WorkerProcess, faults
 
 pytestmark = pytest.mark.integration
 
@@ -109,17 +107,10 @@ async def _gateway_status(stack, timeout: float = 180.0) -> dict:
     raise AssertionError(f"the gateway did not report everything up within {timeout:.0f} s: {last}")
 
 
-def _child(stack, match) -> psutil.Process:
-    (process,) = [p for p in stack.descendants() if match(p)]
+def _child(stack, role: str) -> psutil.Process:
+    """The one live process of ``role`` ("hypha", "store"...) in ``stack``."""
+    (process,) = faults.processes(stack, role)
     return process
-
-
-def _is_server(process: psutil.Process) -> bool:
-    return any(Path(arg).name == SERVER_MAIN for arg in process.cmdline()[1:2])
-
-
-def _is_store(process: psutil.Process) -> bool:
-    return process.name() == "weed"
 
 
 def _service_pids(status: dict) -> dict[str, int]:
@@ -138,8 +129,8 @@ async def test_a_killed_hypha_server_comes_back_on_its_port_with_its_state(stack
     stack = stacks[-1]
     before = await _gateway_status(stack)
     await _write_artifact(stack, "before-server-kill", b"written before the server died")
-    server = _child(stack, _is_server)
-    store = _child(stack, _is_store)
+    server = _child(stack, "hypha")
+    store = _child(stack, "store")
 
     server.kill()
     killed = time.monotonic()
@@ -152,14 +143,14 @@ async def test_a_killed_hypha_server_comes_back_on_its_port_with_its_state(stack
     )
 
     # Same port (the connection file's URL works), a new process, reaped: no zombie left.
-    new_server = _child(stack, _is_server)
+    new_server = _child(stack, "hypha")
     assert new_server.pid != server.pid
     assert new_server.environ()["HYPHA_PORT"] == stack.connection["server_url"].rsplit(":", 1)[1]
     assert not any(p.status() == psutil.STATUS_ZOMBIE for p in stack.descendants())
     # Same state: the artifact (database + store) and the tokens (JWT secret) outlive it.
     assert await _read_artifact(stack, "before-server-kill") == b"written before the server died"
     # The store and the services were left alone: they reconnected by themselves.
-    assert _child(stack, _is_store).pid == store.pid
+    assert _child(stack, "store").pid == store.pid
     assert _service_pids(after) == _service_pids(before)
     for name in ("cluster", "apps", "datasets", "gateway"):
         assert f"{name} exited" not in stack.text(), stack.text()
@@ -169,8 +160,8 @@ async def test_a_killed_store_comes_back_and_artifacts_work_again(stacks):
     stack = stacks[-1]
     await _gateway_status(stack)
     await _write_artifact(stack, "before-store-kill", b"written before the store died")
-    store = _child(stack, _is_store)
-    server = _child(stack, _is_server)
+    store = _child(stack, "store")
+    server = _child(stack, "hypha")
     s3_port = json.loads((stack.dir / "seaweedfs" / "ports.json").read_text())["s3"]
     assert f"-s3.port={s3_port}" in store.cmdline()
 
@@ -186,10 +177,10 @@ async def test_a_killed_store_comes_back_and_artifacts_work_again(stacks):
     usable = time.monotonic()
     print(f"\nseaweedfs killed: back in {back - killed:.1f} s, artifacts usable in {usable - killed:.1f} s")
 
-    new_store = _child(stack, _is_store)
+    new_store = _child(stack, "store")
     assert new_store.pid != store.pid and f"-s3.port={s3_port}" in new_store.cmdline()
     # The server did not need a restart to use its store again.
-    assert _child(stack, _is_server).pid == server.pid
+    assert _child(stack, "hypha").pid == server.pid
     assert stack.text().count("hypha server exited") == 1  # only the previous test's kill
 
 
@@ -220,7 +211,7 @@ async def test_a_quick_relaunch_keeps_the_ports_and_the_state(stacks):
     assert relaunched.connection["server_url"] == url
     assert "is taken" not in relaunched.text(), relaunched.text()
     assert json.loads((stack.dir / "seaweedfs" / "ports.json").read_text()) == store_ports
-    store = _child(relaunched, _is_store)
+    store = _child(relaunched, "store")
     assert f"-master.port={store_ports['master']}" in store.cmdline()
     await _gateway_status(relaunched)
     assert await _read_artifact(relaunched, "before-server-kill") == b"written before the server died"
