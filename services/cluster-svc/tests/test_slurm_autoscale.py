@@ -146,13 +146,23 @@ async def test_demand_submits_a_worker_that_runs_the_task_then_idles_out(
     result = await proxy.run_code(code=WHERE, remote_options={"num_cpus": 1}, timeout=150)
     elapsed = time.monotonic() - started
     assert "error" not in result, result
-    status = await proxy.get_status()
+    ran_on = result["result"]
+
+    # The status is sampled (the cluster and the scaling round each once a second here), so the
+    # task may return before either has seen its node: wait for both to name it.
+    def _job_on_node(s: dict) -> bool:
+        job = next((j for j in _slurm(s)["jobs"] if j["job_id"] == ran_on["job"]), None)
+        node = s["ray_cluster"]["nodes"].get(ran_on["node"]) or {}
+        return (
+            job is not None
+            and job["ray_node_id"] == ran_on["node"]
+            and node.get("slurm_job_id") == job["job_id"]
+        )
+
+    status = await _wait(proxy, _job_on_node, 15, f"job {ran_on['job']} shown on node {ran_on['node']}")
     jobs = {j["job_id"]: j for j in _slurm(status)["jobs"]}
-    assert result["result"]["job"] in jobs, (result, jobs)
-    job = jobs[result["result"]["job"]]
-    assert job["state"] == "RUNNING" and job["ray_node_id"] == result["result"]["node"]
-    nodes = status["ray_cluster"]["nodes"]
-    assert nodes[result["result"]["node"]]["slurm_job_id"] == job["job_id"]
+    job = jobs[ran_on["job"]]
+    assert job["state"] == "RUNNING", job
     # No double submission while the job was pending. (On a loaded machine a worker's raylet may
     # time out at start: that job FAILED, is reported lost and replaced, which is no double.)
     assert [j for j in jobs.values() if not j["lost"]] == [job], jobs
