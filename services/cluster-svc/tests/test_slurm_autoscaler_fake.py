@@ -186,6 +186,10 @@ def test_pending_demand_submits_one_job_and_counts_it_while_it_pends(tmp_path, f
     assert [(j["job_id"], j["state"], j["ray_node_id"]) for j in status["jobs"]] == [
         (job_id, "RUNNING", f"node-{job_id}")
     ]
+    # The caller's own view of the nodes, when given, names each job's node (get_status passes
+    # the cluster sample its "nodes" section shows, so one answer agrees with itself).
+    assert scaler.status(ray_node_of_job={})["jobs"][0]["ray_node_id"] is None
+    assert scaler.status(ray_node_of_job={job_id: "n2"})["jobs"][0]["ray_node_id"] == "n2"
 
 
 def test_demand_beyond_max_workers_is_limited(tmp_path, fake_slurm, ray):

@@ -333,7 +333,14 @@ class ClusterService(BioEngineService):
         """The autoscaler's status plus the job script it would submit now (``job_script``,
         ``None`` before the head is up; the gateway shows it to admins only)."""
         assert self.autoscaler is not None
-        status = self.autoscaler.status()
+        latest = self.history[-1] if self.history else None
+        # The jobs' Ray nodes from the sample the "nodes" section shows, not the last scaling round.
+        nodes_of_job = (
+            {n.slurm_job_id: node_id for node_id, n in latest.nodes.items() if n.alive and n.slurm_job_id}
+            if latest is not None
+            else None
+        )
+        status = self.autoscaler.status(ray_node_of_job=nodes_of_job)
         head = self.backend.head_address
         try:
             status["job_script"] = self.autoscaler.render(head) if head else None

@@ -399,8 +399,12 @@ class SlurmAutoscaler:
         return ids
 
     # ---- status ----------------------------------------------------------------------------------
-    def status(self, decisions: int = 20) -> dict[str, Any]:
+    def status(self, decisions: int = 20, ray_node_of_job: dict[str, str] | None = None) -> dict[str, Any]:
+        """``ray_node_of_job``: which live Ray node each job runs, as the caller's own status shows
+        its nodes (so one answer never names a node for a job that its nodes section does not,
+        or the reverse); default: as this service's last scaling round saw them."""
         now = time.time()
+        live_nodes = self.ray_node_of_job if ray_node_of_job is None else ray_node_of_job
         s = self.cluster_settings
         settings = self.slurm_settings()
         retry_at = self.backoff.retry_at(settings)
@@ -420,7 +424,7 @@ class SlurmAutoscaler:
                     "node": job.nodes,
                     "age_s": _age(job.submitted_at, now),
                     "running_s": _age(job.started_at, job.ended_at or now) if job.started_at else None,
-                    "ray_node_id": self.ray_node_of_job.get(job.job_id)
+                    "ray_node_id": live_nodes.get(job.job_id)
                     or (self.losses.get(job.job_id) or {}).get("ray_node_id"),
                     "cancelled_by_us": job.job_id in self.cancel_reasons,
                 }
