@@ -400,9 +400,9 @@ class SlurmAutoscaler:
 
     # ---- status ----------------------------------------------------------------------------------
     def status(self, decisions: int = 20, ray_node_of_job: dict[str, str] | None = None) -> dict[str, Any]:
-        """``ray_node_of_job``: which live Ray node each job runs, as the caller's own status shows
-        its nodes (so one answer never names a node for a job that its nodes section does not,
-        or the reverse); default: as this service's last scaling round saw them."""
+        """``ray_node_of_job``: which live Ray node each job runs on, as the caller's own status
+        shows its nodes, so that for live jobs one answer agrees with itself; default: as this
+        service's last scaling round saw them. A lost job keeps the node recorded at its loss."""
         now = time.time()
         live_nodes = self.ray_node_of_job if ray_node_of_job is None else ray_node_of_job
         s = self.cluster_settings
