@@ -321,7 +321,7 @@ class ClusterService(BioEngineService):
             "per_node_usage_known": latest.per_node_usage_known if latest else None,
             # One point per 30 s over the last hour: {at, used_/total_cpu, _gpu, _memory_gb, pending_demand}.
             "usage_history": self.usage.dump(),
-            **({"slurm": self.slurm_status()} if self.autoscaler is not None else {}),
+            **({"slurm": self.slurm_status(latest)} if self.autoscaler is not None else {}),
         }
 
     def collect_metrics(self) -> Any:
@@ -329,12 +329,12 @@ class ClusterService(BioEngineService):
         jobs = list(self.autoscaler.jobs.values()) if self.autoscaler is not None else None
         return metric_families(latest, jobs)
 
-    def slurm_status(self) -> dict[str, Any]:
+    def slurm_status(self, latest: ClusterSample | None) -> dict[str, Any]:
         """The autoscaler's status plus the job script it would submit now (``job_script``,
-        ``None`` before the head is up; the gateway shows it to admins only)."""
+        ``None`` before the head is up; the gateway shows it to admins only). The jobs' Ray nodes
+        are those of ``latest``, the sample whose nodes the same answer shows, not the last
+        scaling round's."""
         assert self.autoscaler is not None
-        latest = self.history[-1] if self.history else None
-        # The jobs' Ray nodes from the sample the "nodes" section shows, not the last scaling round.
         nodes_of_job = (
             {n.slurm_job_id: node_id for node_id, n in latest.nodes.items() if n.alive and n.slurm_job_id}
             if latest is not None
