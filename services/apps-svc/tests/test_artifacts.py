@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from bioengine_common import connect
@@ -167,4 +168,26 @@ async def test_a_0_6_0_app_uploads_versions_lists_and_is_checked_at_deploy(worke
     # apps): application_kwargs that name no class of the app are refused by name.
     with pytest.raises(Exception, match=r"application_kwargs key 'NoSuchClass' is not a class of this app"):
         await worker.deploy_app(artifact_id=artifact_id, application_kwargs={"NoSuchClass": {}})
+    await worker.delete_app(artifact_id=artifact_id)
+
+
+async def test_an_app_of_many_files_uploads_whole_new_in_place_and_as_a_new_version(
+    worker, admin_client, files_of, example_apps
+):
+    """Every file of a many-file app is staged and committed, each upload, with its own bytes.
+
+    (One URL request per file, made concurrently, raced on the artifact's staging record: the
+    CI of 033143a failed on "database is locked" from the embedded server's SQLite.)"""
+    data = [{"name": f"data/part-{i:02d}.txt", "content": f"part {i}\n"} for i in range(40)]
+    files = _with_version(files_of(example_apps / "demo-app"), "1.0.0", "many-files-app") + data
+    names = sorted(f["name"] for f in files)
+    manager = await admin_client.get_service("public/artifact-manager")
+    for version in ("1.0.0", "1.0.0", "1.1.0"):  # new, in place, new version
+        artifact_id = await worker.upload_app(files=_with_version(files, version, "many-files-app"))
+        assert sorted((await worker.list_apps())[artifact_id]["files"]) == names
+        for part in (0, 17, 39):
+            url = await manager.get_file(artifact_id, file_path=f"data/part-{part:02d}.txt")
+            async with aiohttp.ClientSession() as session, session.get(url) as response:
+                assert response.status == 200 and await response.text() == f"part {part}\n"
+    assert (await worker.list_apps())[artifact_id]["versions"] == ["1.0.0", "1.1.0"]
     await worker.delete_app(artifact_id=artifact_id)

@@ -216,14 +216,28 @@ class ArtifactStore:
         await manager.list_files(self.collection_id)
 
     # ---- upload -----------------------------------------------------------------------------------
-    async def _put(self, session: aiohttp.ClientSession, artifact_id: str, name: str, data: bytes) -> None:
+    async def _put_all(self, artifact_id: str, files: Mapping[str, bytes]) -> None:
+        """Upload the files into the artifact's staged version.
+
+        One ``put_file`` call asks for every upload URL: the artifact manager records each
+        staged file by rewriting the artifact's staging record, so concurrent calls for one
+        artifact race (a lost file entry, or "database is locked" on an SQLite-backed server).
+        The bytes then go up in parallel."""
         manager = await self.manager()
-        url = await manager.put_file(artifact_id, file_path=name)
-        async with session.put(url, data=data) as response:
-            if response.status >= 300:
-                raise RuntimeError(
-                    f"uploading '{name}' failed: HTTP {response.status} {await response.text()}"
-                )
+        urls = await manager.put_file(artifact_id, file_path=list(files))
+        missing = sorted(set(files) - set(urls))
+        if missing:
+            raise RuntimeError(f"the artifact manager gave no upload URL for {missing}")
+
+        async def put(session: aiohttp.ClientSession, name: str) -> None:
+            async with session.put(urls[name], data=files[name]) as response:
+                if response.status >= 300:
+                    raise RuntimeError(
+                        f"uploading '{name}' failed: HTTP {response.status} {await response.text()}"
+                    )
+
+        async with aiohttp.ClientSession(timeout=_TIMEOUT) as session:
+            await asyncio.gather(*(put(session, name) for name in files))
 
     async def _staged_files(self, artifact_id: str, dir_path: str = "") -> list[str]:
         manager = await self.manager()
@@ -289,8 +303,7 @@ class ArtifactStore:
             else:
                 await manager.edit(artifact_id, manifest=manifest, config=config, stage=True, version="new")
         try:
-            async with aiohttp.ClientSession(timeout=_TIMEOUT) as session:
-                await asyncio.gather(*(self._put(session, artifact_id, n, d) for n, d in files.items()))
+            await self._put_all(artifact_id, files)
             for name in await self._staged_files(artifact_id):
                 if name not in files:
                     await manager.remove_file(artifact_id, file_path=name)
