@@ -17,7 +17,13 @@ from bioengine_common.testing import wait_for_service
 pytestmark = pytest.mark.integration
 
 
-async def _wait(proxy, predicate, timeout=90.0, what="condition"):
+#: How long a service may take to become ready: starting a Ray head on a busy 2-core machine can
+#: include one failed connection (cluster-svc gives up after 60 s) and a second head (a CI run of
+#: 1e66def saw cluster-a, starting beside cluster-b, not ready after 90 s for this reason).
+READY_TIMEOUT = 240.0
+
+
+async def _wait(proxy, predicate, timeout=READY_TIMEOUT, what="condition"):
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -46,6 +52,7 @@ def worker_dirs(tmp_path_factory):
             head.stop()
 
 
+@pytest.mark.timeout(900)  # five waits for a ready head: room for two slow ones (READY_TIMEOUT)
 async def test_two_workers_side_by_side_restart_and_adoption(
     hypha_server, worker_dirs, start_service, admin_client
 ):
