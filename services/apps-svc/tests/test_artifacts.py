@@ -178,8 +178,14 @@ async def test_an_app_of_many_files_uploads_whole_new_in_place_and_as_a_new_vers
 
     (One URL request per file, made concurrently, raced on the artifact's staging record: the
     CI of 033143a failed on "database is locked" from the embedded server's SQLite.)"""
-    app = _with_version(files_of(example_apps / "demo-app"), "1.0.0", "many-files-app")
+    app = files_of(example_apps / "demo-app")
     manager = await admin_client.get_service("public/artifact-manager")
+
+    async def read(artifact_id, path, **version):
+        url = await manager.get_file(artifact_id, file_path=path, **version)
+        async with aiohttp.ClientSession() as session, session.get(url) as response:
+            return response.status, await response.text()
+
     for upload, version in enumerate(("1.0.0", "1.0.0", "1.1.0")):  # new, in place, new version
         data = [
             {"name": f"data/part-{i:02d}.txt", "content": f"part {i} of upload {upload}\n"} for i in range(40)
@@ -188,12 +194,9 @@ async def test_an_app_of_many_files_uploads_whole_new_in_place_and_as_a_new_vers
         artifact_id = await worker.upload_app(files=files)
         assert sorted((await worker.list_apps())[artifact_id]["files"]) == sorted(f["name"] for f in files)
         for part in (0, 17, 39):
-            url = await manager.get_file(artifact_id, file_path=f"data/part-{part:02d}.txt")
-            async with aiohttp.ClientSession() as session, session.get(url) as response:
-                assert response.status == 200 and await response.text() == f"part {part} of upload {upload}\n"
+            path = f"data/part-{part:02d}.txt"
+            assert await read(artifact_id, path) == (200, f"part {part} of upload {upload}\n")
     assert (await worker.list_apps())[artifact_id]["versions"] == ["1.0.0", "1.1.0"]
     # The version 1.1.0 was added beside keeps the bytes of its in-place update.
-    url = await manager.get_file(artifact_id, file_path="data/part-05.txt", version="1.0.0")
-    async with aiohttp.ClientSession() as session, session.get(url) as response:
-        assert response.status == 200 and await response.text() == "part 5 of upload 1\n"
+    assert await read(artifact_id, "data/part-05.txt", version="1.0.0") == (200, "part 5 of upload 1\n")
     await worker.delete_app(artifact_id=artifact_id)
