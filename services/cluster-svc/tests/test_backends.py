@@ -53,3 +53,16 @@ def test_other_connection_errors_name_the_address(monkeypatch):
     monkeypatch.setattr(ray, "init", refused)
     with pytest.raises(ServiceUnavailable, match=r"10\.0\.0\.1:6379: Failed to connect to GCS"):
         connect_driver("10.0.0.1:6379", timeout=5)
+
+
+def test_a_connection_error_gives_the_reason_ray_put_in_its_cause(monkeypatch):
+    def no_node(**kwargs):
+        try:
+            raise RuntimeError("No node info found matching attributes: '' when trying to resolve node")
+        except RuntimeError as exc:
+            raise ConnectionError("Failed to connect to Ray cluster at 10.0.0.1:6379") from exc
+
+    monkeypatch.setattr(ray, "init", no_node)
+    with pytest.raises(ServiceUnavailable) as info:
+        connect_driver("10.0.0.1:6379", timeout=5)
+    assert "Failed to connect to Ray cluster at 10.0.0.1:6379: No node info found matching" in str(info.value)

@@ -158,6 +158,9 @@ def connect_driver(
         )  # fmt: skip
     except Exception as exc:  # Ray raises RuntimeError, ConnectionError, ...
         message = str(exc)
+        if exc.__cause__ is not None and str(exc.__cause__) not in message:
+            # Ray's "Failed to connect to Ray cluster at ..." says why only in its cause.
+            message = f"{message}: {exc.__cause__}"
         ours = f"Ray {ray.__version__} / Python {sys.version.split()[0]}"
         if "ersion mismatch" in message:
             raise ConfigurationError(

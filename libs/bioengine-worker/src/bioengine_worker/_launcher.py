@@ -46,6 +46,8 @@ from ._supervisor import Dependency, ManagedProcess, Supervisor
 READY_LINE = "Press Ctrl-C to stop."
 
 CONNECTION_FILE = "worker.json"
+#: The services' logs, under the workspace dir: ``<name>.log`` and ``<name>.console.log``.
+LOGS_DIR = "logs"
 _PER_PROCESS_VARIABLES = {"BIOENGINE_CLIENT_ID", "BIOENGINE_LOG_FILE", "BIOENGINE_TOKEN"}
 LOCAL_ADMIN = "bioengine-admin"
 
@@ -317,7 +319,7 @@ class Launcher:
         hypha = self.hypha
         if hypha is None:
             return []
-        logs = self.dir / "logs"
+        logs = self.dir / LOGS_DIR
         dependencies = []
         if self.settings.s3:
             store = Dependency(
@@ -406,7 +408,7 @@ class Launcher:
                     name=name,
                     argv=argv,
                     environment=environment,
-                    console_log=self.dir / "logs" / f"{name}.console.log",
+                    console_log=self.dir / LOGS_DIR / f"{name}.console.log",
                     pass_fds=(sock.fileno(),) if sock is not None else (),
                 )
             )
@@ -415,7 +417,7 @@ class Launcher:
     def _not_ready_report(self, registered: set[str]) -> str:
         """Which service is not ready and why, each with its log: from the gateway's status, or
         (before the gateway answers) which services have not registered."""
-        logs = self.dir / "logs"
+        logs = self.dir / LOGS_DIR
         lines = []
         reasons = (self.last_status or {}).get("not_ready_reasons")
         if reasons is None:
@@ -574,7 +576,7 @@ class Launcher:
                 await startup
 
     def run(self) -> int:
-        (self.dir / "logs").mkdir(parents=True, exist_ok=True)
+        (self.dir / LOGS_DIR).mkdir(parents=True, exist_ok=True)
         lock = _Lock(self.dir / "run" / "worker.pid")
         lock.acquire()
         code = 0

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import random
+import re
 import secrets
 import shutil
 import signal
@@ -51,6 +52,17 @@ __all__ = [
     "short_temp_dir",
     "token_fingerprint",
 ]
+
+#: What `ray start` prints once Ray's own start-up check passed (its raylet registered with
+#: the GCS, within Ray's fixed 30 s); before that a driver may connect to a head that is
+#: about to fail.
+RUNTIME_STARTED = "Ray runtime started."
+#: How much of the end of ``ray-head.log`` is read to say why a head exited.
+_LOG_TAIL_BYTES = 64 * 1024
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+#: `ray start --block` names each of its processes that exited: "<name> [exit code=<code>]".
+_PROCESS_EXIT = re.compile(r" -- (\S+) \[exit code=([^\]]+)\]\s*$")
+_EXCEPTION = re.compile(r"^[A-Za-z_.]*(Error|Exception): .+")
 
 #: Unix socket paths under the temp dir must stay below 108 bytes; Ray adds up to ~70.
 MAX_TEMP_DIR_LENGTH = 36
@@ -214,6 +226,8 @@ class HeadState(BaseModel):
     token_fingerprint: str | None = None
     #: The paths hidden from the head's processes (None: not sandboxed).
     hidden_paths: list[str] | None = None
+    #: Where this head's output begins in ``ray-head.log`` (None: not recorded).
+    log_offset: int | None = None
 
     @property
     def address(self) -> str:
@@ -223,6 +237,18 @@ class HeadState(BaseModel):
 #: Seconds a running head's GCS may take to answer before adopting gives up on it: a busy
 #: machine drops a connection attempt now and then.
 ADOPT_WAIT_S = 10.0
+
+
+def head_failure(log_text: str) -> str | None:
+    """Why a ``ray start --head`` exited, from its output: the processes its ``--block`` watch
+    saw exit (with their exit codes), else the last exception it raised; None if it says
+    neither."""
+    lines = [_ANSI.sub("", line).rstrip() for line in log_text.splitlines()]
+    exited = [f"{m[1]} (exit code {m[2]})" for line in lines if (m := _PROCESS_EXIT.search(line))]
+    if exited:
+        return "Ray processes exited unexpectedly: " + ", ".join(dict.fromkeys(exited))
+    errors = [line for line in lines if _EXCEPTION.match(line)]
+    return errors[-1][:500] if errors else None
 
 
 class LocalHead:
@@ -243,6 +269,8 @@ class LocalHead:
         self.token_file = check_token_file(token_file) if token_file else None
         self.state: HeadState | None = None
         self._process: subprocess.Popen[bytes] | None = None
+        #: Where the output of the head started by this object begins in the log (None: adopted).
+        self._log_offset: int | None = None
 
     @property
     def state_file(self) -> Path:
@@ -255,10 +283,29 @@ class LocalHead:
             return self._process.poll() is None
         return psutil.pid_exists(self.state.pid)
 
+    @property
+    def log_file(self) -> Path:
+        """The output of every `ray start --head` of this temp dir, appended."""
+        return self.temp_dir / "ray-head.log"
+
+    def _log_since(self, offset: int | None) -> str:
+        """The head log from ``offset`` (None: its last _LOG_TAIL_BYTES)."""
+        try:
+            with open(self.log_file, "rb") as log:
+                size = log.seek(0, os.SEEK_END)
+                start = max(size - _LOG_TAIL_BYTES, 0) if offset is None else offset
+                log.seek(max(start, size - _LOG_TAIL_BYTES))
+                return log.read().decode(errors="replace")
+        except OSError:
+            return ""
+
     def exit_reason(self) -> str:
         if self._process is not None and self._process.poll() is not None:
-            return f"the Ray head process exited with code {self._process.returncode}"
-        return "the Ray head process is gone"
+            reason = f"the Ray head process exited with code {self._process.returncode}"
+        else:
+            reason = "the Ray head process is gone"
+        why = head_failure(self._log_since(self._log_offset))
+        return f"{reason}: {why} (see {self.log_file})" if why else f"{reason} (see {self.log_file})"
 
     def adopt(self) -> bool:
         """Take over a head a previous service process started, if it still runs."""
@@ -320,6 +367,7 @@ class LocalHead:
             self.stop()
             return False
         self.state = state
+        self._log_offset = state.log_offset
         self.logger.info("Adopted the running Ray head (pid %s, GCS %s)", state.pid, state.address)
         return True
 
@@ -348,6 +396,12 @@ class LocalHead:
             f"--metrics-export-port={ports.metrics_export}",
             f"--min-worker-port={ports.min_worker}", f"--max-worker-port={ports.max_worker}",
             f"--temp-dir={self.temp_dir}",
+            # Neither is of use here, and each is one more Python process competing for the CPU
+            # while the head starts: Ray's autoscaler monitor (no node provider: bioengine-cluster
+            # scales SLURM workers itself, from the GCS's demand) and the log monitor (it sends
+            # worker output to drivers; every driver of ours runs with log_to_driver off, and
+            # logs are read from the files).
+            "--no-monitor", "--include-log-monitor=false",
         ]  # fmt: skip
         if self.options.dashboard:
             argv += [
@@ -379,8 +433,10 @@ class LocalHead:
         if self.options.sandbox is not None:
             argv = sandbox_command(argv, self.options.sandbox)
         started = time.monotonic()
+        log_file = self.log_file
+        self._log_offset = log_file.stat().st_size if log_file.exists() else 0
         # Not tied to our life: the head must survive a restart of this service.
-        with open(self.temp_dir / "ray-head.log", "ab") as log:
+        with open(log_file, "ab") as log:
             self._process = subprocess.Popen(
                 argv,
                 env=env,
@@ -389,26 +445,20 @@ class LocalHead:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        try:
-            wait_for_port("127.0.0.1", ports.gcs, timeout, self._process)
-        except RuntimeError:  # it exited
-            raise ServiceUnavailable(
-                f"ray start --head exited with code {self._process.returncode} "
-                f"(see {self.temp_dir / 'ray-head.log'})"
-            ) from None
-        except TimeoutError:
-            self.stop()
-            raise ServiceUnavailable(
-                f"the Ray head did not open its GCS port within {timeout:.0f} s"
-            ) from None
+        # Known before it is up, so that a head that does not come up is stopped (stop() needs it).
         self.state = HeadState(
             pid=self._process.pid, temp_dir=str(self.temp_dir), node_ip=node_ip, ports=ports,
             started_at=time.time(), ray_version=ray_version,
             auth_mode="token" if self.token_file else "disabled",
             token_file=str(self.token_file) if self.token_file else None,
             token_fingerprint=token_fingerprint(self.token_file) if self.token_file else None,
-            hidden_paths=hidden,
+            hidden_paths=hidden, log_offset=self._log_offset,
         )  # fmt: skip
+        try:
+            self._wait_up(self._process, started, timeout)
+        except ServiceUnavailable:
+            self.stop()
+            raise
         self.state_file.write_text(self.state.model_dump_json(indent=2))
         self.logger.info(
             "Ray head started in %.1f s at %s (authentication: %s; hidden from app code: %s)",
@@ -417,6 +467,26 @@ class LocalHead:
             ", ".join(hidden) if hidden else "nothing (no sandbox)",
         )  # fmt: skip
         return self.state
+
+    def _wait_up(self, process: subprocess.Popen[bytes], started: float, timeout: float) -> None:
+        """Block until `ray start` says its runtime started (so a driver connects to a head
+        whose raylet is registered, not one still starting, which may yet fail); fail at once,
+        with the reason it printed, if it exits first."""
+        offset = self._log_offset
+        while True:
+            if process.poll() is not None:
+                why = head_failure(self._log_since(offset))
+                raise ServiceUnavailable(
+                    f"ray start --head exited with code {process.returncode}"
+                    f"{': ' + why if why else ''} (see {self.log_file})"
+                )
+            if RUNTIME_STARTED in self._log_since(offset):
+                return
+            if time.monotonic() > started + timeout:
+                raise ServiceUnavailable(
+                    f"the Ray head did not start within {timeout:.0f} s (see {self.log_file})"
+                )
+            time.sleep(0.2)
 
     def _leftovers(self) -> list[psutil.Process]:
         """Processes of this cluster only: their command line names our temp dir or GCS port."""
@@ -468,4 +538,8 @@ class LocalHead:
         self._process = None
 
     def describe(self) -> dict[str, Any]:
-        return json.loads(self.state.model_dump_json(exclude={"token_fingerprint"})) if self.state else {}
+        return (
+            json.loads(self.state.model_dump_json(exclude={"token_fingerprint", "log_offset"}))
+            if self.state
+            else {}
+        )

@@ -14,7 +14,7 @@ from typing import Any
 
 import psutil
 
-from .._launcher import CONNECTION_FILE, READY_LINE
+from .._launcher import CONNECTION_FILE, LOGS_DIR, READY_LINE
 
 
 class WorkerProcess:
@@ -36,6 +36,18 @@ class WorkerProcess:
     def text(self) -> str:
         return self.output.read_text(errors="replace")
 
+    def service_errors(self, last: int = 5) -> str:
+        """The last ``last`` ERROR lines of each service's log (``<workspace>/logs/<name>.log``): why a
+        worker that did not get ready did not, in a failed test's message."""
+        parts = []
+        for log in sorted((self.dir / LOGS_DIR).glob("*.log")):
+            if log.name.endswith(".console.log"):
+                continue
+            lines = [line for line in log.read_text(errors="replace").splitlines() if " ERROR " in line]
+            if lines:
+                parts.append(f"--- {log.name}:\n" + "\n".join(line[:1000] for line in lines[-last:]))
+        return "\n".join(parts)
+
     def wait_ready(self, timeout: float = 180.0) -> dict[str, Any]:
         """Block until the launcher printed that the worker is ready; return its connection file."""
         deadline = time.monotonic() + timeout
@@ -43,9 +55,12 @@ class WorkerProcess:
             if self.process.poll() is not None:
                 raise RuntimeError(
                     f"bioengine-worker exited with code {self.process.returncode}:\n{self.text()}"
+                    f"\n{self.service_errors()}"
                 )
             if time.monotonic() > deadline:
-                raise TimeoutError(f"bioengine-worker not ready within {timeout:.0f} s:\n{self.text()}")
+                raise TimeoutError(
+                    f"bioengine-worker not ready within {timeout:.0f} s:\n{self.text()}\n{self.service_errors()}"
+                )
             time.sleep(0.05)
         connection_file = self.dir / CONNECTION_FILE
         self.connection = json.loads(connection_file.read_text()) if connection_file.exists() else {}

@@ -1,0 +1,94 @@
+"""A Ray head that does not come up, or dies, says why: `ray start`'s own reason, read from its
+output, reaches the error and the exit reason. The parsing is checked on output as Ray prints
+it; the two real heads check that Ray still prints it that way."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import psutil
+import pytest
+
+from bioengine_common import ServiceUnavailable
+from bioengine_common.local_stack import HeadOptions, LocalHead, short_temp_dir
+from bioengine_common.local_stack._ray_head import RUNTIME_STARTED, head_failure
+
+# As `ray start --head --block` writes them (colour codes included), cut to the lines that count.
+_PROCESS_EXITED = """\
+2026-12-03 18:13:11,629\tERR scripts.py:1307 -- \x1b[31mSome Ray subprocesses exited unexpectedly:\x1b[39m
+2026-12-03 18:13:11,629\tERR scripts.py:87 -- \x1b[31m\x1b[1mraylet\x1b[22m\x1b[26m\x1b[39m\x1b[0m\x1b[2m [exit code=-9]\x1b[22m\x1b[0m
+2026-12-03 18:13:11,631\tERR scripts.py:115 -- \x1b[31m----- BEGIN raylet.out tail (exit code(s)=-9 (signal 9)) -----\x1b[39m
+2026-12-03 18:13:11,632\tERR scripts.py:122 -- \x1b[31m[2026-12-03 18:13:06,517 I 30630 30630] (raylet) worker_pool.cc:195: Initialized
+2026-12-03 18:13:11,633\tERR scripts.py:1315 -- \x1b[31mRemaining processes will be killed.\x1b[39m
+"""
+_RAISED = """\
+2026-12-03 18:11:39,236\tINFO node.py:438 -- Failed to get node info b'RPC error: Deadline Exceeded'
+Traceback (most recent call last):
+  File "/venv/bin/ray", line 10, in <module>
+    sys.exit(main())
+Exception: The current node timed out during startup. This could happen because some of the raylet failed to startup or the GCS has become overloaded.
+"""
+
+
+def test_the_reason_is_the_processes_that_exited_else_the_exception_raised():
+    assert head_failure(_PROCESS_EXITED) == "Ray processes exited unexpectedly: raylet (exit code -9)"
+    assert head_failure(_RAISED) == (
+        "Exception: The current node timed out during startup. This could happen because some of "
+        "the raylet failed to startup or the GCS has become overloaded."
+    )
+    started = f"2026-12-03 18:12:11,764\tSUCC scripts.py:1085 -- \x1b[32m{RUNTIME_STARTED}\x1b[39m\n"
+    assert head_failure(started) is None
+    assert head_failure("") is None
+
+
+def _processes_of(temp_dir) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        if str(temp_dir) in " ".join(process.info["cmdline"] or []):
+            found.append(process)
+    return found
+
+
+@pytest.mark.integration
+def test_a_head_ray_refuses_to_start_fails_at_once_with_rays_reason(tmp_path):
+    head = LocalHead(
+        short_temp_dir(tmp_path / "ray"),
+        HeadOptions(num_cpus=1, object_store_bytes=10),  # below Ray's minimum
+        logging.getLogger("test"),
+    )
+    started = time.monotonic()
+    with pytest.raises(ServiceUnavailable) as error:
+        head.start(timeout=120)
+    message = str(error.value)
+    assert "ray start --head exited with code 1" in message
+    assert "object store memory" in message and "minimum allowed" in message, message
+    assert time.monotonic() - started < 100  # it exited: not waited out to the timeout
+    assert head.state is None and not head.state_file.exists()
+    assert _processes_of(head.temp_dir) == []
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(180)
+def test_a_head_whose_raylet_dies_names_it(tmp_path):
+    head = LocalHead(
+        short_temp_dir(tmp_path / "ray"),
+        HeadOptions(num_cpus=1, object_store_bytes=100 * 1024**2),
+        logging.getLogger("test"),
+    )
+    head.start(timeout=150)
+    try:
+        assert head.alive()
+        assert RUNTIME_STARTED in head.log_file.read_text()  # start() returned once Ray said so
+        raylets = [p for p in _processes_of(head.temp_dir) if "raylet/raylet" in " ".join(p.cmdline())]
+        assert len(raylets) == 1
+        raylets[0].kill()
+        deadline = time.monotonic() + 60
+        while head.alive() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not head.alive()
+        reason = head.exit_reason()
+        assert "exited with code 1: Ray processes exited unexpectedly: raylet (exit code -9)" in reason
+    finally:
+        head.stop()
+    assert _processes_of(head.temp_dir) == []
