@@ -57,13 +57,12 @@ def test_a_head_ray_refuses_to_start_fails_at_once_with_rays_reason(tmp_path):
         HeadOptions(num_cpus=1, object_store_bytes=10),  # below Ray's minimum
         logging.getLogger("test"),
     )
-    started = time.monotonic()
     with pytest.raises(ServiceUnavailable) as error:
         head.start(timeout=120)
     message = str(error.value)
-    assert "ray start --head exited with code 1" in message
+    # Its exit ended the wait (not the timeout), and Ray's own words say why.
+    assert message.startswith("ray start --head exited with code 1: ValueError: "), message
     assert "object store memory" in message and "minimum allowed" in message, message
-    assert time.monotonic() - started < 100  # it exited: not waited out to the timeout
     assert head.state is None and not head.state_file.exists()
     assert _processes_of(head.temp_dir) == []
 
