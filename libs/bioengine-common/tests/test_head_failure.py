@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import psutil
 import pytest
 
-from bioengine_common import ServiceUnavailable
+from bioengine_common import ServiceUnavailable, wait_for_port
 from bioengine_common.local_stack import HeadOptions, LocalHead, short_temp_dir
 from bioengine_common.local_stack._ray_head import RUNTIME_STARTED, head_failure
 
@@ -91,3 +92,29 @@ def test_a_head_whose_raylet_dies_names_it(tmp_path):
     finally:
         head.stop()
     assert _processes_of(head.temp_dir) == []
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(180)
+def test_a_head_still_starting_is_on_record_for_a_successor(tmp_path):
+    """The state file is written when the head is launched, not once it is up: a service killed
+    while its head starts leaves a successor a head it can adopt or stop, never one unknown."""
+    temp_dir = short_temp_dir(tmp_path / "ray")
+    options = HeadOptions(num_cpus=1, object_store_bytes=100 * 1024**2)
+    first = LocalHead(temp_dir, options, logging.getLogger("test"))
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        starting = pool.submit(first.start, 150)
+        try:
+            while not first.state_file.exists():
+                assert not starting.done(), starting.exception()
+                time.sleep(0.01)
+            assert RUNTIME_STARTED not in first.log_file.read_text()  # on record before it is up
+            assert first.state is not None
+            wait_for_port("127.0.0.1", first.state.ports.gcs, 120)  # adopting needs its GCS
+            successor = LocalHead(temp_dir, options, logging.getLogger("test"))
+            assert successor.adopt() is True
+            assert successor.state is not None and successor.state.pid == first.state.pid
+            starting.result(timeout=150)
+        finally:
+            first.stop()
+    assert _processes_of(temp_dir) == []

@@ -445,7 +445,9 @@ class LocalHead:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        # Known before it is up, so that a head that does not come up is stopped (stop() needs it).
+        # Known and written down at once: a head that does not come up is stopped (stop() needs
+        # the state), and a successor of a service killed meanwhile adopts or stops it, never
+        # leaves it running unknown.
         self.state = HeadState(
             pid=self._process.pid, temp_dir=str(self.temp_dir), node_ip=node_ip, ports=ports,
             started_at=time.time(), ray_version=ray_version,
@@ -454,12 +456,12 @@ class LocalHead:
             token_fingerprint=token_fingerprint(self.token_file) if self.token_file else None,
             hidden_paths=hidden, log_offset=self._log_offset,
         )  # fmt: skip
+        self.state_file.write_text(self.state.model_dump_json(indent=2))
         try:
             self._wait_up(self._process, started, timeout)
         except ServiceUnavailable:
-            self.stop()
+            self.stop()  # removes the state file too
             raise
-        self.state_file.write_text(self.state.model_dump_json(indent=2))
         self.logger.info(
             "Ray head started in %.1f s at %s (authentication: %s; hidden from app code: %s)",
             time.monotonic() - started, self.state.address,
