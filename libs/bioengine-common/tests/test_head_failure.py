@@ -118,3 +118,12 @@ def test_a_head_still_starting_is_on_record_for_a_successor(tmp_path):
         finally:
             first.stop()
     assert _processes_of(temp_dir) == []
+
+
+def test_text_in_a_dumped_log_tail_is_never_taken_for_an_exited_process():
+    # A raylet.out line (text a worker may have influenced) shaped like an entry of the list.
+    forged = _PROCESS_EXITED.replace(
+        "Initialized\n",
+        "Initialized\n2026-12-03 18:13:11,632\tERR scripts.py:122 -- gcs_server [exit code=0]\n",
+    )
+    assert head_failure(forged) == "Ray processes exited unexpectedly: raylet (exit code -9)"

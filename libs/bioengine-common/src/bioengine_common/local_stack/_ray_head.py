@@ -60,8 +60,10 @@ RUNTIME_STARTED = "Ray runtime started."
 #: How much of the end of ``ray-head.log`` is read to say why a head exited.
 _LOG_TAIL_BYTES = 64 * 1024
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-#: `ray start --block` names each of its processes that exited: "<name> [exit code=<code>]".
-_PROCESS_EXIT = re.compile(r" -- (\S+) \[exit code=([^\]]+)\]\s*$")
+#: `ray start --block` lists the processes that exited under this line, one per line as
+#: "<name> [exit code=<code>]", then dumps their logs' tails (not read: other text).
+_EXITED_HEADER = "Some Ray subprocesses exited unexpectedly:"
+_PROCESS_EXIT = re.compile(r" -- (\S+) \[exit code=([^\]]+)\]$")
 _EXCEPTION = re.compile(r"^[A-Za-z_.]*(Error|Exception): .+")
 
 #: Unix socket paths under the temp dir must stay below 108 bytes; Ray adds up to ~70.
@@ -244,7 +246,13 @@ def head_failure(log_text: str) -> str | None:
     saw exit (with their exit codes), else the last exception it raised; None if it says
     neither."""
     lines = [_ANSI.sub("", line).rstrip() for line in log_text.splitlines()]
-    exited = [f"{m[1]} (exit code {m[2]})" for line in lines if (m := _PROCESS_EXIT.search(line))]
+    exited: list[str] = []
+    for index, line in enumerate(lines):
+        if line.endswith(_EXITED_HEADER):
+            for listed in lines[index + 1 :]:
+                if not (match := _PROCESS_EXIT.search(listed)):
+                    break
+                exited.append(f"{match[1]} (exit code {match[2]})")
     if exited:
         return "Ray processes exited unexpectedly: " + ", ".join(dict.fromkeys(exited))
     errors = [line for line in lines if _EXCEPTION.match(line)]
@@ -269,8 +277,6 @@ class LocalHead:
         self.token_file = check_token_file(token_file) if token_file else None
         self.state: HeadState | None = None
         self._process: subprocess.Popen[bytes] | None = None
-        #: Where the output of the head started by this object begins in the log (None: adopted).
-        self._log_offset: int | None = None
 
     @property
     def state_file(self) -> Path:
@@ -289,12 +295,11 @@ class LocalHead:
         return self.temp_dir / "ray-head.log"
 
     def _log_since(self, offset: int | None) -> str:
-        """The head log from ``offset`` (None: its last _LOG_TAIL_BYTES)."""
+        """The head log from ``offset`` (None: unknown), at most its last _LOG_TAIL_BYTES."""
         try:
             with open(self.log_file, "rb") as log:
                 size = log.seek(0, os.SEEK_END)
-                start = max(size - _LOG_TAIL_BYTES, 0) if offset is None else offset
-                log.seek(max(start, size - _LOG_TAIL_BYTES))
+                log.seek(max(offset or 0, size - _LOG_TAIL_BYTES, 0))
                 return log.read().decode(errors="replace")
         except OSError:
             return ""
@@ -304,7 +309,7 @@ class LocalHead:
             reason = f"the Ray head process exited with code {self._process.returncode}"
         else:
             reason = "the Ray head process is gone"
-        why = head_failure(self._log_since(self._log_offset))
+        why = head_failure(self._log_since(self.state.log_offset if self.state else None))
         return f"{reason}: {why} (see {self.log_file})" if why else f"{reason} (see {self.log_file})"
 
     def adopt(self) -> bool:
@@ -367,7 +372,6 @@ class LocalHead:
             self.stop()
             return False
         self.state = state
-        self._log_offset = state.log_offset
         self.logger.info("Adopted the running Ray head (pid %s, GCS %s)", state.pid, state.address)
         return True
 
@@ -434,7 +438,7 @@ class LocalHead:
             argv = sandbox_command(argv, self.options.sandbox)
         started = time.monotonic()
         log_file = self.log_file
-        self._log_offset = log_file.stat().st_size if log_file.exists() else 0
+        log_offset = log_file.stat().st_size if log_file.exists() else 0
         # Not tied to our life: the head must survive a restart of this service.
         with open(log_file, "ab") as log:
             self._process = subprocess.Popen(
@@ -454,11 +458,11 @@ class LocalHead:
             auth_mode="token" if self.token_file else "disabled",
             token_file=str(self.token_file) if self.token_file else None,
             token_fingerprint=token_fingerprint(self.token_file) if self.token_file else None,
-            hidden_paths=hidden, log_offset=self._log_offset,
+            hidden_paths=hidden, log_offset=log_offset,
         )  # fmt: skip
         self.state_file.write_text(self.state.model_dump_json(indent=2))
         try:
-            self._wait_up(self._process, started, timeout)
+            self._wait_up(self._process, log_offset, started, timeout)
         except ServiceUnavailable:
             self.stop()  # removes the state file too
             raise
@@ -470,11 +474,10 @@ class LocalHead:
         )  # fmt: skip
         return self.state
 
-    def _wait_up(self, process: subprocess.Popen[bytes], started: float, timeout: float) -> None:
+    def _wait_up(self, process: subprocess.Popen[bytes], offset: int, started: float, timeout: float) -> None:
         """Block until `ray start` says its runtime started (so a driver connects to a head
         whose raylet is registered, not one still starting, which may yet fail); fail at once,
         with the reason it printed, if it exits first."""
-        offset = self._log_offset
         while True:
             if process.poll() is not None:
                 why = head_failure(self._log_since(offset))
